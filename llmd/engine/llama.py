@@ -1,0 +1,265 @@
+"""The only code that touches llama.cpp: load a model, tokenize, decode a batch, sample.
+
+It runs in a model's child process, on the one thread that owns the context. It speaks
+llama-cpp-python's low-level API (ctypes) directly: the high-level `Llama` class serves one
+sequence at a time and would hide the batch we want to fill ourselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+
+from llmd.engine.messages import SamplingParams
+
+log = logging.getLogger("llmd.engine")
+
+_KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values
+_FLASH_ATTN = {
+    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+_META_KEYS = (
+    "general.architecture",
+    "general.name",
+    "general.file_type",
+    "tokenizer.chat_template",
+    "general.size_label",
+)
+
+
+class LoadError(Exception):
+    """The model file could not be loaded (missing, not GGUF, corrupt, too big)."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    path: Path
+    ctx_per_seq: int
+    parallel: int
+    batch_size: int
+    ubatch_size: int
+    threads: int
+    threads_batch: int
+    flash_attn: str
+    kv_type: str
+
+
+# llama.cpp logs every tensor while loading; keep errors and warnings, drop the chatter.
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: Any) -> None:
+    if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+class LlamaBackend:
+    """One llama.cpp model and context, with a reusable batch."""
+
+    def __init__(self, options: LoadOptions) -> None:
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        if not options.path.is_file():
+            raise LoadError(f"model file not found: {options.path}")
+        model_params = lc.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        self.model = lc.llama_model_load_from_file(str(options.path).encode(), model_params)
+        if not self.model:
+            raise LoadError(f"llama.cpp could not load {options.path} (not a valid GGUF model?)")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
+        self.n_parallel = options.parallel
+        self.batch_size = options.batch_size
+
+        ctx_params = lc.llama_context_default_params()
+        ctx_params.n_ctx = options.ctx_per_seq * options.parallel
+        ctx_params.n_batch = options.batch_size
+        ctx_params.n_ubatch = min(options.ubatch_size, options.batch_size)
+        ctx_params.n_seq_max = options.parallel
+        ctx_params.n_threads = options.threads
+        ctx_params.n_threads_batch = options.threads_batch
+        ctx_params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
+        ctx_params.type_k = _KV_TYPES[options.kv_type]
+        ctx_params.type_v = _KV_TYPES[options.kv_type]
+        # One pool of KV cells for every sequence, so a shared prefix is stored once and
+        # copying it to another sequence (seq_cp) only tags cells instead of copying data.
+        ctx_params.kv_unified = True
+        # Sliding-window layers normally keep only the window; prefix reuse needs all of it.
+        ctx_params.swa_full = True
+        ctx_params.no_perf = True
+        self.ctx = lc.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise LoadError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx = int(lc.llama_n_ctx(self.ctx))
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._logit_view: Any = None
+
+    def close(self) -> None:
+        lc.llama_batch_free(self.batch)
+        lc.llama_free(self.ctx)
+        lc.llama_model_free(self.model)
+
+    # -- model facts ---------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        buf = ctypes.create_string_buffer(1 << 17)
+        found: dict[str, str] = {}
+        for key in _META_KEYS:
+            size = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+            if size >= 0:
+                found[key] = buf.value.decode("utf-8", "replace")
+        return found
+
+    def model_bytes(self) -> int:
+        return int(lc.llama_model_size(self.model))
+
+    def special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def bos(self) -> int:
+        return int(lc.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(lc.llama_vocab_eos(self.vocab))
+
+    # -- text <-> tokens -------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            tokens = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        return list(tokens[:n])
+
+    def adds_bos(self) -> bool:
+        return bool(lc.llama_vocab_get_add_bos(self.vocab))
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token, special=False)
+        return piece
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        n = lc.llama_token_to_piece(
+            self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special
+        )
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    # -- KV cache --------------------------------------------------------------------------
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return int(lc.llama_memory_seq_pos_max(self.memory, seq))
+
+    # -- one step --------------------------------------------------------------------------
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
+        """Decode (token, position, seq_id, wants_logits) entries; llama_decode's status."""
+        batch = self.batch
+        token, pos, n_seq, seq_id, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        for i, (tok, position, seq, wants) in enumerate(entries):
+            token[i] = tok
+            pos[i] = position
+            n_seq[i] = 1
+            seq_id[i][0] = seq
+            logits[i] = wants
+        batch.n_tokens = len(entries)
+        return int(lc.llama_decode(self.ctx, batch))
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> Any:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lc.llama_sampler_chain_add
+        if params.logit_bias:
+            biases = (lc.llama_logit_bias * len(params.logit_bias))()
+            for i, (tok, bias) in enumerate(params.logit_bias.items()):
+                biases[i].token = tok
+                biases[i].bias = bias
+            add(chain, lc.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
+        if (
+            params.repeat_penalty != 1.0
+            or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0
+        ):
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    self.n_vocab,
+                    params.repeat_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.temperature <= 0.0:
+            add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(params.temperature))
+        add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def sample(self, sampler: Any, index: int) -> int:
+        return int(lc.llama_sampler_sample(sampler, self.ctx, index))
+
+    def free_sampler(self, sampler: Any) -> None:
+        lc.llama_sampler_free(sampler)
+
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """Log-probability of `token` and the `top` most likely tokens at output `index`.
+
+        Taken from the model's raw distribution (before penalties and temperature), as OpenAI
+        reports it.
+        """
+        ptr = lc.llama_get_logits_ith(self.ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        logsum = peak + np.log(np.exp(logits - peak).sum())
+        chosen = float(logits[token] - logsum)
+        if top <= 0:
+            return chosen, []
+        best = np.argpartition(-logits, top)[:top]
+        best = best[np.argsort(-logits[best])]
+        return chosen, [(int(t), float(logits[t] - logsum)) for t in best]

@@ -1,0 +1,169 @@
+"""What the daemon and a model process say to each other (pickled over a socketpair)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateRequest:
+    id: str
+    prompt: str | list[int]
+    sampling: SamplingParams
+    max_tokens: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: the chosen token's logprob plus the k most likely."""
+    ignore_eos: bool = False
+    return_prompt_text: bool = False
+
+
+@dataclass
+class Cancel:
+    id: str
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob]
+
+
+@dataclass
+class Started:
+    """The prompt was tokenized and fits; its tokens are counted and waiting to run."""
+
+    id: str
+    prompt_tokens: int
+    max_tokens: int
+    prompt_text: str | None = None
+
+
+@dataclass
+class Admitted:
+    """The request got its slots; `cached_tokens` of its prompt were found in the KV cache."""
+
+    id: str
+    cached_tokens: int
+
+
+@dataclass
+class Delta:
+    id: str
+    index: int
+    text: str
+    tokens: int
+    """Tokens generated for this choice since the previous delta."""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Failed:
+    id: str
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+@dataclass
+class Ready:
+    """Sent once after the model loaded: what the daemon needs to know about it."""
+
+    metadata: dict[str, str]
+    n_ctx_train: int
+    ctx_per_seq: int
+    parallel: int
+    n_vocab: int
+    bos_token: str
+    eos_token: str
+    model_bytes: int
+
+
+@dataclass
+class Stats:
+    running: int
+    waiting: int
+    kv_cells_used: int
+    kv_cells_total: int
+    steps: int
+    tokens_decoded: int
+
+
+@dataclass
+class Batch:
+    """One message per engine step: the events of that step and the engine's counters."""
+
+    events: list[Any]
+    stats: Stats
+
+
+def send(sock: socket.socket, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def recv(sock: socket.socket) -> Any:
+    header = _recv_exact(sock, _HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    return pickle.loads(_recv_exact(sock, size))
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise EOFError("peer closed the connection")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def pack(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def unpack_header(header: bytes) -> int:
+    (size,) = _HEADER.unpack(header)
+    return int(size)
+
+
+def unpack(data: bytes) -> Any:
+    return pickle.loads(data)

@@ -1,0 +1,358 @@
+"""Continuous batching: what each engine step decodes, and what it produced.
+
+A fixed set of slots (llama.cpp sequence ids) holds sequences. Every step decodes one token
+for each running sequence plus a bounded chunk of pending prompt tokens (chunked prefill), so
+a long prompt never freezes the streams already running. Requests join at the next step and
+leave when done. A finished sequence's KV cells stay in its slot until the slot is needed,
+least recently used first, so a returning conversation or a shared system prompt is found
+again (prefix reuse) instead of recomputed.
+
+The scheduler knows nothing of llama.cpp: it drives a `Backend`, which tests replace.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmd.engine.messages import (
+    Admitted,
+    Delta,
+    Failed,
+    GenerateRequest,
+    SamplingParams,
+    Started,
+    Stats,
+    TokenLogprob,
+    TopLogprob,
+)
+from llmd.engine.text import TextStream
+
+# A cached prefix shorter than this is not worth evicting another conversation's history for.
+MIN_USEFUL_PREFIX = 16
+
+
+class Backend(Protocol):
+    n_parallel: int
+    batch_size: int
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int: ...
+    def new_sampler(self, params: SamplingParams, seed: int) -> Any: ...
+    def sample(self, sampler: Any, index: int) -> int: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+    def logprobs(
+        self, index: int, token: int, top: int
+    ) -> tuple[float, list[tuple[int, float]]]: ...
+    def seq_rm(self, seq: int, p0: int, p1: int) -> bool: ...
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+
+class EngineFault(Exception):
+    """llama.cpp failed in a way the process cannot recover from; the daemon restarts it."""
+
+
+@dataclass
+class Slot:
+    id: int
+    cached: list[int] = field(default_factory=list)
+    """Tokens whose KV cells this slot holds, at positions 0..len-1."""
+    last_used: float = 0.0
+    seq: Sequence | None = None
+
+
+@dataclass
+class Sequence:
+    """One choice of one request, bound to a slot while it runs."""
+
+    request: RequestState
+    index: int
+    slot: Slot
+    sampler: Any
+    text: TextStream
+    pending: int | None = None
+    """The token sampled last step, to be decoded (put in the KV cache) this step."""
+    generated: int = 0
+    done: bool = False
+
+
+@dataclass
+class RequestState:
+    req: GenerateRequest
+    prompt: list[int]
+    max_tokens: int
+    seqs: list[Sequence] = field(default_factory=list)
+    n_prefilled: int = 0
+    """Prompt tokens in the leader's KV cells; all choices sample once it reaches the end."""
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.n_prefilled < len(self.prompt)
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int) -> None:
+        self.backend = backend
+        self.ctx_per_seq = ctx_per_seq
+        self.add_bos = add_bos
+        self.bos = bos
+        self.slots = [Slot(i) for i in range(backend.n_parallel)]
+        self.waiting: deque[RequestState] = deque()
+        self.running: list[RequestState] = []
+        self.num_steps = 0
+        self.num_tokens_decoded = 0
+
+    # -- requests in and out ---------------------------------------------------------------
+
+    def submit(self, req: GenerateRequest) -> list[Any]:
+        """Tokenize and check a request; it joins the queue, or fails at once."""
+        if isinstance(req.prompt, str):
+            prompt = self.backend.tokenize(req.prompt, add_special=self.add_bos)
+            # Chat templates usually write the BOS themselves; do not feed it twice.
+            if len(prompt) >= 2 and prompt[0] == prompt[1] == self.bos:
+                prompt = prompt[1:]
+        else:
+            prompt = list(req.prompt)
+        if not prompt:
+            prompt = [self.bos]
+        if req.n > len(self.slots):
+            return [Failed(req.id, 400, f"n must be at most {len(self.slots)}", param="n")]
+        room = self.ctx_per_seq - len(prompt)
+        max_tokens = req.max_tokens if req.max_tokens is not None else room
+        if room < 1 or max_tokens > room:
+            asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
+            return [
+                Failed(
+                    req.id,
+                    400,
+                    f"This model's maximum context length is {self.ctx_per_seq} tokens. "
+                    f"However, you requested {asked} tokens ({len(prompt)} in the prompt, "
+                    f"{max_tokens} for the completion). Please reduce the prompt or the "
+                    "completion length.",
+                    code="context_length_exceeded",
+                    param="messages",
+                )
+            ]
+        self.waiting.append(RequestState(req, prompt, max_tokens))
+        prompt_text = None
+        if req.return_prompt_text:
+            prompt_text = b"".join(self.backend.token_bytes(t) for t in prompt).decode(
+                "utf-8", "replace"
+            )
+        return [Started(req.id, len(prompt), max_tokens, prompt_text)]
+
+    def cancel(self, request_id: str) -> None:
+        for state in list(self.waiting):
+            if state.req.id == request_id:
+                self.waiting.remove(state)
+        for state in self.running:
+            if state.req.id == request_id:
+                for seq in state.seqs:
+                    self._finish(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def stats(self) -> Stats:
+        busy = sum(1 for s in self.slots if s.seq is not None)
+        used = sum(len(s.cached) for s in self.slots)
+        return Stats(
+            running=busy,
+            waiting=len(self.waiting),
+            kv_cells_used=used,
+            kv_cells_total=self.ctx_per_seq * len(self.slots),
+            steps=self.num_steps,
+            tokens_decoded=self.num_tokens_decoded,
+        )
+
+    # -- one step --------------------------------------------------------------------------
+
+    def step(self) -> list[Any]:
+        events: list[Any] = []
+        self._retire()  # cancelled since the last step
+        self._admit(events)
+        entries: list[tuple[int, int, int, bool]] = []
+        outputs: list[tuple[int, list[Sequence]]] = []
+        decoding: list[Sequence] = []
+        for state in self.running:
+            for seq in state.seqs:
+                if seq.pending is not None and not seq.done:
+                    outputs.append((len(entries), [seq]))
+                    entries.append((seq.pending, len(seq.slot.cached), seq.slot.id, True))
+                    decoding.append(seq)
+        budget = self.backend.batch_size - len(entries)
+        prefilled: list[tuple[RequestState, int]] = []
+        for state in self.running:
+            if budget <= 0:
+                break
+            if not state.is_prefilling:
+                continue
+            leader = state.seqs[0]
+            start = state.n_prefilled
+            take = min(budget, len(state.prompt) - start)
+            for pos in range(start, start + take):
+                last = pos == len(state.prompt) - 1
+                if last:
+                    outputs.append((len(entries), [s for s in state.seqs if not s.done]))
+                entries.append((state.prompt[pos], pos, leader.slot.id, last))
+            prefilled.append((state, take))
+            budget -= take
+        if not entries:
+            return events
+        self._decode(entries)
+        self.num_steps += 1
+        self.num_tokens_decoded += len(entries)
+        for seq in decoding:
+            assert seq.pending is not None
+            seq.slot.cached.append(seq.pending)
+            seq.pending = None
+        for state, take in prefilled:
+            leader = state.seqs[0]
+            leader.slot.cached.extend(state.prompt[state.n_prefilled : state.n_prefilled + take])
+            state.n_prefilled += take
+            if not state.is_prefilling:
+                self._share_prompt(state)
+        for index, seqs in outputs:
+            for seq in seqs:
+                self._sample(seq, index, events)
+        self._retire()
+        return events
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        status = self.backend.decode(entries)
+        if status == 1:
+            # No room for the batch: drop the caches of idle slots and try once more.
+            for slot in self._free_slots():
+                self._clear(slot)
+            status = self.backend.decode(entries)
+        if status != 0:
+            raise EngineFault(f"llama_decode failed with status {status}")
+
+    def _sample(self, seq: Sequence, index: int, events: list[Any]) -> None:
+        state = seq.request
+        token = self.backend.sample(seq.sampler, index)
+        seq.generated += 1
+        logprobs = None
+        if state.req.logprobs is not None:
+            logprobs = [self._logprob(index, token, state.req.logprobs)]
+        finish: str | None = None
+        if self.backend.is_eog(token) and not state.req.ignore_eos:
+            text = seq.text.flush()
+            finish = "stop"
+        else:
+            text = seq.text.push(self.backend.token_bytes(token))
+            if seq.text.stopped:
+                finish = "stop"
+            elif seq.generated >= state.max_tokens:
+                text += seq.text.flush()
+                finish = "length"
+            else:
+                seq.pending = token
+        events.append(Delta(state.req.id, seq.index, text, 1, logprobs, finish))
+        if finish is not None:
+            self._finish(seq)
+
+    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        chosen, best = self.backend.logprobs(index, token, top)
+
+        raw = self.backend.token_bytes(token)
+        tops = []
+        for tok, logprob in best:
+            top_raw = self.backend.token_bytes(tok)
+            tops.append(TopLogprob(top_raw.decode("utf-8", "replace"), logprob, list(top_raw)))
+        return TokenLogprob(raw.decode("utf-8", "replace"), chosen, list(raw), tops)
+
+    def _finish(self, seq: Sequence) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        self.backend.free_sampler(seq.sampler)
+
+    def _retire(self) -> None:
+        now = time.monotonic()
+        still: list[RequestState] = []
+        for state in self.running:
+            if all(s.done for s in state.seqs):
+                for seq in state.seqs:
+                    seq.slot.seq = None
+                    seq.slot.last_used = now
+            else:
+                still.append(state)
+        self.running = still
+
+    # -- admission and prefix reuse --------------------------------------------------------
+
+    def _free_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.seq is None]
+
+    def _admit(self, events: list[Any]) -> None:
+        while self.waiting:
+            state = self.waiting[0]
+            free = self._free_slots()
+            if len(free) < state.req.n:
+                return
+            self.waiting.popleft()
+            leader_slot, cached = self._place(state.prompt, free)
+            free.remove(leader_slot)
+            free.sort(key=lambda s: s.last_used)
+            slots = [leader_slot, *free[: state.req.n - 1]]
+            for slot in slots[1:]:
+                self._clear(slot)
+            state.n_prefilled = cached
+            seed = state.req.sampling.seed
+            base = seed if seed is not None else random.getrandbits(32)
+            for index, slot in enumerate(slots):
+                sampler = self.backend.new_sampler(state.req.sampling, base + index)
+                seq = Sequence(state, index, slot, sampler, TextStream(state.req.stop))
+                slot.seq = seq
+                state.seqs.append(seq)
+            self.running.append(state)
+            events.append(Admitted(state.req.id, cached))
+
+    def _place(self, prompt: list[int], free: list[Slot]) -> tuple[Slot, int]:
+        """Pick a slot for a prompt and fill it with the longest cached prefix to be found."""
+        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
+        donor, length = None, 0
+        for slot in sorted(self.slots, key=lambda s: (s.seq is None, s.last_used)):
+            n = _common_prefix(slot.cached, prompt, limit)
+            if n >= length and n > 0:
+                donor, length = slot, n
+        if length < min(MIN_USEFUL_PREFIX, limit):
+            donor, length = None, 0
+        if donor is not None and donor.seq is None:
+            if length < len(donor.cached) and not self.backend.seq_rm(donor.id, length, -1):
+                self._clear(donor)
+                return donor, 0
+            del donor.cached[length:]
+            return donor, length
+        target = min(free, key=lambda s: s.last_used)
+        self._clear(target)
+        if donor is not None:
+            self.backend.seq_cp(donor.id, target.id, 0, length)
+            target.cached = prompt[:length]
+        return target, length
+
+    def _share_prompt(self, state: RequestState) -> None:
+        """n > 1: every choice starts from the leader's prompt cells instead of its own."""
+        leader = state.seqs[0]
+        for seq in state.seqs[1:]:
+            self._clear(seq.slot)
+            self.backend.seq_cp(leader.slot.id, seq.slot.id, -1, -1)
+            seq.slot.cached = list(leader.slot.cached)
+
+    def _clear(self, slot: Slot) -> None:
+        self.backend.seq_rm(slot.id, -1, -1)
+        slot.cached = []
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

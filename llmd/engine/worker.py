@@ -1,0 +1,104 @@
+"""A model process's main: load the model, then run the step loop until told to stop.
+
+Started by the daemon as `python -m llmd.engine.worker --fd N`, with one end of a socketpair.
+One thread owns the llama.cpp context and runs the steps; a second thread only reads the
+socket, so a request arriving mid-step waits for the next step and never for a lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from llmd.engine import messages as m
+
+HEARTBEAT_S = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmd-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--name", default="model")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s llmd.worker[{args.name}] %(message)s",
+        stream=sys.stderr,
+    )
+    sock = socket.socket(fileno=args.fd)
+    options = m.recv(sock)
+    # Imported here: the daemon imports this module's neighbours without loading llama.cpp.
+    from llmd.engine.llama import LlamaBackend, LoadError
+    from llmd.engine.scheduler import Scheduler
+
+    try:
+        backend = LlamaBackend(options)
+    except LoadError as exc:
+        m.send(sock, m.Failed("load", 503, str(exc), code="model_load_failed"))
+        return 3
+    meta = backend.metadata()
+    m.send(
+        sock,
+        m.Ready(
+            metadata=meta,
+            n_ctx_train=backend.n_ctx_train,
+            ctx_per_seq=options.ctx_per_seq,
+            parallel=options.parallel,
+            n_vocab=backend.n_vocab,
+            bos_token=backend.special_text(backend.bos),
+            eos_token=backend.special_text(backend.eos),
+            model_bytes=backend.model_bytes(),
+        ),
+    )
+    scheduler = Scheduler(backend, options.ctx_per_seq, backend.adds_bos(), backend.bos)
+    inbox: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_read, args=(sock, inbox), daemon=True).start()
+    try:
+        _loop(sock, scheduler, inbox)
+    finally:
+        backend.close()
+    return 0
+
+
+def _read(sock: socket.socket, inbox: queue.Queue[Any]) -> None:
+    try:
+        while True:
+            inbox.put(m.recv(sock))
+    except (EOFError, OSError):
+        inbox.put(m.Shutdown())  # the daemon went away: nobody is left to serve
+
+
+def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
+    last_sent = 0.0
+    while True:
+        events: list[Any] = []
+        timeout = None if scheduler.has_work() else HEARTBEAT_S
+        try:
+            msg = inbox.get(timeout=timeout) if timeout else inbox.get_nowait()
+            while True:
+                if isinstance(msg, m.Shutdown):
+                    return
+                if isinstance(msg, m.GenerateRequest):
+                    events.extend(scheduler.submit(msg))
+                elif isinstance(msg, m.Cancel):
+                    scheduler.cancel(msg.id)
+                msg = inbox.get_nowait()
+        except queue.Empty:
+            pass
+        if scheduler.has_work():
+            events.extend(scheduler.step())
+        now = time.monotonic()
+        if events or now - last_sent >= HEARTBEAT_S:
+            m.send(sock, m.Batch(events, scheduler.stats()))
+            last_sent = now
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

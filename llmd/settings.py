@@ -1,0 +1,261 @@
+"""The one settings model for llmd's TOML file, and the loader that explains bad files.
+
+Every field carries its type, bounds and a description: `llmd serve --help` and
+`llmd check-config` are generated from these, so the docs and the code never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
+
+
+class _Section(BaseModel):
+    # A misspelt key must stop start-up, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address to listen on. Loopback unless you mean it.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    max_queue: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Requests that may wait per model beyond the running ones; "
+        "more are refused at once with 503 and Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a request may take, queueing included, before it is ended."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before cancel."
+    )
+    default_model: str | None = Field(
+        None,
+        description="Model used when a request names none, and checked by /ready. "
+        "Defaults to the first model table.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the daemon."
+    )
+    log_prompts: bool = Field(
+        False, description="Log prompt and completion text. Off: only sizes and timings are logged."
+    )
+
+
+class EngineSettings(_Section):
+    ctx_per_seq: int = Field(
+        2048, ge=64, le=1_048_576, description="Context tokens per sequence (prompt + output)."
+    )
+    parallel: int = Field(
+        8, ge=1, le=256, description="Sequences decoded together in one batch (running slots)."
+    )
+    batch_size: int = Field(
+        256,
+        ge=16,
+        le=65_536,
+        description="Tokens per engine step (llama.cpp n_batch): decode tokens of every running "
+        "sequence plus a chunk of pending prompt tokens. Smaller keeps streams smooth while long "
+        "prompts are read; larger reads prompts faster.",
+    )
+    ubatch_size: int = Field(
+        256, ge=16, le=65_536, description="Physical micro-batch size (llama.cpp n_ubatch)."
+    )
+    threads: int = Field(
+        0, ge=0, le=1024, description="Threads for decoding; 0 = physical cores of this machine."
+    )
+    threads_batch: int = Field(
+        0, ge=0, le=1024, description="Threads for prompt processing; 0 = same as threads."
+    )
+    omp_wait_policy: Literal["passive", "active"] = Field(
+        "passive",
+        description="OpenMP wait policy for llama.cpp's threads. 'passive' sleeps between steps: "
+        "on a small box shared with the HTTP server and other work, spinning threads starve "
+        "everything else and make decode erratic (see docs/benchmarks.md).",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field("auto", description="Flash attention.")
+    kv_type: Literal["f16", "q8_0", "f32"] = Field(
+        "f16", description="Data type of the KV cache; q8_0 halves its memory."
+    )
+    load_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a model may take to load before it is marked failed."
+    )
+    hang_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A model process that reports nothing this long while it has work is "
+        "considered hung, killed and restarted.",
+    )
+    restart_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between restarts of a crashing model process."
+    )
+
+
+class SamplingDefaults(_Section):
+    """Per-model defaults; a request's own values win."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class ModelSettings(_Section):
+    path: Path = Field(description="GGUF file; relative paths are under server.models_dir.")
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names requests may use for this model."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template that replaces the one in the GGUF file "
+        "(the template text, or a path to a file holding it).",
+    )
+    ctx_per_seq: int | None = Field(None, ge=64, le=1_048_576, description="Overrides engine.")
+    parallel: int | None = Field(None, ge=1, le=256, description="Overrides engine.")
+    threads: int | None = Field(None, ge=0, le=1024, description="Overrides engine.")
+    sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults, description="Default sampling values."
+    )
+
+
+class Settings(_Section):
+    models_dir: Path = Field(
+        Path("/var/lib/llmd/models"),
+        description="Directory holding model files; relative to the config file's directory.",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="One table per model: [models.NAME]."
+    )
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            for alias in [name, *model.aliases]:
+                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", alias):
+                    raise ValueError(f"model name {alias!r}: use letters, digits and . _ : / -")
+                if alias in seen:
+                    raise ValueError(f"model name {alias!r} is used by {seen[alias]!r} already")
+                seen[alias] = name
+        if self.server.default_model is not None and self.server.default_model not in seen:
+            raise ValueError(
+                f"server.default_model {self.server.default_model!r} is not a configured model"
+            )
+        return self
+
+    def default_model_name(self) -> str | None:
+        if self.server.default_model is not None:
+            return self.server.default_model
+        return next(iter(self.models), None)
+
+    def model_path(self, name: str) -> Path:
+        path = self.models[name].path
+        return path if path.is_absolute() else self.models_dir / path
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, line, key and reason."""
+
+
+def find_config(explicit: str | Path | None) -> Path | None:
+    """The config file to use: an explicit path, $LLMD_CONFIG, ./etc/llmd.toml, /etc/llmd."""
+    if explicit is not None:
+        return Path(explicit)
+    if env := os.environ.get("LLMD_CONFIG"):
+        return Path(env)
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read and validate a TOML file; relative paths in it are made relative to its directory."""
+    data: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(path, text, exc)) from exc
+    if path is not None and not settings.models_dir.is_absolute():
+        settings.models_dir = (path.parent / settings.models_dir).resolve()
+    for model in settings.models.values():
+        model.chat_template = _read_template(model.chat_template, path)
+    return settings
+
+
+def _read_template(value: str | None, config_path: Path | None) -> str | None:
+    if value is None or "{" in value or "\n" in value:
+        return value
+    candidate = Path(value)
+    if not candidate.is_absolute() and config_path is not None:
+        candidate = config_path.parent / candidate
+    try:
+        return candidate.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"chat_template file {candidate}: cannot read: {exc.strerror}") from exc
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _explain(path: Path | None, text: str, exc: ValidationError) -> str:
+    where = str(path) if path is not None else "settings"
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        line = _find_line(text, loc)
+        at = f":{line}" if line else ""
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            reason = "unknown setting"
+        elif err["type"] == "missing":
+            reason = "required setting is missing"
+        lines.append(f"{where}{at}: {key}: {reason}")
+    return "\n".join(lines)
+
+
+def _find_line(text: str, loc: list[str]) -> int | None:
+    """Best-effort line of the key at `loc` (its table header when the key itself is absent)."""
+    table: list[str] = []
+    best: int | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if header := re.fullmatch(r"\[\s*([^\]]+?)\s*\]", line):
+            table = [part.strip().strip('"') for part in header.group(1).split(".")]
+            if table == loc[: len(table)] and best is None:
+                best = number
+            continue
+        if match := re.match(r"([A-Za-z0-9_\"-]+)\s*=", line):
+            key = match.group(1).strip('"')
+            if [*table, key] == loc[: len(table) + 1] and len(table) + 1 >= len(loc) - 1:
+                return number
+    return best
