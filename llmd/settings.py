@@ -33,7 +33,9 @@ class ServerSettings(_Section):
         "more are refused at once with 503 and Retry-After.",
     )
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Longest a request may take, queueing included, before it is ended."
+        600.0,
+        gt=0,
+        description="Longest a request may take, queueing included, before it is ended.",
     )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before cancel."
@@ -135,8 +137,8 @@ class Settings(_Section):
         Path("/var/lib/llmd/models"),
         description="Directory holding model files; relative to the config file's directory.",
     )
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )

@@ -53,7 +53,7 @@ class LoadOptions:
 
 
 # llama.cpp logs every tensor while loading; keep errors and warnings, drop the chatter.
-@lc.llama_log_callback
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, _user: Any) -> None:
     if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
@@ -210,7 +210,7 @@ class LlamaBackend:
         if params.logit_bias:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                biases[i].token = tok
+                biases[i].token = tok  # type: ignore[assignment]
                 biases[i].bias = bias
             add(chain, lc.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
         if (

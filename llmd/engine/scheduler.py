@@ -96,11 +96,14 @@ class RequestState:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int) -> None:
+    def __init__(
+        self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int, bos_text: str = ""
+    ) -> None:
         self.backend = backend
         self.ctx_per_seq = ctx_per_seq
         self.add_bos = add_bos
         self.bos = bos
+        self.bos_text = bos_text
         self.slots = [Slot(i) for i in range(backend.n_parallel)]
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
@@ -112,10 +115,9 @@ class Scheduler:
     def submit(self, req: GenerateRequest) -> list[Any]:
         """Tokenize and check a request; it joins the queue, or fails at once."""
         if isinstance(req.prompt, str):
-            prompt = self.backend.tokenize(req.prompt, add_special=self.add_bos)
-            # Chat templates usually write the BOS themselves; do not feed it twice.
-            if len(prompt) >= 2 and prompt[0] == prompt[1] == self.bos:
-                prompt = prompt[1:]
+            # Chat templates usually write the BOS themselves; do not add a second one.
+            written = bool(self.bos_text) and req.prompt.startswith(self.bos_text)
+            prompt = self.backend.tokenize(req.prompt, add_special=self.add_bos and not written)
         else:
             prompt = list(req.prompt)
         if not prompt:

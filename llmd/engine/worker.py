@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             model_bytes=backend.model_bytes(),
         ),
     )
-    scheduler = Scheduler(backend, options.ctx_per_seq, backend.adds_bos(), backend.bos)
+    scheduler = Scheduler(
+        backend, options.ctx_per_seq, backend.adds_bos(), backend.bos, backend.special_text(backend.bos)
+    )
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(sock, inbox), daemon=True).start()
     try:

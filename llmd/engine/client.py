@@ -1,0 +1,252 @@
+"""The daemon's side of a model process: spawn it, talk to it, restart it when it dies.
+
+A crash (segfault, abort, OOM kill) or a hang inside llama.cpp ends only the child: the
+daemon answers that model's in-flight requests with a 503, and starts a new child after a
+pause that grows with repeated failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmd.engine import messages as m
+from llmd.engine.llama import LoadOptions
+from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
+
+log = logging.getLogger("llmd.engine")
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class RequestHandle:
+    """A submitted request: its engine events arrive on `queue`."""
+
+    id: str
+    n: int
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    finished: int = 0
+    """Choices that ended, counted as their final events arrive from the engine."""
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Engine events until the request ends; a failure is raised as an APIError."""
+        ended = 0
+        while ended < self.n:
+            event = await self.queue.get()
+            if isinstance(event, m.Failed):
+                cls = InvalidRequest if event.status == 400 else APIError
+                raise cls(event.message, code=event.code, param=event.param, status=event.status)
+            if isinstance(event, m.Delta) and event.finish_reason is not None:
+                ended += 1
+            yield event
+
+
+@dataclass
+class EngineOptions:
+    load: LoadOptions
+    omp_wait_policy: str
+    log_level: str
+    max_queue: int
+    load_timeout_s: float
+    hang_timeout_s: float
+    restart_backoff_max_s: float
+
+
+class ModelProcess:
+    def __init__(self, name: str, options: EngineOptions) -> None:
+        self.name = name
+        self.options = options
+        self.state = ModelState.STOPPED
+        self.error: str | None = None
+        self.info: m.Ready | None = None
+        self.stats: m.Stats | None = None
+        self.pid: int | None = None
+        self.restarts = 0
+        self.loaded_at: float | None = None
+        self._inflight: dict[str, RequestHandle] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the supervisor; returns once the model is ready or has failed to load."""
+        self._stopping = False
+        self._ready.clear()
+        self._task = asyncio.create_task(self._supervise(), name=f"model:{self.name}")
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._fail_all("the daemon is shutting down")
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.write(m.pack(m.Shutdown()))
+                await self._writer.drain()
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state = ModelState.STOPPED
+
+    def kill(self) -> None:
+        """Kill the child as if it had crashed (used for hangs, and by tests)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGKILL)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except Exception as exc:  # noqa: BLE001 - any failure means: restart the child
+                self.error = str(exc) or type(exc).__name__
+                log.error("model %s: %s", self.name, self.error)
+            finally:
+                self._writer = None
+                self.pid = None
+                self.info = None
+                if self._proc is not None and self._proc.returncode is None:
+                    self._proc.kill()
+                    await self._proc.wait()
+            if self._stopping:
+                break
+            self._fail_all(f"model '{self.name}' stopped unexpectedly and is restarting")
+            self.state = ModelState.RESTARTING if self.loaded_at else ModelState.FAILED
+            self._ready.set()
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            self.restarts += 1
+            log.warning("model %s: restarting in %.0f s", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.options.restart_backoff_max_s)
+
+    async def _run_once(self) -> None:
+        self.state = ModelState.LOADING if self.loaded_at is None else ModelState.RESTARTING
+        parent, child = socket.socketpair()
+        env = dict(os.environ, OMP_WAIT_POLICY=self.options.omp_wait_policy.upper())
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llmd.engine.worker",
+                "--fd",
+                str(child.fileno()),
+                "--name",
+                self.name,
+                "--log-level",
+                self.options.log_level,
+                pass_fds=(child.fileno(),),
+                env=env,
+            )
+        finally:
+            child.close()
+        self.pid = self._proc.pid
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        writer.write(m.pack(self.options.load))
+        await writer.drain()
+        first = await asyncio.wait_for(_read(reader), self.options.load_timeout_s)
+        if isinstance(first, m.Failed):
+            raise RuntimeError(first.message)
+        assert isinstance(first, m.Ready)
+        self.info = first
+        self.error = None
+        self.loaded_at = time.time()
+        self._writer = writer
+        self.state = ModelState.READY
+        self._ready.set()
+        log.info("model %s: ready (pid %d)", self.name, self.pid)
+        while True:
+            try:
+                msg = await asyncio.wait_for(_read(reader), self.options.hang_timeout_s)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"no answer for {self.options.hang_timeout_s:.0f} s: hung, killed"
+                ) from None
+            except (asyncio.IncompleteReadError, ConnectionError):
+                code = await self._proc.wait()
+                raise RuntimeError(f"model process exited with status {code}") from None
+            if isinstance(msg, m.Batch):
+                self.stats = msg.stats
+                for event in msg.events:
+                    self._dispatch(event)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def submit(self, req: m.GenerateRequest) -> RequestHandle:
+        if self.state != ModelState.READY or self._writer is None:
+            reason = f": {self.error}" if self.error else ""
+            raise ServiceUnavailable(
+                f"model '{self.name}' is {self.state.value}{reason}",
+                code="model_not_ready",
+                retry_after=2,
+            )
+        waiting = sum(h.n for h in self._inflight.values())
+        capacity = self.options.load.parallel + self.options.max_queue
+        if waiting + req.n > capacity:
+            raise ServiceUnavailable(
+                f"model '{self.name}' is busy: {waiting} sequences running or queued, "
+                f"limit {capacity}; retry shortly",
+                code="server_busy",
+            )
+        handle = RequestHandle(req.id, req.n)
+        self._inflight[req.id] = handle
+        self._writer.write(m.pack(req))
+        return handle
+
+    def cancel(self, handle: RequestHandle) -> None:
+        """Free a request's sequences now if it is still running (the client went away)."""
+        if self._inflight.pop(handle.id, None) is not None and self._writer is not None:
+            self._writer.write(m.pack(m.Cancel(handle.id)))
+
+    @property
+    def num_inflight(self) -> int:
+        return len(self._inflight)
+
+    def _dispatch(self, event: Any) -> None:
+        handle = self._inflight.get(event.id)
+        if handle is None:
+            return  # cancelled while the event was on its way
+        handle.queue.put_nowait(event)
+        if isinstance(event, m.Failed):
+            self._inflight.pop(event.id, None)
+        elif isinstance(event, m.Delta) and event.finish_reason is not None:
+            handle.finished += 1
+            if handle.finished >= handle.n:
+                self._inflight.pop(event.id, None)
+
+    def _fail_all(self, reason: str) -> None:
+        for handle in self._inflight.values():
+            handle.queue.put_nowait(m.Failed(handle.id, 503, reason, code="model_crashed"))
+        self._inflight.clear()
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    size = m.unpack_header(await reader.readexactly(4))
+    return m.unpack(await reader.readexactly(size))

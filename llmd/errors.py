@@ -1,0 +1,70 @@
+"""Typed errors, turned into OpenAI-shaped bodies in one place (the app's error middleware).
+
+APIError                    any error a client should see, with its HTTP status
+├── InvalidRequest          400 invalid_request_error: the request itself is wrong
+├── ModelNotFound           404 model_not_found
+└── ServiceUnavailable      503: overloaded, loading, crashed or shutting down; has Retry-After
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, *, code: str = "service_unavailable", retry_after: int = 1):
+        super().__init__(message, code=code, retry_after=retry_after)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

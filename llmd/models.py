@@ -1,0 +1,107 @@
+"""The configured models: their processes, names and aliases, chat templates and defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from llmd.engine.client import EngineOptions, ModelProcess, ModelState
+from llmd.engine.llama import LoadOptions
+from llmd.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from llmd.settings import ModelSettings, Settings
+from llmd.templates import ChatTemplate, choose_template
+
+log = logging.getLogger("llmd.models")
+
+
+@dataclass
+class Model:
+    name: str
+    settings: ModelSettings
+    process: ModelProcess
+    _template: ChatTemplate | None = None
+    _template_for: object = None
+
+    def chat_template(self) -> ChatTemplate:
+        info = self.process.info
+        if info is None:
+            raise ServiceUnavailable(
+                f"model '{self.name}' is {self.process.state.value}", code="model_not_ready"
+            )
+        if self._template_for is not info:
+            self._template = choose_template(
+                self.settings.chat_template, info.metadata, info.bos_token, info.eos_token
+            )
+            self._template_for = info
+        if self._template is None:
+            arch = info.metadata.get("general.architecture", "unknown")
+            raise InvalidRequest(
+                f"Model '{self.name}' has no chat template (architecture '{arch}') and none is "
+                "configured: use /v1/completions, or set chat_template for it in the config.",
+                code="chat_template_missing",
+                param="model",
+            )
+        return self._template
+
+
+def _cpu_threads() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class ModelManager:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, Model] = {}
+        self.names: dict[str, str] = {}
+        engine = settings.engine
+        for name, ms in settings.models.items():
+            threads = ms.threads or engine.threads or _cpu_threads()
+            load = LoadOptions(
+                path=settings.model_path(name),
+                ctx_per_seq=ms.ctx_per_seq or engine.ctx_per_seq,
+                parallel=ms.parallel or engine.parallel,
+                batch_size=engine.batch_size,
+                ubatch_size=engine.ubatch_size,
+                threads=threads,
+                threads_batch=engine.threads_batch or threads,
+                flash_attn=engine.flash_attn,
+                kv_type=engine.kv_type,
+            )
+            options = EngineOptions(
+                load=load,
+                omp_wait_policy=engine.omp_wait_policy,
+                log_level=settings.server.log_level,
+                max_queue=settings.server.max_queue,
+                load_timeout_s=engine.load_timeout_s,
+                hang_timeout_s=engine.hang_timeout_s,
+                restart_backoff_max_s=engine.restart_backoff_max_s,
+            )
+            self.models[name] = Model(name, ms, ModelProcess(name, options))
+            for alias in [name, *ms.aliases]:
+                self.names[alias] = name
+        self.default = settings.default_model_name()
+
+    async def start(self) -> None:
+        await asyncio.gather(*(m.process.start() for m in self.models.values()))
+        for model in self.models.values():
+            if model.process.state != ModelState.READY:
+                log.error("model %s failed to load: %s", model.name, model.process.error)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(m.process.stop() for m in self.models.values()))
+
+    def resolve(self, name: str | None) -> Model:
+        if name is None or name == "":
+            if self.default is None:
+                raise InvalidRequest(
+                    "No model given and no default model configured.", param="model"
+                )
+            name = self.default
+        real = self.names.get(name)
+        if real is None:
+            raise ModelNotFound(name)
+        return self.models[real]

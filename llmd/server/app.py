@@ -1,0 +1,200 @@
+"""The aiohttp application: routes (thin), the error middleware, health endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from llmd import __version__
+from llmd.engine.client import ModelState
+from llmd.errors import APIError, InvalidRequest, error_body
+from llmd.models import ModelManager
+from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
+from llmd.server.serving import Serving
+from llmd.settings import Settings
+
+log = logging.getLogger("llmd.api")
+
+SETTINGS = web.AppKey("settings", Settings)
+MODELS = web.AppKey("models", ModelManager)
+SERVING = web.AppKey("serving", Serving)
+STARTED = web.AppKey("started", float)
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves in OpenAI's shape; nothing a client sends can cause a 500."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except APIError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason if exc.status != 404 else f"No route for {request.path}"
+        return web.json_response(
+            error_body(message, _STATUS_TYPES.get(exc.status, "server_error")),
+            status=exc.status,
+        )
+    except (ConnectionResetError, OSError) as exc:
+        log.info("%s %s: client went away (%s)", request.method, request.path, exc)
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return web.json_response(
+            error_body("The server had an error while processing your request.", "server_error"),
+            status=500,
+        )
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request ({exc.msg} at line {exc.lineno} "
+            f"column {exc.colno})."
+        ) from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = ChatCompletionRequest.parse(await _json(request))
+    model = request.app[MODELS].resolve(req.model)
+    return await request.app[SERVING].chat(request, req, model)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    req = CompletionRequest.parse(await _json(request))
+    model = request.app[MODELS].resolve(req.model)
+    return await request.app[SERVING].completions(request, req, model)
+
+
+def _cards(manager: ModelManager) -> list[dict[str, Any]]:
+    cards = []
+    for alias, name in manager.names.items():
+        process = manager.models[name].process
+        created = int(process.loaded_at or 0)
+        cards.append(model_card(alias, created, process.state.value))
+    return cards
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": _cards(request.app[MODELS])})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    for card in _cards(request.app[MODELS]):
+        if card["id"] == name:
+            return web.json_response(card)
+    request.app[MODELS].resolve(name)  # raises the 404
+    raise AssertionError("unreachable")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    manager = request.app[MODELS]
+    if manager.default is None:
+        return web.json_response(
+            {"status": "not ready", "reason": "no model configured"}, status=503
+        )
+    process = manager.models[manager.default].process
+    if process.state != ModelState.READY:
+        reason = f"default model '{manager.default}' is {process.state.value}"
+        if process.error:
+            reason += f": {process.error}"
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+    return web.json_response({"status": "ready", "model": manager.default})
+
+
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
+
+
+async def api_health(request: web.Request) -> web.Response:
+    manager = request.app[MODELS]
+    models = []
+    for name, model in manager.models.items():
+        p = model.process
+        stats = p.stats
+        models.append(
+            {
+                "name": name,
+                "aliases": model.settings.aliases,
+                "path": str(p.options.load.path),
+                "state": p.state.value,
+                "error": p.error,
+                "pid": p.pid,
+                "restarts": p.restarts,
+                "parallel": p.options.load.parallel,
+                "ctx_per_seq": p.options.load.ctx_per_seq,
+                "requests_in_flight": p.num_inflight,
+                "running": stats.running if stats else 0,
+                "queued": stats.waiting if stats else 0,
+                "kv_tokens_cached": stats.kv_cells_used if stats else 0,
+                "kv_tokens_total": stats.kv_cells_total if stats else 0,
+                "memory_rss_bytes": _rss(p.pid),
+                "model_bytes": p.info.model_bytes if p.info else None,
+            }
+        )
+    vm = psutil.virtual_memory()
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
+            "default_model": manager.default,
+            "memory": {
+                "daemon_rss_bytes": _rss(os.getpid()),
+                "system_total_bytes": vm.total,
+                "system_available_bytes": vm.available,
+            },
+            "models": models,
+        }
+    )
+
+
+def create_app(settings: Settings, manager: ModelManager) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=32 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[MODELS] = manager
+    app[SERVING] = Serving(settings)
+    app[STARTED] = time.monotonic()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/api/v1/health", api_health)
+    return app

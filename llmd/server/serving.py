@@ -1,0 +1,436 @@
+"""Chat and text completions: an API request in, engine requests out, OpenAI shapes back.
+
+The engine knows nothing of HTTP; the handlers know nothing of the engine. This layer turns
+a validated request into `GenerateRequest`s, follows their events, and writes either one JSON
+body or an SSE stream. Whatever way the request ends (done, error, client gone, timeout), its
+engine sequences are cancelled in `finally`, so a vanished client frees its slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from llmd.engine import messages as m
+from llmd.engine.client import RequestHandle
+from llmd.errors import APIError, InvalidRequest
+from llmd.models import Model
+from llmd.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+    chat_chunk,
+    chat_logprobs,
+    completion_chunk,
+    completion_logprobs,
+    now,
+    usage,
+)
+from llmd.settings import Settings
+
+log = logging.getLogger("llmd.api")
+_T = TypeVar("_T")
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    logprobs: list[m.TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Run:
+    """The engine requests behind one API request (one per prompt), followed together."""
+
+    def __init__(
+        self, model: Model, handles: list[RequestHandle], n: int, timeout_s: float
+    ) -> None:
+        self.model = model
+        self.deadline = time.monotonic() + timeout_s
+        self.handles = handles
+        self.n = n
+        self.started: list[m.Started] = []
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion_tokens = 0
+        self._streams = [h.events() for h in handles]
+
+    async def start(self) -> None:
+        """Wait until every prompt is tokenized and accepted (or raise its 4xx/5xx)."""
+        for stream in self._streams:
+            first = await self._within_deadline(anext(stream))
+            assert isinstance(first, m.Started)
+            self.started.append(first)
+            self.prompt_tokens += first.prompt_tokens
+
+    async def deltas(self) -> AsyncIterator[tuple[int, m.Delta]]:
+        """(choice index, delta) across all prompts, as they arrive."""
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        async def pump(i: int, stream: AsyncIterator[Any]) -> None:
+            try:
+                async for event in stream:
+                    await queue.put((i, event))
+                await queue.put((i, None))
+            except Exception as exc:  # noqa: BLE001 - handed over to the consumer
+                await queue.put((i, exc))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self._streams)]
+        try:
+            open_streams = len(tasks)
+            while open_streams:
+                i, event = await self._within_deadline(queue.get())
+                if event is None:
+                    open_streams -= 1
+                elif isinstance(event, Exception):
+                    raise event
+                elif isinstance(event, m.Admitted):
+                    self.cached_tokens += event.cached_tokens
+                elif isinstance(event, m.Delta):
+                    self.completion_tokens += event.tokens
+                    yield i * self.n + event.index, event
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _within_deadline(self, awaitable: Awaitable[_T]) -> _T:
+        try:
+            return await asyncio.wait_for(awaitable, self.deadline - time.monotonic())
+        except TimeoutError:
+            raise APIError(
+                "The request took longer than the server's request timeout.",
+                code="timeout",
+                status=504,
+            ) from None
+
+    def close(self) -> None:
+        for handle in self.handles:
+            self.model.process.cancel(handle)
+
+    def usage(self) -> dict[str, Any]:
+        return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+def _sampling(req: _Sampling, model: Model) -> m.SamplingParams:
+    d = model.settings.sampling
+
+    def pick(value: Any, default: Any, builtin: Any) -> Any:
+        return value if value is not None else default if default is not None else builtin
+
+    return m.SamplingParams(
+        temperature=pick(req.temperature, d.temperature, 1.0),
+        top_p=pick(req.top_p, d.top_p, 1.0),
+        top_k=pick(req.top_k, d.top_k, 0),
+        min_p=pick(req.min_p, d.min_p, 0.0),
+        repeat_penalty=pick(req.repeat_penalty, d.repeat_penalty, 1.0),
+        frequency_penalty=pick(req.frequency_penalty, d.frequency_penalty, 0.0),
+        presence_penalty=pick(req.presence_penalty, d.presence_penalty, 0.0),
+        seed=req.seed,
+        logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+    )
+
+
+def _engine_request(
+    req: _Sampling,
+    model: Model,
+    prompt: str | list[int],
+    max_tokens: int | None,
+    logprobs: int | None,
+    echo: bool = False,
+) -> m.GenerateRequest:
+    n_vocab = model.process.info.n_vocab if model.process.info else 0
+    for token in req.logit_bias or {}:
+        if int(token) >= n_vocab:
+            raise InvalidRequest(
+                f"logit_bias token {token} is outside the vocabulary (size {n_vocab})",
+                param="logit_bias",
+            )
+    if isinstance(prompt, list) and any(t < 0 or t >= n_vocab for t in prompt):
+        raise InvalidRequest(f"prompt token ids must be in [0, {n_vocab})", param="prompt")
+    return m.GenerateRequest(
+        id=uuid.uuid4().hex,
+        prompt=prompt,
+        sampling=_sampling(req, model),
+        max_tokens=max_tokens if max_tokens is not None else model.settings.sampling.max_tokens,
+        n=req.n,
+        stop=req.stop_list(),
+        logprobs=logprobs,
+        ignore_eos=req.ignore_eos,
+        return_prompt_text=echo and isinstance(prompt, list),
+    )
+
+
+async def _submit(model: Model, reqs: list[m.GenerateRequest], n: int, timeout_s: float) -> Run:
+    handles: list[RequestHandle] = []
+    try:
+        for req in reqs:
+            handles.append(model.process.submit(req))
+    except Exception:
+        for handle in handles:
+            model.process.cancel(handle)
+        raise
+    run = Run(model, handles, n, timeout_s)
+    try:
+        await run.start()
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+async def _sse(resp: web.StreamResponse, payload: dict[str, Any] | str) -> None:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    await resp.write(f"data: {data}\n\n".encode())
+
+
+async def _start_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    return resp
+
+
+def _log_done(kind: str, model: str, run: Run, started: float, stream: bool) -> None:
+    log.info(
+        "%s model=%s stream=%s prompt_tokens=%d cached=%d completion_tokens=%d %.3fs",
+        kind,
+        model,
+        stream,
+        run.prompt_tokens,
+        run.cached_tokens,
+        run.completion_tokens,
+        time.monotonic() - started,
+    )
+
+
+class Serving:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def chat(
+        self, request: web.Request, req: ChatCompletionRequest, model: Model
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        messages = []
+        for msg in req.messages:
+            entry: dict[str, Any] = {"role": msg.role, "content": msg.text()}
+            if msg.name:
+                entry["name"] = msg.name
+            messages.append(entry)
+        prompt = model.chat_template().render(messages)
+        if self.settings.server.log_prompts:
+            log.info("chat prompt: %r", prompt)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        ereq = _engine_request(req, model, prompt, max_tokens, logprobs)
+        name = req.model or model.name
+        id_, created = f"chatcmpl-{ereq.id}", now()
+        run = await _submit(model, [ereq], req.n, self.settings.server.request_timeout_s)
+        try:
+            if req.stream:
+                return await self._chat_stream(request, req, run, id_, name, created)
+            choices = [Choice() for _ in range(req.n)]
+            async for index, delta in run.deltas():
+                _collect(choices[index], delta)
+        finally:
+            run.close()
+            _log_done("chat", name, run, started, req.stream)
+        body = {
+            "id": id_,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": run.usage(),
+        }
+        return web.json_response(body)
+
+    async def _chat_stream(
+        self,
+        request: web.Request,
+        req: ChatCompletionRequest,
+        run: Run,
+        id_: str,
+        name: str,
+        created: int,
+    ) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        with_usage = req.include_usage()
+
+        def chunk(choice: dict[str, Any]) -> dict[str, Any]:
+            return chat_chunk(id_, name, created, [choice], with_usage)
+
+        for i in range(req.n):
+            await _sse(
+                resp,
+                chunk(
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ),
+            )
+        try:
+            async for index, delta in run.deltas():
+                if delta.text or delta.logprobs:
+                    lp = chat_logprobs(delta.logprobs) if delta.logprobs else None
+                    await _sse(
+                        resp,
+                        chunk(
+                            {
+                                "index": index,
+                                "delta": {"content": delta.text},
+                                "logprobs": lp,
+                                "finish_reason": None,
+                            }
+                        ),
+                    )
+                if delta.finish_reason is not None:
+                    await _sse(
+                        resp,
+                        chunk(
+                            {
+                                "index": index,
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": delta.finish_reason,
+                            }
+                        ),
+                    )
+        except APIError as exc:
+            return await _stream_error(resp, exc)
+        if with_usage:
+            await _sse(resp, chat_chunk(id_, name, created, [], True, run.usage()))
+        await _sse(resp, "[DONE]")
+        await resp.write_eof()
+        return resp
+
+    async def completions(
+        self, request: web.Request, req: CompletionRequest, model: Model
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        if req.suffix:
+            raise InvalidRequest("suffix is not supported", param="suffix")
+        prompts = req.prompts()
+        if self.settings.server.log_prompts:
+            log.info("completion prompts: %r", prompts)
+        ereqs = [
+            _engine_request(req, model, p, req.max_tokens, req.logprobs, req.echo) for p in prompts
+        ]
+        name = req.model or model.name
+        id_, created = f"cmpl-{ereqs[0].id}", now()
+        run = await _submit(model, ereqs, req.n, self.settings.server.request_timeout_s)
+        try:
+            echoes = [
+                (s.prompt_text if s.prompt_text is not None else str(p)) if req.echo else ""
+                for s, p in zip(run.started, prompts, strict=True)
+            ]
+            if req.stream:
+                return await self._completion_stream(request, req, run, id_, name, created, echoes)
+            choices = [Choice(text=echoes[i // req.n]) for i in range(len(prompts) * req.n)]
+            async for index, delta in run.deltas():
+                _collect(choices[index], delta)
+        finally:
+            run.close()
+            _log_done("completion", name, run, started, req.stream)
+        body = {
+            "id": id_,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "text": c.text,
+                    "logprobs": (
+                        completion_logprobs(c.logprobs, len(echoes[i // req.n]))
+                        if req.logprobs is not None
+                        else None
+                    ),
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": run.usage(),
+        }
+        return web.json_response(body)
+
+    async def _completion_stream(
+        self,
+        request: web.Request,
+        req: CompletionRequest,
+        run: Run,
+        id_: str,
+        name: str,
+        created: int,
+        echoes: list[str],
+    ) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        with_usage = req.include_usage()
+        offsets = [len(echoes[i // req.n]) for i in range(len(echoes) * req.n)]
+
+        def chunk(index: int, text: str, lp: Any, finish: str | None) -> dict[str, Any]:
+            choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+            return completion_chunk(id_, name, created, [choice], with_usage)
+
+        for index in range(len(offsets)):
+            if echo := echoes[index // req.n]:
+                await _sse(resp, chunk(index, echo, None, None))
+        try:
+            async for index, delta in run.deltas():
+                lp = None
+                if delta.logprobs and req.logprobs is not None:
+                    lp = completion_logprobs(delta.logprobs, offsets[index])
+                offsets[index] += len(delta.text)
+                if delta.text or lp or delta.finish_reason:
+                    await _sse(resp, chunk(index, delta.text, lp, delta.finish_reason))
+        except APIError as exc:
+            return await _stream_error(resp, exc)
+        if with_usage:
+            await _sse(resp, completion_chunk(id_, name, created, [], True, run.usage()))
+        await _sse(resp, "[DONE]")
+        await resp.write_eof()
+        return resp
+
+
+async def _stream_error(resp: web.StreamResponse, exc: APIError) -> web.StreamResponse:
+    """Headers are gone already: report the failure in the stream, as OpenAI does."""
+    log.warning("stream ended by error: %s", exc.message)
+    await _sse(resp, exc.body())
+    await resp.write_eof()
+    return resp
+
+
+def _collect(choice: Choice, delta: m.Delta) -> None:
+    choice.text += delta.text
+    if delta.logprobs:
+        choice.logprobs.extend(delta.logprobs)
+    if delta.finish_reason is not None:
+        choice.finish_reason = delta.finish_reason
