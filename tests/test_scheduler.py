@@ -1,0 +1,207 @@
+"""Scheduler unit tests on a fake backend (the real one is covered through the daemon)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmd.engine.messages import Admitted, Delta, Failed, GenerateRequest, SamplingParams, Started
+from llmd.engine.scheduler import Scheduler
+from llmd.engine.text import TextStream
+
+EOS = 0
+
+
+class FakeBackend:
+    """Tokens are characters (ord); the 'model' always answers the next letter, then EOS."""
+
+    def __init__(self, parallel: int = 4, batch_size: int = 32, answer: str = "abc") -> None:
+        self.n_parallel = parallel
+        self.batch_size = batch_size
+        self.answer = answer
+        self.kv: dict[int, dict[int, int]] = {i: {} for i in range(parallel)}
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self._outputs: dict[int, int] = {}
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return [ord(c) for c in text]
+
+    def token_bytes(self, token: int) -> bytes:
+        return chr(token).encode()
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
+        self.batches.append(list(entries))
+        for i, (tok, pos, seq, wants) in enumerate(entries):
+            assert pos == len(self.kv[seq]), "positions must continue the sequence"
+            self.kv[seq][pos] = tok
+            if wants:
+                self._outputs[i] = seq
+        return 0
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> Any:
+        return {"n": 0}
+
+    def sample(self, sampler: Any, index: int) -> int:
+        n = sampler["n"]
+        sampler["n"] += 1
+        return ord(self.answer[n]) if n < len(self.answer) else EOS
+
+    def free_sampler(self, sampler: Any) -> None:
+        sampler["freed"] = True
+
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        return -0.5, [(token, -0.5)][:top]
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        cells = self.kv[seq]
+        lo = 0 if p0 < 0 else p0
+        for pos in [p for p in cells if p >= lo and (p1 < 0 or p < p1)]:
+            del cells[pos]
+        return True
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        lo = 0 if p0 < 0 else p0
+        for pos, tok in self.kv[src].items():
+            if pos >= lo and (p1 < 0 or pos < p1):
+                self.kv[dst][pos] = tok
+
+
+def _req(id_: str, prompt: str, **kw: Any) -> GenerateRequest:
+    return GenerateRequest(id_, prompt, SamplingParams(), **kw)
+
+
+def _run(s: Scheduler) -> dict[str, list[Any]]:
+    events: dict[str, list[Any]] = {}
+    for _ in range(1000):
+        if not s.has_work():
+            break
+        for e in s.step():
+            events.setdefault(e.id, []).append(e)
+    return events
+
+
+def _text(events: list[Any], index: int = 0) -> str:
+    return "".join(e.text for e in events if isinstance(e, Delta) and e.index == index)
+
+
+def test_generates_until_eos_and_counts_tokens() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    assert isinstance(s.submit(_req("a", "hello"))[0], Started)
+    events = _run(s)["a"]
+    assert _text(events) == "abc"
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert sum(d.tokens for d in deltas) == 4  # a, b, c and the EOS
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_max_tokens_gives_length() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(_req("a", "hello", max_tokens=2))
+    events = _run(s)["a"]
+    assert _text(events) == "ab"
+    assert [e.finish_reason for e in events if isinstance(e, Delta)][-1] == "length"
+
+
+def test_context_overflow_is_refused_with_numbers() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    (failed,) = s.submit(_req("a", "hello", max_tokens=10))
+    assert isinstance(failed, Failed) and failed.status == 400
+    assert failed.code == "context_length_exceeded" and "8 tokens" in failed.message
+    assert "15" in failed.message
+    (started,) = s.submit(_req("b", "hello"))
+    assert isinstance(started, Started) and started.max_tokens == 3
+
+
+def test_chunked_prefill_never_exceeds_the_batch_and_keeps_decoding() -> None:
+    backend = FakeBackend(batch_size=8, answer="x" * 30)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("short", "hi", max_tokens=20))
+    s.step()
+    s.step()
+    s.submit(_req("long", "y" * 100, max_tokens=2))
+    steps_during_prefill = 0
+    while s.has_work():
+        before = len(backend.batches)
+        s.step()
+        if len(backend.batches) > before:
+            batch = backend.batches[-1]
+            assert len(batch) <= 8
+            seqs = {seq for _, _, seq, _ in batch}
+            if len(seqs) == 2:
+                steps_during_prefill += 1
+    # The short request kept getting a token every step while the long prompt was read.
+    assert steps_during_prefill >= 10
+
+
+def test_prefix_is_reused_from_a_finished_sequence() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=256, add_bos=False, bos=1)
+    system = "S" * 40
+    s.submit(_req("one", system + "first question"))
+    _run(s)
+    s.submit(_req("two", system + "second question"))
+    events = _run(s)["two"]
+    admitted = next(e for e in events if isinstance(e, Admitted))
+    assert admitted.cached_tokens == len(system)
+    assert _text(events) == "abc"
+
+
+def test_prefix_is_copied_from_a_running_sequence() -> None:
+    backend = FakeBackend(batch_size=64, answer="z" * 50)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    system = "S" * 40
+    s.submit(_req("one", system + "first", max_tokens=40))
+    s.step()  # prompt done, "one" now decoding in its slot
+    s.submit(_req("two", system + "second", max_tokens=2))
+    events = _run(s)
+    admitted = next(e for e in events["two"] if isinstance(e, Admitted))
+    assert admitted.cached_tokens == len(system)
+    two_slot = next(
+        slot for slot in s.slots if slot.cached[:46] == [ord(c) for c in system + "second"]
+    )
+    assert backend.kv[two_slot.id][0] == ord("S")
+
+
+def test_n_choices_share_the_prompt() -> None:
+    backend = FakeBackend()
+    s = Scheduler(backend, ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(_req("a", "prompt", n=3))
+    events = _run(s)["a"]
+    assert [_text(events, i) for i in range(3)] == ["abc", "abc", "abc"]
+    prompt_tokens_decoded = sum(1 for b in backend.batches for e in b if e[1] < len("prompt"))
+    assert prompt_tokens_decoded == len("prompt")  # read once, not three times
+
+
+def test_cancel_frees_the_slot_at_the_next_step() -> None:
+    s = Scheduler(FakeBackend(parallel=1, answer="q" * 100), ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("a", "hello", max_tokens=90))
+    s.submit(_req("b", "world", max_tokens=2))
+    s.step()
+    assert s.stats().running == 1 and s.stats().waiting == 1
+    s.cancel("a")
+    events = _run(s)
+    assert _text(events["b"]) == "qq"
+    assert all(slot.seq is None for slot in s.slots)
+
+
+def test_stop_string_spanning_tokens_is_never_sent() -> None:
+    stream = TextStream(["STOP here"])
+    out = "".join(stream.push(p.encode()) for p in ["abc ", "ST", "OP", " he", "re tail"])
+    assert out == "abc "
+    assert stream.stopped
+
+
+def test_false_stop_prefix_is_released() -> None:
+    stream = TextStream(["STOP"])
+    parts = [stream.push(p.encode()) for p in ["ab", "ST", "Ox", "yz"]]
+    assert parts == ["ab", "", "STOx", "yz"]
+    assert stream.flush() == ""
+
+
+def test_utf8_split_across_tokens() -> None:
+    stream = TextStream([])
+    data = "é€".encode()
+    parts = [stream.push(data[i : i + 1]) for i in range(len(data))]
+    assert "".join(parts) + stream.flush() == "é€"
+    assert parts[0] == ""
