@@ -165,8 +165,10 @@ def start_llama_cpp_python(model: Path, args: argparse.Namespace, workdir: Path)
 
 
 async def _load(url: str, label: str, **kw: Any) -> RunResult:
+    kw = dict(kw)
+    conversations = kw.pop("conversations", None)
     if kw.get("mode") == "multiturn":
-        kw = {**kw, "concurrency": kw.pop("conversations")}
+        kw["concurrency"] = conversations
     return await run_load(LoadConfig(url=url, model="bench", label=label, **kw))
 
 

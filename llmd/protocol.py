@@ -42,12 +42,17 @@ class _Request(BaseModel):
         return parsed
 
 
+# pydantic names the branch of a union it tried ("str", "list[int]", "function-after[...]");
+# those are not parameters.
+_UNION_LABELS = {"str", "int", "float", "bool", "dict", "list", "none", "json-or-python"}
+
+
 def _param_name(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not part.startswith(("function-", "list[", "str", "int")):
+        elif part not in _UNION_LABELS and "[" not in part:
             out += f".{part}" if out else part
     return out or "body"
 
@@ -139,7 +144,7 @@ class CompletionRequest(_Sampling):
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
+        if isinstance(value, list) and (not value or any(p == [] for p in value)):
             raise ValueError("must not be empty")
         return value
 

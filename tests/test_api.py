@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
@@ -18,13 +20,16 @@ if TYPE_CHECKING:
 
 SMOL = "smollm2"
 GEMMA = "gemma3-270m"
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STORY = [{"role": "user", "content": "Tell me a long story about a dragon who lives in a castle."}]
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def post(daemon: Daemon, path: str, body: Any = None, content: bytes | None = None) -> Any:
+def post(
+    daemon: Daemon, path: str, body: Any = None, content: bytes | None = None
+) -> httpx.Response:
     if content is not None:
         return httpx.post(
             daemon.url + path,
@@ -58,6 +63,12 @@ def assert_error(
     return error  # type: ignore[no-any-return]
 
 
+def model_health(daemon: Daemon, name: str = SMOL) -> dict[str, Any]:
+    """One model's entry in /api/v1/health."""
+    models: list[dict[str, Any]] = daemon.health()["models"]  # type: ignore[assignment]
+    return next(m for m in models if m["name"] == name)
+
+
 def chat_body(**kw: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"model": SMOL, "messages": STORY, "max_tokens": 8}
     body.update(kw)
@@ -69,6 +80,20 @@ def stream_chat(client: openai.OpenAI, **kw: Any) -> list[Any]:
         stream=True, stream_options={"include_usage": True}, **kw
     )
     return list(stream)
+
+
+def warm_chat(client: openai.OpenAI, messages: Any, model: str = SMOL) -> None:
+    """Put a prompt in the prefix cache, so that the requests compared next both reuse it.
+
+    llama.cpp's batched prompt path and its one-token path are not bit-identical: a prompt
+    read fresh and the same prompt found in the cache can give slightly different logits, and
+    so different greedy text. Requests whose texts a test compares must both find it cached.
+    """
+    client.chat.completions.create(model=model, messages=messages, max_tokens=1)
+
+
+def warm_completion(client: openai.OpenAI, prompt: Any, model: str = GEMMA) -> None:
+    client.completions.create(model=model, prompt=prompt, max_tokens=1)
 
 
 def chunk_text(chunks: list[Any], index: int = 0) -> str:
@@ -122,6 +147,7 @@ def test_chat_content_parts(daemon: Daemon) -> None:
         {"type": "text", "text": "Tell me a long story "},
         {"type": "text", "text": "about a dragon who lives in a castle."},
     ]
+    warm_chat(client, STORY)
     a = client.chat.completions.create(
         model=SMOL, messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
     )
@@ -149,6 +175,7 @@ def test_logit_bias_forces_token(daemon: Daemon) -> None:
 
 def test_chat_alias_and_default_model(daemon: Daemon) -> None:
     client = daemon.client()
+    warm_chat(client, STORY)
     by_alias = client.chat.completions.create(
         model="smol", messages=STORY, max_tokens=6, temperature=0
     )
@@ -168,6 +195,7 @@ def test_chat_alias_and_default_model(daemon: Daemon) -> None:
 def test_chat_stream_matches_non_stream(daemon: Daemon) -> None:
     client = daemon.client()
     messages = [{"role": "user", "content": "Describe a sunny day at the beach."}]
+    warm_chat(client, messages)
     full = client.chat.completions.create(
         model=SMOL, messages=messages, max_tokens=24, temperature=0, seed=7
     )
@@ -213,6 +241,7 @@ def test_chat_stream_raw_sse_ends_with_done(daemon: Daemon) -> None:
 def _greedy_with_tokens(
     client: openai.OpenAI, messages: list[dict[str, str]]
 ) -> tuple[str, list[str]]:
+    warm_chat(client, messages)
     resp = client.chat.completions.create(
         model=SMOL, messages=messages, max_tokens=32, temperature=0, logprobs=True
     )
@@ -291,6 +320,7 @@ def test_seed_determinism(daemon: Daemon) -> None:
         )
         return resp.choices[0].message.content or ""
 
+    warm_chat(client, STORY)
     first = sample(1234)
     assert first
     assert sample(1234) == first
@@ -350,6 +380,7 @@ def test_n_choices_stream(daemon: Daemon) -> None:
 
 def test_n_seeded_choices_are_reproducible(daemon: Daemon) -> None:
     client = daemon.client()
+    warm_chat(client, STORY)
 
     def texts() -> list[str]:
         resp = client.chat.completions.create(
@@ -483,6 +514,7 @@ def test_completion_string_prompt(daemon: Daemon) -> None:
 def test_completion_prompt_list(daemon: Daemon) -> None:
     client = daemon.client()
     prompts = ["The capital of France is", "One, two, three,"]
+    warm_completion(client, prompts)
     single = [
         client.completions.create(model=GEMMA, prompt=p, max_tokens=6, temperature=0)
         for p in prompts
@@ -498,6 +530,7 @@ def test_completion_prompt_list(daemon: Daemon) -> None:
 def test_completion_echo(daemon: Daemon) -> None:
     prompt = "Roses are red, violets are"
     client = daemon.client()
+    warm_completion(client, prompt)
     plain = client.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)
     echoed = client.completions.create(
         model=GEMMA, prompt=prompt, max_tokens=6, temperature=0, echo=True
@@ -508,6 +541,7 @@ def test_completion_echo(daemon: Daemon) -> None:
 def test_completion_stream_with_usage(daemon: Daemon) -> None:
     client = daemon.client()
     prompt = "The weather today is"
+    warm_completion(client, prompt)
     full = client.completions.create(
         model=GEMMA, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
     )
@@ -536,6 +570,7 @@ def test_completion_stream_with_usage(daemon: Daemon) -> None:
 def test_completion_token_id_prompt(daemon: Daemon) -> None:
     client = daemon.client()
     ids = [2, 818, 5279, 529, 7001, 563]
+    warm_completion(client, ids)
     resp = client.completions.create(model=GEMMA, prompt=ids, max_tokens=6, temperature=0)
     assert resp.choices[0].text
     assert resp.usage is not None
@@ -651,9 +686,11 @@ def test_bad_json_bodies(daemon: Daemon) -> None:
         ({"stop": ["x"] * 20}, "stop"),
         ({"stream": "yes please"}, "stream"),
         ({"stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
+        ({"stream_options": 5}, "stream_options"),
         ({"frequency_penalty": 3}, "frequency_penalty"),
         ({"n": 17}, "n"),
     ],
+    ids=lambda v: json.dumps(v)[:48] if isinstance(v, dict) else str(v),
 )
 def test_chat_invalid_params(daemon: Daemon, change: dict[str, Any], param: str | None) -> None:
     body = chat_body(**change)
@@ -688,6 +725,7 @@ def test_invalid_params_through_sdk(daemon: Daemon) -> None:
         ({"n": 3}, "n"),
         ({"echo": "sure"}, "echo"),
     ],
+    ids=lambda v: json.dumps(v)[:48] if isinstance(v, dict) else str(v),
 )
 def test_completion_invalid_params(
     daemon: Daemon, change: dict[str, Any], param: str | None
@@ -718,6 +756,39 @@ def test_still_serving_after_errors(daemon: Daemon) -> None:
     # The errors above left nothing broken: a normal request still works.
     resp = daemon.client().chat.completions.create(model=SMOL, messages=STORY, max_tokens=3)
     assert resp.usage is not None and resp.usage.completion_tokens <= 3
+
+
+def test_lone_surrogate_does_not_crash_the_model(make_daemon: Callable[..., Daemon]) -> None:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"); that is no valid text to tokenize.
+
+    The request must get a 4xx (or be served with the character replaced), and the model
+    process must not die: a crash would fail every other request in flight on that model.
+    """
+    d = make_daemon(
+        f"""
+[engine]
+ctx_per_seq = 512
+parallel = 2
+
+[models.smollm2]
+path = "{SMOL_FILE}"
+"""
+    )
+    before = model_health(d)
+    assert before["state"] == "ready"
+    chat = b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}], "max_tokens": 2}'
+    completion = b'{"prompt": "hi \\udfff", "max_tokens": 2}'
+    for path, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        resp = post(d, path, content=body)
+        assert resp.status_code in (200, 400), (path, resp.status_code, resp.text)
+        if resp.status_code == 400:
+            assert_error(resp, 400)
+    after = model_health(d)
+    assert after["restarts"] == 0, after
+    assert after["pid"] == before["pid"], after
+    assert after["state"] == "ready", after
+    ok = d.client().chat.completions.create(messages=STORY, model=SMOL, max_tokens=2)
+    assert ok.choices[0].message.content is not None
 
 
 # -- context length -----------------------------------------------------------------------------
@@ -795,8 +866,7 @@ def test_one_prompt_of_a_batch_too_long(daemon: Daemon) -> None:
     # The prompt that fit was withdrawn along with the request.
     resp = client.completions.create(model=SMOL, prompt="Hi there", max_tokens=4)
     assert resp.usage is not None and resp.usage.completion_tokens <= 4
-    smol = next(m for m in daemon.health()["models"] if m["name"] == SMOL)  # type: ignore[union-attr]
-    assert smol["requests_in_flight"] == 0
+    assert model_health(daemon)["requests_in_flight"] == 0
 
 
 def test_short_prompt_without_max_tokens(daemon: Daemon) -> None:
@@ -949,8 +1019,7 @@ def test_concurrent_streams(daemon: Daemon) -> None:
         assert usage_tokens == 32
         assert content_chunks >= 1
         assert text
-    health = daemon.health()
-    smol = next(m for m in health["models"] if m["name"] == SMOL)  # type: ignore[union-attr]
+    smol = model_health(daemon)
     assert smol["running"] == 0 and smol["queued"] == 0
 
 
@@ -965,7 +1034,7 @@ def test_client_disconnect_frees_slot(daemon: Daemon) -> None:
         assert any("content" in line for line in got)
     deadline = time.monotonic() + 10
     while True:
-        smol = next(m for m in daemon.health()["models"] if m["name"] == SMOL)  # type: ignore[union-attr]
+        smol = model_health(daemon)
         if smol["requests_in_flight"] == 0 and smol["running"] == 0:
             break
         assert time.monotonic() < deadline, smol
@@ -1006,3 +1075,13 @@ def test_health_endpoints(daemon: Daemon) -> None:
     assert by_name[SMOL]["parallel"] == 16
     assert by_name[SMOL]["ctx_per_seq"] == 1024
     assert by_name[GEMMA]["parallel"] == 2
+
+
+def test_no_server_errors_logged(daemon: Daemon) -> None:
+    """Run last: nothing the tests above sent made the daemon fail or a model process die."""
+    logs = daemon.logs()
+    assert "Traceback" not in logs, logs[-5000:]
+    server_errors = re.findall(r'"[A-Z]+ /(?:v1|api)/\S* HTTP/1\.1" 5\d\d .*', logs)
+    assert server_errors == []
+    for name in (SMOL, GEMMA):
+        assert model_health(daemon, name)["restarts"] == 0

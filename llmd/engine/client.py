@@ -126,6 +126,8 @@ class ModelProcess:
             try:
                 await self._run_once()
             except Exception as exc:  # noqa: BLE001 - any failure means: restart the child
+                if self._stopping:
+                    break
                 self.error = str(exc) or type(exc).__name__
                 log.error("model %s: %s", self.name, self.error)
             finally:

@@ -88,9 +88,11 @@ class LlamaBackend:
         ctx_params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
         ctx_params.type_k = _KV_TYPES[options.kv_type]
         ctx_params.type_v = _KV_TYPES[options.kv_type]
-        # One pool of KV cells for every sequence, so a shared prefix is stored once and
-        # copying it to another sequence (seq_cp) only tags cells instead of copying data.
-        ctx_params.kv_unified = True
+        # One KV stream per sequence, not one unified pool: in a pool every token attends
+        # over every used cell of every sequence (masked), so cached conversations kept for
+        # reuse would slow down all decoding (measured: docs/benchmarks.md). The price is that
+        # reusing a prefix held by another slot copies that slot's buffer (a few MB).
+        ctx_params.kv_unified = False
         # Sliding-window layers normally keep only the window; prefix reuse needs all of it.
         ctx_params.swa_full = True
         ctx_params.no_perf = True
@@ -140,7 +142,8 @@ class LlamaBackend:
     # -- text <-> tokens -------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
-        data = text.encode("utf-8")
+        # JSON allows lone surrogates ("\ud800"); they are not text: make them U+FFFD.
+        data = text.encode("utf-8", "replace")
         capacity = len(data) + 8
         tokens = (lc.llama_token * capacity)()
         n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)

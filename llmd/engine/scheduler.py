@@ -335,7 +335,11 @@ class Scheduler:
         target = min(free, key=lambda s: s.last_used)
         self._clear(target)
         if donor is not None:
-            self.backend.seq_cp(donor.id, target.id, 0, length)
+            # Copies between KV streams must take the whole sequence; trim it afterwards.
+            self.backend.seq_cp(donor.id, target.id, -1, -1)
+            if not self.backend.seq_rm(target.id, length, -1):
+                self._clear(target)
+                return target, 0
             target.cached = prompt[:length]
         return target, length
 

@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     scheduler = Scheduler(
-        backend, options.ctx_per_seq, backend.adds_bos(), backend.bos, backend.special_text(backend.bos)
+        backend,
+        options.ctx_per_seq,
+        backend.adds_bos(),
+        backend.bos,
+        backend.special_text(backend.bos),
     )
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(sock, inbox), daemon=True).start()
@@ -88,7 +92,7 @@ def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
                 if isinstance(msg, m.Shutdown):
                     return
                 if isinstance(msg, m.GenerateRequest):
-                    events.extend(scheduler.submit(msg))
+                    events.extend(_submit(scheduler, msg))
                 elif isinstance(msg, m.Cancel):
                     scheduler.cancel(msg.id)
                 msg = inbox.get_nowait()
@@ -100,6 +104,15 @@ def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
         if events or now - last_sent >= HEARTBEAT_S:
             m.send(sock, m.Batch(events, scheduler.stats()))
             last_sent = now
+
+
+def _submit(scheduler: Any, req: m.GenerateRequest) -> list[Any]:
+    """A request that cannot even be queued fails alone; the process serves on."""
+    try:
+        return list(scheduler.submit(req))
+    except Exception as exc:  # noqa: BLE001 - reported to its one client
+        logging.getLogger("llmd.worker").exception("request %s refused", req.id)
+        return [m.Failed(req.id, 400, f"The request could not be processed: {exc}")]
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ async def _submit(model: Model, reqs: list[m.GenerateRequest], n: int, timeout_s
 
 async def _sse(resp: web.StreamResponse, payload: dict[str, Any] | str) -> None:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    await resp.write(f"data: {data}\n\n".encode())
+    await resp.write(f"data: {data}\n\n".encode("utf-8", "replace"))
 
 
 async def _start_sse(request: web.Request) -> web.StreamResponse:
