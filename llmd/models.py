@@ -48,8 +48,19 @@ class Model:
         return self._template
 
 
-def _cpu_threads() -> int:
+def _physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def auto_threads(cores: int) -> tuple[int, int]:
+    """(decode, prompt) threads when the config says 0.
+
+    Decoding one token is bound by memory bandwidth, not compute: one core fewer costs little,
+    and that core keeps the HTTP server and the clients from preempting llama.cpp's threads
+    mid-step (on 2 cores: 1 decode thread gave 86 tok/s through the daemon, 2 gave 47; see
+    docs/benchmarks.md). Reading prompts is compute-bound and gets every core.
+    """
+    return max(1, cores - 1), cores
 
 
 class ModelManager:
@@ -59,7 +70,8 @@ class ModelManager:
         self.names: dict[str, str] = {}
         engine = settings.engine
         for name, ms in settings.models.items():
-            threads = ms.threads or engine.threads or _cpu_threads()
+            auto_decode, auto_batch = auto_threads(_physical_cores())
+            threads = ms.threads or engine.threads or auto_decode
             load = LoadOptions(
                 path=settings.model_path(name),
                 ctx_per_seq=ms.ctx_per_seq or engine.ctx_per_seq,
@@ -67,7 +79,7 @@ class ModelManager:
                 batch_size=engine.batch_size,
                 ubatch_size=engine.ubatch_size,
                 threads=threads,
-                threads_batch=engine.threads_batch or threads,
+                threads_batch=engine.threads_batch or auto_batch,
                 flash_attn=engine.flash_attn,
                 kv_type=engine.kv_type,
             )

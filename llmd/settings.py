@@ -72,10 +72,14 @@ class EngineSettings(_Section):
         256, ge=16, le=65_536, description="Physical micro-batch size (llama.cpp n_ubatch)."
     )
     threads: int = Field(
-        0, ge=0, le=1024, description="Threads for decoding; 0 = physical cores of this machine."
+        0,
+        ge=0,
+        le=1024,
+        description="Threads for decoding; 0 = physical cores minus one (decode is bound by "
+        "memory bandwidth; the spare core serves HTTP).",
     )
     threads_batch: int = Field(
-        0, ge=0, le=1024, description="Threads for prompt processing; 0 = same as threads."
+        0, ge=0, le=1024, description="Threads for prompt processing; 0 = physical cores."
     )
     omp_wait_policy: Literal["passive", "active"] = Field(
         "passive",
