@@ -137,7 +137,7 @@ def test_chunked_prefill_never_exceeds_the_batch_and_keeps_decoding() -> None:
 
 def test_prefix_is_reused_from_a_finished_sequence() -> None:
     s = Scheduler(FakeBackend(), ctx_per_seq=256, add_bos=False, bos=1)
-    system = "S" * 40
+    system = "S" * 80
     s.submit(_req("one", system + "first question"))
     _run(s)
     s.submit(_req("two", system + "second question"))
@@ -148,9 +148,9 @@ def test_prefix_is_reused_from_a_finished_sequence() -> None:
 
 
 def test_prefix_is_copied_from_a_running_sequence() -> None:
-    backend = FakeBackend(batch_size=64, answer="z" * 50)
+    backend = FakeBackend(batch_size=128, answer="z" * 50)
     s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
-    system = "S" * 40
+    system = "S" * 80
     s.submit(_req("one", system + "first", max_tokens=40))
     s.step()  # prompt done, "one" now decoding in its slot
     s.submit(_req("two", system + "second", max_tokens=2))
@@ -158,7 +158,7 @@ def test_prefix_is_copied_from_a_running_sequence() -> None:
     admitted = next(e for e in events["two"] if isinstance(e, Admitted))
     assert admitted.cached_tokens == len(system)
     two_slot = next(
-        slot for slot in s.slots if slot.cached[:46] == [ord(c) for c in system + "second"]
+        slot for slot in s.slots if slot.cached[:86] == [ord(c) for c in system + "second"]
     )
     assert backend.kv[two_slot.id][0] == ord("S")
 
@@ -205,3 +205,12 @@ def test_utf8_split_across_tokens() -> None:
     parts = [stream.push(data[i : i + 1]) for i in range(len(data))]
     assert "".join(parts) + stream.flush() == "é€"
     assert parts[0] == ""
+
+
+def test_short_common_prefix_is_not_reused() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("one", "T" * 20 + "first question"))
+    _run(s)
+    s.submit(_req("two", "T" * 20 + "second question"))
+    admitted = next(e for e in _run(s)["two"] if isinstance(e, Admitted))
+    assert admitted.cached_tokens == 0
