@@ -174,8 +174,14 @@ async def _load(url: str, label: str, **kw: Any) -> RunResult:
 
 def measure(url: str, label: str, repeats: int, **kw: Any) -> dict[str, Any]:
     """Run one workload `repeats` times after a warm-up; keep every run and the medians."""
-    asyncio.run(_load(url, label, **{**kw, "requests": 1, "concurrency": 1, "mode": "stream"}))
-    runs = [asdict(asyncio.run(_load(url, label, **kw))) for _ in range(repeats)]
+    warmup = {**kw, "requests": 1, "concurrency": 1, "mode": "stream", "seed_salt": "warmup"}
+    asyncio.run(_load(url, label, **warmup))
+    # Fresh prompts for every repeat (the same ones for every contender): a repeat must not
+    # find the previous repeat's prompts in the prefix cache.
+    runs = [
+        asdict(asyncio.run(_load(url, label, **kw, seed_salt=f"repeat-{i}")))
+        for i in range(repeats)
+    ]
     keys = ["output_tokens_per_s", "ttft_ms.p50", "ttft_ms.p99", "tpot_ms.p50", "itl_ms.p99"]
     summary: dict[str, Any] = {k: statistics.median(_get(r, k) for r in runs) for k in keys}
     summary["spread_output_tokens_per_s"] = [
