@@ -202,7 +202,8 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, A
     }
 
 
-def chat_chunk(
+def stream_chunk(
+    object_: str,
     id_: str,
     model: str,
     created: int,
@@ -210,37 +211,17 @@ def chat_chunk(
     include_usage: bool,
     usage_: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One SSE chunk: object_ is "chat.completion.chunk" or "text_completion"."""
     chunk: dict[str, Any] = {
         "id": id_,
-        "object": "chat.completion.chunk",
+        "object": object_,
         "created": created,
         "model": model,
         "system_fingerprint": None,
         "choices": choices,
     }
     if include_usage:
-        chunk["usage"] = usage_
-    return chunk
-
-
-def completion_chunk(
-    id_: str,
-    model: str,
-    created: int,
-    choices: list[dict[str, Any]],
-    include_usage: bool,
-    usage_: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    chunk: dict[str, Any] = {
-        "id": id_,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
-    if include_usage:
-        chunk["usage"] = usage_
+        chunk["usage"] = usage_  # null on every chunk but the last, as OpenAI sends it
     return chunk
 
 

@@ -27,17 +27,18 @@ from llmd.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     _Sampling,
-    chat_chunk,
     chat_logprobs,
-    completion_chunk,
     completion_logprobs,
     now,
+    stream_chunk,
     usage,
 )
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
 _T = TypeVar("_T")
+CHAT_CHUNK = "chat.completion.chunk"
+TEXT_COMPLETION = "text_completion"
 
 
 @dataclass
@@ -282,7 +283,7 @@ class Serving:
         with_usage = req.include_usage()
 
         def chunk(choice: dict[str, Any]) -> dict[str, Any]:
-            return chat_chunk(id_, name, created, [choice], with_usage)
+            return stream_chunk(CHAT_CHUNK, id_, name, created, [choice], with_usage)
 
         for i in range(req.n):
             await _sse(
@@ -326,7 +327,7 @@ class Serving:
         except APIError as exc:
             return await _stream_error(resp, exc)
         if with_usage:
-            await _sse(resp, chat_chunk(id_, name, created, [], True, run.usage()))
+            await _sse(resp, stream_chunk(CHAT_CHUNK, id_, name, created, [], True, run.usage()))
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
@@ -398,7 +399,7 @@ class Serving:
 
         def chunk(index: int, text: str, lp: Any, finish: str | None) -> dict[str, Any]:
             choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
-            return completion_chunk(id_, name, created, [choice], with_usage)
+            return stream_chunk(TEXT_COMPLETION, id_, name, created, [choice], with_usage)
 
         for index in range(len(offsets)):
             if echo := echoes[index // req.n]:
@@ -414,7 +415,9 @@ class Serving:
         except APIError as exc:
             return await _stream_error(resp, exc)
         if with_usage:
-            await _sse(resp, completion_chunk(id_, name, created, [], True, run.usage()))
+            await _sse(
+                resp, stream_chunk(TEXT_COMPLETION, id_, name, created, [], True, run.usage())
+            )
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
