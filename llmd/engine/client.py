@@ -12,7 +12,6 @@ import contextlib
 import enum
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -113,11 +112,6 @@ class ModelProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.state = ModelState.STOPPED
-
-    def kill(self) -> None:
-        """Kill the child as if it had crashed (used for hangs, and by tests)."""
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGKILL)
 
     async def _supervise(self) -> None:
         backoff = 1.0
