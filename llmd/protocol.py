@@ -202,7 +202,7 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, A
     }
 
 
-def stream_chunk(
+def envelope(
     object_: str,
     id_: str,
     model: str,
@@ -211,7 +211,8 @@ def stream_chunk(
     include_usage: bool,
     usage_: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One SSE chunk: object_ is "chat.completion.chunk" or "text_completion"."""
+    """A response body or one SSE chunk ("chat.completion", "chat.completion.chunk",
+    "text_completion"): the same fields around different choices."""
     chunk: dict[str, Any] = {
         "id": id_,
         "object": object_,

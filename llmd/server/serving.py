@@ -29,8 +29,8 @@ from llmd.protocol import (
     _Sampling,
     chat_logprobs,
     completion_logprobs,
+    envelope,
     now,
-    stream_chunk,
     usage,
 )
 from llmd.settings import Settings
@@ -251,24 +251,18 @@ class Serving:
         finally:
             run.close()
             _log_done("chat", name, run, started, req.stream)
-        body = {
-            "id": id_,
-            "object": "chat.completion",
-            "created": created,
-            "model": name,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
-                    "finish_reason": c.finish_reason,
-                }
-                for i, c in enumerate(choices)
-            ],
-            "usage": run.usage(),
-        }
-        return web.json_response(body)
+        body_choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ]
+        return web.json_response(
+            envelope("chat.completion", id_, name, created, body_choices, True, run.usage())
+        )
 
     async def _chat_stream(
         self,
@@ -283,7 +277,7 @@ class Serving:
         with_usage = req.include_usage()
 
         def chunk(choice: dict[str, Any]) -> dict[str, Any]:
-            return stream_chunk(CHAT_CHUNK, id_, name, created, [choice], with_usage)
+            return envelope(CHAT_CHUNK, id_, name, created, [choice], with_usage)
 
         for i in range(req.n):
             await _sse(
@@ -327,7 +321,7 @@ class Serving:
         except APIError as exc:
             return await _stream_error(resp, exc)
         if with_usage:
-            await _sse(resp, stream_chunk(CHAT_CHUNK, id_, name, created, [], True, run.usage()))
+            await _sse(resp, envelope(CHAT_CHUNK, id_, name, created, [], True, run.usage()))
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
@@ -360,28 +354,22 @@ class Serving:
         finally:
             run.close()
             _log_done("completion", name, run, started, req.stream)
-        body = {
-            "id": id_,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": i,
-                    "text": c.text,
-                    "logprobs": (
-                        completion_logprobs(c.logprobs, len(echoes[i // req.n]))
-                        if req.logprobs is not None
-                        else None
-                    ),
-                    "finish_reason": c.finish_reason,
-                }
-                for i, c in enumerate(choices)
-            ],
-            "usage": run.usage(),
-        }
-        return web.json_response(body)
+        body_choices = [
+            {
+                "index": i,
+                "text": c.text,
+                "logprobs": (
+                    completion_logprobs(c.logprobs, len(echoes[i // req.n]))
+                    if req.logprobs is not None
+                    else None
+                ),
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ]
+        return web.json_response(
+            envelope(TEXT_COMPLETION, id_, name, created, body_choices, True, run.usage())
+        )
 
     async def _completion_stream(
         self,
@@ -399,7 +387,7 @@ class Serving:
 
         def chunk(index: int, text: str, lp: Any, finish: str | None) -> dict[str, Any]:
             choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
-            return stream_chunk(TEXT_COMPLETION, id_, name, created, [choice], with_usage)
+            return envelope(TEXT_COMPLETION, id_, name, created, [choice], with_usage)
 
         for index in range(len(offsets)):
             if echo := echoes[index // req.n]:
@@ -415,9 +403,7 @@ class Serving:
         except APIError as exc:
             return await _stream_error(resp, exc)
         if with_usage:
-            await _sse(
-                resp, stream_chunk(TEXT_COMPLETION, id_, name, created, [], True, run.usage())
-            )
+            await _sse(resp, envelope(TEXT_COMPLETION, id_, name, created, [], True, run.usage()))
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
