@@ -244,5 +244,5 @@ class ModelProcess:
 
 
 async def _read(reader: asyncio.StreamReader) -> Any:
-    size = m.unpack_header(await reader.readexactly(4))
+    size = m.unpack_header(await reader.readexactly(m.HEADER_SIZE))
     return m.unpack(await reader.readexactly(size))

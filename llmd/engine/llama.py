@@ -105,7 +105,6 @@ class LlamaBackend:
         self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._logit_view: Any = None
 
     def close(self) -> None:
         lc.llama_batch_free(self.batch)

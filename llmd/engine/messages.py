@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _HEADER = struct.Struct("!I")
+HEADER_SIZE = _HEADER.size
 
 
 @dataclass
@@ -135,14 +136,12 @@ class Batch:
 
 
 def send(sock: socket.socket, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(data)) + data)
+    sock.sendall(pack(message))
 
 
 def recv(sock: socket.socket) -> Any:
-    header = _recv_exact(sock, _HEADER.size)
-    (size,) = _HEADER.unpack(header)
-    return pickle.loads(_recv_exact(sock, size))
+    size = unpack_header(_recv_exact(sock, _HEADER.size))
+    return unpack(_recv_exact(sock, size))
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
