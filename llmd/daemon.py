@@ -10,6 +10,7 @@ from aiohttp import web
 
 from llmd import __version__
 from llmd.models import ModelManager
+from llmd.server.accounting import access_log
 from llmd.server.app import create_app
 from llmd.settings import Settings
 
@@ -18,13 +19,12 @@ log = logging.getLogger("llmd")
 
 async def serve(settings: Settings) -> None:
     manager = ModelManager(settings)
-    app = create_app(settings, manager)
+    app = create_app(settings, manager, observers=[access_log])
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,
-        access_log=logging.getLogger("llmd.access"),
-        access_log_format='%a "%r" %s %b %Tfs',
+        access_log=None,  # accounting.access_log writes one richer line per request instead
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)

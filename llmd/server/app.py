@@ -16,6 +16,13 @@ from llmd.engine.client import ModelState
 from llmd.errors import APIError, InvalidRequest, error_body
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
+from llmd.server.accounting import (
+    OBSERVERS,
+    Observer,
+    get_record,
+    on_prepare,
+    record_middleware,
+)
 from llmd.server.serving import Serving
 from llmd.settings import Settings
 
@@ -43,6 +50,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except APIError as exc:
+        get_record(request).error_code = exc.code or exc.type
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
@@ -82,13 +90,13 @@ async def _json(request: web.Request) -> Any:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = ChatCompletionRequest.parse(await _json(request))
     model = request.app[MODELS].resolve(req.model)
-    return await request.app[SERVING].chat(request, req, model)
+    return await request.app[SERVING].chat(request, req, model, get_record(request))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = CompletionRequest.parse(await _json(request))
     model = request.app[MODELS].resolve(req.model)
-    return await request.app[SERVING].completions(request, req, model)
+    return await request.app[SERVING].completions(request, req, model, get_record(request))
 
 
 def _cards(manager: ModelManager) -> list[dict[str, Any]]:
@@ -184,8 +192,16 @@ async def api_health(request: web.Request) -> web.Response:
     )
 
 
-def create_app(settings: Settings, manager: ModelManager) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=32 * 1024 * 1024)
+def create_app(
+    settings: Settings, manager: ModelManager, observers: list[Observer] | None = None
+) -> web.Application:
+    # record_middleware is outermost so it sees the final status of every response, errors
+    # included; observers (metrics, usage, access log) get the record when a request ends.
+    app = web.Application(
+        middlewares=[record_middleware, error_middleware], client_max_size=32 * 1024 * 1024
+    )
+    app.on_response_prepare.append(on_prepare)
+    app[OBSERVERS] = list(observers or [])
     app[SETTINGS] = settings
     app[MODELS] = manager
     app[SERVING] = Serving(settings)

@@ -33,6 +33,7 @@ from llmd.protocol import (
     now,
     usage,
 )
+from llmd.server.accounting import RequestRecord
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
@@ -52,9 +53,15 @@ class Run:
     """The engine requests behind one API request (one per prompt), followed together."""
 
     def __init__(
-        self, model: Model, handles: list[RequestHandle], n: int, timeout_s: float
+        self,
+        model: Model,
+        handles: list[RequestHandle],
+        n: int,
+        timeout_s: float,
+        record: RequestRecord,
     ) -> None:
         self.model = model
+        self.record = record
         self.deadline = time.monotonic() + timeout_s
         self.handles = handles
         self.n = n
@@ -71,6 +78,7 @@ class Run:
             assert isinstance(first, m.Started)
             self.started.append(first)
             self.prompt_tokens += first.prompt_tokens
+        self.record.prompt_tokens = self.prompt_tokens
 
     async def deltas(self) -> AsyncIterator[tuple[int, m.Delta]]:
         """(choice index, delta) across all prompts, as they arrive."""
@@ -95,8 +103,13 @@ class Run:
                     raise event
                 elif isinstance(event, m.Admitted):
                     self.cached_tokens += event.cached_tokens
+                    self.record.cached_tokens = self.cached_tokens
+                    self.record.admitted = self.record.admitted or time.monotonic()
                 elif isinstance(event, m.Delta):
                     self.completion_tokens += event.tokens
+                    self.record.completion_tokens = self.completion_tokens
+                    if event.tokens and self.record.first_token is None:
+                        self.record.first_token = time.monotonic()
                     yield i * self.n + event.index, event
         finally:
             for task in tasks:
@@ -169,7 +182,13 @@ def _engine_request(
     )
 
 
-async def _submit(model: Model, reqs: list[m.GenerateRequest], n: int, timeout_s: float) -> Run:
+async def _submit(
+    model: Model,
+    reqs: list[m.GenerateRequest],
+    n: int,
+    timeout_s: float,
+    record: RequestRecord,
+) -> Run:
     handles: list[RequestHandle] = []
     try:
         for req in reqs:
@@ -178,7 +197,7 @@ async def _submit(model: Model, reqs: list[m.GenerateRequest], n: int, timeout_s
         for handle in handles:
             model.process.cancel(handle)
         raise
-    run = Run(model, handles, n, timeout_s)
+    run = Run(model, handles, n, timeout_s, record)
     try:
         await run.start()
     except BaseException:
@@ -204,27 +223,18 @@ async def _start_sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _log_done(kind: str, model: str, run: Run, started: float, stream: bool) -> None:
-    log.info(
-        "%s model=%s stream=%s prompt_tokens=%d cached=%d completion_tokens=%d %.3fs",
-        kind,
-        model,
-        stream,
-        run.prompt_tokens,
-        run.cached_tokens,
-        run.completion_tokens,
-        time.monotonic() - started,
-    )
-
-
 class Serving:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     async def chat(
-        self, request: web.Request, req: ChatCompletionRequest, model: Model
+        self,
+        request: web.Request,
+        req: ChatCompletionRequest,
+        model: Model,
+        record: RequestRecord,
     ) -> web.StreamResponse:
-        started = time.monotonic()
+        record.model, record.stream = model.name, bool(req.stream)
         messages = []
         for msg in req.messages:
             entry: dict[str, Any] = {"role": msg.role, "content": msg.text()}
@@ -241,7 +251,7 @@ class Serving:
         ereq = _engine_request(req, model, prompt, max_tokens, logprobs)
         name = req.model or model.name
         id_, created = f"chatcmpl-{ereq.id}", now()
-        run = await _submit(model, [ereq], req.n, self.settings.server.request_timeout_s)
+        run = await _submit(model, [ereq], req.n, self.settings.server.request_timeout_s, record)
         try:
             if req.stream:
                 return await self._chat_stream(request, req, run, id_, name, created)
@@ -250,7 +260,6 @@ class Serving:
                 _collect(choices[index], delta)
         finally:
             run.close()
-            _log_done("chat", name, run, started, req.stream)
         body_choices = [
             {
                 "index": i,
@@ -319,6 +328,7 @@ class Serving:
                         ),
                     )
         except APIError as exc:
+            run.record.error_code = exc.code or exc.type
             return await _stream_error(resp, exc)
         if with_usage:
             await _sse(resp, envelope(CHAT_CHUNK, id_, name, created, [], True, run.usage()))
@@ -327,9 +337,13 @@ class Serving:
         return resp
 
     async def completions(
-        self, request: web.Request, req: CompletionRequest, model: Model
+        self,
+        request: web.Request,
+        req: CompletionRequest,
+        model: Model,
+        record: RequestRecord,
     ) -> web.StreamResponse:
-        started = time.monotonic()
+        record.model, record.stream = model.name, bool(req.stream)
         if req.suffix:
             raise InvalidRequest("suffix is not supported", param="suffix")
         prompts = req.prompts()
@@ -340,7 +354,7 @@ class Serving:
         ]
         name = req.model or model.name
         id_, created = f"cmpl-{ereqs[0].id}", now()
-        run = await _submit(model, ereqs, req.n, self.settings.server.request_timeout_s)
+        run = await _submit(model, ereqs, req.n, self.settings.server.request_timeout_s, record)
         try:
             echoes = [
                 (s.prompt_text if s.prompt_text is not None else str(p)) if req.echo else ""
@@ -353,7 +367,6 @@ class Serving:
                 _collect(choices[index], delta)
         finally:
             run.close()
-            _log_done("completion", name, run, started, req.stream)
         body_choices = [
             {
                 "index": i,
@@ -401,6 +414,7 @@ class Serving:
                 if delta.text or lp or delta.finish_reason:
                     await _sse(resp, chunk(index, delta.text, lp, delta.finish_reason))
         except APIError as exc:
+            run.record.error_code = exc.code or exc.type
             return await _stream_error(resp, exc)
         if with_usage:
             await _sse(resp, envelope(TEXT_COMPLETION, id_, name, created, [], True, run.usage()))
