@@ -38,6 +38,9 @@ class KeyRegistry:
         self._verified: dict[str, bytes] = {}
         """key id -> HMAC of the secret that verified for it (forgotten when the key changes)."""
         self._stamp: tuple[float, int, int] | None = None
+        # scrypt costs 16 MiB and tens of ms: a flood of wrong secrets for a real key id runs
+        # at most two at a time, so it cannot take every core or much memory.
+        self._slow_checks = asyncio.Semaphore(2)
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -119,7 +122,9 @@ class KeyRegistry:
         mac = self._mac(secret)
         known = self._verified.get(key_id)
         if known is None or not hmac.compare_digest(known, mac):
-            if not await asyncio.to_thread(check_hash, secret, record.hash):
+            async with self._slow_checks:
+                valid = await asyncio.to_thread(check_hash, secret, record.hash)
+            if not valid:
                 return None, "Incorrect API key provided."
             if self.keys.get(name) is record:  # still the same record after the await
                 self._verified[key_id] = mac

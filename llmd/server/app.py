@@ -128,7 +128,6 @@ async def get_model(request: web.Request) -> web.Response:
         if card["id"] == name:
             return web.json_response(card)
     raise ModelNotFound(name)
-    raise AssertionError("unreachable")
 
 
 async def health(request: web.Request) -> web.Response:
