@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmd.auth import keys as k
 from llmd.auth.middleware import AUTH
 from llmd.errors import APIError, InvalidRequest
-from llmd.usage.recorder import Audit
-
-AUDIT = web.AppKey("audit", Audit)
+from llmd.usage.recorder import AUDIT
 
 
 class NewKey(BaseModel):

@@ -16,7 +16,7 @@ from llmd.auth.registry import KeyRegistry
 from llmd.server.accounting import FINISHERS, OBSERVERS
 from llmd.settings import Settings
 from llmd.usage import api as usage_api
-from llmd.usage.recorder import Audit, UsageRecorder
+from llmd.usage.recorder import AUDIT, Audit, UsageRecorder
 from llmd.usage.store import UsageStore, totals_since
 
 log = logging.getLogger("llmd.auth")
@@ -45,7 +45,7 @@ def install_security(
     auth = mw.Auth(settings, registry, Limiter(clock), store)
     audit = Audit(store)
     app[mw.AUTH] = auth
-    app[keys_api.AUDIT] = audit
+    app[AUDIT] = audit
     app.setdefault(mw.PUBLIC_PATHS, set()).update(PUBLIC)
     app.middlewares.append(mw.auth_middleware)
     app.on_response_prepare.append(mw.on_prepare)

@@ -23,8 +23,6 @@ from llmd.usage.store import UsageStore, audit_row
 log = logging.getLogger("llmd.usage")
 audit_log = logging.getLogger("llmd.audit")
 
-AUDIT = "llmd.audit"
-
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
@@ -141,3 +139,7 @@ def actor_of(request: web.Request) -> str:
     record = request.get(RECORD)
     name = record.key_name if record is not None else None
     return f"key:{name}" if name else "local"
+
+
+AUDIT = web.AppKey("audit", Audit)
+"""`request.app[AUDIT].record(...)`: how other parts (model admin, config reload) audit."""
