@@ -235,6 +235,15 @@ def test_rpm_limit_exact_with_headers(keyed: tuple[Daemon, str]) -> None:
     refused = complete(d, secret, 1)
     err = error_of(refused, 429, "rate_limit_exceeded")
     assert "RPM" in err["message"]
+    # Streams carry the headers too (sent with the first bytes).
+    streamed = new_key(d, admin, rpm=5)
+    body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 2, "stream": True}
+    with httpx.stream(
+        "POST", d.url + "/v1/completions", json=body, headers=bearer(streamed), timeout=60
+    ) as resp:
+        assert resp.headers["x-ratelimit-limit-requests"] == "5"
+        assert resp.headers["x-ratelimit-remaining-requests"] == "4"
+        resp.read()
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
 
@@ -400,6 +409,15 @@ def test_beyond_loopback_requires_a_key(tmp_path: Path) -> None:
         assert "WITHOUT authentication" in d.logs()
     finally:
         assert d.stop() == 0
+    # On loopback with no key, require_auth still closes the door.
+    (tmp_path / "c").mkdir()
+    loopback = config.replace('"0.0.0.0"', '"127.0.0.1"') + "[auth]\nrequire_auth = true\n"
+    d = start_daemon(tmp_path / "c", loopback, wait_ready=False)
+    try:
+        error_of(httpx.get(d.url + "/v1/models", timeout=10), 401, "missing_api_key")
+        assert httpx.get(d.url + "/ready", timeout=10).status_code in (200, 503)
+    finally:
+        assert d.stop() == 0
 
 
 # -- fair sharing --------------------------------------------------------------------------
@@ -489,7 +507,7 @@ def test_fair_sharing_through_the_daemon(tmp_path: Path) -> None:
     assert finished.index("B") <= 4, finished
 
 
-def test_usage_observer_does_not_break_unkeyed_daemon(daemon: Daemon) -> None:
+def test_no_keys_on_loopback_needs_no_key(daemon: Daemon) -> None:
     """The shared daemon has no keys and listens on loopback: no key needed, no limit headers."""
     resp = httpx.post(
         daemon.url + "/v1/completions",
