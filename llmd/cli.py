@@ -17,13 +17,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from llmd import __version__
+from llmd.auth import cli as admin_cli
 from llmd.settings import (
+    AuthSettings,
     ConfigError,
     EngineSettings,
     ModelSettings,
     SamplingDefaults,
     ServerSettings,
     Settings,
+    UsageSettings,
     find_config,
     load_settings,
 )
@@ -49,6 +52,8 @@ def settings_reference() -> str:
         ("", Settings),
         ("server.", ServerSettings),
         ("engine.", EngineSettings),
+        ("auth.", AuthSettings),
+        ("usage.", UsageSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]
@@ -92,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("--config", type=Path, help="TOML config file")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    admin_cli.add_parsers(sub)
     return parser
 
 
@@ -99,7 +105,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     import tomllib
 
     out: dict[str, Any] = {}
-    for item in args.set:
+    for item in getattr(args, "set", []):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
@@ -116,12 +122,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = find_config(args.config)
+    path = find_config(getattr(args, "config", None))
     try:
         settings = load_settings(path, _overrides(args))
     except ConfigError as exc:
         print(f"llmd: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "keys":
+        return admin_cli.run_keys(args, settings)
+    if args.command == "usage":
+        return admin_cli.run_usage(args, settings)
+    if args.command == "audit":
+        return admin_cli.run_audit(args, settings)
     if args.command == "check-config":
         where = path or "(no file: defaults)"
         print(f"{where}: OK, {len(settings.models)} model(s): {', '.join(settings.models)}")

@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from llmd import __version__
+from llmd.auth.setup import reload_keys
 from llmd.models import ModelManager
 from llmd.server.accounting import access_log
 from llmd.server.app import create_app
@@ -37,6 +38,14 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload_keys(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     starting = asyncio.create_task(manager.start())
     await stop.wait()
     log.info(

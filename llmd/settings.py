@@ -136,6 +136,67 @@ class ModelSettings(_Section):
     )
 
 
+class AuthSettings(_Section):
+    """API keys and when they are required (docs/auth.md)."""
+
+    keys_file: Path = Field(
+        Path("keys.toml"),
+        description="The keys file (`llmd keys` writes it; reloaded on SIGHUP and on change); "
+        "relative to the config file's directory.",
+    )
+    require_auth: bool = Field(
+        False,
+        description="Require a key on every request even with no keys defined and on loopback. "
+        "A key is always required once a key exists.",
+    )
+    allow_unauthenticated_remote: bool = Field(
+        False,
+        description="Serve without keys while listening beyond loopback and no key exists "
+        "(warned at start). Off: such a daemon refuses every request until a key is added.",
+    )
+    failure_delay_s: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="Repeated failed authentications from one address are answered after this "
+        "delay, doubled per further failure (up to failure_delay_max_s).",
+    )
+    failure_delay_max_s: float = Field(
+        2.0, ge=0, le=60, description="Longest delay before answering a failed authentication."
+    )
+
+
+class UsageSettings(_Section):
+    """Usage records and the audit log in SQLite (docs/auth.md)."""
+
+    enabled: bool = Field(True, description="Record usage and audit entries, enforce quotas.")
+    database: Path | None = Field(
+        None,
+        description="SQLite file. Default: $STATE_DIRECTORY/usage.db (systemd), else "
+        "/var/lib/llmd/usage.db when that directory is writable, else usage.db next to the "
+        "config file. Relative paths are relative to the config file's directory.",
+    )
+    on_db_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="When the database cannot be written: 'open' keeps serving and buffers the "
+        "records in memory until it can; 'closed' refuses new requests (503) until it can.",
+    )
+    buffer_max: int = Field(
+        100_000,
+        ge=100,
+        description="Records held in memory while the database is unwritable; when full, new "
+        "requests are refused (503) rather than served unrecorded.",
+    )
+    log_content: bool = Field(
+        False,
+        description="Store prompt and answer text with the usage records, for every key "
+        "(a key's own log_content turns it on for that key only).",
+    )
+    content_retention_days: float = Field(
+        30.0, gt=0, description="Stored prompt and answer text is deleted after this many days."
+    )
+
+
 class Settings(_Section):
     models_dir: Path = Field(
         Path("/var/lib/llmd/models"),
@@ -143,6 +204,8 @@ class Settings(_Section):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )
@@ -205,11 +268,26 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(path, text, exc)) from exc
-    if path is not None and not settings.models_dir.is_absolute():
-        settings.models_dir = (path.parent / settings.models_dir).resolve()
+    base = path.parent if path is not None else Path.cwd()
+    if not settings.models_dir.is_absolute():
+        settings.models_dir = (base / settings.models_dir).resolve()
+    if not settings.auth.keys_file.is_absolute():
+        settings.auth.keys_file = (base / settings.auth.keys_file).resolve()
+    settings.usage.database = _database_path(settings.usage.database, base)
     for model in settings.models.values():
         model.chat_template = _read_template(model.chat_template, path)
     return settings
+
+
+def _database_path(given: Path | None, base: Path) -> Path:
+    if given is not None:
+        return given if given.is_absolute() else (base / given).resolve()
+    if state := os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
+        return Path(state.split(":")[0]) / "usage.db"
+    installed = Path("/var/lib/llmd")
+    if installed.is_dir() and os.access(installed, os.W_OK):
+        return installed / "usage.db"
+    return (base / "usage.db").resolve()
 
 
 def _read_template(value: str | None, config_path: Path | None) -> str | None:

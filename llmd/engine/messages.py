@@ -38,6 +38,10 @@ class GenerateRequest:
     """None: no logprobs; k >= 0: the chosen token's logprob plus the k most likely."""
     ignore_eos: bool = False
     return_prompt_text: bool = False
+    tenant: str = ""
+    """Who asked (API key name): waiting requests are admitted round-robin across tenants."""
+    weight: int = 1
+    """The tenant's share: weight 2 gets two admissions per turn when others wait too."""
 
 
 @dataclass

@@ -111,6 +111,10 @@ class Scheduler:
         self.running: list[RequestState] = []
         self.num_steps = 0
         self.num_tokens_decoded = 0
+        # Fair admission (start-time fair queuing over tenants): a tenant's next request is
+        # tagged `max(clock, tenant's last tag) + 1/weight`; the smallest tag goes first.
+        self._fair_clock = 0.0
+        self._fair_tags: dict[str, float] = {}
 
     # -- requests in and out ---------------------------------------------------------------
 
@@ -294,13 +298,36 @@ class Scheduler:
     def _free_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.seq is None]
 
+    def _next_waiting(self) -> tuple[RequestState, float]:
+        """The waiting request to admit next: round-robin across tenants (API keys), weighted,
+        FIFO within a tenant. One key with a hundred requests waiting cannot starve another's
+        single request: that one goes at the next free slot, whatever the queue holds."""
+        best: RequestState | None = None
+        best_tag = 0.0
+        seen: set[str] = set()
+        for state in self.waiting:
+            tenant = state.req.tenant
+            if tenant in seen:
+                continue
+            seen.add(tenant)
+            start = max(self._fair_clock, self._fair_tags.get(tenant, 0.0))
+            tag = start + 1.0 / max(1, state.req.weight)
+            if best is None or tag < best_tag:
+                best, best_tag = state, tag
+        assert best is not None
+        return best, best_tag
+
     def _admit(self, events: list[Any]) -> None:
         while self.waiting:
-            state = self.waiting[0]
+            state, tag = self._next_waiting()
             free = self._free_slots()
             if len(free) < state.req.n:
                 return
-            self.waiting.popleft()
+            self.waiting.remove(state)
+            self._fair_tags[state.req.tenant] = tag
+            self._fair_clock = tag - 1.0 / max(1, state.req.weight)
+            if len(self._fair_tags) > 1024:  # forget tenants that are behind the clock
+                self._fair_tags = {t: v for t, v in self._fair_tags.items() if v > self._fair_clock}
             leader_slot, cached = self._place(state.prompt, free)
             free.remove(leader_slot)
             free.sort(key=lambda s: s.last_used)

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,10 @@ CLIENT_CLOSED = 499
 
 Observer = Callable[["RequestRecord"], None]
 OBSERVERS = web.AppKey("observers", list[Observer])
+Finisher = Callable[[web.Request, "RequestRecord"], Awaitable[None]]
+FINISHERS = web.AppKey("finishers", list[Finisher])
+"""Awaited by `finish_stream` before a stream's final bytes: what must be durable before the
+client sees the end (usage records) happens there."""
 RECORD = "llmd.record"
 
 current_record: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
@@ -62,6 +66,12 @@ class RequestRecord:
     """When the engine gave the request its slots (queue wait = admitted - started)."""
     first_token: float | None = None
     finished: float | None = None
+    weight: int = 1
+    """Fair-share weight of the request's key (the scheduler admits round-robin by key)."""
+    prompt_text: str | None = None
+    """The prompt, kept only when content logging is on for the request (usage records)."""
+    answer_parts: list[str] | None = None
+    """Set to [] when content logging is on: serving appends the answer text to it."""
 
     @property
     def is_generation(self) -> bool:
@@ -133,6 +143,15 @@ async def record_middleware(request: web.Request, handler: Any) -> web.StreamRes
                 observer(record)
             except Exception:  # an observer's bug must not turn a served request into a 500
                 log.exception("request observer %r failed", observer)
+
+
+async def finish_stream(request: web.Request) -> None:
+    """Serving calls this when a stream's content is complete, before its final bytes."""
+    record = get_record(request)
+    record.status = record.status or 200
+    record.finished = record.finished or time.monotonic()
+    for finisher in request.app.get(FINISHERS, []):
+        await finisher(request, record)
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -12,11 +12,14 @@ import psutil
 from aiohttp import web
 
 from llmd import __version__
+from llmd.auth.middleware import authorize_model, may_use_model
+from llmd.auth.setup import install_security
 from llmd.engine.client import ModelState
-from llmd.errors import APIError, InvalidRequest, error_body
+from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
 from llmd.server.accounting import (
+    FINISHERS,
     OBSERVERS,
     Observer,
     get_record,
@@ -90,35 +93,41 @@ async def _json(request: web.Request) -> Any:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = ChatCompletionRequest.parse(await _json(request))
     model = request.app[MODELS].resolve(req.model)
+    authorize_model(request, model.name, model.settings.aliases)
     return await request.app[SERVING].chat(request, req, model, get_record(request))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = CompletionRequest.parse(await _json(request))
     model = request.app[MODELS].resolve(req.model)
+    authorize_model(request, model.name, model.settings.aliases)
     return await request.app[SERVING].completions(request, req, model, get_record(request))
 
 
-def _cards(manager: ModelManager) -> list[dict[str, Any]]:
+def _cards(request: web.Request) -> list[dict[str, Any]]:
+    """The models the request's key may use (all of them without keys)."""
+    manager = request.app[MODELS]
     cards = []
     for alias, name in manager.names.items():
-        process = manager.models[name].process
+        model = manager.models[name]
+        if not may_use_model(request, name, model.settings.aliases):
+            continue
+        process = model.process
         created = int(process.loaded_at or 0)
         cards.append(model_card(alias, created, process.state.value))
     return cards
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": _cards(request.app[MODELS])})
+    return web.json_response({"object": "list", "data": _cards(request)})
 
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    for card in _cards(request.app[MODELS]):
+    for card in _cards(request):
         if card["id"] == name:
             return web.json_response(card)
-    request.app[MODELS].resolve(name)  # raises the 404
-    raise AssertionError("unreachable")
+    raise ModelNotFound(name)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -202,6 +211,7 @@ def create_app(
     )
     app.on_response_prepare.append(on_prepare)
     app[OBSERVERS] = list(observers or [])
+    app[FINISHERS] = []
     app[SETTINGS] = settings
     app[MODELS] = manager
     app[SERVING] = Serving(settings)
@@ -213,4 +223,6 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/api/v1/health", api_health)
+    # Keys, limits, usage and audit: its middleware goes after error_middleware.
+    install_security(app, settings)
     return app

@@ -33,7 +33,7 @@ from llmd.protocol import (
     now,
     usage,
 )
-from llmd.server.accounting import RequestRecord
+from llmd.server.accounting import RequestRecord, finish_stream
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
@@ -108,6 +108,8 @@ class Run:
                 elif isinstance(event, m.Delta):
                     self.completion_tokens += event.tokens
                     self.record.completion_tokens = self.completion_tokens
+                    if self.record.answer_parts is not None:
+                        self.record.answer_parts.append(event.text)
                     if event.tokens and self.record.first_token is None:
                         self.record.first_token = time.monotonic()
                     yield i * self.n + event.index, event
@@ -158,6 +160,7 @@ def _engine_request(
     prompt: str | list[int],
     max_tokens: int | None,
     logprobs: int | None,
+    record: RequestRecord,
     echo: bool = False,
 ) -> m.GenerateRequest:
     n_vocab = model.process.info.n_vocab if model.process.info else 0
@@ -179,6 +182,10 @@ def _engine_request(
         logprobs=logprobs,
         ignore_eos=req.ignore_eos,
         return_prompt_text=echo and isinstance(prompt, list),
+        # Fair sharing: a busy engine admits waiting requests round-robin by key (by client
+        # address without keys).
+        tenant=record.key_name or record.client,
+        weight=record.weight,
     )
 
 
@@ -248,7 +255,7 @@ class Serving:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
-        ereq = _engine_request(req, model, prompt, max_tokens, logprobs)
+        ereq = _engine_request(req, model, prompt, max_tokens, logprobs, record)
         name = req.model or model.name
         id_, created = f"chatcmpl-{ereq.id}", now()
         run = await _submit(model, [ereq], req.n, self.settings.server.request_timeout_s, record)
@@ -329,9 +336,10 @@ class Serving:
                     )
         except APIError as exc:
             run.record.error_code = exc.code or exc.type
-            return await _stream_error(resp, exc)
+            return await _stream_error(request, resp, exc)
         if with_usage:
             await _sse(resp, envelope(CHAT_CHUNK, id_, name, created, [], True, run.usage()))
+        await finish_stream(request)
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
@@ -350,7 +358,8 @@ class Serving:
         if self.settings.server.log_prompts:
             log.info("completion prompts: %r", prompts)
         ereqs = [
-            _engine_request(req, model, p, req.max_tokens, req.logprobs, req.echo) for p in prompts
+            _engine_request(req, model, p, req.max_tokens, req.logprobs, record, req.echo)
+            for p in prompts
         ]
         name = req.model or model.name
         id_, created = f"cmpl-{ereqs[0].id}", now()
@@ -415,17 +424,21 @@ class Serving:
                     await _sse(resp, chunk(index, delta.text, lp, delta.finish_reason))
         except APIError as exc:
             run.record.error_code = exc.code or exc.type
-            return await _stream_error(resp, exc)
+            return await _stream_error(request, resp, exc)
         if with_usage:
             await _sse(resp, envelope(TEXT_COMPLETION, id_, name, created, [], True, run.usage()))
+        await finish_stream(request)
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
 
 
-async def _stream_error(resp: web.StreamResponse, exc: APIError) -> web.StreamResponse:
+async def _stream_error(
+    request: web.Request, resp: web.StreamResponse, exc: APIError
+) -> web.StreamResponse:
     """Headers are gone already: report the failure in the stream, as OpenAI does."""
     log.warning("stream ended by error: %s", exc.message)
+    await finish_stream(request)
     await _sse(resp, exc.body())
     await resp.write_eof()
     return resp

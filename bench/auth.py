@@ -1,0 +1,284 @@
+"""What keys, limits and usage records cost, and what fair sharing gives (docs/auth.md).
+
+    scripts/bench-auth                 # all three parts
+    scripts/bench-auth --part overhead # one part: overhead | streams | fairness
+
+- overhead: the same app (`create_app`, no model needed) twice in this process: "secured" (a
+  key with rpm/tpm/concurrency limits, usage records committed to SQLite before each response)
+  and "open" (no key, usage off). GET /v1/models in alternating rounds; the difference of the
+  medians is what authentication, limits and usage recording add per request.
+- streams: two real daemons, one secured, one open, driven in turn with 16 concurrent streams
+  (bench/loadgen.py); the ratio of aggregate output tokens/s, same run.
+- fairness: a daemon with 2 slots; key A floods 16 requests, then key B sends one. B's latency
+  and how many of A's requests finished before it, against the same single request sent with
+  A's key (what first-come-first-served would give).
+
+Numbers on a shared, noisy machine: compare within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: import bench.* and llmd.* from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import LoadConfig, run_load  # noqa: E402
+from llmd.auth.keys import add_key  # noqa: E402
+from llmd.models import ModelManager  # noqa: E402
+from llmd.server.app import create_app  # noqa: E402
+from llmd.settings import load_settings  # noqa: E402
+
+SMOL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _config(tmp: Path, extra: str = "", parallel: int = 16) -> Path:
+    path = tmp / "llmd.toml"
+    path.write_text(
+        f"[engine]\nctx_per_seq = 512\nparallel = {parallel}\n[server]\nmax_queue = 64\n"
+        f'[models.smollm2]\npath = "{SMOL}"\n{extra}'
+    )
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- overhead ------------------------------------------------------------------------------
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def overhead(rounds: int, per_round: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "s").mkdir()
+        (tmp / "o").mkdir()
+        _, secret = add_key(
+            tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000
+        )
+        secured = load_settings(_config(tmp / "s"))
+        open_ = load_settings(_config(tmp / "o", "[usage]\nenabled = false\n"))
+        runners = []
+        urls = {}
+        for label, settings in (("secured", secured), ("open", open_)):
+            runner, url = await _serve(create_app(settings, ModelManager(settings)))
+            runners.append(runner)
+            urls[label] = url
+        times: dict[str, list[float]] = {"secured": [], "open": []}
+        headers = {"secured": {"Authorization": f"Bearer {secret}"}, "open": {}}
+        async with aiohttp.ClientSession() as session:
+            for label in ("secured", "open"):  # warm-up (the first key check runs scrypt)
+                for _ in range(20):
+                    async with session.get(urls[label] + "/v1/models", headers=headers[label]) as r:
+                        assert r.status == 200, await r.text()
+            for _ in range(rounds):
+                for label in ("secured", "open"):
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        async with session.get(
+                            urls[label] + "/v1/models", headers=headers[label]
+                        ) as r:
+                            await r.read()
+                        times[label].append(time.perf_counter() - t0)
+        for runner in runners:
+            await runner.cleanup()
+        conn = sqlite3.connect(secured.usage.database or "")
+        db_rows = int(conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0])
+        conn.close()
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    return {
+        "requests_each": len(times["secured"]),
+        "median_ms": med,
+        "p90_ms": {k: statistics.quantiles(v, n=10)[-1] * 1000 for k, v in times.items()},
+        "overhead_median_ms": med["secured"] - med["open"],
+        "usage_rows_written": db_rows,
+        "usage_rows_expected": len(times["secured"]) + 20,
+    }
+
+
+# -- 16 streams ----------------------------------------------------------------------------
+
+
+class _Daemon:
+    def __init__(self, tmp: Path, extra: str, parallel: int = 16) -> None:
+        self.port = _free_port()
+        config = _config(tmp, extra, parallel)
+        self.log = (tmp / "daemon.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmd",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        import httpx2 as httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("daemon not ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+
+
+async def streams(repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "s").mkdir()
+        (tmp / "o").mkdir()
+        _, secret = add_key(
+            tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000
+        )
+        daemons = {
+            "secured": (_Daemon(tmp / "s", ""), secret),
+            "open": (_Daemon(tmp / "o", "[usage]\nenabled = false\n"), None),
+        }
+        results: dict[str, list[float]] = {"secured": [], "open": []}
+        try:
+            for i in range(repeats):
+                order = ("secured", "open") if i % 2 == 0 else ("open", "secured")
+                for label in order:
+                    daemon, key = daemons[label]
+                    cfg = LoadConfig(
+                        url=daemon.url + "/v1",
+                        api_key=key,
+                        concurrency=16,
+                        requests=16,
+                        max_tokens=64,
+                        prompt_tokens=100,
+                        ignore_eos=True,
+                        seed_salt=f"r{i}",
+                        label=label,
+                    )
+                    run = await run_load(cfg)
+                    assert run.errors == 0 and run.refusals == 0, run.error_samples
+                    results[label].append(run.output_tokens_per_s)
+        finally:
+            for daemon, _ in daemons.values():
+                daemon.stop()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {
+        "runs_tok_s": results,
+        "median_tok_s": med,
+        "ratio_secured_over_open": med["secured"] / med["open"],
+    }
+
+
+# -- fairness ------------------------------------------------------------------------------
+
+
+async def fairness(flood: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        _, key_a = add_key(tmp / "keys.toml", "a")
+        _, key_b = add_key(tmp / "keys.toml", "b")
+        daemon = _Daemon(tmp, "", parallel=2)
+        out: dict[str, Any] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def one(key: str, tag: str, done: list[tuple[str, float]]) -> None:
+                    body = {
+                        "model": "smollm2",
+                        "prompt": "The capital of France is",
+                        "max_tokens": 32,
+                        "ignore_eos": True,
+                    }
+                    headers = {"Authorization": f"Bearer {key}"}
+                    async with session.post(
+                        daemon.url + "/v1/completions", json=body, headers=headers
+                    ) as r:
+                        assert r.status == 200, await r.text()
+                        await r.read()
+                    done.append((tag, time.perf_counter()))
+
+                for label, single_key in (("other key (B)", key_b), ("same key (A)", key_a)):
+                    done: list[tuple[str, float]] = []
+                    tasks = [asyncio.create_task(one(key_a, "A", done)) for _ in range(flood)]
+                    await asyncio.sleep(1.0)  # the flood is queued
+                    t0 = time.perf_counter()
+                    await one(single_key, "single", done)
+                    latency = time.perf_counter() - t0
+                    await asyncio.gather(*tasks)
+                    tags = [t for t, _ in done]
+                    out[label] = {
+                        "single_latency_s": round(latency, 3),
+                        "flood_finished_before_single": tags.index("single"),
+                    }
+        finally:
+            daemon.stop()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--part", choices=("overhead", "streams", "fairness"), action="append")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--per-round", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=4, help="16-stream runs per contender")
+    p.add_argument("--flood", type=int, default=16)
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args()
+    parts = args.part or ["overhead", "streams", "fairness"]
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    results: dict[str, Any] = {"cpus": os.cpu_count()}
+    if "overhead" in parts:
+        results["overhead"] = asyncio.run(overhead(args.rounds, args.per_round))
+        print(json.dumps(results["overhead"], indent=2), flush=True)
+    if "streams" in parts:
+        results["streams"] = asyncio.run(streams(args.repeats))
+        print(json.dumps(results["streams"], indent=2), flush=True)
+    if "fairness" in parts:
+        results["fairness"] = asyncio.run(fairness(args.flood))
+        print(json.dumps(results["fairness"], indent=2), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

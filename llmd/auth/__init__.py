@@ -1,0 +1,1 @@
+"""API keys, authentication, rights, per-key limits (docs/auth.md)."""

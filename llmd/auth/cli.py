@@ -1,0 +1,189 @@
+"""`llmd keys add|list|show|revoke|rotate`, `llmd usage [purge]`, `llmd audit`.
+
+They work on the files directly (the keys file, the usage database), so they work whether the
+daemon runs or not; a running daemon picks up key changes within a second. Each change is
+written to the audit log as done by `cli:<user>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import sys
+from typing import Any
+
+from llmd.auth import keys as k
+from llmd.settings import Settings
+from llmd.usage import store as s
+
+
+def add_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="manage API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    add = ksub.add_parser("add", help="create a key and print its secret (shown once)")
+    add.add_argument("name")
+    add.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    add.add_argument("--admin", action="store_true", help="may manage keys, models, usage")
+    add.add_argument("--rpm", type=int, help="requests per minute")
+    add.add_argument("--tpm", type=int, help="tokens (prompt + completion) per minute")
+    add.add_argument("--concurrency", type=int, help="requests at the same time")
+    add.add_argument("--monthly-tokens", type=int, help="tokens per calendar month (UTC)")
+    add.add_argument("--weight", type=int, help="share of a busy engine (default 1)")
+    add.add_argument("--log-content", action="store_true", help="store prompts and answers")
+    add.add_argument("--expires", type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    add.add_argument("--description", default="")
+    ksub.add_parser("list", help="list keys (never the secrets)")
+    for name, text in (
+        ("show", "show one key"),
+        ("revoke", "revoke a key (it stays listed)"),
+        ("rotate", "give a key a new secret; the old one stops working"),
+    ):
+        p = ksub.add_parser(name, help=text)
+        p.add_argument("name")
+    for p in [keys, *ksub.choices.values()]:
+        p.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+
+    usage = sub.add_parser("usage", help="usage records (add `purge` to delete old ones)")
+    usage.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    usage.add_argument("--key")
+    usage.add_argument("--model")
+    usage.add_argument("--since", help="YYYY-MM-DD or ISO time (UTC)")
+    usage.add_argument("--until", help="YYYY-MM-DD (inclusive) or ISO time")
+    usage.add_argument("--group-by", default="", help="day,key,model (comma-separated)")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument("--limit", type=int, default=1000)
+    usub = usage.add_subparsers(dest="usage_command")
+    purge = usub.add_parser("purge", help="delete usage records older than a date")
+    purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
+    purge.add_argument("--key", dest="purge_key")
+    purge.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    audit.add_argument("--since", help="YYYY-MM-DD or ISO time (UTC)")
+    audit.add_argument("--actor")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _audit(settings: Settings, action: str, target: str, detail: dict[str, Any] | None) -> None:
+    if settings.usage.enabled and settings.usage.database is not None:
+        s.write_audit_now(settings.usage.database, _actor(), action, target, "local", detail)
+
+
+def _print(rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        sys.stdout.write(s.to_csv(rows))
+    elif not rows:
+        print("(none)")
+    else:
+        cols = list(rows[0])
+        cells = [[_cell(c, r[c]) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column == "time" and isinstance(value, float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def run_keys(args: argparse.Namespace, settings: Settings) -> int:
+    path = settings.auth.keys_file
+    cmd = args.keys_command
+    try:
+        if cmd == "add":
+            fields = {
+                "admin": args.admin,
+                "models": args.models.split(",") if args.models else None,
+                "rpm": args.rpm,
+                "tpm": args.tpm,
+                "concurrency": args.concurrency,
+                "monthly_tokens": args.monthly_tokens,
+                "weight": args.weight,
+                "log_content": args.log_content,
+                "expires": args.expires,
+                "description": args.description,
+            }
+            rec, secret = k.add_key(path, args.name, **fields)
+            _audit(settings, "key.added", args.name, {"admin": rec.admin})
+            print(f"key {args.name!r} added to {path}. Its secret, shown this once:\n{secret}")
+        elif cmd == "list":
+            keys = k.read_keys_file(path)
+            rows = [k.describe(n, r) for n, r in keys.items()]
+            _print(
+                [
+                    {c: row.get(c) for c in ("name", "status", "prefix", "admin", "models")}
+                    for row in rows
+                ],
+                "table",
+            )
+        elif cmd == "show":
+            keys = k.read_keys_file(path)
+            if args.name not in keys:
+                raise k.KeyError_(f"no key named {args.name!r}")
+            print(json.dumps(k.describe(args.name, keys[args.name]), indent=2))
+        elif cmd == "revoke":
+            k.revoke_key(path, args.name)
+            _audit(settings, "key.revoked", args.name, None)
+            print(f"key {args.name!r} revoked")
+        elif cmd == "rotate":
+            _, secret = k.rotate_key(path, args.name)
+            _audit(settings, "key.rotated", args.name, None)
+            print(f"key {args.name!r} rotated. Its new secret, shown this once:\n{secret}")
+    except (k.KeyError_, k.KeysFileError) as exc:
+        print(f"llmd keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_usage(args: argparse.Namespace, settings: Settings) -> int:
+    db = settings.usage.database
+    assert db is not None
+    try:
+        if args.usage_command == "purge":
+            count = s.purge(db, s.parse_time(args.before), args.purge_key)
+            _audit(settings, "usage.purged", args.purge_key or "*", {"before": args.before})
+            print(f"deleted {count} usage record(s) before {args.before}")
+            return 0
+        q = s.UsageQuery(
+            key=args.key,
+            model=args.model,
+            since=s.parse_time(args.since) if args.since else None,
+            until=s.parse_time(args.until, end=True) if args.until else None,
+            group_by=[g for g in args.group_by.split(",") if g],
+            limit=args.limit,
+        )
+        _print(s.query_usage(db, q), args.format)
+    except ValueError as exc:
+        print(f"llmd usage: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_audit(args: argparse.Namespace, settings: Settings) -> int:
+    db = settings.usage.database
+    assert db is not None
+    try:
+        since = s.parse_time(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"llmd audit: {exc}", file=sys.stderr)
+        return 2
+    _print(s.query_audit(db, since, args.actor, args.limit), args.format)
+    return 0

@@ -1,0 +1,233 @@
+"""Who may call what: authentication, rights, limits and the usage hooks, in one middleware.
+
+Rules (docs/auth.md):
+- Paths in `app[PUBLIC_PATHS]` (`/health`, `/ready`; the metrics helper adds `/metrics` when
+  its setting leaves it open) need no key.
+- A key is required for every other path when a key exists, when `auth.require_auth` is on,
+  or when the daemon listens beyond loopback (unless `auth.allow_unauthenticated_remote`).
+- Every `/api/v1/*` path except `/api/v1/health` is admin-only: keys, usage, audit, and the
+  model management endpoints.
+- A key limited to some models gets 403 for the others (`authorize_model`).
+Runs inside error_middleware, so its errors leave as OpenAI bodies and are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from llmd.auth.keys import Key
+from llmd.auth.limits import Limiter
+from llmd.auth.registry import KeyRegistry
+from llmd.errors import APIError, ServiceUnavailable
+from llmd.server.accounting import get_record
+from llmd.settings import Settings
+from llmd.usage.store import UsageStore
+
+log = logging.getLogger("llmd.auth")
+
+PUBLIC_PATHS = web.AppKey("public_paths", set[str])
+KEY = "llmd.key"
+_GENERATION = {"/v1/chat/completions", "/v1/completions"}
+
+
+class AuthenticationError(APIError):
+    status = 401
+    type = "invalid_request_error"
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+
+
+def is_admin_path(path: str) -> bool:
+    return path.startswith("/api/v1/") and path != "/api/v1/health"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+
+
+@dataclass
+class Auth:
+    settings: Settings
+    registry: KeyRegistry
+    limiter: Limiter
+    store: UsageStore | None
+    _failures: dict[str, _Failures] = field(default_factory=dict)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.settings.server.host)
+
+    def required(self) -> bool:
+        a = self.settings.auth
+        return (
+            self.registry.active
+            or a.require_auth
+            or (not self.loopback and not a.allow_unauthenticated_remote)
+        )
+
+    def start_warnings(self) -> None:
+        if self.loopback or self.registry.active or self.settings.auth.require_auth:
+            return
+        host = self.settings.server.host
+        if self.settings.auth.allow_unauthenticated_remote:
+            log.warning(
+                "listening on %s beyond loopback WITHOUT authentication "
+                "(auth.allow_unauthenticated_remote = true): anyone who can reach this port "
+                "can use the models",
+                host,
+            )
+        else:
+            log.warning(
+                "listening on %s beyond loopback and no API key exists: every request is "
+                "refused with 401 until one is added with `llmd keys add NAME`",
+                host,
+            )
+
+    async def authenticate(self, request: web.Request) -> Key:
+        secret = _secret(request)
+        if not secret:
+            await self._failed(request)
+            raise AuthenticationError(
+                "You didn't provide an API key. Provide it in an Authorization header "
+                "(Authorization: Bearer YOUR_KEY) or an x-api-key header.",
+                code="missing_api_key",
+            )
+        key, reason = await self.registry.verify(secret)
+        if key is None:
+            await self._failed(request)
+            raise AuthenticationError(reason, code="invalid_api_key")
+        self._failures.pop(request.remote or "", None)
+        return key
+
+    async def _failed(self, request: web.Request) -> None:
+        """Answer repeated failures from one address more and more slowly (guessing gets slow;
+        other clients are not held up: this only delays this response)."""
+        now = time.monotonic()
+        address = request.remote or ""
+        if len(self._failures) > 10_000:
+            self._failures = {a: f for a, f in self._failures.items() if now - f.last < 300}
+        entry = self._failures.setdefault(address, _Failures())
+        if now - entry.last > 300:
+            entry.count = 0
+        entry.count += 1
+        entry.last = now
+        if entry.count >= 2:
+            a = self.settings.auth
+            delay = min(a.failure_delay_max_s, a.failure_delay_s * 2 ** (entry.count - 2))
+            log.info(
+                "failed authentication #%d from %s: delayed %.2fs", entry.count, address, delay
+            )
+            await asyncio.sleep(delay)
+
+    def check_store(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        if store.full or (not store.healthy and self.settings.usage.on_db_failure == "closed"):
+            raise ServiceUnavailable(
+                "Usage records cannot be written right now, and this server does not serve "
+                "unrecorded requests. Try again later.",
+                code="usage_store_unavailable",
+                retry_after=5,
+            )
+
+    def wants_content(self, key: Key | None) -> bool:
+        return self.settings.usage.log_content or (key is not None and key.record.log_content)
+
+
+AUTH = web.AppKey("auth", Auth)
+
+
+def _secret(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+async def _capture_prompt(request: web.Request) -> str | None:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    prompt = body.get("messages", body.get("prompt"))
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path in request.app[PUBLIC_PATHS]:
+        return await handler(request)  # type: ignore[no-any-return]
+    auth = request.app[AUTH]
+    record = get_record(request)
+    key: Key | None = None
+    if auth.required():
+        key = await auth.authenticate(request)
+        record.key_name = key.name
+        record.weight = key.record.weight
+        request[KEY] = key
+        if is_admin_path(request.path) and not key.record.admin:
+            raise PermissionDenied(
+                f"The API key '{key.name}' is not an admin key: {request.path} needs one.",
+                code="admin_key_required",
+            )
+    if request.path.startswith("/v1/"):
+        auth.check_store()
+    if key is not None:
+        auth.limiter.admit(key.name, key.record)
+    try:
+        if request.path in _GENERATION and request.method == "POST" and auth.wants_content(key):
+            record.prompt_text = await _capture_prompt(request)
+            record.answer_parts = []
+        return await handler(request)  # type: ignore[no-any-return]
+    finally:
+        if key is not None:
+            auth.limiter.release(key.name, record.prompt_tokens + record.completion_tokens)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """The x-ratelimit-* headers on every response to a key that has limits."""
+    key: Key | None = request.get(KEY)
+    if key is not None:
+        response.headers.update(request.app[AUTH].limiter.headers(key.name, key.record))
+
+
+def authorize_model(request: web.Request, name: str, aliases: list[str]) -> None:
+    """403 when the request's key may not use this model."""
+    key: Key | None = request.get(KEY)
+    if key is not None and not key.record.allows_model({name, *aliases}):
+        raise PermissionDenied(
+            f"The API key '{key.name}' may not use the model '{name}'.",
+            code="model_not_allowed",
+            param="model",
+        )
+
+
+def may_use_model(request: web.Request, name: str, aliases: list[str]) -> bool:
+    key: Key | None = request.get(KEY)
+    return key is None or key.record.allows_model({name, *aliases})

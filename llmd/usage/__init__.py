@@ -1,0 +1,1 @@
+"""Usage records, stored content and the audit log, in SQLite (docs/auth.md)."""

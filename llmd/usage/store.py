@@ -1,0 +1,457 @@
+"""Usage records, stored prompt/answer text and the audit log, in one SQLite file.
+
+The event loop never touches SQLite for writing: rows go on a queue, and one writer thread
+commits them in groups (WAL mode; a commit is in the OS before the response ends, so a
+SIGKILL after a response loses nothing). When the file cannot be written (permissions, full
+disk) the rows stay in memory and are retried every second; `healthy` says so, and the
+daemon keeps serving or refuses new requests according to `usage.on_db_failure`. Rows still
+unwritten at exit go to a JSON-lines file next to the database (or to the log): never lost
+silently. Reads (the API, the CLI) open their own connection in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("llmd.usage")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    key TEXT,
+    model TEXT,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    ttft_ms REAL,
+    latency_ms REAL,
+    client TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_time ON usage (time);
+CREATE INDEX IF NOT EXISTS usage_key_time ON usage (key, time);
+CREATE TABLE IF NOT EXISTS content (
+    request_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    key TEXT,
+    prompt TEXT,
+    answer TEXT
+);
+CREATE INDEX IF NOT EXISTS content_time ON content (time);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    client TEXT,
+    detail TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+USAGE_COLUMNS = (
+    "time",
+    "request_id",
+    "key",
+    "model",
+    "endpoint",
+    "status",
+    "error",
+    "stream",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "ttft_ms",
+    "latency_ms",
+    "client",
+)
+AUDIT_COLUMNS = ("time", "actor", "action", "target", "client", "detail")
+_INSERT = {
+    "usage": f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(USAGE_COLUMNS))})",
+    "content": "INSERT INTO content (request_id, time, key, prompt, answer) VALUES (?,?,?,?,?)",
+    "audit": f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES (?,?,?,?,?,?)",
+}
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the schema in place: WAL, and commits that survive a killed process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL: a commit is written to the WAL (the OS has it: a SIGKILL loses nothing); only
+    # a power cut can lose the last commits. FULL would fsync every group, for little.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+@dataclass
+class _Item:
+    table: str
+    row: tuple[Any, ...]
+    done: Callable[[], None] | None = None
+
+
+@dataclass
+class UsageStore:
+    path: Path
+    buffer_max: int = 100_000
+    retention_days: float = 30.0
+    clock: Callable[[], float] = time.time
+    healthy: bool = True
+    error: str | None = None
+    _queue: queue.SimpleQueue[_Item | None] = field(default_factory=queue.SimpleQueue)
+    _pending: list[_Item] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _lost_logged: bool = False
+
+    # -- writing -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        """Rows waiting for the database (only grows while it is unwritable)."""
+        return len(self._pending) + self._queue.qsize()
+
+    @property
+    def full(self) -> bool:
+        return self.backlog >= self.buffer_max
+
+    def put(self, table: str, row: tuple[Any, ...], done: Callable[[], None] | None = None) -> None:
+        """Queue one row; `done` is called (in the writer thread) once it is committed, or once
+        it is safely buffered because the database is failing."""
+        self._queue.put(_Item(table, row, done))
+
+    async def put_and_wait(self, table: str, row: tuple[Any, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+        self.put(table, row, done)
+        await fut
+
+    def close(self) -> None:
+        """Write what is left (stop the thread); rows that still cannot be written are saved to
+        a JSON-lines file beside the database, or logged, so that none is lost silently."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(30)
+            self._thread = None
+        if self._pending:
+            self._spill()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        last_retention = 0.0
+        stopping = False
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0 if self._pending else 60.0)
+            except queue.Empty:
+                item = _Item("", ())  # a tick: retry the backlog, run retention
+            batch: list[_Item] = []
+            while True:
+                if item is None:
+                    stopping = True
+                elif item.table:
+                    batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._pending.extend(batch)
+            if self._pending:
+                try:
+                    if conn is None:
+                        conn = connect(self.path)
+                    self._write(conn, self._pending)
+                    written, self._pending = self._pending, []
+                    if not self.healthy:
+                        log.warning("usage database %s writable again: backlog written", self.path)
+                    self.healthy, self.error = True, None
+                    for done_item in written:
+                        if done_item.done is not None:
+                            done_item.done()
+                except (sqlite3.Error, OSError) as exc:
+                    if conn is not None:
+                        _close_quietly(conn)
+                        conn = None
+                    if self.healthy or str(exc) != self.error:
+                        log.error(
+                            "usage database %s cannot be written (%s): %d record(s) kept in "
+                            "memory, retrying",
+                            self.path,
+                            exc,
+                            len(self._pending),
+                        )
+                    self.healthy, self.error = False, str(exc)
+                    for done_item in batch:  # buffered: the response need not wait for the disk
+                        if done_item.done is not None:
+                            done_item.done()
+            if conn is not None and self.clock() - last_retention > 3600:
+                last_retention = self.clock()
+                try:
+                    self.expire_content(conn)
+                except sqlite3.Error as exc:
+                    log.error("usage database: content retention failed: %s", exc)
+            if stopping:
+                if conn is not None:
+                    _close_quietly(conn)
+                return
+
+    def _write(self, conn: sqlite3.Connection, items: list[_Item]) -> None:
+        conn.execute("BEGIN")
+        try:
+            for item in items:
+                conn.execute(_INSERT[item.table], item.row)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def expire_content(self, conn: sqlite3.Connection) -> int:
+        cutoff = self.clock() - self.retention_days * 86400
+        cur = conn.execute("DELETE FROM content WHERE time < ?", (cutoff,))
+        if cur.rowcount:
+            log.info("deleted %d stored prompt/answer record(s) past retention", cur.rowcount)
+        return int(cur.rowcount)
+
+    def _spill(self) -> None:
+        target = self.path.with_name(self.path.name + ".unwritten.jsonl")
+        lines = [json.dumps({"table": i.table, "row": list(i.row)}) for i in self._pending]
+        try:
+            with target.open("a", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+            log.error(
+                "usage database %s unwritable at exit: %d record(s) saved to %s",
+                self.path,
+                len(lines),
+                target,
+            )
+        except OSError:
+            log.error("usage database unwritable at exit; the %d record(s):", len(lines))
+            for line in lines:
+                log.error("unwritten usage record: %s", line)
+        self._pending = []
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
+
+
+# -- reading (the API and the CLI; run these in a thread from the event loop) ----------------
+
+
+def parse_time(value: str, end: bool = False) -> float:
+    """Unix seconds from a date (YYYY-MM-DD: its start, or with `end` its end), an ISO time or a
+    number. Dates and times without a zone are UTC."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            if end:
+                day += dt.timedelta(days=1)
+            return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD), ISO time or unix time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+GROUPS = {
+    "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
+    "key": "key",
+    "model": "model",
+}
+_SUMS = (
+    "COUNT(*) AS requests, SUM(status >= 400) AS errors, "
+    "SUM(prompt_tokens) AS prompt_tokens, SUM(cached_tokens) AS cached_tokens, "
+    "SUM(completion_tokens) AS completion_tokens, "
+    "SUM(prompt_tokens + completion_tokens) AS total_tokens, "
+    "ROUND(AVG(latency_ms), 3) AS avg_latency_ms"
+)
+
+
+@dataclass
+class UsageQuery:
+    key: str | None = None
+    model: str | None = None
+    since: float | None = None
+    until: float | None = None
+    group_by: list[str] = field(default_factory=list)
+    limit: int = 1000
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, value in (("key", self.key), ("model", self.model)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.since is not None:
+            clauses.append("time >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("time < ?")
+            args.append(self.until)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def query_usage(path: Path, q: UsageQuery) -> list[dict[str, Any]]:
+    for group in q.group_by:
+        if group not in GROUPS:
+            raise ValueError(f"group_by {group!r}: use day, key or model")
+    where, args = q.where()
+    if q.group_by:
+        cols = ", ".join(f"{GROUPS[g]} AS {g}" for g in q.group_by)
+        order = ", ".join(q.group_by)
+        sql = f"SELECT {cols}, {_SUMS} FROM usage{where} GROUP BY {order} ORDER BY {order}"
+    else:
+        sql = (
+            f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage{where} ORDER BY time, id "
+            f"LIMIT {int(q.limit)}"
+        )
+    return _select(path, sql, args)
+
+
+def totals_since(path: Path, since: float) -> dict[str, int]:
+    """Tokens (prompt + completion) per key since a time: the monthly quotas' starting point."""
+    sql = (
+        "SELECT key, SUM(prompt_tokens + completion_tokens) AS tokens FROM usage "
+        "WHERE time >= ? AND key IS NOT NULL GROUP BY key"
+    )
+    return {row["key"]: int(row["tokens"] or 0) for row in _select(path, sql, [since])}
+
+
+def query_audit(
+    path: Path, since: float | None = None, actor: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        clauses.append("time >= ?")
+        args.append(since)
+    if actor is not None:
+        clauses.append("actor = ?")
+        args.append(actor)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    sql = f"SELECT id, {', '.join(AUDIT_COLUMNS)} FROM audit{where} ORDER BY id LIMIT {int(limit)}"
+    rows = _select(path, sql, args)
+    for row in rows:
+        row["detail"] = json.loads(row["detail"]) if row["detail"] else None
+    return rows
+
+
+def query_content(path: Path, request_id: str) -> list[dict[str, Any]]:
+    return _select(path, "SELECT * FROM content WHERE request_id = ?", [request_id])
+
+
+def purge(path: Path, before: float, key: str | None = None) -> int:
+    """Delete usage records (and stored text) older than `before`; how many records went."""
+    conn = connect(path)
+    try:
+        args: list[Any] = [before] if key is None else [before, key]
+        extra = "" if key is None else " AND key = ?"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"DELETE FROM content WHERE time < ?{extra}", args)
+        count = conn.execute(f"DELETE FROM usage WHERE time < ?{extra}", args).rowcount
+        conn.execute("COMMIT")
+        return int(count)
+    finally:
+        conn.close()
+
+
+def write_audit_now(
+    path: Path,
+    actor: str,
+    action: str,
+    target: str | None,
+    client: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """For the CLI: one audit entry, committed before returning."""
+    conn = connect(path)
+    try:
+        conn.execute(_INSERT["audit"], audit_row(actor, action, target, client, detail))
+    finally:
+        conn.close()
+
+
+def audit_row(
+    actor: str,
+    action: str,
+    target: str | None,
+    client: str | None,
+    detail: dict[str, Any] | None,
+    now: float | None = None,
+) -> tuple[Any, ...]:
+    return (
+        now if now is not None else time.time(),
+        actor,
+        action,
+        target,
+        client,
+        json.dumps(detail, default=str) if detail else None,
+    )
+
+
+def _select(path: Path, sql: str, args: Iterable[Any]) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql, list(args))]
+    finally:
+        conn.close()
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
