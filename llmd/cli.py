@@ -16,10 +16,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmd import __version__
+from llmd import __version__, models_cli
 from llmd.settings import (
     ConfigError,
     EngineSettings,
+    LoadingSettings,
+    MemorySettings,
     ModelSettings,
     SamplingDefaults,
     ServerSettings,
@@ -49,6 +51,8 @@ def settings_reference() -> str:
         ("", Settings),
         ("server.", ServerSettings),
         ("engine.", EngineSettings),
+        ("memory.", MemorySettings),
+        ("loading.", LoadingSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]
@@ -92,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("--config", type=Path, help="TOML config file")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    models_cli.add_parser(sub)
     return parser
 
 
@@ -116,6 +121,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "models":
+        return models_cli.run(args)
     path = find_config(args.config)
     try:
         settings = load_settings(path, _overrides(args))

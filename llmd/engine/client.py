@@ -69,9 +69,12 @@ class EngineOptions:
 
 
 class ModelProcess:
-    def __init__(self, name: str, options: EngineOptions) -> None:
+    def __init__(self, name: str, options: EngineOptions, retry_failed_load: bool = True) -> None:
         self.name = name
         self.options = options
+        # A file that never loaded (corrupt, unsupported) will not load on a retry either:
+        # the manager reports it failed and tries again only when the file changes.
+        self.retry_failed_load = retry_failed_load
         self.state = ModelState.STOPPED
         self.error: str | None = None
         self.info: m.Ready | None = None
@@ -136,6 +139,8 @@ class ModelProcess:
             self._fail_all(f"model '{self.name}' stopped unexpectedly and is restarting")
             self.state = ModelState.RESTARTING if self.loaded_at else ModelState.FAILED
             self._ready.set()
+            if not self.loaded_at and not self.retry_failed_load:
+                break
             if time.monotonic() - started > 60:
                 backoff = 1.0
             self.restarts += 1
