@@ -316,6 +316,8 @@ class ModelManager:
         for entry in self.entries.values():
             if entry.loading is not None:
                 entry.loading.cancel()
+        for task in list(self._drains):
+            task.cancel()
         await asyncio.gather(*(m.process.stop() for m in self.loaded()))
 
     # -- names -------------------------------------------------------------------------------
@@ -536,8 +538,10 @@ class ModelManager:
             key=lambda pair: pair[1].last_used,
         )
         evictable = sum(m.cost() for _, m in idle)
-        while self.memory_used_bytes() - evictable + need <= budget and idle and (
-            self.memory_used_bytes() + need > budget
+        while (
+            self.memory_used_bytes() - evictable + need <= budget
+            and idle
+            and (self.memory_used_bytes() + need > budget)
         ):
             victim_entry, victim = idle.pop(0)
             if victim_entry.current is victim and not victim.busy:

@@ -257,9 +257,7 @@ def test_hot_swap_under_eight_clients_and_delete_drains(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     copy_in(MODELS / SMOL, models_dir / SMOL)
-    d = start_dir_daemon(
-        tmp_path / "d", models_dir, "[engine]\nctx_per_seq = 512\nparallel = 8\n"
-    )
+    d = start_dir_daemon(tmp_path / "d", models_dir, "[engine]\nctx_per_seq = 512\nparallel = 8\n")
     try:
         wait_for(lambda: SMOL_NAME in served_ids(d), 30, "listed")
         assert complete(d, SMOL_NAME).status_code == 200
@@ -447,3 +445,67 @@ def test_request_keep_alive_forms_are_accepted(daemon: Daemon, value: object) ->
         timeout=60,
     )
     assert resp.status_code == 200, resp.text
+
+
+def test_apply_settings_adds_retunes_and_removes_without_dropping_requests(
+    tmp_path: Path,
+) -> None:
+    """What SIGHUP does (issue 5 wires the signal): ModelManager.apply_settings in-process."""
+    import asyncio
+
+    from llmd.models import ModelManager
+    from llmd.settings import load_settings
+
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    copy_in(MODELS / SMOL, models_dir / SMOL)
+    copy_in(MODELS / GEMMA, models_dir / GEMMA)
+    common = {"models_dir": str(models_dir), "engine.ctx_per_seq": 512, "engine.parallel": 2}
+    first = load_settings(None, {**common, "models.a.path": SMOL})
+    second = load_settings(
+        None,
+        {**common, "models.a.path": SMOL, "models.a.parallel": 3, "models.b.path": GEMMA},
+    )
+    third = load_settings(None, {**common, "models.b.path": GEMMA})
+
+    async def until(predicate: Callable[[], bool], what: str) -> None:
+        for _ in range(600):
+            if predicate():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(what)
+
+    async def main() -> None:
+        manager = ModelManager(first)
+        await manager.start()
+        try:
+            assert set(manager.entries) == {"a", GEMMA_NAME}
+            a = manager.entries["a"]
+            assert a.current is not None and a.current.process.state == "ready"
+            old_pid = a.current.process.pid
+            async with manager.use("a") as held:  # a request in flight across the reload
+                await manager.apply_settings(second)
+                await until(
+                    lambda: a.current is not None and a.current.process.pid != old_pid,
+                    "re-tuned a swapped in",
+                )
+                assert a.current is not None and a.current.process.options.load.parallel == 3
+                assert held.process.pid == old_pid and held.process.state == "ready"
+                # gemma's file is now model b (preloaded), no longer a plain file entry.
+                assert set(manager.entries) == {"a", "b"}
+                assert manager.entries["b"].current is not None
+            await until(lambda: gone(old_pid or 0), "old a drained and ended")
+            assert manager.loaded_count() == 2
+            assert manager.memory_used_bytes() > 0
+            assert manager.memory_budget_bytes > manager.memory_used_bytes()
+            assert set(manager.request_counts()) == {"a", "b"}
+            new_pid = a.current.process.pid if a.current else None
+            await manager.apply_settings(third)
+            await until(lambda: gone(new_pid or 0), "removed a drained")
+            # The file is still in the directory: it is served under its own name again.
+            await until(lambda: SMOL_NAME in manager.entries, "smol back as a plain file")
+            assert "a" not in manager.entries and "a" not in manager.names
+        finally:
+            await manager.stop()
+
+    asyncio.run(main())

@@ -170,6 +170,14 @@ class ModelProcess:
             child.close()
         self.pid = self._proc.pid
         reader, writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            # A long-lived daemon loads and unloads models for months: never leak the socket.
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._proc is not None
         writer.write(m.pack(self.options.load))
         await writer.drain()
         first = await asyncio.wait_for(_read(reader), self.options.load_timeout_s)
