@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from llmd.engine.client import EngineOptions, ModelProcess, ModelState
+from llmd.engine.client import EngineOptions, ModelProcess, ModelState, close_spares
 from llmd.engine.llama import LoadOptions
 from llmd.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from llmd.gguf import Estimate, GGUFError, Incomplete, ModelFile, estimate, read_model
@@ -319,6 +319,7 @@ class ModelManager:
         for task in list(self._drains):
             task.cancel()
         await asyncio.gather(*(m.process.stop() for m in self.loaded()))
+        await close_spares()
 
     # -- names -------------------------------------------------------------------------------
 
@@ -859,7 +860,13 @@ class ModelManager:
         file = entry.file
         info = file.info if file else None
         load = engine_options(self.settings, entry.settings, entry.path).load
-        est = self.estimate(entry) if file is not None else None
+        # From the header alone, and as corrected by what this file measured before.
+        est = estimate_for(self.settings, entry.settings, file) if file is not None else None
+        corrected = (
+            self.estimate(entry).total
+            if file is not None and file.path in self._corrections
+            else None
+        )
         stats = model.process.stats if model else None
         now = time.monotonic()
         keep = self.keep_alive_of(entry)
@@ -889,6 +896,7 @@ class ModelManager:
                 "weights_bytes": est.weights if est else None,
                 "kv_cache_bytes": est.kv_cache if est else None,
                 "other_bytes": est.compute if est else None,
+                "corrected_estimate_bytes": corrected,
                 "measured_bytes": (model.peak_rss or None) if model else None,
             },
             "requests_in_flight": sum(m.active for m in [model, *entry.old] if m is not None),

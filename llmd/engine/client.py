@@ -150,24 +150,7 @@ class ModelProcess:
 
     async def _run_once(self) -> None:
         self.state = ModelState.LOADING if self.loaded_at is None else ModelState.RESTARTING
-        parent, child = socket.socketpair()
-        env = dict(os.environ, OMP_WAIT_POLICY=self.options.omp_wait_policy.upper())
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "llmd.engine.worker",
-                "--fd",
-                str(child.fileno()),
-                "--name",
-                self.name,
-                "--log-level",
-                self.options.log_level,
-                pass_fds=(child.fileno(),),
-                env=env,
-            )
-        finally:
-            child.close()
+        self._proc, parent = await _spares(self.options).take()
         self.pid = self._proc.pid
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         try:
@@ -178,7 +161,7 @@ class ModelProcess:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._proc is not None
-        writer.write(m.pack(self.options.load))
+        writer.write(m.pack(m.Load(self.name, self.options.load)))
         await writer.drain()
         first = await asyncio.wait_for(_read(reader), self.options.load_timeout_s)
         if isinstance(first, m.Failed):
@@ -254,6 +237,91 @@ class ModelProcess:
         for handle in self._inflight.values():
             handle.queue.put_nowait(m.Failed(handle.id, 503, reason, code="model_crashed"))
         self._inflight.clear()
+
+
+Spawned = tuple[asyncio.subprocess.Process, socket.socket]
+
+
+class SpareProcess:
+    """One model process started ahead of time, Python and llama.cpp imported, waiting to
+    be told which model to load: a model loaded on demand skips that start-up (~0.5-1 s).
+
+    Costs one idle Python process (~40 MB); started on the first model load, replaced each
+    time one is taken.
+    """
+
+    def __init__(self, omp_wait_policy: str, log_level: str) -> None:
+        self.omp_wait_policy = omp_wait_policy
+        self.log_level = log_level
+        self._next: asyncio.Task[Spawned] | None = None
+
+    async def take(self) -> Spawned:
+        task = self._next
+        self._next = asyncio.create_task(self._spawn())
+        if task is not None:
+            try:
+                proc, sock = await task
+            except Exception:  # noqa: BLE001 - the spare could not start: start one now
+                pass
+            else:
+                if proc.returncode is None:
+                    return proc, sock
+                sock.close()
+        return await self._spawn()
+
+    async def _spawn(self) -> Spawned:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, OMP_WAIT_POLICY=self.omp_wait_policy.upper())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llmd.engine.worker",
+                "--fd",
+                str(child.fileno()),
+                "--log-level",
+                self.log_level,
+                pass_fds=(child.fileno(),),
+                env=env,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        return proc, parent
+
+    async def close(self) -> None:
+        task, self._next = self._next, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return
+        with contextlib.suppress(BaseException):
+            proc, sock = task.result()
+            sock.close()  # the spare reads end-of-file and exits
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+_SPARES: dict[tuple[str, str], SpareProcess] = {}
+
+
+def _spares(options: EngineOptions) -> SpareProcess:
+    key = (options.omp_wait_policy, options.log_level)
+    if key not in _SPARES:
+        _SPARES[key] = SpareProcess(*key)
+    return _SPARES[key]
+
+
+async def close_spares() -> None:
+    """End the processes kept ahead (at shutdown)."""
+    spares = list(_SPARES.values())
+    _SPARES.clear()
+    for spare in spares:
+        await spare.close()
 
 
 async def _read(reader: asyncio.StreamReader) -> Any:
