@@ -23,7 +23,13 @@ from typing import Any
 
 import psutil
 
-from llmd.engine.client import EngineOptions, ModelProcess, ModelState, close_spares
+from llmd.engine.client import (
+    EngineOptions,
+    ModelProcess,
+    ModelState,
+    close_spares,
+    prepare_spare,
+)
 from llmd.engine.llama import LoadOptions
 from llmd.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from llmd.gguf import Estimate, GGUFError, Incomplete, ModelFile, estimate, read_model
@@ -286,6 +292,10 @@ class ModelManager:
         ]
         await self._preload()
         self.started = True
+        if any(e.current is None for e in self.entries.values()):
+            # Something may be loaded on demand: have its process started ahead.
+            any_entry = next(iter(self.entries.values()))
+            prepare_spare(engine_options(self.settings, any_entry.settings, any_entry.path))
 
     async def _preload(self) -> None:
         want = [
@@ -633,10 +643,11 @@ class ModelManager:
         while model.busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(model.idle.wait(), 0.5)
+        pid = model.process.pid
         await model.process.stop()
         if model in entry.old:
             entry.old.remove(model)
-        log.info("model %s: unloaded pid %s (%s)", entry.name, model.process.pid, why)
+        log.info("model %s: unloaded pid %s (%s)", entry.name, pid, why)
         if entry.removed and entry.current is None and not entry.old:
             self._forget(entry)
 

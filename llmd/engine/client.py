@@ -173,6 +173,7 @@ class ModelProcess:
         self._writer = writer
         self.state = ModelState.READY
         self._ready.set()
+        _spares(self.options).prepare()
         log.info("model %s: ready (pid %d)", self.name, self.pid)
         while True:
             try:
@@ -246,8 +247,8 @@ class SpareProcess:
     """One model process started ahead of time, Python and llama.cpp imported, waiting to
     be told which model to load: a model loaded on demand skips that start-up (~0.5-1 s).
 
-    Costs one idle Python process (~40 MB); started on the first model load, replaced each
-    time one is taken.
+    Costs one idle Python process (~40 MB). The replacement starts only once the model that
+    took the spare is ready: started at once, its imports would compete with that load.
     """
 
     def __init__(self, omp_wait_policy: str, log_level: str) -> None:
@@ -255,9 +256,13 @@ class SpareProcess:
         self.log_level = log_level
         self._next: asyncio.Task[Spawned] | None = None
 
+    def prepare(self) -> None:
+        """Start the spare now if none is waiting."""
+        if self._next is None:
+            self._next = asyncio.create_task(self._spawn())
+
     async def take(self) -> Spawned:
-        task = self._next
-        self._next = asyncio.create_task(self._spawn())
+        task, self._next = self._next, None
         if task is not None:
             try:
                 proc, sock = await task
@@ -307,6 +312,11 @@ class SpareProcess:
 
 
 _SPARES: dict[tuple[str, str], SpareProcess] = {}
+
+
+def prepare_spare(options: EngineOptions) -> None:
+    """Have a model process ready ahead for the next load of a model with these options."""
+    _spares(options).prepare()
 
 
 def _spares(options: EngineOptions) -> SpareProcess:
