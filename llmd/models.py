@@ -440,8 +440,8 @@ class ModelManager:
         def done(t: asyncio.Task[Model]) -> None:
             if entry.loading is t:
                 entry.loading = None
-            if not t.cancelled() and t.exception() is not None:
-                pass  # retrieved here so asyncio does not warn; callers saw it
+            if not t.cancelled():
+                t.exception()  # retrieved, so asyncio does not warn: the waiters got it
 
         task.add_done_callback(done)
         return task
@@ -474,7 +474,8 @@ class ModelManager:
             )
         async with self._lock:
             est = self.estimate(entry)
-            await self._make_room(entry, est, keep=replacing)
+            # A swap's old version (entry.current) stays: it is serving until the new one is.
+            await self._make_room(entry, est)
             options = engine_options(self.settings, entry.settings, entry.file.path)
             model = Model(
                 entry.name,
@@ -532,7 +533,7 @@ class ModelManager:
                 self._drain(entry, model, "superseded while loading")
         return model
 
-    async def _make_room(self, entry: Entry, est: Estimate, keep: Model | None = None) -> None:
+    async def _make_room(self, entry: Entry, est: Estimate) -> None:
         """Unload idle models (least recently used first) until `est` fits; else refuse."""
         need = est.total
         budget = self.memory_budget_bytes
