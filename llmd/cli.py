@@ -16,12 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmd import __version__
+from llmd import __version__, models_cli
 from llmd.auth import cli as admin_cli
 from llmd.settings import (
     AuthSettings,
     ConfigError,
     EngineSettings,
+    LoadingSettings,
+    MemorySettings,
     ModelSettings,
     SamplingDefaults,
     ServerSettings,
@@ -54,6 +56,8 @@ def settings_reference() -> str:
         ("engine.", EngineSettings),
         ("auth.", AuthSettings),
         ("usage.", UsageSettings),
+        ("memory.", MemorySettings),
+        ("loading.", LoadingSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="TOML config file")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     admin_cli.add_parsers(sub)
+    models_cli.add_parser(sub)
     return parser
 
 
@@ -122,6 +127,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "models":
+        return models_cli.run(args)
     path = find_config(getattr(args, "config", None))
     try:
         settings = load_settings(path, _overrides(args))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmd.engine.messages import TokenLogprob
 from llmd.errors import InvalidRequest
+from llmd.settings import parse_duration
 
 log = logging.getLogger("llmd.api")
 
@@ -101,6 +102,18 @@ class _Sampling(_Request):
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
     keep_alive: str | float | None = None
+    """Ollama's: how long the model stays loaded after this request ('5m', 0, -1)."""
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def keep_alive_s(self) -> float | None | str:
+        """Seconds, None for forever, or "default" when the request did not say."""
+        return "default" if self.keep_alive is None else parse_duration(self.keep_alive)
 
     @field_validator("stop")
     @classmethod

@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
 
@@ -134,6 +141,86 @@ class ModelSettings(_Section):
     sampling: SamplingDefaults = Field(
         default_factory=SamplingDefaults, description="Default sampling values."
     )
+    keep_alive: str | float | None = Field(
+        None,
+        description="How long the model stays loaded after its last request: seconds or "
+        "'30s', '10m', '1h'; negative = forever, 0 = unload after each request. Default: "
+        "forever for a preloaded model, else loading.keep_alive.",
+    )
+    pinned: bool = Field(
+        False, description="Load at start and never unload (not by keep-alive, not to make room)."
+    )
+    preload: bool = Field(
+        True,
+        description="Load at start. Models named in this file preload unless false; files "
+        "found only in models_dir load on their first request.",
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class MemorySettings(_Section):
+    budget: str | int = Field(
+        "80%",
+        description="Memory all loaded models may take together: bytes, '12GiB', '800MB', "
+        "or a share of physical RAM ('75%'). Idle models are unloaded (least recently used "
+        "first) to make room; a model that still does not fit is refused with 503.",
+    )
+    reserve: str | int = Field(
+        "5%",
+        description="System memory that must stay available after a load (bytes, '1GiB' or "
+        "'5%' of RAM): a load that would leave less is refused, before the machine swaps.",
+    )
+
+    @field_validator("budget", "reserve")
+    @classmethod
+    def _check_size(cls, value: str | int) -> str | int:
+        parse_size(value, 1 << 30)
+        return value
+
+    def budget_bytes(self, total: int) -> int:
+        return parse_size(self.budget, total)
+
+    def reserve_bytes(self, total: int) -> int:
+        return parse_size(self.reserve, total)
+
+
+class LoadingSettings(_Section):
+    keep_alive: str | float = Field(
+        "5m",
+        description="Default keep-alive of models loaded on demand (seconds or '5m', '1h'; "
+        "negative = forever, 0 = unload after each request). Requests may set their own "
+        "with Ollama's keep_alive field.",
+    )
+    wait_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a request waits for its model to load before a 503 with Retry-After.",
+    )
+    watch: bool = Field(
+        True, description="Watch models_dir: new files are served, replaced ones hot-swapped."
+    )
+    settle_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="A new or changed file must keep the same size this long (and hold all "
+        "its tensors) before it is used: copies in progress are never read half-written.",
+    )
+    rescan_s: float = Field(
+        10.0, gt=0, description="Full rescan of models_dir this often, in case an event is lost."
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
 
 
 class AuthSettings(_Section):
@@ -206,6 +293,8 @@ class Settings(_Section):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    loading: LoadingSettings = Field(default_factory=LoadingSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )
@@ -234,6 +323,66 @@ class Settings(_Section):
     def model_path(self, name: str) -> Path:
         path = self.models[name].path
         return path if path.is_absolute() else self.models_dir / path
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: str | int, total: int) -> int:
+    """Bytes from 1234, '800MB', '12GiB' or '75%' (of `total`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    if text.endswith("%"):
+        share = float(text[:-1])
+        if not 0 < share <= 100:
+            raise ValueError(f"{value!r}: a share of RAM must be in (0%, 100%]")
+        return int(total * share / 100)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", text)
+    if match is None or match.group(2) not in _UNITS:
+        raise ValueError(f"{value!r}: expected bytes, e.g. 8GiB, 800MB, or a share like 75%")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_duration(value: str | float | int) -> float | None:
+    """Seconds from 300, '300', '30s', '5m', '1h30m' (Ollama's keep_alive); None = forever.
+
+    Negative means forever, as in Ollama; 0 means unload as soon as the request ends.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or like '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"{value!r}: expected seconds or a duration like '30s', '5m', '1h'"
+                ) from None
+            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+            seconds = sum(float(n) * scale[u] for n, u in parts)
+    return None if seconds < 0 else seconds
 
 
 class ConfigError(Exception):

@@ -61,10 +61,12 @@ class Daemon:
         return int(self.proc.returncode)
 
 
-def start_daemon(tmp: Path, config: str, wait_ready: bool = True) -> Daemon:
+def start_daemon(
+    tmp: Path, config: str, wait_ready: bool = True, models_dir: Path = MODELS
+) -> Daemon:
     port = free_port()
     path = tmp / "llmd.toml"
-    path.write_text(f'models_dir = "{MODELS}"\n' + config)
+    path.write_text(f'models_dir = "{models_dir}"\n' + config)
     log = tmp / "daemon.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("wb") as out:

@@ -69,9 +69,12 @@ class EngineOptions:
 
 
 class ModelProcess:
-    def __init__(self, name: str, options: EngineOptions) -> None:
+    def __init__(self, name: str, options: EngineOptions, retry_failed_load: bool = True) -> None:
         self.name = name
         self.options = options
+        # A file that never loaded (corrupt, unsupported) will not load on a retry either:
+        # the manager reports it failed and tries again only when the file changes.
+        self.retry_failed_load = retry_failed_load
         self.state = ModelState.STOPPED
         self.error: str | None = None
         self.info: m.Ready | None = None
@@ -136,6 +139,8 @@ class ModelProcess:
             self._fail_all(f"model '{self.name}' stopped unexpectedly and is restarting")
             self.state = ModelState.RESTARTING if self.loaded_at else ModelState.FAILED
             self._ready.set()
+            if not self.loaded_at and not self.retry_failed_load:
+                break
             if time.monotonic() - started > 60:
                 backoff = 1.0
             self.restarts += 1
@@ -145,27 +150,18 @@ class ModelProcess:
 
     async def _run_once(self) -> None:
         self.state = ModelState.LOADING if self.loaded_at is None else ModelState.RESTARTING
-        parent, child = socket.socketpair()
-        env = dict(os.environ, OMP_WAIT_POLICY=self.options.omp_wait_policy.upper())
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "llmd.engine.worker",
-                "--fd",
-                str(child.fileno()),
-                "--name",
-                self.name,
-                "--log-level",
-                self.options.log_level,
-                pass_fds=(child.fileno(),),
-                env=env,
-            )
-        finally:
-            child.close()
+        self._proc, parent = await _spares(self.options).take()
         self.pid = self._proc.pid
         reader, writer = await asyncio.open_unix_connection(sock=parent)
-        writer.write(m.pack(self.options.load))
+        try:
+            await self._serve(reader, writer)
+        finally:
+            # A long-lived daemon loads and unloads models for months: never leak the socket.
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._proc is not None
+        writer.write(m.pack(m.Load(self.name, self.options.load)))
         await writer.drain()
         first = await asyncio.wait_for(_read(reader), self.options.load_timeout_s)
         if isinstance(first, m.Failed):
@@ -177,6 +173,7 @@ class ModelProcess:
         self._writer = writer
         self.state = ModelState.READY
         self._ready.set()
+        _spares(self.options).prepare()
         log.info("model %s: ready (pid %d)", self.name, self.pid)
         while True:
             try:
@@ -241,6 +238,100 @@ class ModelProcess:
         for handle in self._inflight.values():
             handle.queue.put_nowait(m.Failed(handle.id, 503, reason, code="model_crashed"))
         self._inflight.clear()
+
+
+Spawned = tuple[asyncio.subprocess.Process, socket.socket]
+
+
+class SpareProcess:
+    """One model process started ahead of time, Python and llama.cpp imported, waiting to
+    be told which model to load: a model loaded on demand skips that start-up (~0.5-1 s).
+
+    Costs one idle Python process (~40 MB). The replacement starts only once the model that
+    took the spare is ready: started at once, its imports would compete with that load.
+    """
+
+    def __init__(self, omp_wait_policy: str, log_level: str) -> None:
+        self.omp_wait_policy = omp_wait_policy
+        self.log_level = log_level
+        self._next: asyncio.Task[Spawned] | None = None
+
+    def prepare(self) -> None:
+        """Start the spare now if none is waiting."""
+        if self._next is None:
+            self._next = asyncio.create_task(self._spawn())
+
+    async def take(self) -> Spawned:
+        task, self._next = self._next, None
+        if task is not None:
+            try:
+                proc, sock = await task
+            except Exception:  # noqa: BLE001 - the spare could not start: start one now
+                pass
+            else:
+                if proc.returncode is None:
+                    return proc, sock
+                sock.close()
+        return await self._spawn()
+
+    async def _spawn(self) -> Spawned:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, OMP_WAIT_POLICY=self.omp_wait_policy.upper())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llmd.engine.worker",
+                "--fd",
+                str(child.fileno()),
+                "--log-level",
+                self.log_level,
+                pass_fds=(child.fileno(),),
+                env=env,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        return proc, parent
+
+    async def close(self) -> None:
+        task, self._next = self._next, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return
+        with contextlib.suppress(BaseException):
+            proc, sock = task.result()
+            sock.close()  # the spare reads end-of-file and exits
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+_SPARES: dict[tuple[str, str], SpareProcess] = {}
+
+
+def prepare_spare(options: EngineOptions) -> None:
+    """Have a model process ready ahead for the next load of a model with these options."""
+    _spares(options).prepare()
+
+
+def _spares(options: EngineOptions) -> SpareProcess:
+    key = (options.omp_wait_policy, options.log_level)
+    if key not in _SPARES:
+        _SPARES[key] = SpareProcess(*key)
+    return _SPARES[key]
+
+
+async def close_spares() -> None:
+    """End the processes kept ahead (at shutdown)."""
+    spares = list(_SPARES.values())
+    _SPARES.clear()
+    for spare in spares:
+        await spare.close()
 
 
 async def _read(reader: asyncio.StreamReader) -> Any:

@@ -45,6 +45,15 @@ class GenerateRequest:
 
 
 @dataclass
+class Load:
+    """The first message to a model process: which model to load, and how."""
+
+    name: str
+    options: Any
+    """llmd.engine.llama.LoadOptions (not imported here: llama imports this module)."""
+
+
+@dataclass
 class Cancel:
     id: str
 

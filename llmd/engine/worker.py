@@ -24,19 +24,27 @@ HEARTBEAT_S = 1.0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmd-worker")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--name", default="model")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s llmd.worker[{args.name}] %(message)s",
-        stream=sys.stderr,
-    )
-    sock = socket.socket(fileno=args.fd)
-    options = m.recv(sock)
+    handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # Imported here: the daemon imports this module's neighbours without loading llama.cpp.
+    # Imported before the model is known: the daemon keeps one process started ahead, so
+    # that loading a model on demand does not wait for Python and llama.cpp to start.
     from llmd.engine.llama import LlamaBackend, LoadError
     from llmd.engine.scheduler import Scheduler
+
+    sock = socket.socket(fileno=args.fd)
+    try:
+        load = m.recv(sock)
+    except (EOFError, OSError):
+        return 0  # a spare process the daemon no longer needs
+    if not isinstance(load, m.Load):
+        return 2
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s llmd.worker[{load.name}] %(message)s")
+    )
+    options = load.options
 
     try:
         backend = LlamaBackend(options)

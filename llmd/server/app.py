@@ -14,10 +14,10 @@ from aiohttp import web
 from llmd import __version__
 from llmd.auth.middleware import authorize_model, may_use_model
 from llmd.auth.setup import install_security
-from llmd.engine.client import ModelState
 from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
-from llmd.models import ModelManager
+from llmd.models import ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
+from llmd.server import admin
 from llmd.server.accounting import (
     FINISHERS,
     OBSERVERS,
@@ -92,29 +92,37 @@ async def _json(request: web.Request) -> Any:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = ChatCompletionRequest.parse(await _json(request))
-    model = request.app[MODELS].resolve(req.model)
-    authorize_model(request, model.name, model.settings.aliases)
-    return await request.app[SERVING].chat(request, req, model, get_record(request))
+    manager = request.app[MODELS]
+    entry = manager.resolve(req.model)
+    authorize_model(request, entry.name, entry.settings.aliases)
+    # The model is held (loaded first if need be) until the response's last byte.
+    async with manager.use(req.model, req.keep_alive_s()) as model:
+        return await request.app[SERVING].chat(request, req, model, get_record(request))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = CompletionRequest.parse(await _json(request))
-    model = request.app[MODELS].resolve(req.model)
-    authorize_model(request, model.name, model.settings.aliases)
-    return await request.app[SERVING].completions(request, req, model, get_record(request))
+    manager = request.app[MODELS]
+    entry = manager.resolve(req.model)
+    authorize_model(request, entry.name, entry.settings.aliases)
+    async with manager.use(req.model, req.keep_alive_s()) as model:
+        return await request.app[SERVING].completions(request, req, model, get_record(request))
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:
-    """The models the request's key may use (all of them without keys)."""
+    """Every servable model and alias the request's key may use (all of them without keys).
+
+    Files still being copied and failed ones are not listed (see /api/v1/models)."""
     manager = request.app[MODELS]
     cards = []
     for alias, name in manager.names.items():
-        model = manager.models[name]
-        if not may_use_model(request, name, model.settings.aliases):
+        entry = manager.entries[name]
+        if entry.file is None or entry.removed:
             continue
-        process = model.process
-        created = int(process.loaded_at or 0)
-        cards.append(model_card(alias, created, process.state.value))
+        if not may_use_model(request, name, entry.settings.aliases):
+            continue
+        created = entry.file_key[0][1] // 1_000_000_000 if entry.file_key else 0
+        cards.append(model_card(alias, created, entry.state()))
     return cards
 
 
@@ -140,11 +148,13 @@ async def ready(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "not ready", "reason": "no model configured"}, status=503
         )
-    process = manager.models[manager.default].process
-    if process.state != ModelState.READY:
-        reason = f"default model '{manager.default}' is {process.state.value}"
-        if process.error:
-            reason += f": {process.error}"
+    entry = manager.entries[manager.default]
+    state = entry.state()
+    # An unloaded default model is ready: the first request loads it.
+    if state not in ("ready", "unloaded") or not manager.started:
+        reason = f"default model '{manager.default}' is {state}"
+        if entry.failed:
+            reason += f": {entry.failed}"
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
     return web.json_response({"status": "ready", "model": manager.default})
 
@@ -161,27 +171,29 @@ def _rss(pid: int | None) -> int | None:
 async def api_health(request: web.Request) -> web.Response:
     manager = request.app[MODELS]
     models = []
-    for name, model in manager.models.items():
-        p = model.process
-        stats = p.stats
+    for name, entry in manager.entries.items():
+        model = entry.current
+        p = model.process if model else None
+        stats = p.stats if p else None
+        load = engine_options(manager.settings, entry.settings, entry.path).load
         models.append(
             {
                 "name": name,
-                "aliases": model.settings.aliases,
-                "path": str(p.options.load.path),
-                "state": p.state.value,
-                "error": p.error,
-                "pid": p.pid,
-                "restarts": p.restarts,
-                "parallel": p.options.load.parallel,
-                "ctx_per_seq": p.options.load.ctx_per_seq,
-                "requests_in_flight": p.num_inflight,
+                "aliases": entry.settings.aliases,
+                "path": str(entry.path),
+                "state": entry.state(),
+                "error": (p.error if p else None) or entry.failed,
+                "pid": p.pid if p else None,
+                "restarts": p.restarts if p else 0,
+                "parallel": load.parallel,
+                "ctx_per_seq": load.ctx_per_seq,
+                "requests_in_flight": p.num_inflight if p else 0,
                 "running": stats.running if stats else 0,
                 "queued": stats.waiting if stats else 0,
                 "kv_tokens_cached": stats.kv_cells_used if stats else 0,
                 "kv_tokens_total": stats.kv_cells_total if stats else 0,
-                "memory_rss_bytes": _rss(p.pid),
-                "model_bytes": p.info.model_bytes if p.info else None,
+                "memory_rss_bytes": _rss(p.pid) if p else None,
+                "model_bytes": p.info.model_bytes if p and p.info else None,
             }
         )
     vm = psutil.virtual_memory()
@@ -195,6 +207,8 @@ async def api_health(request: web.Request) -> web.Response:
                 "daemon_rss_bytes": _rss(os.getpid()),
                 "system_total_bytes": vm.total,
                 "system_available_bytes": vm.available,
+                "budget_bytes": manager.memory_budget_bytes,
+                "models_bytes": manager.memory_used_bytes(),
             },
             "models": models,
         }
@@ -223,6 +237,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/api/v1/health", api_health)
+    admin.add_routes(app, MODELS)
     # Keys, limits, usage and audit: its middleware goes after error_middleware.
     install_security(app, settings)
     return app
