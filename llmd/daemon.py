@@ -14,6 +14,7 @@ from llmd.models import ModelManager
 from llmd.server.accounting import access_log
 from llmd.server.app import create_app
 from llmd.settings import Settings
+from llmd.usage.recorder import AUDIT
 
 log = logging.getLogger("llmd")
 
@@ -21,6 +22,14 @@ log = logging.getLogger("llmd")
 async def serve(settings: Settings) -> None:
     manager = ModelManager(settings)
     app = create_app(settings, manager, observers=[access_log])
+    audit = app[AUDIT]
+    # Loads, swaps and unloads the daemon does by itself (a file changed, keep-alive ran out,
+    # room was needed) are audited too; admin requests are audited by their handlers.
+    manager.listeners.append(
+        lambda name, event, why: audit.record(
+            "llmd", f"model.{event}", name, None, {"why": why} if why else None
+        )
+    )
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot

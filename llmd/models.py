@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,10 @@ class InsufficientMemory(ServiceUnavailable):
         super().__init__(message, code="insufficient_memory", retry_after=30)
 
 
+ModelListener = Callable[[str, str, str], None]
+"""(model name, event, why): events are load, load_failed, swap, unload, remove."""
+
+
 class ModelManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -229,6 +234,8 @@ class ModelManager:
         self._clashes: set[Path] = set()
         self.started = False
         """True once the start-up scan and the preloads are done."""
+        self.listeners: list[ModelListener] = []
+        """Told of every load, load_failed, swap, unload and removal (metrics, audit log)."""
         for name, ms in settings.models.items():
             self._add_configured(name, ms)
 
@@ -510,6 +517,7 @@ class ModelManager:
             entry.load_error = error
             await model.process.stop()
             log.error("model %s: failed to load: %s", entry.name, error)
+            self._emit(entry.name, "load_failed", error)
             raise ServiceUnavailable(
                 f"model '{entry.name}' failed: {error}", code="model_not_ready"
             )
@@ -523,10 +531,13 @@ class ModelManager:
             mib(model.peak_rss),
         )
         self._set_expiry(entry, model, "default")
-        if replacing is not None:
+        if replacing is None:
+            self._emit(entry.name, "load", "")
+        else:
             entry.old.remove(model)
             if entry.current is replacing:
                 entry.current = model
+                self._emit(entry.name, "swap", "new version")
                 self._drain(entry, replacing, "swapped for the new version")
             elif entry.current is None and not entry.removed:
                 entry.current = model
@@ -650,6 +661,7 @@ class ModelManager:
         if model in entry.old:
             entry.old.remove(model)
         log.info("model %s: unloaded pid %s (%s)", entry.name, pid, why)
+        self._emit(entry.name, "unload", why)
         if entry.removed and entry.current is None and not entry.old:
             self._forget(entry)
 
@@ -660,6 +672,14 @@ class ModelManager:
             if real == entry.name:
                 del self.names[alias]
         log.info("model %s: removed", entry.name)
+        self._emit(entry.name, "remove", "")
+
+    def _emit(self, name: str, event: str, why: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(name, event, why)
+            except Exception:  # a listener's bug must not break loading or unloading
+                log.exception("model event listener failed")
 
     # -- keep-alive, memory measurement ------------------------------------------------------
 

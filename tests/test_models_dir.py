@@ -194,6 +194,22 @@ def test_two_models_concurrently_keep_alive_and_admin(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert SMOL_NAME in out.stdout and GEMMA_NAME in out.stdout
         assert "loaded" in d.logs() and "unloaded" in d.logs()
+        # The audit log holds both: what an admin asked for, and what the daemon did itself.
+        audit = httpx.get(d.url + "/api/v1/audit", params={"limit": 1000}, timeout=10).json()
+        smol = [(e["actor"], e["action"]) for e in audit["data"] if e["target"] == SMOL_NAME]
+        for entry in [
+            ("llmd", "model.load"),
+            ("llmd", "model.unload"),
+            ("llmd", "model.swap"),
+            ("local", "model.keep_alive"),
+            ("local", "model.load_requested"),
+            ("local", "model.pin"),
+            ("local", "model.reload_requested"),
+            ("local", "model.unload_requested"),
+        ]:
+            assert entry in smol, (entry, smol)
+        unloads = [e for e in audit["data"] if e["action"] == "model.unload"]
+        assert any("keep-alive" in (e["detail"] or {}).get("why", "") for e in unloads), unloads
     finally:
         d.stop()
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from llmd.errors import InvalidRequest
 from llmd.models import ModelManager
 from llmd.settings import parse_duration
+from llmd.usage.recorder import AUDIT
 
 
 def _manager(request: web.Request) -> ModelManager:
@@ -30,6 +31,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _audit(request: web.Request, action: str, name: str, **detail: Any) -> None:
+    """Who asked for what, from where: the audit log's record of an admin action."""
+    audit = request.app.get(AUDIT)
+    if audit is not None:
+        audit.record_request(request, f"model.{action}", name, detail or None)
 
 
 def _keep_alive(body: dict[str, Any]) -> float | None | str:
@@ -73,6 +81,7 @@ async def load(request: web.Request) -> web.Response:
     entry = manager.resolve(name)
     if keep_alive != "default":
         entry.keep_alive = keep_alive
+    _audit(request, "load_requested", entry.name)
     await manager.load(name)
     return web.json_response(manager.describe(entry))
 
@@ -80,6 +89,7 @@ async def load(request: web.Request) -> web.Response:
 async def unload(request: web.Request) -> web.Response:
     manager = _manager(request)
     entry = manager.resolve(request.match_info["name"])
+    _audit(request, "unload_requested", entry.name)
     await manager.unload(entry.name)
     return web.json_response(manager.describe(entry))
 
@@ -87,6 +97,7 @@ async def unload(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     manager = _manager(request)
     entry = manager.resolve(request.match_info["name"])
+    _audit(request, "reload_requested", entry.name)
     await manager.reload(entry.name)
     return web.json_response(manager.describe(entry))
 
@@ -98,6 +109,7 @@ async def pin(request: web.Request) -> web.Response:
     if not isinstance(pinned, bool):
         raise InvalidRequest("pinned must be true or false", param="pinned")
     entry = manager.resolve(request.match_info["name"])
+    _audit(request, "pin", entry.name, pinned=pinned)
     entry.pinned = pinned
     if pinned:
         model = await manager.load(entry.name)  # a pinned model is loaded and stays
@@ -114,6 +126,7 @@ async def keep_alive(request: web.Request) -> web.Response:
         raise InvalidRequest("keep_alive is required", param="keep_alive")
     entry = manager.resolve(request.match_info["name"])
     entry.keep_alive = _keep_alive(body)
+    _audit(request, "keep_alive", entry.name, keep_alive=entry.keep_alive)
     if entry.current is not None:
         manager.touch(entry)
     return web.json_response(manager.describe(entry))
