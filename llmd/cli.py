@@ -118,11 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = find_config(args.config)
     try:
-        settings = load_settings(path, _overrides(args))
+        overrides = _overrides(args)
+        settings = load_settings(path, overrides)
     except ConfigError as exc:
-        print(f"llmd: invalid configuration:\n{exc}", file=sys.stderr)
+        # One self-contained line per problem: that is what `journalctl -u llmd` shows.
+        for line in str(exc).splitlines():
+            print(f"llmd: invalid configuration: {line}", file=sys.stderr)
         return 2
+    from llmd.daemon import StartupError, models_dir_problem, run
+
     if args.command == "check-config":
+        if problem := models_dir_problem(settings):
+            print(f"llmd: {path or 'defaults'}: {problem}", file=sys.stderr)
+            return 1
         where = path or "(no file: defaults)"
         print(f"{where}: OK, {len(settings.models)} model(s): {', '.join(settings.models)}")
         for name in settings.models:
@@ -135,9 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    log = logging.getLogger("llmd")
     if path is None:
-        logging.getLogger("llmd").warning("no config file found: running on defaults")
-    from llmd.daemon import run
+        log.warning("no config file found: running on defaults")
 
-    run(settings)
+    def reload() -> Settings:
+        return load_settings(path, overrides)
+
+    try:
+        run(settings, reload if path is not None else None)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - say what failed in one line, then the details
+        log.critical("cannot start: %s: %s", type(exc).__name__, exc, exc_info=True)
+        return 1
     return 0

@@ -117,3 +117,55 @@ class ModelManager:
         if real is None:
             raise ModelNotFound(name)
         return self.models[real]
+
+    # -- reload (issue 5) ----------------------------------------------------------------------
+    # A minimal SIGHUP reload: diff the model tables. Issue 4's manager replaces this with its
+    # own `apply_settings` (same signature); the daemon only relies on that signature.
+
+    async def apply_settings(self, new: Settings) -> None:
+        """Serve `new`'s models: start added ones, restart re-tuned ones, retire removed ones.
+
+        A re-tuned model's new process loads while the old one still serves; requests already
+        running on a replaced or removed process finish there before it is stopped.
+        """
+        fresh = ModelManager(new)  # builds the Model objects; starts no process
+        models: dict[str, Model] = {}
+        to_start: list[Model] = []
+        for name, model in fresh.models.items():
+            old = self.models.get(name)
+            same_process = old is not None and (
+                old.process.options.load == model.process.options.load
+                and old.process.options.omp_wait_policy == model.process.options.omp_wait_policy
+            )
+            if old is not None and same_process:
+                # Sampling defaults, aliases, template, queue and timeouts change in place.
+                old.settings = model.settings
+                old.process.options = model.process.options
+                old._template_for = None
+                models[name] = old
+            else:
+                models[name] = model
+                to_start.append(model)
+        for model in to_start:
+            log.info(
+                "model %s: %s", model.name, "restarting" if model.name in self.models else "adding"
+            )
+        await asyncio.gather(*(m.process.start() for m in to_start))
+        retired = [m for name, m in self.models.items() if models.get(name) is not m]
+        self.models, self.names, self.default = models, fresh.names, fresh.default
+        self.settings = new
+        for model in retired:
+            task = asyncio.create_task(self._retire(model), name=f"retire:{model.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    _retiring: set[asyncio.Task[None]] = set()
+
+    async def _retire(self, model: Model) -> None:
+        """Stop a process no longer served, once its in-flight requests are done."""
+        try:
+            while model.process.num_inflight:
+                await asyncio.sleep(0.1)
+        finally:  # also when the daemon stops meanwhile: never leave a child process behind
+            await model.process.stop()
+            log.info("model %s: old process stopped", model.name)
