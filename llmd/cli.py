@@ -67,8 +67,31 @@ def _bare(annotation: Any) -> type:
     return annotation if isinstance(annotation, type) else object
 
 
+OPERATIONS = """\
+running llmd as a service (the Debian package; details in docs/operations.md):
+  install     apt install ./llmd_VERSION_amd64.deb    (starts llmd.service, as user llmd)
+  config      /etc/llmd/llmd.toml; check it with: llmd check-config --config /etc/llmd/llmd.toml
+  add a model copy the .gguf into /var/lib/llmd/models, add a [models.NAME] table with
+              path = "FILE.gguf" to the config, then: systemctl reload llmd
+  control     systemctl start|stop|restart llmd
+              systemctl reload llmd   re-reads the config without dropping requests; a broken
+                                      file is refused and the running config stays
+              systemctl status llmd   state, models, requests and memory in one line
+  logs        journalctl -u llmd  (-f to follow, -b for this boot)
+  upgrade     apt install ./llmd_NEWVERSION_amd64.deb  (your config edits are kept)
+  uninstall   apt remove llmd  (keeps config and models)
+              apt purge llmd   (also deletes /etc/llmd, /var/lib/llmd with the models, the user)
+  API         http://127.0.0.1:8000/v1 (OpenAI-compatible), /health, /ready, /api/v1/health
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llmd",
+        description=__doc__.splitlines()[0],
+        epilog=OPERATIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"llmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
