@@ -14,14 +14,16 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from llmd import __version__
-from llmd.models import ModelManager
-from llmd.server.app import SERVING, create_app
 from llmd.settings import ConfigError, Settings
 from llmd.systemd import Notifier, keep_alive, status_line
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from llmd.models import ModelManager
 
 log = logging.getLogger("llmd")
 
@@ -54,6 +56,13 @@ def models_dir_problem(settings: Settings) -> str | None:
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Serve until SIGTERM/SIGINT. `reload` re-reads the config (on SIGHUP); it raises
     ConfigError for a file that cannot be used."""
+    # Imported here, not at the top: `llmd check-config` imports this module and should not
+    # pay for the web server and llama.cpp.
+    from aiohttp import web
+
+    from llmd.models import ModelManager
+    from llmd.server.app import create_app
+
     notifier = Notifier()
     if problem := models_dir_problem(settings):
         raise StartupError(problem)
@@ -130,6 +139,8 @@ async def _reload(
     app: web.Application,
 ) -> None:
     """Apply the config file's new content, or keep the running one if it cannot be used."""
+    from llmd.server.app import SERVING
+
     if reload is None:
         log.warning("SIGHUP: no config file to reload (started on defaults)")
         return

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING
 import psutil
 import sdnotify
 
-from llmd.engine.client import ModelState
-
 if TYPE_CHECKING:
     from llmd.models import ModelManager
 
@@ -111,20 +109,23 @@ def _rss(pid: int | None) -> int:
 
 def status_line(manager: ModelManager) -> str:
     """What a person wants from `systemctl status`: models, load, memory."""
-    states: dict[ModelState, int] = {}
+    # States by their names: importing the engine's types here would load llama.cpp into
+    # `llmd check-config`, which only needs this module's neighbours.
+    states: dict[str, int] = {}
     running = queued = 0
     for model in manager.models.values():
         process = model.process
-        states[process.state] = states.get(process.state, 0) + 1
+        state = str(process.state.value)
+        states[state] = states.get(state, 0) + 1
         # Stats arrive with each engine step and every heartbeat; with nothing in flight the
         # last ones may still count a request that just ended.
         if process.stats is not None and process.num_inflight:
             running += process.stats.running
             queued += process.stats.waiting
-    ready = states.pop(ModelState.READY, 0)
-    states.pop(ModelState.STOPPED, None)
+    ready = states.pop("ready", 0)
+    states.pop("stopped", None)
     parts = [f"serving {ready} model{'s' if ready != 1 else ''}"]
-    if others := ", ".join(f"{n} {state.value}" for state, n in sorted(states.items())):
+    if others := ", ".join(f"{n} {state}" for state, n in sorted(states.items())):
         parts[0] += f" ({others})"
     parts.append(f"{running} request{'s' if running != 1 else ''} running")
     parts.append(f"{queued} queued")
