@@ -93,9 +93,29 @@ def stop(proc: subprocess.Popen[bytes], notify: Notify) -> None:
     print("deb_check: SIGTERM -> STOPPING=1, exit 0")
 
 
+def ready_times(tree: str, notify: Notify, runs: int) -> list[float]:
+    """Seconds from starting `llmd serve` to READY=1, for a few fresh starts."""
+    times = []
+    for _ in range(runs):
+        mark = len(notify.lines)
+        proc, started = start(tree, notify, free_port())
+        try:
+            times.append(notify.lines[notify.wait_for("READY=1", mark)][0] - started)
+            stop(proc, notify)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return times
+
+
 def main() -> None:
     tree, phase = sys.argv[1], sys.argv[2]
     notify = Notify()
+    if phase == "idle":
+        # The first start after install reads everything from disk; later ones are warm.
+        times = ready_times(tree, notify, 3)
+        print("deb_check: idle: READY=1 after start: " + ", ".join(f"{t:.2f} s" for t in times))
     port = free_port()
     proc, started = start(tree, notify, port)
     try:
