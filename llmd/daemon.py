@@ -120,12 +120,14 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     log.info(
         "stopping: finishing in-flight requests (up to %.0f s)", settings.server.shutdown_timeout_s
     )
-    for task in (starting, reloader, alive):
+    for task in (starting, reloader):
         task.cancel()
     # cleanup() closes the listener, waits for running handlers up to shutdown_timeout, then
-    # cancels the rest; the models stay up until then so those requests can finish.
+    # cancels the rest; the models stay up until then so those requests can finish. The
+    # watchdog pings go on meanwhile: a SIGTERM systemd did not send leaves the unit running.
     await runner.cleanup()
     await manager.stop()
+    alive.cancel()
     for task in (starting, reloader, alive):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task

@@ -159,6 +159,8 @@ class ModelManager:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
+    # Strong references to the retiring tasks (asyncio keeps only weak ones); a class attribute
+    # so that __init__, which issue 4 rewrites, stays untouched here.
     _retiring: set[asyncio.Task[None]] = set()
 
     async def _retire(self, model: Model) -> None:

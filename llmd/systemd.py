@@ -49,6 +49,7 @@ class Notifier:
                 # full the datagram is dropped (sdnotify swallows the error) instead.
                 self._notifier.socket.setblocking(False)
         self.watchdog_interval_s = _watchdog_interval() if self.enabled else None
+        self._stopping = False
 
     def close(self) -> None:
         if self._notifier is not None and self._notifier.socket is not None:
@@ -69,8 +70,11 @@ class Notifier:
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
+        self._stopping = True
 
     def status(self, text: str) -> None:
+        if self._stopping:
+            return  # "stopping" stays the status until the end
         self.notify(f"STATUS={text}")
 
     def watchdog(self) -> None:

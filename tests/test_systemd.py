@@ -236,7 +236,10 @@ def test_notify_life_cycle_and_reloads(launch: Callable[..., Served], notify: No
     mark = len(notify.lines())
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(60) == 0
-    notify.wait_for("STOPPING=1", mark)
+    stopping = notify.wait_for("STOPPING=1", mark)
+    after = notify.lines()[stopping:]
+    assert "STATUS=stopping: finishing in-flight requests" in after
+    assert not any(msg.startswith("STATUS=serving") for msg in after)
     assert "Traceback" not in served.logs()
 
 
