@@ -117,9 +117,10 @@ def main() -> None:
         times = ready_times(tree, notify, 3)
         print("deb_check: idle: READY=1 after start: " + ", ".join(f"{t:.2f} s" for t in times))
     port = free_port()
+    mark = len(notify.lines)
     proc, started = start(tree, notify, port)
     try:
-        ready = notify.wait_for("READY=1")
+        ready = notify.wait_for("READY=1", mark)
         ready_s = notify.lines[ready][0] - started
         status = notify.lines[notify.wait_for("STATUS=serving", ready)][1]
         first = notify.wait_for("WATCHDOG=1", ready)
