@@ -76,8 +76,32 @@ def _bare(annotation: Any) -> type:
     return annotation if isinstance(annotation, type) else object
 
 
+OPERATIONS = """\
+running llmd as a service (the Debian package; details in docs/operations.md):
+  install     apt install ./llmd_VERSION_amd64.deb    (starts llmd.service, as user llmd)
+  config      /etc/llmd/llmd.toml; check it with: llmd check-config --config /etc/llmd/llmd.toml
+  add a model copy the .gguf into /var/lib/llmd/models: served under its file name once
+              complete, loaded on first use; a [models.NAME] table (then systemctl reload
+              llmd) gives it another name, aliases and settings
+  control     systemctl start|stop|restart llmd
+              systemctl reload llmd   re-reads the config without dropping requests; a broken
+                                      file is refused and the running config stays
+              systemctl status llmd   state, models, requests and memory in one line
+  logs        journalctl -u llmd  (-f to follow, -b for this boot)
+  upgrade     apt install ./llmd_NEWVERSION_amd64.deb  (your config edits are kept)
+  uninstall   apt remove llmd  (keeps config and models)
+              apt purge llmd   (also deletes /etc/llmd, /var/lib/llmd with the models, the user)
+  API         http://127.0.0.1:8000/v1 (OpenAI-compatible), /health, /ready, /api/v1/health
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llmd",
+        description=__doc__.splitlines()[0],
+        epilog=OPERATIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"llmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -131,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         return models_cli.run(args)
     path = find_config(getattr(args, "config", None))
     try:
-        settings = load_settings(path, _overrides(args))
+        overrides = _overrides(args)
+        settings = load_settings(path, overrides)
     except ConfigError as exc:
-        print(f"llmd: invalid configuration:\n{exc}", file=sys.stderr)
+        # One self-contained line per problem: that is what `journalctl -u llmd` shows.
+        for line in str(exc).splitlines():
+            print(f"llmd: invalid configuration: {line}", file=sys.stderr)
         return 2
     if args.command == "keys":
         return admin_cli.run_keys(args, settings)
@@ -141,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         return admin_cli.run_usage(args, settings)
     if args.command == "audit":
         return admin_cli.run_audit(args, settings)
+    from llmd.daemon import StartupError, models_dir_problem, run
+
     if args.command == "check-config":
+        if problem := models_dir_problem(settings):
+            print(f"llmd: {path or 'defaults'}: {problem}", file=sys.stderr)
+            return 1
         where = path or "(no file: defaults)"
         print(f"{where}: OK, {len(settings.models)} model(s): {', '.join(settings.models)}")
         for name in settings.models:
@@ -154,9 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    log = logging.getLogger("llmd")
     if path is None:
-        logging.getLogger("llmd").warning("no config file found: running on defaults")
-    from llmd.daemon import run
+        log.warning("no config file found: running on defaults")
 
-    run(settings)
+    def reload() -> Settings:
+        return load_settings(path, overrides)
+
+    try:
+        run(settings, reload if path is not None else None)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - say what failed in one line, then the details
+        log.critical("cannot start: %s: %s", type(exc).__name__, exc, exc_info=True)
+        return 1
     return 0

@@ -1,25 +1,74 @@
-"""Run the daemon: listen, start the models, serve until SIGTERM/SIGINT, then stop cleanly."""
+"""Run the daemon: listen, start the models, serve until SIGTERM/SIGINT, then stop cleanly.
+
+SIGHUP re-reads the config file: a valid one is applied without dropping in-flight requests, an
+invalid one is refused (file, line, reason in the log) and the running config stays. Under
+systemd the daemon reports its life cycle over sd_notify (llmd/systemd.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import os
 import signal
-
-from aiohttp import web
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llmd import __version__
-from llmd.auth.setup import reload_keys
-from llmd.models import ModelManager
-from llmd.server.accounting import access_log
-from llmd.server.app import create_app
-from llmd.settings import Settings
-from llmd.usage.recorder import AUDIT
+from llmd.settings import ConfigError, Settings
+from llmd.systemd import Notifier, keep_alive, status_line
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from llmd.models import ModelManager
 
 log = logging.getLogger("llmd")
 
+RELOAD_COALESCE_S = 0.2
+"""After a SIGHUP, wait this long for more before reading the file: `systemctl reload` run in
+a loop, or a storm of signals, becomes one reload of the file's latest content."""
 
-async def serve(settings: Settings) -> None:
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the operator reads in the journal."""
+
+
+def models_dir_problem(settings: Settings) -> str | None:
+    """Why the models directory cannot be used, or None.
+
+    It must exist and be writable by the daemon's user: models are added there (copied in by
+    the operator, or written by the daemon) and a read-only or missing directory is a broken
+    install that should stop start-up, not surface later as a 404.
+    """
+    path = settings.models_dir
+    if not path.exists():
+        return f"models directory {path} does not exist (models_dir)"
+    if not path.is_dir():
+        return f"models directory {path} is not a directory (models_dir)"
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return f"models directory {path} is not writable by this user (uid {os.getuid()})"
+    return None
+
+
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. `reload` re-reads the config (on SIGHUP); it raises
+    ConfigError for a file that cannot be used."""
+    # Imported here, not at the top: `llmd check-config` imports this module and should not
+    # pay for the web server and llama.cpp.
+    from aiohttp import web
+
+    from llmd.auth.setup import reload_keys
+    from llmd.models import ModelManager
+    from llmd.server.accounting import access_log
+    from llmd.server.app import create_app
+    from llmd.usage.recorder import AUDIT
+
+    notifier = Notifier()
+    if problem := models_dir_problem(settings):
+        raise StartupError(problem)
     manager = ModelManager(settings)
     app = create_app(settings, manager, observers=[access_log])
     audit = app[AUDIT]
@@ -37,36 +86,110 @@ async def serve(settings: Settings) -> None:
         access_log=None,  # accounting.access_log writes one richer line per request instead
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
+    host, port = settings.server.host, settings.server.port
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     # Listen before the models load: /health answers at once, /ready says when we can serve.
-    await site.start()
-    log.info(
-        "llmd %s listening on http://%s:%d", __version__, settings.server.host, settings.server.port
-    )
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {reason or exc} (server.host, server.port)"
+        ) from None
+    log.info("llmd %s listening on http://%s:%d", __version__, host, port)
+
     stop = asyncio.Event()
+    hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    alive = asyncio.create_task(keep_alive(notifier, manager), name="systemd-keep-alive")
 
-    def on_sighup() -> None:
-        task = asyncio.create_task(reload_keys(app))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+    async def start_then_ready() -> None:
+        await manager.start()
+        notifier.ready(status_line(manager))
+        log.info("ready: %s", status_line(manager))
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    starting = asyncio.create_task(manager.start())
+    async def reloads() -> None:
+        with contextlib.suppress(Exception):
+            await starting  # a SIGHUP during start-up is handled once the models are up
+        while True:
+            await hup.wait()
+            await asyncio.sleep(RELOAD_COALESCE_S)
+            hup.clear()  # a SIGHUP from here on reads the file again afterwards
+            notifier.reloading()
+            await _reload(settings, reload, manager, app)
+            await reload_keys(app)  # the keys file is re-read on SIGHUP too
+            notifier.ready(status_line(manager))
+
+    starting = asyncio.create_task(start_then_ready(), name="start-models")
+    reloader = asyncio.create_task(reloads(), name="reload")
     await stop.wait()
+    notifier.stopping()
     log.info(
         "stopping: finishing in-flight requests (up to %.0f s)", settings.server.shutdown_timeout_s
     )
-    starting.cancel()
+    for task in (starting, reloader):
+        task.cancel()
     # cleanup() closes the listener, waits for running handlers up to shutdown_timeout, then
-    # cancels the rest; the models stay up until then so those requests can finish.
+    # cancels the rest; the models stay up until then so those requests can finish. The
+    # watchdog pings go on meanwhile: a SIGTERM systemd did not send leaves the unit running.
     await runner.cleanup()
     await manager.stop()
+    alive.cancel()
+    for task in (starting, reloader, alive):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
     log.info("stopped")
 
 
-def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+async def _reload(
+    current: Settings,
+    reload: Callable[[], Settings] | None,
+    manager: ModelManager,
+    app: web.Application,
+) -> None:
+    """Apply the config file's new content, or keep the running one if it cannot be used."""
+    from llmd.server.app import SERVING
+    from llmd.usage.recorder import AUDIT
+
+    if reload is None:
+        log.warning("SIGHUP: no config file to reload (started on defaults)")
+        return
+    log.info("SIGHUP: reloading the configuration")
+    try:
+        new = await asyncio.to_thread(reload)  # file I/O off the event loop
+        if problem := models_dir_problem(new):
+            raise ConfigError(problem)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            log.error("reload refused, the previous configuration stays: %s", line)
+        return
+    for key in ("host", "port"):
+        old_value, new_value = getattr(current.server, key), getattr(new.server, key)
+        if new_value != old_value:
+            log.warning(
+                "server.%s changed from %s to %s: takes effect only after a restart",
+                key,
+                old_value,
+                new_value,
+            )
+            setattr(new.server, key, old_value)
+    try:
+        await manager.apply_settings(new)
+    except Exception:
+        log.exception("reload failed while applying the new models; serving what is running")
+        return
+    logging.getLogger().setLevel(new.server.log_level.upper())
+    # Everything else holds this one Settings object (the app, the request handlers): update it
+    # in place, without re-validating field by field, so they all see the new values at once.
+    current.__dict__.update(new.__dict__)
+    app[SERVING].settings = current
+    app[AUDIT].record("llmd", "config.reloaded", None, None, {"signal": "SIGHUP"})
+    log.info("configuration reloaded: %s", status_line(manager))
+
+
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    asyncio.run(serve(settings, reload))
