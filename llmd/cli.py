@@ -20,6 +20,8 @@ from llmd import __version__
 from llmd.settings import (
     ConfigError,
     EngineSettings,
+    LoggingSettings,
+    MetricsSettings,
     ModelSettings,
     SamplingDefaults,
     ServerSettings,
@@ -49,6 +51,8 @@ def settings_reference() -> str:
         ("", Settings),
         ("server.", ServerSettings),
         ("engine.", EngineSettings),
+        ("logging.", LoggingSettings),
+        ("metrics.", MetricsSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]
@@ -130,11 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             if not model_path.is_file():
                 print(f"  warning: model {name}: file not found: {model_path}", file=sys.stderr)
         return 0
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from llmd import logs
+
+    logs.configure(settings)
     if path is None:
         logging.getLogger("llmd").warning("no config file found: running on defaults")
     from llmd.daemon import run
