@@ -7,9 +7,9 @@ One run, two daemons on the same models and settings, side by side:
 
 1. Throughput: 16 concurrent streams (~150-token prompts, 128 output tokens) against each,
    alternating on/off for --rounds rounds; the ratio of their median tokens/s is the cost.
-2. /metrics latency: --requests short requests (both models, chat and completions, some past
-   the queue limit so refusals are counted too) against "on", then --scrapes timed GETs of
-   /metrics.
+2. /metrics latency: --requests requests (short generations on both models, and cheap ones)
+   against "on", a burst of 40 past gemma's queue limit (refusals), then --scrapes timed GETs
+   of /metrics.
 3. Panels: when Prometheus is installed (`promtool`'s package), it scrapes "on" every 2 s
    during the run, and every timeseries panel of deploy/grafana/llmd-dashboard.json is queried
    with its own PromQL; bench/panels.py draws them (docs/observability.md).
@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -160,6 +161,21 @@ async def _many_requests(url: str, total: int, concurrency: int) -> dict[str, in
     return statuses
 
 
+async def _burst(url: str, n: int) -> dict[str, int]:
+    """`n` requests at once to gemma (2 slots, queue of 16): the excess is refused (503)."""
+    statuses: dict[str, int] = {}
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        body = {"model": "gemma3-270m", "prompt": f"Burst {i}:", "max_tokens": 16}
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            await resp.read()
+            statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(one(session, i) for i in range(n)))
+    return statuses
+
+
 def _time_scrapes(url: str, n: int) -> dict[str, float]:
     times, size = [], 0
     for _ in range(n):
@@ -232,6 +248,7 @@ def _panels(prom: Prometheus, start: float, end: float) -> list[dict[str, Any]]:
                 legend = target.get("legendFormat", "")
                 for label, value in result["metric"].items():
                     legend = legend.replace("{{" + label + "}}", value)
+                legend = re.sub(r"\{\{\w+\}\}", "-", legend)  # label absent (e.g. no key)
                 series.append(
                     {
                         "legend": legend.replace("{{box}} ", "").strip(),
@@ -279,6 +296,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         statuses = await _many_requests(on.url, args.requests, args.concurrency)
         many_s = time.monotonic() - t0
         print(f"{args.requests} requests in {many_s:.0f} s: {statuses}", flush=True)
+        burst = await _burst(on.url, 40)
+        print(f"burst of 40: {burst}", flush=True)
         scrapes = _time_scrapes(on.url, args.scrapes)
         print(f"/metrics: {scrapes}", flush=True)
         served = sum(
@@ -306,6 +325,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "statuses": statuses,
                 "requests_total_in_metrics": served,
             },
+            "burst_40_gemma": burst,
             "metrics_scrape": scrapes,
             "panels": panels,
         }

@@ -70,7 +70,7 @@ MODEL_EVENTS = ("load", "unload", "swap")
 # CPU serving is slow next to GPUs: a first token after seconds and whole answers after
 # minutes are normal, so the buckets reach far beyond the usual web-request ones.
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -108,6 +108,9 @@ class ModelSnapshot:
     kv_cells_total: int
     rss_bytes: int | None
     estimated_bytes: int | None
+    engine_steps: int = 0
+    engine_tokens_decoded: int = 0
+    """Counted by the engine process since it started (a restart resets them)."""
 
     @property
     def loaded(self) -> bool:
@@ -168,6 +171,8 @@ def model_snapshots(manager: Any) -> list[ModelSnapshot]:
                 kv_cells_total=stats.kv_cells_total if stats else 0,
                 rss_bytes=rss(p.pid),
                 estimated_bytes=None if estimated is None else int(estimated),
+                engine_steps=p.stats.steps if p.stats else 0,
+                engine_tokens_decoded=p.stats.tokens_decoded if p.stats else 0,
             )
         )
     return out
@@ -238,7 +243,18 @@ class ModelCollector(Collector):
             "Times the model's process crashed or hung and was restarted.",
             labels=["model"],
         )
+        steps = CounterMetricFamily(
+            "llmd_engine_steps", "Engine steps (batches decoded).", labels=["model"]
+        )
+        decoded = CounterMetricFamily(
+            "llmd_engine_tokens_processed",
+            "Tokens the engine put through the model, prompt and generated, counted step by "
+            "step (live load; llmd_*_tokens_total count per request when it ends).",
+            labels=["model"],
+        )
         for s in snaps:
+            steps.add_metric([s.name], s.engine_steps)
+            decoded.add_metric([s.name], s.engine_tokens_decoded)
             for st in ModelState:
                 state.add_metric([s.name, st.value], 1.0 if s.state == st.value else 0.0)
             loaded.add_metric([s.name], 1.0 if s.loaded else 0.0)
@@ -255,7 +271,7 @@ class ModelCollector(Collector):
                 m_est.add_metric([s.name], s.estimated_bytes)
             restarts.add_metric([s.name], s.restarts)
         yield from (state, loaded, running, waiting, inflight, slots, qlimit, kv_used, kv_total)
-        yield from (m_rss, m_est, restarts)
+        yield from (m_rss, m_est, restarts, steps, decoded)
 
         count = GaugeMetricFamily("llmd_models_loaded", "Models loaded and serving.")
         count.add_metric([], sum(s.loaded for s in snaps))

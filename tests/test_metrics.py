@@ -93,6 +93,9 @@ def test_counters_and_histograms_move_by_usage(daemon: Daemon) -> None:
         ),
     ):
         assert delta(before, after, name, model="smollm2", key="") == got, name
+    # The engine counts tokens step by step: generated ones, and prompt ones not cached.
+    processed = delta(before, after, "llmd_engine_tokens_processed_total", model="smollm2")
+    assert sum(u.completion_tokens for u in smol) < processed <= sum(u.total_tokens for u in smol)
     assert stream_usage.prompt_tokens_details is not None
     assert stream_usage.prompt_tokens_details.cached_tokens > 0, "the repeated prompt was cached"
     assert delta(before, after, "llmd_prompt_tokens_total", model="gemma3-270m", key="") == (
@@ -226,7 +229,12 @@ def test_refusals_saturation_json_logs_and_rotation(make_daemon: Callable[..., D
     assert delta(before, after, "llmd_refusals_total", **refused) == 1
 
     # Every line is JSON; the request's lines carry its id, the prompt only as log_prompts is on.
-    app, access, error = (_lines(logs / n) for n in ("app.log", "access.log", "error.log"))
+    deadline = time.monotonic() + 10  # lines are written by the logging thread: wait for them
+    while time.monotonic() < deadline:
+        app, access, error = (_lines(logs / n) for n in ("app.log", "access.log", "error.log"))
+        if {"trace-long-1", "trace-busy-2"} <= {x["request_id"] for x in access}:
+            break
+        time.sleep(0.1)
     prompt_lines = [x for x in app if SECRET in str(x["msg"])]
     assert prompt_lines and all(x["request_id"] == "trace-long-1" for x in prompt_lines)
     assert all(x["model"] == "smollm2" for x in prompt_lines)
