@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -423,3 +424,32 @@ def test_dashboard_validates(daemon: Daemon) -> None:
             assert not metric_names(expr) - names, (panel["title"], metric_names(expr) - names)
     variables = {v["name"] for v in dash["templating"]["list"]}
     assert {"datasource", "box", "model"} <= variables
+
+
+def test_configure_reapplies_level_format_and_files(tmp_path: Path) -> None:
+    """What a reload does: configure() again replaces level, format and files."""
+    from llmd import logs
+    from llmd.settings import Settings
+
+    first = Settings.model_validate(
+        {"logging": {"level": "warning", "format": "keyvalue", "dir": str(tmp_path / "a")}}
+    )
+    second = Settings.model_validate(
+        {"logging": {"level": "debug", "format": "json", "dir": str(tmp_path / "b")}}
+    )
+    try:
+        logs.configure(first, stream=io.StringIO())
+        logging.getLogger("llmd.test").info("hidden at warning")
+        logging.getLogger("llmd.test").warning("shown")
+        logs.configure(second, stream=io.StringIO())
+        assert logging.getLogger().level == logging.DEBUG
+        logging.getLogger("llmd.test").debug("debug now")
+    finally:
+        logs.shutdown()
+    a = (tmp_path / "a" / "app.log").read_text()
+    assert "hidden" not in a and "level=warning logger=llmd.test msg=shown" in a
+    assert "level=warning" in (tmp_path / "a" / "error.log").read_text()
+    b = [json.loads(line) for line in (tmp_path / "b" / "app.log").read_text().splitlines()]
+    assert b == [
+        {"time": b[0]["time"], "level": "debug", "logger": "llmd.test", "msg": "debug now"}
+    ]
