@@ -398,6 +398,16 @@ class Metrics:
             ),
         }
         r.register(ModelCollector(manager))
+        # Series exist at 0 from the start for every configured model: Prometheus' rate() and
+        # increase() cannot see a counter's first step when its series appears already at 1+
+        # (a first burst of refusals would read as zero).
+        for name in manager.models:
+            for reason in sorted(REFUSAL_CODES):
+                self.refusals.labels(name, reason, "")
+            for counter in (self.prompt_tokens, self.cached_tokens, self.completion_tokens):
+                counter.labels(name, "")
+            for event in self.events.values():
+                event.labels(name)
 
     def _key(self, name: str | None) -> str:
         if name is None:

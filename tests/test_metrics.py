@@ -135,6 +135,11 @@ def test_counters_and_histograms_move_by_usage(daemon: Daemon) -> None:
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)
 
+    # Series of every configured model exist from the start, so rate() sees a first refusal.
+    busy = frozenset(dict(model="gemma3-270m", reason="server_busy", key="").items())
+    assert ("llmd_refusals_total", busy) in after
+    assert ("llmd_model_loads_total", frozenset({("model", "smollm2")})) in after
+
     # Gauges read from the models at scrape time.
     assert value(after, "llmd_models_loaded") == 2
     assert value(after, "llmd_model_loaded", model="smollm2") == 1
