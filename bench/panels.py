@@ -47,7 +47,7 @@ def draw(result: dict[str, Any], out: Path) -> None:
         f"llmd dashboard panels, real Prometheus data from one benchmark run ({result['date']})",
         fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
 
