@@ -23,7 +23,9 @@ from llmd.settings import (
     ConfigError,
     EngineSettings,
     LoadingSettings,
+    LoggingSettings,
     MemorySettings,
+    MetricsSettings,
     ModelSettings,
     SamplingDefaults,
     ServerSettings,
@@ -58,6 +60,8 @@ def settings_reference() -> str:
         ("usage.", UsageSettings),
         ("memory.", MemorySettings),
         ("loading.", LoadingSettings),
+        ("logging.", LoggingSettings),
+        ("metrics.", MetricsSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]
@@ -181,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             if not model_path.is_file():
                 print(f"  warning: model {name}: file not found: {model_path}", file=sys.stderr)
         return 0
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from llmd import logs
+
+    logs.configure(settings)
     log = logging.getLogger("llmd")
     if path is None:
         log.warning("no config file found: running on defaults")

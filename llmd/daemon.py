@@ -63,7 +63,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
     from llmd.server.accounting import access_log
-    from llmd.server.app import create_app
+    from llmd.server.app import METRICS, create_app
     from llmd.usage.recorder import AUDIT
 
     notifier = Notifier()
@@ -79,6 +79,8 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             "llmd", f"model.{event}", name, None, {"why": why} if why else None
         )
     )
+    if METRICS in app:
+        manager.listeners.append(app[METRICS].model_event)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot

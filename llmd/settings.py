@@ -60,6 +60,54 @@ class ServerSettings(_Section):
     )
 
 
+class LoggingSettings(_Section):
+    """Where log lines go and what they look like (docs/observability.md)."""
+
+    format: Literal["text", "keyvalue", "json"] = Field(
+        "text",
+        description="Line format: 'text' (readable), 'keyvalue' (key=value pairs for log "
+        "shippers) or 'json' (one object per line). Every line of a request carries its id.",
+    )
+    level: Literal["debug", "info", "warning", "error"] | None = Field(
+        None, description="Log level; unset means server.log_level. Applied again on reload."
+    )
+    dir: Path | None = Field(
+        None,
+        description="Folder for app.log, access.log and error.log (rotated by size), besides "
+        "stderr; relative to the config file's directory. Unset: stderr only.",
+    )
+    max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="A log file is rotated when it reaches this size."
+    )
+    backup_count: int = Field(
+        5, ge=0, le=1000, description="Rotated files kept per log (app.log.1 ... app.log.N)."
+    )
+    journal: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Prefix stderr lines with syslog priorities (<3>, <4>, <6>, <7>) that "
+        "journald turns into levels. 'auto': when run by systemd ($JOURNAL_STREAM is set).",
+    )
+
+
+class MetricsSettings(_Section):
+    """The Prometheus endpoint (docs/observability.md)."""
+
+    enabled: bool = Field(True, description="Count requests and serve GET /metrics.")
+    access: Literal["loopback", "all", "key", "none"] = Field(
+        "loopback",
+        description="Who may scrape /metrics: clients on this machine only (the default), any "
+        "client that can reach the port (for a Prometheus on another box), clients sending a "
+        "valid API key (Prometheus' `authorization` setting; needs keys), or nobody (403).",
+    )
+    max_key_labels: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="Distinct API key names used as label values; later keys are counted "
+        'under key="other" so a flood of keys cannot blow up the series count.',
+    )
+
+
 class EngineSettings(_Section):
     ctx_per_seq: int = Field(
         2048, ge=64, le=1_048_576, description="Context tokens per sequence (prompt + output)."
@@ -295,6 +343,8 @@ class Settings(_Section):
     usage: UsageSettings = Field(default_factory=UsageSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     loading: LoadingSettings = Field(default_factory=LoadingSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )
@@ -423,6 +473,8 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     if not settings.auth.keys_file.is_absolute():
         settings.auth.keys_file = (base / settings.auth.keys_file).resolve()
     settings.usage.database = _database_path(settings.usage.database, base)
+    if settings.logging.dir is not None and not settings.logging.dir.is_absolute():
+        settings.logging.dir = (base / settings.logging.dir).resolve()
     for model in settings.models.values():
         model.chat_template = _read_template(model.chat_template, path)
     return settings

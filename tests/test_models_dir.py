@@ -8,6 +8,7 @@ models/ folder is never written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,11 @@ def test_two_models_concurrently_keep_alive_and_admin(tmp_path: Path) -> None:
             assert entry in smol, (entry, smol)
         unloads = [e for e in audit["data"] if e["action"] == "model.unload"]
         assert any("keep-alive" in (e["detail"] or {}).get("why", "") for e in unloads), unloads
+        # The same events counted for Prometheus.
+        metrics = httpx.get(d.url + "/metrics", timeout=10).text
+        for name, at_least in (("loads", 2), ("unloads", 3), ("swaps", 1)):
+            match = re.search(rf'llmd_model_{name}_total{{model="{SMOL_NAME}"}} (\S+)', metrics)
+            assert match and float(match.group(1)) >= at_least, (name, match)
     finally:
         d.stop()
 

@@ -161,32 +161,33 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         response.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def access_log(record: RequestRecord) -> None:
-    """One line per request, key=value, no prompt or answer text (that is `log_prompts`)."""
-    fields = [
-        f"request_id={record.request_id}",
-        f"client={record.client or '-'}",
-        f"method={record.method}",
-        f"path={record.path}",
-        f"status={record.status}",
-        f"latency_s={_seconds(record.latency_s)}",
-    ]
-    if record.key_name is not None:
-        fields.append(f"key={record.key_name}")
+    """One line per request with its facts as fields (llmd.logs renders them in the configured
+    format); no prompt or answer text (that is `log_prompts`)."""
+    fields: dict[str, object] = {
+        "request_id": record.request_id,
+        "client": record.client or "-",
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "latency_s": _seconds(record.latency_s),
+        "key": record.key_name,
+    }
     if record.is_generation:
-        fields += [
-            f"model={record.model}",
-            f"stream={str(record.stream).lower()}",
-            f"prompt_tokens={record.prompt_tokens}",
-            f"cached_tokens={record.cached_tokens}",
-            f"completion_tokens={record.completion_tokens}",
-            f"queue_s={_seconds(record.queue_wait_s)}",
-            f"ttft_s={_seconds(record.ttft_s)}",
-        ]
+        fields.update(
+            model=record.model,
+            stream=record.stream,
+            prompt_tokens=record.prompt_tokens,
+            cached_tokens=record.cached_tokens,
+            completion_tokens=record.completion_tokens,
+            queue_s=_seconds(record.queue_wait_s),
+            ttft_s=_seconds(record.ttft_s),
+            tpot_s=_seconds(record.tpot_s),
+        )
     if record.error_code is not None:
-        fields.append(f"error={record.error_code}")
-    logging.getLogger("llmd.access").info(" ".join(fields))
+        fields["error"] = record.error_code
+    logging.getLogger("llmd.access").info("request", extra={"fields": fields})

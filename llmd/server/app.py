@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
-import psutil
 from aiohttp import web
 
 from llmd import __version__
-from llmd.auth.middleware import authorize_model, may_use_model
+from llmd.auth.middleware import PUBLIC_PATHS, authorize_model, may_use_model
 from llmd.auth.setup import install_security
 from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
+from llmd.metrics import Metrics, memory_snapshot, model_snapshots
 from llmd.models import ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
 from llmd.server import admin
@@ -35,6 +34,7 @@ SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", ModelManager)
 SERVING = web.AppKey("serving", Serving)
 STARTED = web.AppKey("started", float)
+METRICS = web.AppKey("metrics", Metrics)
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -143,6 +143,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """200 when the default model can take a request now: loaded, and its queue not full."""
     manager = request.app[MODELS]
     if manager.default is None:
         return web.json_response(
@@ -156,47 +157,58 @@ async def ready(request: web.Request) -> web.Response:
         if entry.failed:
             reason += f": {entry.failed}"
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
+    snap = next(s for s in model_snapshots(manager) if s.name == manager.default)
+    if snap.saturated:
+        reason = (
+            f"default model '{manager.default}' is saturated: its {snap.slots} slots and "
+            f"queue of {snap.queue_limit} are full"
+        )
+        return web.json_response(
+            {"status": "not ready", "reason": reason}, status=503, headers={"Retry-After": "1"}
+        )
     return web.json_response({"status": "ready", "model": manager.default})
-
-
-def _rss(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return None
 
 
 async def api_health(request: web.Request) -> web.Response:
     manager = request.app[MODELS]
     models = []
-    for name, entry in manager.entries.items():
-        model = entry.current
-        p = model.process if model else None
-        stats = p.stats if p else None
-        load = engine_options(manager.settings, entry.settings, entry.path).load
+    for snap in model_snapshots(manager):
+        entry = manager.entries[snap.name]
+        p = entry.current.process if entry.current is not None else None
+        load = (
+            p.options.load
+            if p
+            else engine_options(manager.settings, entry.settings, entry.path).load
+        )
         models.append(
             {
-                "name": name,
+                "name": snap.name,
                 "aliases": entry.settings.aliases,
                 "path": str(entry.path),
-                "state": entry.state(),
+                "state": snap.state,
                 "error": (p.error if p else None) or entry.failed,
-                "pid": p.pid if p else None,
-                "restarts": p.restarts if p else 0,
-                "parallel": load.parallel,
+                "pid": snap.pid,
+                "restarts": snap.restarts,
+                "parallel": snap.slots,
                 "ctx_per_seq": load.ctx_per_seq,
-                "requests_in_flight": p.num_inflight if p else 0,
-                "running": stats.running if stats else 0,
-                "queued": stats.waiting if stats else 0,
-                "kv_tokens_cached": stats.kv_cells_used if stats else 0,
-                "kv_tokens_total": stats.kv_cells_total if stats else 0,
-                "memory_rss_bytes": _rss(p.pid) if p else None,
+                "requests_in_flight": snap.requests_in_flight,
+                "running": snap.running,
+                "queued": snap.waiting,
+                "queue_limit": snap.queue_limit,
+                "saturated": snap.saturated,
+                "kv_tokens_cached": snap.kv_cells_used,
+                "kv_tokens_total": snap.kv_cells_total,
+                "kv_usage": (
+                    round(snap.kv_cells_used / snap.kv_cells_total, 4)
+                    if snap.kv_cells_total
+                    else 0.0
+                ),
+                "memory_rss_bytes": snap.rss_bytes,
+                "memory_estimated_bytes": snap.estimated_bytes,
                 "model_bytes": p.info.model_bytes if p and p.info else None,
             }
         )
-    vm = psutil.virtual_memory()
+    mem = memory_snapshot(manager)
     return web.json_response(
         {
             "status": "ok",
@@ -204,11 +216,11 @@ async def api_health(request: web.Request) -> web.Response:
             "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
             "default_model": manager.default,
             "memory": {
-                "daemon_rss_bytes": _rss(os.getpid()),
-                "system_total_bytes": vm.total,
-                "system_available_bytes": vm.available,
-                "budget_bytes": manager.memory_budget_bytes,
-                "models_bytes": manager.memory_used_bytes(),
+                "daemon_rss_bytes": mem.daemon_rss_bytes,
+                "system_total_bytes": mem.system_total_bytes,
+                "system_available_bytes": mem.system_available_bytes,
+                "budget_bytes": mem.budget_bytes,
+                "used_bytes": mem.used_bytes,
             },
             "models": models,
         }
@@ -230,6 +242,11 @@ def create_app(
     app[MODELS] = manager
     app[SERVING] = Serving(settings)
     app[STARTED] = time.monotonic()
+    if settings.metrics.enabled:
+        metrics = Metrics(settings, manager)
+        app[METRICS] = metrics
+        app[OBSERVERS].append(metrics.observe)
+        app.router.add_get("/metrics", metrics.handle)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
@@ -240,4 +257,6 @@ def create_app(
     admin.add_routes(app, MODELS)
     # Keys, limits, usage and audit: its middleware goes after error_middleware.
     install_security(app, settings)
+    if settings.metrics.enabled and settings.metrics.access != "key":
+        app[PUBLIC_PATHS].add("/metrics")  # scraped without a key; metrics.access decides
     return app

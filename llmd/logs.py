@@ -1,0 +1,227 @@
+"""The daemon's logging: formats, request ids on every line, the journal, and log files.
+
+`configure(settings)` installs one handler on the root logger that hands records to a
+background thread (a `QueueListener`): writing to stderr or to a file can block (a slow
+journald, a full disk), and the event loop must never wait for it. That thread writes to
+stderr and, when `[logging] dir` is set, to app.log (everything but access lines),
+access.log (one line per request) and error.log (warnings and errors), each rotated by size.
+
+Every line logged while a request is being handled carries that request's id, model and key
+name, taken from `accounting.current_record` by a filter that runs in the logging thread of
+the request (before the record crosses to the writer thread).
+
+Prompt and answer text is never logged here; the serving layer logs it only when the operator
+turns on `server.log_prompts`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from llmd.server.accounting import current_record
+from llmd.settings import Settings
+
+Format = Literal["text", "keyvalue", "json"]
+
+ACCESS_LOGGER = "llmd.access"
+# syslog priorities: journald reads a leading "<N>" on each stdout/stderr line as the level.
+_JOURNAL_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+_CONTEXT = ("request_id", "model", "key")
+
+
+def journal_priority(levelno: int) -> int:
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return _JOURNAL_PRIORITY[level]
+    return 7
+
+
+class RequestContext(logging.Filter):
+    """Stamps the current request's id, model and key name on every record logged for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = current_record.get()
+        if current is not None and not hasattr(record, "request_id"):
+            record.request_id = current.request_id
+            record.model = current.model
+            record.key = current.key_name
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Context (request id, model, key) then the record's own `extra={"fields": {...}}`."""
+    out: dict[str, Any] = {}
+    for name in _CONTEXT:
+        value = getattr(record, name, None)
+        if value is not None:
+            out[name] = value
+    extra = getattr(record, "fields", None)
+    if isinstance(extra, Mapping):
+        out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def _kv_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\\\n\t'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class Formatter(logging.Formatter):
+    """One line per record in the chosen format; `journal` adds syslog priority prefixes and
+    drops the timestamp from text lines (journald stamps each line itself)."""
+
+    def __init__(self, fmt: Format = "text", journal: bool = False) -> None:
+        super().__init__()
+        self.style_name = fmt
+        self.journal = journal
+
+    def _time(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        fields = _fields(record)
+        level = record.levelname.lower()
+        if self.style_name == "json":
+            obj = {"time": self._time(record), "level": level, "logger": record.name}
+            obj.update(fields)
+            obj["msg"] = message
+            line = json.dumps(obj, ensure_ascii=False, default=str)
+        elif self.style_name == "keyvalue":
+            pairs = {"time": self._time(record), "level": level, "logger": record.name}
+            pairs.update(fields)
+            pairs["msg"] = message
+            line = " ".join(f"{k}={_kv_value(v)}" for k, v in pairs.items())
+        else:
+            head = record.name if self.journal else f"{self._time(record)} {record.levelname}"
+            if not self.journal:
+                head += f" {record.name}"
+            rid = fields.pop("request_id", None)
+            parts = [head] + ([f"request_id={rid}"] if rid is not None else []) + [message]
+            parts += [f"{k}={_kv_value(v)}" for k, v in fields.items()]
+            line = " ".join(parts)
+        if self.journal:
+            prefix = f"<{journal_priority(record.levelno)}>"
+            # journald splits on newlines: every line of a traceback gets the priority too.
+            line = "\n".join(prefix + part for part in line.split("\n"))
+        return line
+
+
+class _OnlyAccess(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == ACCESS_LOGGER
+
+
+class _NoAccess(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != ACCESS_LOGGER
+
+
+def journal_wanted(setting: str, environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return setting == "on" or (setting == "auto" and bool(env.get("JOURNAL_STREAM")))
+
+
+def file_handlers(folder: Path, fmt: Format, max_bytes: int, backups: int) -> list[logging.Handler]:
+    """app.log (all but access lines), access.log, error.log (warnings and worse)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = []
+    for name, flt, level in (
+        ("app.log", _NoAccess(), logging.NOTSET),
+        ("access.log", _OnlyAccess(), logging.NOTSET),
+        ("error.log", None, logging.WARNING),
+    ):
+        handler = logging.handlers.RotatingFileHandler(
+            folder / name, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        handler.setFormatter(Formatter(fmt))
+        handler.setLevel(level)
+        if flt is not None:
+            handler.addFilter(flt)
+        handlers.append(handler)
+    return handlers
+
+
+class _Installed:
+    listener: logging.handlers.QueueListener | None = None
+    handler: logging.Handler | None = None
+
+
+def configure(settings: Settings, stream: Any = None) -> None:
+    """(Re)install the daemon's logging from the settings; safe to call again on reload."""
+    cfg = settings.logging
+    level = (cfg.level or settings.server.log_level).upper()
+    out = stream if stream is not None else sys.stderr
+    console = logging.StreamHandler(out)
+    console.setFormatter(Formatter(cfg.format, journal=journal_wanted(cfg.journal)))
+    handlers: list[logging.Handler] = [console]
+    if cfg.dir is not None:
+        handlers += file_handlers(cfg.dir, cfg.format, cfg.max_bytes, cfg.backup_count)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    front = _QueueHandler(records)
+    front.addFilter(RequestContext())
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    root = logging.getLogger()
+    shutdown()
+    root.addHandler(front)
+    root.setLevel(level)
+    listener.start()
+    _Installed.listener, _Installed.handler = listener, front
+
+
+def shutdown() -> None:
+    """Flush and close what `configure` installed (at exit, and before a reconfigure)."""
+    root = logging.getLogger()
+    if _Installed.handler is not None:
+        root.removeHandler(_Installed.handler)
+    for handler in list(root.handlers):  # e.g. a basicConfig() from before configure()
+        root.removeHandler(handler)
+    if _Installed.listener is not None:
+        _Installed.listener.stop()
+        for handler in _Installed.listener.handlers:
+            handler.close()
+    _Installed.listener = _Installed.handler = None
+
+
+atexit.register(shutdown)
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The stdlib version formats here and drops exc_info; the writer thread's formatters do
+        # the formatting instead (each in its own format), so only resolve the message's args
+        # and render the traceback (traceback objects should not cross threads).
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record

@@ -1,0 +1,461 @@
+"""Prometheus metrics: what the daemon counts per request, and what it reads from the models.
+
+Two sources feed one per-app `CollectorRegistry` (not prometheus-client's global one, so that
+several apps in one process, as in tests, never collide):
+
+* `Metrics.observe` is a request observer (`accounting.OBSERVERS`): when a request ends it
+  counts it by endpoint, status, model and key name, adds its tokens, and puts its latency,
+  time to first token, time per output token and queue wait into histograms.
+* `ModelCollector` reads the `ModelManager` at scrape time (no background polling): model
+  states, running and waiting sequences, KV cells, memory, restarts.
+
+Names start with `llmd_` and carry their unit. Label values are bounded: `model` is a
+configured model (requests for unknown models carry model=""), `endpoint` a route pattern,
+`key` one of at most `metrics.max_key_labels` key names (then "other").
+
+The same readings back `/api/v1/health` (`model_snapshots`, `memory_snapshot`), so the JSON
+health and the metrics never disagree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from llmd import __version__
+from llmd.engine.client import ModelState
+from llmd.errors import APIError
+from llmd.models import ModelManager, engine_options
+from llmd.server.accounting import RequestRecord
+from llmd.settings import Settings
+
+log = logging.getLogger("llmd.metrics")
+
+# No `_created` series next to every counter and histogram: they double the output (and the
+# scrape time) and Prometheus handles counter resets without them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Error codes that mean "refused, not failed": the request was fine, capacity or policy said
+# no. Their count by reason is what an operator tunes limits and memory against.
+REFUSAL_CODES = frozenset(
+    {
+        "server_busy",
+        "rate_limit_exceeded",
+        "insufficient_quota",
+        "context_length_exceeded",
+        "insufficient_memory",
+        "model_not_ready",
+        "model_loading",
+    }
+)
+MODEL_EVENTS = ("load", "unload", "swap", "load_failed")
+# Entry.state(): a process state, or where a model stands without one.
+MODEL_STATES = tuple(
+    dict.fromkeys([*(s.value for s in ModelState), "unloaded", "pending", "unloading", "failed"])
+)
+
+# CPU serving is slow next to GPUs: a first token after seconds and whole answers after
+# minutes are normal, so the buckets reach far beyond the usual web-request ones.
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+OTHER_KEY = "other"
+
+
+@dataclass
+class ModelSnapshot:
+    """One model's state as metrics and /api/v1/health report it."""
+
+    name: str
+    state: str
+    pid: int | None
+    restarts: int
+    slots: int
+    queue_limit: int
+    requests_in_flight: int
+    running: int
+    waiting: int
+    kv_cells_used: int
+    kv_cells_total: int
+    rss_bytes: int | None
+    estimated_bytes: int | None
+    engine_steps: int = 0
+    engine_tokens_decoded: int = 0
+    """Counted by the engine process since it started (a restart resets them)."""
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == ModelState.READY.value
+
+    @property
+    def saturated(self) -> bool:
+        """True when a new request would be refused with server_busy (queue full)."""
+        in_use = max(self.requests_in_flight, self.running + self.waiting)
+        return self.loaded and in_use >= self.slots + self.queue_limit
+
+
+class _RSS:
+    """psutil.Process objects cached by pid: building one per scrape costs more than reading."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def __call__(self, pid: int | None) -> int | None:
+        if pid is None:
+            return None
+        proc = self._procs.get(pid)
+        try:
+            if proc is None:
+                proc = self._procs[pid] = psutil.Process(pid)
+            return int(proc.memory_info().rss)
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None
+
+
+rss = _RSS()
+
+
+def model_snapshots(manager: ModelManager) -> list[ModelSnapshot]:
+    """Every known model: loaded ones from their process, the others from their settings."""
+    out = []
+    for name, entry in manager.entries.items():
+        model = entry.current or (entry.old[0] if entry.old else None)
+        p = model.process if model is not None else None
+        stats = p.stats if p is not None and p.state == ModelState.READY else None
+        options = (
+            p.options
+            if p is not None
+            else engine_options(manager.settings, entry.settings, entry.path)
+        )
+        if model is not None:
+            estimated: int | None = model.estimate.total
+        else:
+            estimated = manager.estimate(entry).total if entry.file is not None else None
+        out.append(
+            ModelSnapshot(
+                name=name,
+                state=entry.state(),
+                pid=p.pid if p else None,
+                restarts=p.restarts if p else 0,
+                slots=options.load.parallel,
+                queue_limit=options.max_queue,
+                requests_in_flight=p.num_inflight if p else 0,
+                running=stats.running if stats else 0,
+                waiting=stats.waiting if stats else 0,
+                kv_cells_used=stats.kv_cells_used if stats else 0,
+                kv_cells_total=stats.kv_cells_total if stats else 0,
+                rss_bytes=rss(p.pid) if p else None,
+                estimated_bytes=estimated,
+                engine_steps=p.stats.steps if p and p.stats else 0,
+                engine_tokens_decoded=p.stats.tokens_decoded if p and p.stats else 0,
+            )
+        )
+    return out
+
+
+@dataclass
+class MemorySnapshot:
+    daemon_rss_bytes: int | None
+    system_total_bytes: int
+    system_available_bytes: int
+    budget_bytes: int
+    """The models' memory budget."""
+    used_bytes: int
+    """What the loaded models count against the budget (measured, else estimated)."""
+
+
+def memory_snapshot(manager: ModelManager) -> MemorySnapshot:
+    vm = psutil.virtual_memory()
+    return MemorySnapshot(
+        daemon_rss_bytes=rss(os.getpid()),
+        system_total_bytes=int(vm.total),
+        system_available_bytes=int(vm.available),
+        budget_bytes=manager.memory_budget_bytes,
+        used_bytes=manager.memory_used_bytes(),
+    )
+
+
+class ModelCollector(Collector):
+    """Gauges read from the model manager at scrape time."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self.started = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        snaps = model_snapshots(self.manager)
+        mem = memory_snapshot(self.manager)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        info = gauge("llmd_build_info", "llmd's version (value 1).", ("version",))
+        info.add_metric([__version__], 1)
+        yield info
+        start = GaugeMetricFamily("llmd_start_time_seconds", "When the daemon started (Unix).")
+        start.add_metric([], self.started)
+        yield start
+
+        state = gauge("llmd_model_state", "1 for the state each model is in.", ("model", "state"))
+        loaded = gauge("llmd_model_loaded", "1 when the model is loaded and serving.")
+        running = gauge("llmd_running_sequences", "Sequences being decoded now.")
+        waiting = gauge("llmd_waiting_sequences", "Sequences queued for a slot in the engine.")
+        inflight = gauge("llmd_requests_in_flight", "Requests submitted to the model, unfinished.")
+        slots = gauge("llmd_sequence_slots", "Sequences the model decodes together (parallel).")
+        qlimit = gauge("llmd_queue_limit_sequences", "Sequences that may wait beyond the slots.")
+        kv_used = gauge("llmd_kv_cells_used", "KV cache cells (tokens) in use.")
+        kv_total = gauge("llmd_kv_cells_total", "KV cache cells (tokens) allocated.")
+        m_rss = gauge(
+            "llmd_model_memory_rss_bytes", "Measured resident memory of the model's process."
+        )
+        m_est = gauge(
+            "llmd_model_memory_estimated_bytes", "Estimated memory of the model (weights and KV)."
+        )
+        restarts = CounterMetricFamily(
+            "llmd_model_restarts",
+            "Times the model's process crashed or hung and was restarted.",
+            labels=["model"],
+        )
+        steps = CounterMetricFamily(
+            "llmd_engine_steps", "Engine steps (batches decoded).", labels=["model"]
+        )
+        decoded = CounterMetricFamily(
+            "llmd_engine_tokens_processed",
+            "Tokens the engine put through the model, prompt and generated, counted step by "
+            "step (live load; llmd_*_tokens_total count per request when it ends).",
+            labels=["model"],
+        )
+        for s in snaps:
+            steps.add_metric([s.name], s.engine_steps)
+            decoded.add_metric([s.name], s.engine_tokens_decoded)
+            for st in MODEL_STATES:
+                state.add_metric([s.name, st], 1.0 if s.state == st else 0.0)
+            loaded.add_metric([s.name], 1.0 if s.loaded else 0.0)
+            running.add_metric([s.name], s.running)
+            waiting.add_metric([s.name], s.waiting)
+            inflight.add_metric([s.name], s.requests_in_flight)
+            slots.add_metric([s.name], s.slots)
+            qlimit.add_metric([s.name], s.queue_limit)
+            kv_used.add_metric([s.name], s.kv_cells_used)
+            kv_total.add_metric([s.name], s.kv_cells_total)
+            if s.rss_bytes is not None:
+                m_rss.add_metric([s.name], s.rss_bytes)
+            if s.estimated_bytes is not None:
+                m_est.add_metric([s.name], s.estimated_bytes)
+            restarts.add_metric([s.name], s.restarts)
+        yield from (state, loaded, running, waiting, inflight, slots, qlimit, kv_used, kv_total)
+        yield from (m_rss, m_est, restarts, steps, decoded)
+
+        count = GaugeMetricFamily("llmd_models_loaded", "Models loaded and serving.")
+        count.add_metric([], sum(s.loaded for s in snaps))
+        yield count
+        configured = GaugeMetricFamily(
+            "llmd_models_configured", "Models known: configured, or found in models_dir."
+        )
+        configured.add_metric([], len(snaps))
+        yield configured
+        for name, doc, value in (
+            ("llmd_memory_budget_bytes", "Memory the models may use together.", mem.budget_bytes),
+            ("llmd_memory_used_bytes", "Memory counted against the budget.", mem.used_bytes),
+            (
+                "llmd_daemon_memory_rss_bytes",
+                "Resident memory of the HTTP daemon process.",
+                mem.daemon_rss_bytes,
+            ),
+            (
+                "llmd_system_memory_available_bytes",
+                "The machine's available memory.",
+                mem.system_available_bytes,
+            ),
+            (
+                "llmd_system_memory_total_bytes",
+                "The machine's total memory.",
+                mem.system_total_bytes,
+            ),
+        ):
+            if value is not None:  # the daemon's RSS may be unreadable
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                yield g
+
+
+class _Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+
+
+def client_allowed(access: str, remote: str | None) -> bool:
+    """`metrics.access`: loopback (default), all, key, or none. A unix-socket client is local.
+
+    With "key" the auth middleware has already checked the key: any address may scrape."""
+    if access in ("all", "key"):
+        return True
+    if access == "none":
+        return False
+    if not remote:
+        return True
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class Metrics:
+    """The per-app registry, the request observer and the /metrics handler."""
+
+    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._keys: set[str] = set()
+        self.requests = Counter(
+            "llmd_requests",
+            "HTTP requests by route, status, model and key name.",
+            ["endpoint", "status", "model", "key"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "llmd_refusals",
+            "Requests refused for capacity or policy, by reason (error code).",
+            ["model", "reason", "key"],
+            registry=r,
+        )
+        tokens = ["model", "key"]
+        self.prompt_tokens = Counter(
+            "llmd_prompt_tokens", "Prompt tokens read (cached ones included).", tokens, registry=r
+        )
+        self.cached_tokens = Counter(
+            "llmd_cached_prompt_tokens",
+            "Prompt tokens reused from the KV cache.",
+            tokens,
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "llmd_completion_tokens", "Tokens generated.", tokens, registry=r
+        )
+        self.latency = Histogram(
+            "llmd_request_duration_seconds",
+            "End-to-end time of successful generation requests, queueing included.",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "llmd_time_to_first_token_seconds",
+            "From request arrival to its first token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "llmd_time_per_output_token_seconds",
+            "Mean time per generated token after the first, per request.",
+            ["model"],
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "llmd_queue_wait_seconds",
+            "From request arrival until the engine gave it a slot.",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        events = "Model {} done by the model manager."
+        self.events = {
+            "load": Counter("llmd_model_loads", events.format("loads"), ["model"], registry=r),
+            "unload": Counter(
+                "llmd_model_unloads", events.format("unloads"), ["model"], registry=r
+            ),
+            "swap": Counter(
+                "llmd_model_swaps",
+                "Hot swaps: a new version (file replaced, reload, re-tuned) took over.",
+                ["model"],
+                registry=r,
+            ),
+            "load_failed": Counter(
+                "llmd_model_load_failures",
+                "Loads that failed (a broken file, no memory, the process died while loading).",
+                ["model"],
+                registry=r,
+            ),
+        }
+        r.register(ModelCollector(manager))
+        # Series exist at 0 from the start for every configured model: Prometheus' rate() and
+        # increase() cannot see a counter's first step when its series appears already at 1+
+        # (a first burst of refusals would read as zero).
+        for name in manager.models:
+            for reason in sorted(REFUSAL_CODES):
+                self.refusals.labels(name, reason, "")
+            for counter in (self.prompt_tokens, self.cached_tokens, self.completion_tokens):
+                counter.labels(name, "")
+            for event in self.events.values():
+                event.labels(name)
+
+    def _key(self, name: str | None) -> str:
+        if name is None:
+            return ""
+        if name in self._keys:
+            return name
+        if len(self._keys) < self.settings.metrics.max_key_labels:
+            self._keys.add(name)
+            return name
+        return OTHER_KEY
+
+    def observe(self, record: RequestRecord) -> None:
+        """Request observer: count a finished request (runs on the event loop; O(labels))."""
+        model = record.model or ""
+        key = self._key(record.key_name)
+        self.requests.labels(record.endpoint, str(record.status), model, key).inc()
+        if record.error_code in REFUSAL_CODES:
+            self.refusals.labels(model, record.error_code, key).inc()
+        if not record.is_generation:
+            return
+        self.prompt_tokens.labels(model, key).inc(record.prompt_tokens)
+        self.cached_tokens.labels(model, key).inc(record.cached_tokens)
+        self.completion_tokens.labels(model, key).inc(record.completion_tokens)
+        for histogram, value in (
+            (self.ttft.labels(model), record.ttft_s),
+            (self.tpot.labels(model), record.tpot_s),
+            (self.queue_wait.labels(model), record.queue_wait_s),
+        ):
+            if value is not None:
+                histogram.observe(value)
+        if record.status < 400 and record.latency_s is not None:
+            self.latency.labels(model, record.endpoint).observe(record.latency_s)
+
+    def model_event(self, model: str, event: str, why: str = "") -> None:
+        """A ModelManager listener: counts loads, unloads, swaps and failed loads."""
+        if event in self.events:  # "remove" (the file is gone) is not counted
+            self.events[event].labels(model).inc()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """GET /metrics in Prometheus' text format."""
+        if not client_allowed(self.settings.metrics.access, request.remote):
+            raise _Forbidden(
+                "Metrics are not open to this client (see metrics.access in the config).",
+                code="metrics_forbidden",
+            )
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
