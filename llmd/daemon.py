@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llmd import __version__
+from llmd import __version__, logs
 from llmd.settings import ConfigError, Settings
 from llmd.systemd import Notifier, keep_alive, status_line
 
@@ -184,11 +184,14 @@ async def _reload(
     except Exception:
         log.exception("reload failed while applying the new models; serving what is running")
         return
-    logging.getLogger().setLevel(new.server.log_level.upper())
     # Everything else holds this one Settings object (the app, the request handlers): update it
     # in place, without re-validating field by field, so they all see the new values at once.
     current.__dict__.update(new.__dict__)
     app[SERVING].settings = current
+    try:
+        logs.configure(current)  # level, format and log folder follow the file
+    except OSError as exc:
+        log.error("logging settings not applied (%s); the previous ones stay", exc)
     app[AUDIT].record("llmd", "config.reloaded", None, None, {"signal": "SIGHUP"})
     log.info("configuration reloaded: %s", status_line(manager))
 

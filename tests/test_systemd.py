@@ -5,6 +5,7 @@ the unit file."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -264,6 +265,23 @@ def test_notify_life_cycle_and_reloads(launch: Callable[..., Served], notify: No
     assert "STATUS=stopping: finishing in-flight requests" in after
     assert not any(msg.startswith("STATUS=serving") for msg in after)
     assert "Traceback" not in served.logs()
+
+
+def test_reload_applies_logging_settings(
+    launch: Callable[..., Served], notify: NotifySocket
+) -> None:
+    served = launch(HEAD, {"NOTIFY_SOCKET": str(notify.path)})
+    notify.wait_for("READY=1")
+    served.config.write_text(HEAD + '[logging]\nformat = "json"\n')
+    _hup(served, notify)
+    resp = httpx.get(served.url + "/v1/models", timeout=10)
+    rid = resp.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while rid not in served.logs():
+        assert time.monotonic() < deadline, served.logs()
+        time.sleep(0.05)
+    line = next(x for x in served.logs().splitlines() if rid in x)
+    assert json.loads(line)["request_id"] == rid
 
 
 def test_ready_without_models_is_immediate_and_silent_without_socket(
