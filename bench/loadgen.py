@@ -67,6 +67,9 @@ class LoadConfig:
     # Mixed into every prompt seed so runs in a sweep don't hit each other's
     # cached prefixes; identical salts give identical prompts across contenders.
     seed_salt: str = ""
+    # Merged into every request body: a peer's own knobs (e.g. a logit_bias standing in for
+    # ignore_eos on a server that lacks it).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,6 +227,7 @@ class Client:
             body["prompt"] = flatten_messages(messages)
         if self.cfg.ignore_eos:
             body["ignore_eos"] = True
+        body.update(self.cfg.extra_body)
         return body
 
     async def send(self, messages: Sequence[Message]) -> RequestResult:
@@ -498,7 +502,12 @@ async def _main(args: argparse.Namespace) -> list[RunResult]:
             model = await fetch_model(session, args.url, args.api_key)
     sweep: list[int] = args.conversations if args.mode == "multiturn" else args.concurrency
     # Options whose argparse dest matches a LoadConfig field carry over as they are.
-    shared = {f.name for f in fields(LoadConfig)} - {"model", "concurrency", "seed_salt"}
+    shared = {f.name for f in fields(LoadConfig)} - {
+        "model",
+        "concurrency",
+        "seed_salt",
+        "extra_body",
+    }
     common = {k: v for k, v in vars(args).items() if k in shared}
     runs: list[RunResult] = []
     for n in sweep:
