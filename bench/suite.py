@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -220,6 +220,7 @@ class Server:
 
     def __init__(self, label: str, argv: list[str], port: int, ready: str, log_path: Path) -> None:
         self.label = label
+        self.model = "bench"  # every contender serves the model under this name
         self.argv = argv
         self.port = port
         self.log_path = log_path
@@ -434,15 +435,26 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+class Endpoint(Protocol):
+    """What a workload runs against: a started `Server`, or a test's daemon."""
+
+    label: str
+    model: str
+    memory: MemoryWatch
+
+    @property
+    def url(self) -> str: ...
+
+
 def measure(
-    server: Server, wl: Workload, level: int, repeats: int, extra: dict[str, Any]
+    server: Endpoint, wl: Workload, level: int, repeats: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Warm up, then run one workload level `repeats` times with fresh prompts each time."""
     kw = dict(wl.params)
     kw["concurrency"] = level
     kw["requests"] = wl.requests(level)
     kw["extra_body"] = extra
-    base = LoadConfig(url=server.url, model="bench", label=server.label, warmup=0)
+    base = LoadConfig(url=server.url, model=server.model, label=server.label, warmup=0)
     cfg = {**asdict(base), **kw}
     warm = {**cfg, "mode": "stream", "concurrency": 1, "requests": 1, "seed_salt": "warmup"}
     asyncio.run(run_load(LoadConfig(**warm)))
