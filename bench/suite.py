@@ -359,7 +359,8 @@ threads, threads_batch, parallel, streams, tokens = map(
     int, (threads, threads_batch, parallel, streams, tokens))
 b = LlamaBackend(LoadOptions(Path(model), 2048, parallel, 256, 256, threads, threads_batch,
                  "auto", "f16"))
-out = {"eog": [t for t in range(b.n_vocab) if b.is_eog(t)]}
+out = {"eog": [t for t in range(b.n_vocab) if b.is_eog(t)],
+       "chat_template": "tokenizer.chat_template" in b.metadata()}
 prompt = b.tokenize("Once upon a time", True)
 b.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
 sampler = b.new_sampler(SamplingParams(temperature=0), 0)
@@ -512,9 +513,18 @@ def bench_model(args: argparse.Namespace, model: Path) -> dict[str, Any]:
             llmd_engine(s, 16 if i == 0 else 1, 32 if args.quick else 128)
             for i in range(1 if args.quick else 3)
         ]
-        eog = engines[0].pop("eog")
-        for e in engines[1:]:
+        eog = engines[0]["eog"]
+        has_template = engines[0]["chat_template"]
+        for e in engines:
             e.pop("eog")
+            e.pop("chat_template")
+        # A model without a chat template in its GGUF (Gemma-3-270M base) would get each
+        # server's own fallback template, i.e. different prompts: use the completions
+        # endpoint, where every contender reads the same text.
+        endpoint = args.endpoint or ("chat" if has_template else "completions")
+        out["endpoint"] = endpoint
+        for wl in workloads:
+            wl.params["endpoint"] = endpoint
         out["raw"]["llmd_engine"] = {
             key: {
                 "median": statistics.median(e[key] for e in engines if key in e),
@@ -711,7 +721,8 @@ def markdown(results: dict[str, Any]) -> str:
 def _model_markdown(m: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     lines = [f"## {m['model']['name']}", ""]
     lines.append(
-        f"Elapsed {m['elapsed_s'] / 60:.1f} min (estimated {m['estimated_s'] / 60:.1f}). "
+        f"Endpoint /v1/{m.get('endpoint', 'chat')}. Elapsed {m['elapsed_s'] / 60:.1f} min "
+        f"(estimated {m['estimated_s'] / 60:.1f}). "
         "Medians of the repeats; the spread (min-max over repeats) in brackets."
     )
     lines += ["", "### Raw engine speed (no HTTP)", "", "| measure | tok/s |", "|---|---|"]
@@ -901,6 +912,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-cpp-bin", help="folder with llama-server and llama-bench")
     p.add_argument("--lcp-venv", help="venv with llama-cpp-python[server]")
     p.add_argument("--plot-python", help="python with matplotlib, for the PNG plots")
+    p.add_argument(
+        "--endpoint",
+        choices=("chat", "completions"),
+        help="default: chat if the GGUF has a chat template, else completions",
+    )
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'busy')")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results")
     p.add_argument("--estimate", action="store_true", help="print the estimated duration, exit")
