@@ -539,7 +539,8 @@ def bench_model(args: argparse.Namespace, model: Path) -> dict[str, Any]:
         lcp_extra = {"logit_bias": {str(t): -100.0 for t in eog}}
         for label in contenders:
             extra = lcp_extra if label == "llama-cpp-python" else {}
-            log(f"{model.name}: starting {label}")
+            spent = time.monotonic() - started
+            log(f"{model.name}: starting {label} ({spent / 60:.1f} min in)")
             server = start(label, s)
             out["servers"][label] = {"argv": server.argv, "idle_rss_bytes": server.memory.now()}
             try:
