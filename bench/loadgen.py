@@ -308,8 +308,11 @@ async def fetch_model(session: aiohttp.ClientSession, url: str, api_key: str | N
 def _new_session(timeout: float) -> aiohttp.ClientSession:
     # limit=0: the connector must never be what caps concurrency. The overall
     # per-request deadline is enforced with asyncio.timeout in Client._stream.
+    # force_close: one connection per request. llama-server closes a connection after a
+    # stream without saying so, and the next request on it failed ("Can not write request
+    # body"); a loopback connect costs far less than a millisecond, for every server alike.
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
     )
 
