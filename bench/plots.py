@@ -16,12 +16,20 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def _series(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     points = [(r["level"], r["summary"].get(key)) for r in results]
     points = [(x, y) for x, y in points if y is not None]
     return [x for x, _ in points], [float(y) for _, y in points]
+
+
+def _levels_axis(ax: Any, sweep: dict[str, list[dict[str, Any]]]) -> None:
+    levels = sorted({r["level"] for results in sweep.values() for r in results})
+    ax.set_xticks(levels)
+    ax.set_xticklabels([str(v) for v in levels])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def plot_model(m: dict[str, Any], stem: Path, title: str) -> list[Path]:
@@ -47,7 +55,8 @@ def plot_model(m: dict[str, Any], stem: Path, title: str) -> list[Path]:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("aggregate output tokens/s (median, band = spread)")
-    ax.set_title(f"Throughput, {short} ({title})")
+    ax.set_title(f"Throughput, {short}\n{title}", fontsize=10)
+    _levels_axis(ax, sweep)
     ax.grid(True, alpha=0.3)
     ax.legend()
     path = stem.with_name(f"{stem.name}-{short}-throughput.png")
@@ -67,7 +76,8 @@ def plot_model(m: dict[str, Any], stem: Path, title: str) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("time to first token, s")
-    ax.set_title(f"TTFT p50 (solid) and p99 (dashed), {short} ({title})")
+    ax.set_title(f"TTFT p50 (solid) and p99 (dashed), {short}\n{title}", fontsize=10)
+    _levels_axis(ax, sweep)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small")
     path = stem.with_name(f"{stem.name}-{short}-ttft.png")

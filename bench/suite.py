@@ -99,7 +99,7 @@ def plan(args: argparse.Namespace) -> list[Workload]:
         ),
         Workload(
             "shared_prefix",
-            "16 clients sharing one 1,000-token system prompt",
+            f"{4 if quick else 16} clients sharing one 1,000-token system prompt",
             [4 if quick else 16],
             {
                 "prompt_tokens": 50,
@@ -111,7 +111,8 @@ def plan(args: argparse.Namespace) -> list[Workload]:
         ),
         Workload(
             "multiturn",
-            "Multi-turn chat (4 conversations x 4 turns over a ~300-token system prompt)",
+            f"Multi-turn chat ({2 if quick else 4} conversations x {3 if quick else 4} turns "
+            "over a ~300-token system prompt)",
             [2 if quick else 4],
             {
                 "mode": "multiturn",
