@@ -847,9 +847,9 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
     server = _binary(args.llama_cpp_bin, "llama-server")
     if server is not None:
         done = subprocess.run([str(server), "--version"], capture_output=True, text=True)
-        found = re.search(r"version: (\S+ \(\w+\))", done.stdout + done.stderr)
+        found = re.search(r"version: (.+)", done.stdout + done.stderr)
         if found:
-            out["llama.cpp"] = found.group(1)
+            out["llama.cpp"] = found.group(1).strip()
     return out
 
 
