@@ -52,6 +52,7 @@ DEFAULT_CONTENDERS = ("llmd", "llama-server", "llama-cpp-python")
 # Contenders that serve one request at a time: their throughput is flat by construction and
 # their TTFT grows linearly with the queue, so the sweep runs them at fewer levels.
 SERIAL = frozenset({"llama-cpp-python", "serial"})
+WORKLOADS = ("sweep", "shared_prefix", "multiturn", "overload")
 
 
 def log(msg: str) -> None:
@@ -89,7 +90,7 @@ def plan(args: argparse.Namespace) -> list[Workload]:
     out = 32 if quick else 128
     stream = {"prompt_tokens": 150, "max_tokens": out, "ignore_eos": True}
     capacity = args.parallel + args.max_queue
-    return [
+    every = [
         Workload(
             "sweep",
             "Concurrency sweep (~150-token prompts, 128 output tokens; level 1 = one stream)",
@@ -136,6 +137,7 @@ def plan(args: argparse.Namespace) -> list[Workload]:
             once=True,
         ),
     ]
+    return [wl for wl in every if wl.name in args.workloads]
 
 
 def estimate_seconds(
@@ -479,7 +481,11 @@ def measure(
 # -- one model, every contender -----------------------------------------------------------
 
 
-def bench_model(args: argparse.Namespace, model: Path) -> dict[str, Any]:
+def bench_model(
+    args: argparse.Namespace, model: Path, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Every contender on one model; `save` gets the partial result after each measurement,
+    so an interrupted run keeps what it measured."""
     workloads = plan(args)
     contenders = list(args.contenders)
     repeats = args.repeats
@@ -556,6 +562,7 @@ def bench_model(args: argparse.Namespace, model: Path) -> dict[str, Any]:
                             wl.name, {"title": wl.title, "params": wl.params, "results": {}}
                         )
                         entry["results"].setdefault(label, []).append(result)
+                        save(out)
                         s_ = result["summary"]
                         log(
                             f"  {s_.get('output_tokens_per_s', 0):.1f} out tok/s, TTFT p50 "
@@ -898,6 +905,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="measured runs per workload (default 3; quick 1)")
     p.add_argument("--levels", type=_levels, help="sweep levels (default 1,4,16)")
     p.add_argument(
+        "--workloads",
+        type=lambda t: t.split(","),
+        default=list(WORKLOADS),
+        help=f"comma list of {', '.join(WORKLOADS)} (default all)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=max(1, cores - 1),
@@ -930,9 +943,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # 2, 8 and 32 are left out by default to keep a full run of one model under 25
         # minutes on 2 cores (~19 estimated); --levels 1,2,4,8,16,32 runs the whole sweep.
         args.levels = [1, 4] if args.quick else [1, 4, 16]
-    bad = set(args.contenders) - set(CONTENDERS)
+    bad = set(args.contenders) - set(CONTENDERS) | set(args.workloads) - set(WORKLOADS)
     if bad:
-        p.error(f"unknown contenders: {', '.join(sorted(bad))}")
+        p.error(f"unknown contenders or workloads: {', '.join(sorted(bad))}")
     return args
 
 
@@ -970,9 +983,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": [],
     }
-    for model in models:
-        m = bench_model(args, model)
-        results["models"].append(m)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d')}-{results['machine']['hostname']}"
     if args.quick:
@@ -982,6 +992,15 @@ def main(argv: list[str] | None = None) -> int:
     while path.exists():
         path = args.out / f"{stem}-{n}.json"
         n += 1
+
+    def save(partial: dict[str, Any]) -> None:
+        doc = {**results, "models": [*results["models"], partial], "partial": True}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+
+    log(f"results go to {path} (written after every measurement)")
+    for model in models:
+        m = bench_model(args, model, save)
+        results["models"].append(m)
     path.write_text(json.dumps(results, indent=1) + "\n")
     report = markdown(results)
     path.with_suffix(".md").write_text(report)
