@@ -67,6 +67,9 @@ class LoadConfig:
     # Mixed into every prompt seed so runs in a sweep don't hit each other's
     # cached prefixes; identical salts give identical prompts across contenders.
     seed_salt: str = ""
+    # Merged into every request body: a peer's own knobs (e.g. a logit_bias standing in for
+    # ignore_eos on a server that lacks it).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,6 +227,7 @@ class Client:
             body["prompt"] = flatten_messages(messages)
         if self.cfg.ignore_eos:
             body["ignore_eos"] = True
+        body.update(self.cfg.extra_body)
         return body
 
     async def send(self, messages: Sequence[Message]) -> RequestResult:
@@ -304,8 +308,11 @@ async def fetch_model(session: aiohttp.ClientSession, url: str, api_key: str | N
 def _new_session(timeout: float) -> aiohttp.ClientSession:
     # limit=0: the connector must never be what caps concurrency. The overall
     # per-request deadline is enforced with asyncio.timeout in Client._stream.
+    # force_close: one connection per request. llama-server closes a connection after a
+    # stream without saying so, and the next request on it failed ("Can not write request
+    # body"); a loopback connect costs far less than a millisecond, for every server alike.
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
     )
 
@@ -498,7 +505,12 @@ async def _main(args: argparse.Namespace) -> list[RunResult]:
             model = await fetch_model(session, args.url, args.api_key)
     sweep: list[int] = args.conversations if args.mode == "multiturn" else args.concurrency
     # Options whose argparse dest matches a LoadConfig field carry over as they are.
-    shared = {f.name for f in fields(LoadConfig)} - {"model", "concurrency", "seed_salt"}
+    shared = {f.name for f in fields(LoadConfig)} - {
+        "model",
+        "concurrency",
+        "seed_salt",
+        "extra_body",
+    }
     common = {k: v for k, v in vars(args).items() if k in shared}
     runs: list[RunResult] = []
     for n in sweep:

@@ -214,3 +214,22 @@ def test_short_common_prefix_is_not_reused() -> None:
     s.submit(_req("two", "T" * 20 + "second question"))
     admitted = next(e for e in _run(s)["two"] if isinstance(e, Admitted))
     assert admitted.cached_tokens == 0
+
+
+def test_prompts_arriving_together_are_read_one_per_step() -> None:
+    backend = FakeBackend(batch_size=256, answer="x" * 5)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("a", "A" * 40))
+    s.submit(_req("b", "B" * 40))
+    s.submit(_req("tiny1", "c" * 3))
+    s.submit(_req("tiny2", "d" * 3))
+    first_token: dict[str, int] = {}
+    for step in range(20):
+        for e in s.step():
+            if isinstance(e, Delta):
+                first_token.setdefault(e.id, step)
+    # a's prompt fills the first step alone, so a streams one step earlier than b; short
+    # prompts still share a step.
+    assert first_token["a"] == 0 and first_token["b"] == 1
+    assert first_token["tiny1"] == first_token["tiny2"] == 2
+    assert {seq for _, _, seq, _ in backend.batches[0]} == {0}

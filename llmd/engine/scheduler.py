@@ -36,6 +36,11 @@ from llmd.engine.text import TextStream
 # template's preamble) slowed later batched decode steps by up to 2x (docs/benchmarks.md).
 MIN_USEFUL_PREFIX = 64
 
+# Prompts are read first come, first served, one per step: once a step holds a finished
+# prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
+# still grouped (a step has a fixed cost: one pass over the weights).
+PROMPT_GROUP_TOKENS = 32
+
 
 class Backend(Protocol):
     n_parallel: int
@@ -195,11 +200,17 @@ class Scheduler:
                     decoding.append(seq)
         budget = self.backend.batch_size - len(entries)
         prefilled: list[tuple[RequestState, int]] = []
+        prompt_tokens = 0
         for state in self.running:
             if budget <= 0:
                 break
             if not state.is_prefilling:
                 continue
+            if prompt_tokens >= PROMPT_GROUP_TOKENS:
+                # A prompt finished in this step already: the next one waits for the next
+                # step, so requests arriving together get their first tokens one after
+                # another instead of all at the end of one long step (docs/benchmarks.md).
+                break
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
@@ -210,6 +221,7 @@ class Scheduler:
                 entries.append((state.prompt[pos], pos, leader.slot.id, last))
             prefilled.append((state, take))
             budget -= take
+            prompt_tokens += take
         if not entries:
             return events
         self._decode(entries)
