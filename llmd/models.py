@@ -143,6 +143,32 @@ class Entry:
         return "unloaded"
 
 
+def service_memory_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The memory limit of this process's cgroup (v2 memory.max or v1 limit_in_bytes)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            limit_file = root / path.lstrip("/") / "memory.max"
+        elif "memory" in controllers.split(","):
+            limit_file = root / "memory" / path.lstrip("/") / "memory.limit_in_bytes"
+        else:
+            continue
+        try:
+            value = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 1 << 60:  # "max" or v1's huge number: no limit
+            return int(value)
+    return None
+
+
 def _physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
@@ -221,7 +247,13 @@ class ModelManager:
         self.entries: dict[str, Entry] = {}
         self.names: dict[str, str] = {}
         self.default = settings.default_model_name()
+        # A share budget ("80%") is a share of what this process may use: the machine's RAM,
+        # or less under a cgroup limit (systemd's MemoryMax=), so the kernel never kills a
+        # model the budget allowed.
         self._total_ram = psutil.virtual_memory().total
+        if (limit := service_memory_limit()) is not None and limit < self._total_ram:
+            log.info("memory: this service may use %s (cgroup limit)", mib(limit))
+            self._total_ram = limit
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         # Keyed by (model name, path): several config tables may serve one file.

@@ -182,3 +182,25 @@ def test_bad_memory_settings_name_file_and_line(tmp_path: Path) -> None:
     path.write_text('[models.x]\npath = "x.gguf"\nkeep_alive = "5 minutes"\n')
     with pytest.raises(ConfigError, match=r":3: models\.x\.keep_alive"):
         load_settings(path)
+
+
+def test_service_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    from llmd.models import service_memory_limit
+
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    v2 = root / "system.slice" / "llmd.service"
+    v2.mkdir(parents=True)
+    (v2 / "memory.max").write_text("8589934592\n")
+    proc.write_text("0::/system.slice/llmd.service\n")
+    assert service_memory_limit(proc, root) == 8 << 30
+    (v2 / "memory.max").write_text("max\n")
+    assert service_memory_limit(proc, root) is None
+    v1 = root / "memory" / "box"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    proc.write_text("4:memory:/box\n1:cpu:/\n")
+    assert service_memory_limit(proc, root) is None
+    (v1 / "memory.limit_in_bytes").write_text("2147483648\n")
+    assert service_memory_limit(proc, root) == 2 << 30
+    assert service_memory_limit(tmp_path / "missing", root) is None
