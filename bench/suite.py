@@ -280,6 +280,11 @@ class Setup:
     lcp_python: Path | None
 
 
+def _empty_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def start(label: str, s: Setup) -> Server:
     port = _free_port()
     model = str(s.model.resolve())
@@ -288,6 +293,8 @@ def start(label: str, s: Setup) -> Server:
         config.write_text(
             "\n".join(
                 [
+                    # An empty directory of its own: the one model is the table below.
+                    f'models_dir = "{_empty_dir(s.work / "models")}"',
                     "[server]",
                     f"max_queue = {s.max_queue}",
                     "[engine]",
