@@ -313,8 +313,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         med_on, med_off = (statistics.median(throughput[k]) for k in ("on", "off"))
         return {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "note": "CPU shared with other work during the run: compare the on/off ratio only",
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "load_average_at_end": os.getloadavg(),
+            },
+            "note": "machines are noisy: compare the on/off ratio within this run",
             "throughput_16_streams_tok_s": throughput,
             "median_on_tok_s": med_on,
             "median_off_tok_s": med_off,
