@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: import bench.* and llmd.* from the checkout
     sys.path.insert(0, str(ROOT))
 
+from bench.daemon import BenchDaemon, free_port, get  # noqa: E402
 from bench.loadgen import LoadConfig, run_load  # noqa: E402
 from llmd.auth.keys import add_key  # noqa: E402
 from llmd.models import ModelManager  # noqa: E402
@@ -48,21 +47,17 @@ from llmd.settings import load_settings  # noqa: E402
 SMOL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _config(tmp: Path, extra: str = "", parallel: int = 16) -> Path:
-    path = tmp / "llmd.toml"
-    path.write_text(
+def _config_text(extra: str = "", parallel: int = 16) -> str:
+    return (
         f"[engine]\nctx_per_seq = 512\nparallel = {parallel}\n[server]\nmax_queue = 64\n"
         f'[models.smollm2]\npath = "{SMOL}"\n{extra}'
     )
+
+
+def _config(tmp: Path, extra: str = "") -> Path:
+    path = tmp / "llmd.toml"
+    path.write_text(_config_text(extra))
     return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- overhead ------------------------------------------------------------------------------
@@ -71,7 +66,7 @@ def _free_port() -> int:
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
 
@@ -127,43 +122,10 @@ async def overhead(rounds: int, per_round: int) -> dict[str, Any]:
 # -- 16 streams ----------------------------------------------------------------------------
 
 
-class _Daemon:
-    def __init__(self, tmp: Path, extra: str, parallel: int = 16) -> None:
-        self.port = _free_port()
-        config = _config(tmp, extra, parallel)
-        self.log = (tmp / "daemon.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmd",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(self.port),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        import httpx2 as httpx
-
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("daemon not ready")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
+def _daemon(tmp: Path, extra: str, parallel: int = 16) -> BenchDaemon:
+    daemon = BenchDaemon(tmp, _config_text(extra, parallel))
+    daemon.wait_until(lambda: get(daemon.url + "/ready", 2) is not None, 180, 0.2)
+    return daemon
 
 
 async def streams(repeats: int) -> dict[str, Any]:
@@ -175,8 +137,8 @@ async def streams(repeats: int) -> dict[str, Any]:
             tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000
         )
         daemons = {
-            "secured": (_Daemon(tmp / "s", ""), secret),
-            "open": (_Daemon(tmp / "o", "[usage]\nenabled = false\n"), None),
+            "secured": (_daemon(tmp / "s", ""), secret),
+            "open": (_daemon(tmp / "o", "[usage]\nenabled = false\n"), None),
         }
         results: dict[str, list[float]] = {"secured": [], "open": []}
         try:
@@ -217,7 +179,7 @@ async def fairness(flood: int) -> dict[str, Any]:
         tmp = Path(tmpdir)
         _, key_a = add_key(tmp / "keys.toml", "a")
         _, key_b = add_key(tmp / "keys.toml", "b")
-        daemon = _Daemon(tmp, "", parallel=2)
+        daemon = _daemon(tmp, "", parallel=2)
         out: dict[str, Any] = {}
         try:
             async with aiohttp.ClientSession() as session:

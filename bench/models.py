@@ -17,11 +17,7 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,48 +25,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.daemon import BenchDaemon
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Daemon:
+class Daemon(BenchDaemon):
     def __init__(self, work: Path, models_dir: Path, config: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        path = work / "llmd.toml"
-        path.write_text(f'models_dir = "{models_dir}"\n{config}')
-        self.log = (work / "daemon.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmd",
-                "serve",
-                "--config",
-                str(path),
-                "--port",
-                str(self.port),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=work,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.get("/api/v1/models")
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("daemon did not start")
+        super().__init__(work, f'models_dir = "{models_dir}"\n{config}')
+        self.wait_until(lambda: self.get("/api/v1/models") is not None, 60, 0.1)
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=30) as resp:
@@ -94,11 +60,6 @@ class Daemon:
 
     def served(self) -> list[str]:
         return [m["id"] for m in self.get("/v1/models")["data"]]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
 
 
 def stream_ttft(url: str, model: str, max_tokens: int = 8) -> tuple[int, float, float]:

@@ -27,10 +27,8 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -41,18 +39,14 @@ from typing import Any
 
 import aiohttp
 
+from bench.daemon import BenchDaemon, free_port
+from bench.daemon import get as _get
 from bench.loadgen import LoadConfig, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "llmd-dashboard.json"
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(models_dir: Path, on: bool) -> str:
@@ -74,50 +68,16 @@ parallel = 2
 """
 
 
-def _get(url: str, timeout: float = 5) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return bytes(resp.read())
-
-
-class Daemon:
+class Daemon(BenchDaemon):
     def __init__(self, workdir: Path, models_dir: Path, on: bool) -> None:
-        workdir.mkdir(parents=True)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (workdir / "llmd.toml").write_text(_config(models_dir, on))
-        self.log = (workdir / "daemon.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmd",
-                "serve",
-                "--config",
-                "llmd.toml",
-                "--port",
-                str(self.port),
-            ],
-            cwd=workdir,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(workdir, _config(models_dir, on))
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                health = json.loads(_get(self.url + "/api/v1/health"))
-                if all(m["state"] == "ready" for m in health["models"]):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"daemon on {self.url} not ready")
+        def models_ready() -> bool:
+            health = json.loads(_get(self.url + "/api/v1/health"))
+            return all(m["state"] == "ready" for m in health["models"])
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.log.close()
+        self.wait_until(models_ready, 180, 0.3)
 
 
 async def _many_requests(url: str, total: int, concurrency: int) -> dict[str, int]:
@@ -199,7 +159,7 @@ class Prometheus:
 
     def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
         workdir.mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         (workdir / "prometheus.yml").write_text(
             "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
             "scrape_configs:\n  - job_name: llmd\n    static_configs:\n"

@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from bench.daemon import free_port
 from bench.loadgen import LoadConfig, RunResult, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,12 +167,6 @@ def estimate_seconds(
 # -- processes -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _omp_env() -> dict[str, str]:
     return dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
 
@@ -286,7 +280,7 @@ def _empty_dir(path: Path) -> Path:
 
 
 def start(label: str, s: Setup) -> Server:
-    port = _free_port()
+    port = free_port()
     model = str(s.model.resolve())
     if label == "llmd":
         config = s.work / "llmd.toml"
