@@ -123,7 +123,9 @@ async def overhead(rounds: int, per_round: int) -> dict[str, Any]:
 
 
 def _daemon(tmp: Path, extra: str, parallel: int = 16) -> BenchDaemon:
-    daemon = BenchDaemon(tmp, _config_text(extra, parallel))
+    models_dir = tmp / "models"  # empty: the one model is the config's table
+    models_dir.mkdir(parents=True)
+    daemon = BenchDaemon(tmp, f'models_dir = "{models_dir}"\n' + _config_text(extra, parallel))
     daemon.wait_until(lambda: get(daemon.url + "/ready", 2) is not None, 180, 0.2)
     return daemon
 
