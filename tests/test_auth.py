@@ -26,7 +26,7 @@ import pytest
 from llmd.auth.keys import add_key
 from llmd.engine.messages import Admitted, GenerateRequest, SamplingParams
 from llmd.engine.scheduler import Scheduler
-from tests.conftest import SMOL, Daemon, start_daemon
+from tests.conftest import SMOL, Daemon, bearer, start_daemon
 from tests.test_scheduler import FakeBackend
 
 KEYED_CONFIG = f"""
@@ -61,10 +61,6 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, st
     d = start_daemon(tmp, KEYED_CONFIG)
     yield d, secret
     assert d.stop() == 0, d.logs()
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def new_key(d: Daemon, admin: str, **fields: Any) -> str:

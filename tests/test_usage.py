@@ -21,7 +21,7 @@ import pytest
 from llmd.auth.keys import add_key
 from llmd.auth.limits import Limiter, RateLimited, month_start
 from llmd.usage.store import UsageQuery, UsageStore, query_usage, totals_since
-from tests.conftest import SMOL, Daemon, start_daemon
+from tests.conftest import SMOL, Daemon, bearer, start_daemon
 
 CONFIG = f"""
 [server]
@@ -44,10 +44,6 @@ def usage_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dae
     d = start_daemon(tmp, CONFIG)
     yield d, admin
     assert d.stop() == 0, d.logs()
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def new_key(d: Daemon, admin: str, **fields: Any) -> tuple[str, str]:
