@@ -854,14 +854,15 @@ class ModelManager:
             if entry.current is not None:
                 self._background(self._swap(entry), f"hot swap of {entry.name}")
 
-    def _background(self, coro: Any, what: str) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception as exc:  # noqa: BLE001 - logged; the old version keeps serving
-                log.error("%s failed: %s", what, exc)
+    @staticmethod
+    async def _logged(coro: Any, what: str) -> None:
+        try:
+            await coro
+        except Exception as exc:  # noqa: BLE001 - logged; the old version keeps serving
+            log.error("%s failed: %s", what, exc)
 
-        task = asyncio.create_task(run())
+    def _background(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(self._logged(coro, what))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
@@ -882,10 +883,13 @@ class ModelManager:
         Models no longer configured are drained and removed (or stay as plain files of the
         directory); new ones are added (and preloaded if marked); a model whose load options
         changed is hot-swapped; other per-model changes (sampling, template) apply at once.
+        Returns once new and re-tuned models serve (or failed: the old version then stays), as
+        a reload is over only when its config is in force (READY=1 follows).
         """
         old = self.settings
         self.settings = settings
         self.default = settings.default_model_name()
+        retunes = []
         for name, gone in list(self.entries.items()):
             if gone.configured and name not in settings.models:
                 self._remove(gone, "no longer in the config")
@@ -909,7 +913,7 @@ class ModelManager:
                 entry.current.settings = ms
                 entry.current._template_for = None
                 if engine_options(settings, ms, path) != before:
-                    self._background(self._swap(entry), f"re-tuning {name}")
+                    retunes.append(self._logged(self._swap(entry), f"re-tuning {name}"))
         if old.models_dir != settings.models_dir or old.loading.watch != settings.loading.watch:
             if self._watcher is not None:
                 self._watcher.stop()
@@ -920,7 +924,7 @@ class ModelManager:
             if not entry.configured and entry.path.parent != settings.models_dir:
                 self._remove(entry, "models_dir changed")
         await self._scan(initial=True)
-        await self._preload()
+        await asyncio.gather(self._preload(), *retunes)
         log.info("settings applied: %d model(s) known", len(self.entries))
 
     # -- reports -----------------------------------------------------------------------------
