@@ -207,13 +207,18 @@ def test_utf8_split_across_tokens() -> None:
     assert parts[0] == ""
 
 
-def test_short_common_prefix_is_not_reused() -> None:
+def test_short_common_prefix_is_copied_and_the_donor_keeps_its_history() -> None:
     s = Scheduler(FakeBackend(), ctx_per_seq=256, add_bos=False, bos=1)
+    first = [ord(c) for c in "T" * 20 + "first question"]
     s.submit(_req("one", "T" * 20 + "first question"))
     _run(s)
     s.submit(_req("two", "T" * 20 + "second question"))
     admitted = next(e for e in _run(s)["two"] if isinstance(e, Admitted))
-    assert admitted.cached_tokens == 0
+    assert admitted.cached_tokens == 20  # a chat template's preamble, say
+    assert any(slot.cached[: len(first)] == first for slot in s.slots)
+    s.submit(_req("three", "T" * 10 + "third question"))
+    admitted = next(e for e in _run(s)["three"] if isinstance(e, Admitted))
+    assert admitted.cached_tokens == 0  # too short to be worth a copy
 
 
 def test_prompts_arriving_together_are_read_one_per_step() -> None:
@@ -233,3 +238,45 @@ def test_prompts_arriving_together_are_read_one_per_step() -> None:
     assert first_token["a"] == 0 and first_token["b"] == 1
     assert first_token["tiny1"] == first_token["tiny2"] == 2
     assert {seq for _, _, seq, _ in backend.batches[0]} == {0}
+
+
+def test_batches_are_in_slot_order() -> None:
+    """llama.cpp splits a batch into micro-batches of consecutive sequence ids (one KV stream
+    per slot): a batch out of slot order costs extra passes over the weights."""
+    backend = FakeBackend(parallel=6, batch_size=64, answer="y" * 30)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    lengths = [3, 17, 5, 29, 2, 11, 7, 23, 13, 4, 19, 8, 27, 6, 15, 9]
+    events: dict[str, list[Any]] = {}
+    for wave in range(0, len(lengths), 4):
+        for i, n in enumerate(lengths[wave : wave + 4], start=wave):
+            s.submit(_req(f"r{i}", chr(ord("a") + i) * (5 + i), max_tokens=n))
+        for _ in range(6):
+            for e in s.step():
+                events.setdefault(e.id, []).append(e)
+    for id_, more in _run(s).items():
+        events.setdefault(id_, []).extend(more)
+    assert all(_text(events[f"r{i}"]) == "y" * n for i, n in enumerate(lengths))
+    for batch in backend.batches:
+        seqs = [seq for _, _, seq, _ in batch]
+        assert seqs == sorted(seqs)
+
+
+def test_new_sequences_keep_running_slots_together() -> None:
+    backend = FakeBackend(parallel=4, batch_size=256, answer="z" * 50)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    system = "S" * 80
+    s.submit(_req("a", "A" * 10, max_tokens=40))
+    s.submit(_req("b", "B" * 10, max_tokens=40))
+    s.submit(_req("c", "C" * 10, max_tokens=2))
+    s.submit(_req("conv", system + "first", max_tokens=2))
+    for _ in range(8):
+        s.step()
+    assert [slot.seq is not None for slot in s.slots] == [True, True, False, False]
+    assert s.slots[3].cached[:80] == [ord("S")] * 80  # the conversation's history, in slot 3
+    # The conversation returns: its history is copied next to the running slots (slot 2)
+    # instead of being decoded in slot 3, which would leave a gap at slot 2.
+    s.submit(_req("conv2", system + "second", max_tokens=2))
+    admitted = next(e for e in s.step() if isinstance(e, Admitted))
+    assert admitted.cached_tokens == len(system)
+    assert {seq for _, pos, seq, _ in backend.batches[-1] if pos >= 80} == {2}
+    assert backend.kv[2][0] == ord("S")

@@ -31,10 +31,15 @@ from llmd.engine.messages import (
 )
 from llmd.engine.text import TextStream
 
-# A cached prefix shorter than this is not reused: it saves little prefill, costs another
-# conversation its history, and, measured, reusing short prefixes (the ~24 tokens of a chat
-# template's preamble) slowed later batched decode steps by up to 2x (docs/benchmarks.md).
-MIN_USEFUL_PREFIX = 64
+# A cached prefix shorter than this is not reused: copying it costs about as much as reading
+# it. A chat template's preamble (24 tokens for SmolLM2) is worth it: ~80 ms of prompt
+# reading against ~5 ms for a copy (docs/benchmarks.md).
+MIN_SHARED_PREFIX = 16
+
+# A free slot's history is cut down to a shared prefix in place only when the prefix is at
+# least this long or is all of it; a shorter one is copied, so reusing a chat template's
+# preamble never costs another conversation its history.
+MIN_IN_PLACE_PREFIX = 64
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -189,16 +194,19 @@ class Scheduler:
         events: list[Any] = []
         self._retire()  # cancelled since the last step
         self._admit(events)
-        entries: list[tuple[int, int, int, bool]] = []
-        outputs: list[tuple[int, list[Sequence]]] = []
+        # Each piece is one slot's tokens for this step, with the sequences that sample from
+        # its last token. Pieces go into the batch in slot order: with one KV stream per slot,
+        # llama.cpp splits a batch into micro-batches of consecutive sequence ids, so the same
+        # 16 decodes in scrambled order cost 2.6x the time of a sorted step (docs/benchmarks.md).
+        pieces: list[tuple[int, list[tuple[int, int, int, bool]], list[Sequence]]] = []
         decoding: list[Sequence] = []
         for state in self.running:
             for seq in state.seqs:
                 if seq.pending is not None and not seq.done:
-                    outputs.append((len(entries), [seq]))
-                    entries.append((seq.pending, len(seq.slot.cached), seq.slot.id, True))
+                    entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
+                    pieces.append((seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
-        budget = self.backend.batch_size - len(entries)
+        budget = self.backend.batch_size - len(pieces)
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = 0
         for state in self.running:
@@ -214,14 +222,23 @@ class Scheduler:
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
-            for pos in range(start, start + take):
-                last = pos == len(state.prompt) - 1
-                if last:
-                    outputs.append((len(entries), [s for s in state.seqs if not s.done]))
-                entries.append((state.prompt[pos], pos, leader.slot.id, last))
+            end = start + take
+            chunk = [
+                (state.prompt[pos], pos, leader.slot.id, pos == len(state.prompt) - 1)
+                for pos in range(start, end)
+            ]
+            samplers = [s for s in state.seqs if not s.done] if end == len(state.prompt) else []
+            pieces.append((leader.slot.id, chunk, samplers))
             prefilled.append((state, take))
             budget -= take
             prompt_tokens += take
+        pieces.sort(key=lambda piece: piece[0])
+        entries: list[tuple[int, int, int, bool]] = []
+        outputs: list[tuple[int, list[Sequence]]] = []
+        for _, chunk, samplers in pieces:
+            entries.extend(chunk)
+            if samplers:
+                outputs.append((len(entries) - 1, samplers))
         if not entries:
             return events
         self._decode(entries)
@@ -342,10 +359,12 @@ class Scheduler:
                 self._fair_tags = {t: v for t, v in self._fair_tags.items() if v > self._fair_clock}
             leader_slot, cached = self._place(state.prompt, free)
             free.remove(leader_slot)
-            free.sort(key=lambda s: s.last_used)
-            slots = [leader_slot, *free[: state.req.n - 1]]
-            for slot in slots[1:]:
+            slots = [leader_slot]
+            while len(slots) < state.req.n:
+                slot = self._best_free(free, taken=slots)
+                free.remove(slot)
                 self._clear(slot)
+                slots.append(slot)
             state.n_prefilled = cached
             seed = state.req.sampling.seed
             base = seed if seed is not None else random.getrandbits(32)
@@ -365,17 +384,25 @@ class Scheduler:
             n = _common_prefix(slot.cached, prompt, limit)
             if n >= length and n > 0:
                 donor, length = slot, n
-        if length < min(MIN_USEFUL_PREFIX, limit):
+        if length < min(MIN_SHARED_PREFIX, limit):
             donor, length = None, 0
-        if donor is not None and donor.seq is None:
+        target = self._best_free(free, taken=[])
+        in_place = donor is target or (
+            donor is not None
+            and self._runs([donor]) <= self._runs([target])
+            and (length >= MIN_IN_PLACE_PREFIX or length == len(donor.cached))
+        )
+        if donor is not None and donor.seq is None and in_place:
+            # The prefix is in a free slot that keeps the running slots together: use it.
             if length < len(donor.cached) and not self.backend.seq_rm(donor.id, length, -1):
                 self._clear(donor)
                 return donor, 0
             del donor.cached[length:]
             return donor, length
-        target = min(free, key=lambda s: s.last_used)
         self._clear(target)
         if donor is not None:
+            # Copy the prefix next to the running slots rather than decode it where it lies:
+            # a copy costs ~5 ms once, a gap between running slots ~20 ms every step.
             # Copies between KV streams must take the whole sequence; trim it afterwards.
             self.backend.seq_cp(donor.id, target.id, -1, -1)
             if not self.backend.seq_rm(target.id, length, -1):
@@ -383,6 +410,17 @@ class Scheduler:
                 return target, 0
             target.cached = prompt[:length]
         return target, length
+
+    def _best_free(self, free: list[Slot], taken: list[Slot]) -> Slot:
+        """The free slot for a new sequence: the one that leaves the fewest runs of
+        consecutive busy slots (each run is one more pass over the weights per step, see
+        `step`), then the one whose cache was used least recently."""
+        return min(free, key=lambda s: (self._runs([*taken, s]), s.last_used))
+
+    def _runs(self, extra: list[Slot]) -> int:
+        """Runs of consecutive slot ids among the busy slots plus `extra`."""
+        busy = {s.id for s in self.slots if s.seq is not None} | {s.id for s in extra}
+        return sum(1 for i in busy if i - 1 not in busy)
 
     def _share_prompt(self, state: RequestState) -> None:
         """n > 1: every choice starts from the leader's prompt cells instead of its own."""
