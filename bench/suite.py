@@ -467,9 +467,12 @@ def measure(
     server.memory.reset()
     runs: list[dict[str, Any]] = []
     for i in range(repeats):
-        # Fresh prompts per repeat (the same ones for every contender): a repeat must not find
-        # the previous repeat's prompts in a prefix cache. The system prompt stays shared.
-        result: RunResult = asyncio.run(run_load(LoadConfig(**{**cfg, "seed_salt": f"r{i}"})))
+        # Fresh prompts per level and repeat (the same ones for every contender): a run must
+        # not find an earlier run's prompts in a prefix cache (with the level left out, the
+        # 16-client level re-sent the 4-client level's prompts, and a server that kept them
+        # read 4 of 16 prompts for free). The system prompt stays shared.
+        salt = f"c{level}/r{i}"
+        result: RunResult = asyncio.run(run_load(LoadConfig(**{**cfg, "seed_salt": salt})))
         runs.append(asdict(result))
     return {
         "level": level,

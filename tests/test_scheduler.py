@@ -280,3 +280,47 @@ def test_new_sequences_keep_running_slots_together() -> None:
     assert admitted.cached_tokens == len(system)
     assert {seq for _, pos, seq, _ in backend.batches[-1] if pos >= 80} == {2}
     assert backend.kv[2][0] == ord("S")
+
+
+def test_a_burst_of_new_prompts_does_not_wipe_a_returning_conversation() -> None:
+    s = Scheduler(FakeBackend(parallel=4), ctx_per_seq=256, add_bos=False, bos=1)
+    history = "H" * 70 + "first turn"
+    s.submit(_req("conv", history))
+    _run(s)  # the conversation's history is the least recently used cache now
+    for i in range(3):
+        s.submit(_req(f"old{i}", chr(ord("p") + i) * 30))
+    _run(s)
+    # Everything arrives at once, the returning conversation last: the new prompts, placed
+    # first in arrival order, would take its slot (the least recently used) and wipe it.
+    for i in range(3):
+        s.submit(_req(f"new{i}", chr(ord("u") + i) * 30))
+    s.submit(_req("conv2", history + "abc" + "second turn"))
+    events = _run(s)
+    admitted = next(e for e in events["conv2"] if isinstance(e, Admitted))
+    assert admitted.cached_tokens == len(history) + 3
+    assert all(_text(events[f"new{i}"]) == "abc" for i in range(3))
+
+
+def test_placing_side_by_side_still_evicts_the_least_recently_used_cache() -> None:
+    backend = FakeBackend(parallel=3, answer="z" * 60)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("x", "X" * 70, max_tokens=3))
+    _run(s)  # slot 0: the older history
+    s.submit(_req("y", "Y" * 70, max_tokens=3))
+    _run(s)  # slot 1: the more recent one
+    s.submit(_req("a", "A" * 20, max_tokens=50))
+    s.step()  # "a" runs in slot 2
+    # "b" goes next to "a", into slot 1; y's history must survive it, x's is the one to go.
+    s.submit(_req("b", "B" * 20, max_tokens=50))
+    s.step()
+    assert s.slots[1].seq is not None and s.slots[1].seq.request.req.id == "b"
+    s.cancel("a")
+    s.cancel("b")
+    s.step()
+    s.submit(_req("y2", "Y" * 70 + "zzz" + "next turn", max_tokens=1))
+    events = _run(s)
+    assert (
+        next(e for e in events["y2"] if isinstance(e, Admitted)).cached_tokens == 72
+    )  # the last z is never decoded
+    s.submit(_req("x2", "X" * 70 + "zzz" + "next turn", max_tokens=1))
+    assert next(e for e in _run(s)["x2"] if isinstance(e, Admitted)).cached_tokens == 0

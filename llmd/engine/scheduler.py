@@ -347,23 +347,40 @@ class Scheduler:
         return best, best_tag
 
     def _admit(self, events: list[Any]) -> None:
+        free = self._free_slots()
+        chosen: list[RequestState] = []
+        room = len(free)
         while self.waiting:
             state, tag = self._next_waiting()
-            free = self._free_slots()
-            if len(free) < state.req.n:
-                return
+            if room < state.req.n:
+                break
+            room -= state.req.n
             self.waiting.remove(state)
             self._fair_tags[state.req.tenant] = tag
             self._fair_clock = tag - 1.0 / max(1, state.req.weight)
             if len(self._fair_tags) > 1024:  # forget tenants that are behind the clock
                 self._fair_tags = {t: v for t, v in self._fair_tags.items() if v > self._fair_clock}
-            leader_slot, cached = self._place(state.prompt, free)
+            chosen.append(state)
+        # Requests admitted together are placed longest cached prefix first, and each keeps
+        # off the free slots holding the prefixes of those still to be placed: in a burst, a
+        # new prompt must not wipe the history a returning conversation behind it would reuse.
+        found = {id(state): self._find_prefix(state.prompt) for state in chosen}
+        chosen.sort(key=lambda state: -found[id(state)][1])
+        for i, state in enumerate(chosen):
+            # (A later request sharing this one's donor matches no more of it than this one
+            # does, so this one may still cut that donor down to its own prefix.)
+            keep = set()
+            for later in chosen[i + 1 :]:
+                donor = found[id(later)][0]
+                if donor is not None and donor.seq is None and donor is not found[id(state)][0]:
+                    keep.add(donor.id)
+            leader_slot, cached = self._place(state.prompt, free, keep)
             free.remove(leader_slot)
             slots = [leader_slot]
             while len(slots) < state.req.n:
-                slot = self._best_free(free, taken=slots)
+                slot = self._best_free(free, taken=slots, keep=keep)
                 free.remove(slot)
-                self._clear(slot)
+                self._evict(slot, free, keep, None)
                 slots.append(slot)
             state.n_prefilled = cached
             seed = state.req.sampling.seed
@@ -376,8 +393,8 @@ class Scheduler:
             self.running.append(state)
             events.append(Admitted(state.req.id, cached))
 
-    def _place(self, prompt: list[int], free: list[Slot]) -> tuple[Slot, int]:
-        """Pick a slot for a prompt and fill it with the longest cached prefix to be found."""
+    def _find_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
+        """The slot holding the longest useful cached prefix of `prompt`, and its length."""
         limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
         donor, length = None, 0
         for slot in sorted(self.slots, key=lambda s: (s.seq is None, s.last_used)):
@@ -385,10 +402,17 @@ class Scheduler:
             if n >= length and n > 0:
                 donor, length = slot, n
         if length < min(MIN_SHARED_PREFIX, limit):
-            donor, length = None, 0
-        target = self._best_free(free, taken=[])
+            return None, 0
+        return donor, length
+
+    def _place(self, prompt: list[int], free: list[Slot], keep: set[int]) -> tuple[Slot, int]:
+        """Pick a slot for a prompt and fill it with the longest cached prefix to be found,
+        leaving the caches of the free slots in `keep` as they are if at all possible."""
+        donor, length = self._find_prefix(prompt)
+        target = self._best_free(free, taken=[], keep=keep)
         in_place = donor is target or (
             donor is not None
+            and donor.id not in keep
             and self._runs([donor]) <= self._runs([target])
             and (length >= MIN_IN_PLACE_PREFIX or length == len(donor.cached))
         )
@@ -399,7 +423,7 @@ class Scheduler:
                 return donor, 0
             del donor.cached[length:]
             return donor, length
-        self._clear(target)
+        self._evict(target, free, keep, donor)
         if donor is not None:
             # Copy the prefix next to the running slots rather than decode it where it lies:
             # a copy costs ~5 ms once, a gap between running slots ~20 ms every step.
@@ -411,11 +435,30 @@ class Scheduler:
             target.cached = prompt[:length]
         return target, length
 
-    def _best_free(self, free: list[Slot], taken: list[Slot]) -> Slot:
-        """The free slot for a new sequence: the one that leaves the fewest runs of
-        consecutive busy slots (each run is one more pass over the weights per step, see
-        `step`), then the one whose cache was used least recently."""
-        return min(free, key=lambda s: (self._runs([*taken, s]), s.last_used))
+    def _evict(self, target: Slot, free: list[Slot], keep: set[int], donor: Slot | None) -> None:
+        """Empty `target` for a new sequence. Slots are chosen side by side, not least
+        recently used first; so if another free slot holds an older cache, `target`'s moves
+        there (a ~5 ms copy) and the older one goes: eviction stays least recently used."""
+        older = [
+            s
+            for s in free
+            if s is not target and s is not donor and s.id not in keep
+            if s.last_used < target.last_used
+        ]
+        if len(target.cached) >= MIN_SHARED_PREFIX and older:
+            victim = min(older, key=lambda s: s.last_used)
+            self._clear(victim)
+            self.backend.seq_cp(target.id, victim.id, -1, -1)
+            victim.cached = target.cached
+            victim.last_used = target.last_used
+        self._clear(target)
+
+    def _best_free(self, free: list[Slot], taken: list[Slot], keep: set[int]) -> Slot:
+        """The free slot for a new sequence: one whose cache is not kept for a request
+        being admitted, then the one that leaves the fewest runs of consecutive busy slots
+        (each run is one more pass over the weights per step, see `step`), then the one
+        whose cache was used least recently."""
+        return min(free, key=lambda s: (s.id in keep, self._runs([*taken, s]), s.last_used))
 
     def _runs(self, extra: list[Slot]) -> int:
         """Runs of consecutive slot ids among the busy slots plus `extra`."""
@@ -438,6 +481,10 @@ class Scheduler:
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     n = min(len(a), len(b), limit)
     i = 0
+    # Whole chunks first (list slices compare in C): every admission compares its prompt
+    # with every slot, and a shared 1,000-token system prompt must not cost milliseconds.
+    while i + 64 <= n and a[i : i + 64] == b[i : i + 64]:
+        i += 64
     while i < n and a[i] == b[i]:
         i += 1
     return i

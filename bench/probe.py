@@ -1,0 +1,177 @@
+"""Engine probes: single llama.cpp steps timed in one process, no daemon, no HTTP.
+
+The measurements behind the scheduler's choices (docs/benchmarks.md, entry 9):
+
+- `order`: one 16-sequence decode step with the batch in slot order, shuffled, with a gap
+  between running slots, and four sequences together or scattered;
+- `copy`: copying a cached prefix into another slot's KV stream, against a plain decode;
+- `prompt`: prompt reading speed, one prompt alone or several in one step, fresh or after
+  a 600-token history (a multi-turn conversation's later turn).
+
+    .venv/bin/python -m bench.probe [--model PATH] [--repeats N] [--json OUT] [order copy prompt]
+
+Prints a table and writes every timing as JSON (default bench/results/probe-<date>.json).
+Needs a quiet machine: every number is the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmd.engine.llama import LlamaBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Entry = tuple[int, int, int, bool]
+
+
+def _backend(model: Path, threads: int, threads_batch: int) -> LlamaBackend:
+    # Imported late: OMP_WAIT_POLICY must be set before llama.cpp's OpenMP starts.
+    from llmd.engine.llama import LlamaBackend, LoadOptions
+
+    return LlamaBackend(
+        LoadOptions(model, 2048, 16, 512, 512, threads, threads_batch, "auto", "f16")
+    )
+
+
+class Probe:
+    def __init__(self, model: Path, repeats: int, threads: int, threads_batch: int) -> None:
+        self.b = _backend(model, threads, threads_batch)
+        self.repeats = repeats
+        self.pos = [0] * 16
+        self.rng = random.Random(7)
+        self.rows: list[dict[str, object]] = []
+
+    def _tok(self) -> int:
+        return self.rng.randrange(1000, 20000)
+
+    def _decode(self, entries: list[Entry]) -> None:
+        for k in range(0, len(entries), 512):
+            status = self.b.decode(entries[k : k + 512])
+            if status != 0:
+                raise RuntimeError(f"llama_decode returned {status}")
+
+    def _reset(self, seqs: range | list[int], keep: int = 0) -> None:
+        for s in seqs:
+            self.b.seq_rm(s, keep, -1)
+            self.pos[s] = keep
+
+    def _fill(self, seq: int, n: int) -> None:
+        self._decode([(self._tok(), self.pos[seq] + i, seq, False) for i in range(n)])
+        self.pos[seq] += n
+
+    def _time(self, name: str, run: Callable[[], None], tokens: int) -> None:
+        runs = []
+        for _ in range(self.repeats):
+            t = time.perf_counter()
+            run()
+            runs.append((time.perf_counter() - t) * 1000)
+        ms = statistics.median(runs)
+        self.rows.append({"probe": name, "ms": ms, "runs_ms": runs, "tokens": tokens})
+        print(f"{name:52s} {ms:8.1f} ms  ({tokens / ms * 1000:6.0f} tok/s)")
+
+    def _step(self, seqs: list[int]) -> Callable[[], None]:
+        def run() -> None:
+            self._decode([(self._tok(), self.pos[s], s, True) for s in seqs])
+            for s in seqs:
+                self.pos[s] += 1
+
+        return run
+
+    def order(self) -> None:
+        self._reset(range(16))
+        for s in range(16):
+            self._fill(s, 150)
+        every = list(range(16))
+        shuffled = every[:]
+        self.rng.shuffle(shuffled)
+        self._time("decode 16 seqs, batch in slot order", self._step(every), 16)
+        self._time("decode 16 seqs, batch shuffled", self._step(shuffled), 16)
+        self._time("decode 15 seqs, slots 0-6 and 8-15", self._step(every[:7] + every[8:]), 15)
+        self._time("decode 4 seqs, slots 0-3", self._step([0, 1, 2, 3]), 4)
+        self._time("decode 4 seqs, slots 0, 3, 7, 12", self._step([0, 3, 7, 12]), 4)
+
+    def copy(self) -> None:
+        self._reset(range(16))
+        self._fill(0, 300)
+
+        def plain() -> None:
+            self._step([0])()
+
+        def copied() -> None:
+            self.b.seq_rm(1, -1, -1)
+            self.b.seq_cp(0, 1, -1, -1)
+            self.b.seq_rm(1, 200, -1)
+            self.pos[1] = 200
+            self._step([1])()
+
+        self._time("decode 1 token", plain, 1)
+        self._time("copy a 300-token stream, trim to 200, decode 1", copied, 1)
+
+    def prompt(self) -> None:
+        def read(seqs: list[int], n: int, history: int) -> Callable[[], None]:
+            def run() -> None:
+                self._reset(seqs, keep=history)
+                entries = [
+                    (self._tok(), history + i, s, i == n - 1) for s in seqs for i in range(n)
+                ]
+                self._decode(entries)
+
+            return run
+
+        self._reset(range(16))
+        for n in (158, 512):
+            self._time(f"prompt: 1 x {n} tokens, fresh", read([0], n, 0), n)
+        self._time("prompt: 16 x 32 tokens in one step, fresh", read(list(range(16)), 32, 0), 512)
+        for s in range(4):
+            self._fill(s, 600)
+        for n in (1, 16, 54, 108):
+            self._time(f"prompt: 1 x {n} tokens after 600", read([0], n, 600), n)
+        self._time("prompt: 4 x 54 tokens in one step after 600", read([0, 1, 2, 3], 54, 600), 216)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench.probe", description=__doc__.split("\n")[0])
+    parser.add_argument("probes", nargs="*", default=["order", "copy", "prompt"])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="decode threads")
+    parser.add_argument("--threads-batch", type=int, default=2, help="prompt threads")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    probe = Probe(args.model, args.repeats, args.threads, args.threads_batch)
+    for name in args.probes:
+        getattr(probe, name)()
+    out = args.json or ROOT / "bench" / "results" / f"probe-{date.today().isoformat()}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "threads": args.threads,
+                "threads_batch": args.threads_batch,
+                "repeats": args.repeats,
+                "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                "rows": probe.rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
