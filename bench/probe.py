@@ -134,6 +134,7 @@ class Probe:
         for n in (158, 512):
             self._time(f"prompt: 1 x {n} tokens, fresh", read([0], n, 0), n)
         self._time("prompt: 16 x 32 tokens in one step, fresh", read(list(range(16)), 32, 0), 512)
+        self._reset(range(16))
         for s in range(4):
             self._fill(s, 600)
         for n in (1, 16, 54, 108):
