@@ -55,8 +55,10 @@ def test_a_workload_is_measured_through_the_daemon(daemon: Daemon) -> None:
     assert s["e2e_ms.p50"] >= s["ttft_ms.p50"]
     # The daemon and its model process together hold at least the model file.
     assert result["peak_rss_bytes"] > 50e6
-    # Fresh prompts per repeat: the second repeat found none of the first's prompts cached.
-    assert all(run["cached_prompt_tokens"] == 0 for run in result["runs"])
+    # Fresh prompts per repeat: the second repeat found none of the first's prompts cached,
+    # only what every SmolLM2 chat prompt starts with (its template's 24-token preamble).
+    assert all(run["cached_prompt_tokens"] <= 3 * 24 for run in result["runs"])
+    assert all(run["prompt_tokens"] > 3 * 40 for run in result["runs"])
 
 
 def _run(
