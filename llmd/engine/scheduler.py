@@ -41,6 +41,11 @@ MIN_SHARED_PREFIX = 16
 # preamble never costs another conversation its history.
 MIN_IN_PLACE_PREFIX = 64
 
+# A cache shorter than this is not moved out of the way to survive eviction (`_evict`): a
+# copy takes the whole KV stream (~5 ms for SmolLM2 at 2,048 cells, more for larger models),
+# too much for what is mostly a chat template's preamble, found in many slots anyway.
+MIN_KEPT_CACHE = 64
+
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
 # still grouped (a step has a fixed cost: one pass over the weights).
@@ -445,7 +450,7 @@ class Scheduler:
             if s is not target and s is not donor and s.id not in keep
             if s.last_used < target.last_used
         ]
-        if len(target.cached) >= MIN_SHARED_PREFIX and older:
+        if len(target.cached) >= MIN_KEPT_CACHE and older:
             victim = min(older, key=lambda s: s.last_used)
             self._clear(victim)
             self.backend.seq_cp(target.id, victim.id, -1, -1)
