@@ -1,6 +1,7 @@
 """Side-by-side benchmark: llmd against the servers a user would pick instead (issue 3).
 
-Contenders, one after another, all on the same model file, thread counts and OpenMP policy:
+Contenders, taking turns level by level, each alone on the machine, all on the same model file,
+thread counts and OpenMP policy:
 - llmd: the real daemon over HTTP (continuous batching, prefix reuse);
 - llama-server: llama.cpp's own server, `-np PARALLEL`, built from the llama.cpp sources inside
   the llama-cpp-python sdist that llmd uses (scripts/bench builds it);
@@ -549,37 +550,45 @@ def bench_model(
         # llama-cpp-python's server has no ignore_eos: a bias against end-of-generation tokens
         # keeps its outputs as long as the others'.
         lcp_extra = {"logit_bias": {str(t): -100.0 for t in eog}}
-        for label in contenders:
-            extra = lcp_extra if label == "llama-cpp-python" else {}
-            spent = time.monotonic() - started
-            log(f"{model.name}: starting {label} ({spent / 60:.1f} min in)")
-            server = start(label, s)
-            out["servers"][label] = {"argv": server.argv, "idle_rss_bytes": server.memory.now()}
-            try:
-                for wl in workloads:
-                    if label not in wl.contenders:
+        for wl in workloads:
+            entry = out["workloads"].setdefault(
+                wl.name, {"title": wl.title, "params": wl.params, "results": {}}
+            )
+            runs = [label for label in contenders if label in wl.contenders]
+            levels = sorted({level for label in runs for level in wl.levels_for(label)})
+            for k, level in enumerate(levels):
+                # Contenders take turns level by level, each on a server started for it alone,
+                # and the one to go first rotates: a machine that slows down during the run
+                # slows every contender alike. (Run one after another, a host slowing down
+                # while llmd ran once cost it 17% at low concurrency, docs/benchmarks.md.)
+                for label in runs[k % len(runs) :] + runs[: k % len(runs)]:
+                    if level not in wl.levels_for(label):
                         continue
-                    for level in wl.levels_for(label):
-                        log(f"{model.name}: {label} {wl.name} c={level} x{repeats}")
+                    extra = lcp_extra if label == "llama-cpp-python" else {}
+                    spent = (time.monotonic() - started) / 60
+                    log(f"{model.name}: {label} {wl.name} c={level} x{repeats} ({spent:.1f} min)")
+                    server = start(label, s)
+                    out["servers"].setdefault(
+                        label, {"argv": server.argv, "idle_rss_bytes": server.memory.now()}
+                    )
+                    try:
                         result = measure(server, wl, level, wl.repeats(repeats), extra)
-                        entry = out["workloads"].setdefault(
-                            wl.name, {"title": wl.title, "params": wl.params, "results": {}}
-                        )
-                        entry["results"].setdefault(label, []).append(result)
-                        save(out)
-                        s_ = result["summary"]
-                        log(
-                            f"  {s_.get('output_tokens_per_s', 0):.1f} out tok/s, TTFT p50 "
-                            f"{s_.get('ttft_ms.p50', 0):.0f} ms, {s_['errors']} errors, "
-                            f"{s_['refusals']} refused"
-                        )
-                out["servers"][label]["peak_rss_bytes"] = max(
-                    r["peak_rss_bytes"]
-                    for wl in out["workloads"].values()
-                    for r in wl["results"].get(label, [])
-                )
-            finally:
-                server.stop()
+                    finally:
+                        server.stop()
+                    entry["results"].setdefault(label, []).append(result)
+                    save(out)
+                    s_ = result["summary"]
+                    log(
+                        f"  {s_.get('output_tokens_per_s', 0):.1f} out tok/s, TTFT p50 "
+                        f"{s_.get('ttft_ms.p50', 0):.0f} ms, {s_['errors']} errors, "
+                        f"{s_['refusals']} refused"
+                    )
+        for label, server_out in out["servers"].items():
+            server_out["peak_rss_bytes"] = max(
+                r["peak_rss_bytes"]
+                for wl_out in out["workloads"].values()
+                for r in wl_out["results"].get(label, [])
+            )
         out["elapsed_s"] = time.monotonic() - started
         out["estimated_s"] = eta
     out["ratios"] = ratios(out)
