@@ -206,6 +206,7 @@ def test_refusals_saturation_json_logs_and_rotation(make_daemon: Callable[..., D
         "model": "smollm2",
         "messages": [{"role": "user", "content": f"Write a long story about {SECRET}."}],
         "max_tokens": 200,
+        "ignore_eos": True,  # sampled, a "long story" may still end early: keep it running
         "stream": True,
     }
     with httpx.stream(
