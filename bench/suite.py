@@ -162,6 +162,7 @@ def estimate_seconds(
                 speed = tg * (0.6 if c in SERIAL else 0.9 if level == 1 else 0.8)
                 warmup = wl.params["max_tokens"] / tg + wl.params["prompt_tokens"] / pp
                 total += (out / speed + prompt / pp + 1) * wl.repeats(repeats) + warmup
+                total += 3  # a server started for this level alone (measured: 2-3 s)
     return total + 15 * len(contenders)
 
 
