@@ -85,6 +85,15 @@ def copy_in(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def models_dir_with(tmp_path: Path, *names: str) -> Path:
+    """A fresh `models` folder in `tmp_path` holding the named model files, copied in."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for name in names:
+        copy_in(MODELS / name, models_dir / name)
+    return models_dir
+
+
 SMALL = """
 [engine]
 ctx_per_seq = 512
@@ -93,8 +102,7 @@ parallel = 2
 
 
 def test_slow_copy_is_served_only_when_complete_then_loads_on_demand(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
+    models_dir = models_dir_with(tmp_path)
     d = start_dir_daemon(tmp_path / "d", models_dir, SMALL + "[loading]\nsettle_s = 0.2\n")
     try:
         assert listing(d) == {}
@@ -128,10 +136,7 @@ def test_slow_copy_is_served_only_when_complete_then_loads_on_demand(tmp_path: P
 
 
 def test_two_models_concurrently_keep_alive_and_admin(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    copy_in(MODELS / GEMMA, models_dir / GEMMA)
+    models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
     d = start_dir_daemon(tmp_path / "d", models_dir, SMALL)
     try:
         wait_for(lambda: len(listing(d) or {}) == 2, 30, "both listed")
@@ -221,10 +226,7 @@ def test_two_models_concurrently_keep_alive_and_admin(tmp_path: Path) -> None:
 
 
 def test_budget_evicts_idle_lru_and_refuses_too_large(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    copy_in(MODELS / GEMMA, models_dir / GEMMA)
+    models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
     config = (
         SMALL
         + """
@@ -276,9 +278,7 @@ preload = false
 
 
 def test_hot_swap_under_eight_clients_and_delete_drains(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
+    models_dir = models_dir_with(tmp_path, SMOL)
     d = start_dir_daemon(tmp_path / "d", models_dir, "[engine]\nctx_per_seq = 512\nparallel = 8\n")
     try:
         wait_for(lambda: SMOL_NAME in served_ids(d), 30, "listed")
@@ -350,9 +350,7 @@ LEGACY = b"tjgg" + b"\x01\x00\x00\x00" + b"\x00" * 256
 
 
 def test_bad_files_are_reported_failed_while_the_rest_serves(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
+    models_dir = models_dir_with(tmp_path, SMOL)
     (models_dir / "legacy.gguf").write_bytes(LEGACY)
     (models_dir / "notgguf.gguf").write_bytes(b"PK\x03\x04 this is a zip file" * 100)
     (models_dir / "truncated.gguf").write_bytes((MODELS / SMOL).read_bytes()[:5_000_000])
@@ -397,8 +395,7 @@ def test_quantize_refusals_and_serving_the_result(tmp_path: Path) -> None:
     assert "--allow-requantize" in out.stderr
     assert not (tmp_path / "x.gguf").exists()
 
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
+    models_dir = models_dir_with(tmp_path)
     d = start_dir_daemon(tmp_path / "d", models_dir, SMALL)
     try:
         dst = models_dir / "smol-q8.gguf"
@@ -418,10 +415,7 @@ def test_quantize_refusals_and_serving_the_result(tmp_path: Path) -> None:
 
 
 def test_plan_cli_and_api(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    copy_in(MODELS / GEMMA, models_dir / GEMMA)
+    models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
     config = tmp_path / "llmd.toml"
     config.write_text(f'models_dir = "{models_dir}"\n[memory]\nbudget = "600MB"\n')
     out = run_cli("models", "plan", "--config", str(config), "--json")
@@ -478,10 +472,7 @@ def test_apply_settings_adds_retunes_and_removes_without_dropping_requests(
     from llmd.models import ModelManager
     from llmd.settings import load_settings
 
-    models_dir = tmp_path / "models"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    copy_in(MODELS / GEMMA, models_dir / GEMMA)
+    models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
     common = {"models_dir": str(models_dir), "engine.ctx_per_seq": 512, "engine.parallel": 2}
     first = load_settings(None, {**common, "models.a.path": SMOL})
     second = load_settings(
