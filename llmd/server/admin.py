@@ -4,6 +4,7 @@ keep-alive. Handlers are thin: the work is ModelManager's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -87,18 +88,21 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    manager = _manager(request)
-    entry = manager.resolve(request.match_info["name"])
-    _audit(request, "unload_requested", entry.name)
-    await manager.unload(entry.name)
-    return web.json_response(manager.describe(entry))
+    return await _carry_out(request, "unload_requested", ModelManager.unload)
 
 
 async def reload(request: web.Request) -> web.Response:
+    return await _carry_out(request, "reload_requested", ModelManager.reload)
+
+
+async def _carry_out(
+    request: web.Request, action: str, run: Callable[[ModelManager, str], Awaitable[object]]
+) -> web.Response:
+    """Audit an operator's request for the named model, carry it out, answer its state."""
     manager = _manager(request)
     entry = manager.resolve(request.match_info["name"])
-    _audit(request, "reload_requested", entry.name)
-    await manager.reload(entry.name)
+    _audit(request, action, entry.name)
+    await run(manager, entry.name)
     return web.json_response(manager.describe(entry))
 
 
