@@ -6,9 +6,13 @@ The measurements behind the scheduler's choices (docs/benchmarks.md, entry 9):
   between running slots, and four sequences together or scattered;
 - `copy`: copying a cached prefix into another slot's KV stream, against a plain decode;
 - `prompt`: prompt reading speed, one prompt alone or several in one step, fresh or after
-  a 600-token history (a multi-turn conversation's later turn).
+  a 600-token history (a multi-turn conversation's later turn);
+- `mix`: what 15 decode tokens add to a step, alone or riding with a prompt chunk of 17 to
+  134 tokens; then the ceilings that follow from those costs for the benchmark's 16-client
+  and multi-turn workloads (docs/benchmarks.md, "the ceiling" and "the floor").
 
-    .venv/bin/python -m bench.probe [--model PATH] [--repeats N] [--json OUT] [order copy prompt]
+    .venv/bin/python -m bench.probe [--model PATH] [--repeats N] [--json OUT]
+                                    [order copy prompt mix]
 
 Prints a table and writes every timing as JSON (default bench/results/probe-<date>.json).
 Needs a quiet machine: every number is the median of the repeats.
@@ -71,7 +75,7 @@ class Probe:
         self._decode([(self._tok(), self.pos[seq] + i, seq, False) for i in range(n)])
         self.pos[seq] += n
 
-    def _time(self, name: str, run: Callable[[], None], tokens: int) -> None:
+    def _time(self, name: str, run: Callable[[], None], tokens: int) -> float:
         runs = []
         for _ in range(self.repeats):
             t = time.perf_counter()
@@ -80,6 +84,7 @@ class Probe:
         ms = statistics.median(runs)
         self.rows.append({"probe": name, "ms": ms, "runs_ms": runs, "tokens": tokens})
         print(f"{name:52s} {ms:8.1f} ms  ({tokens / ms * 1000:6.0f} tok/s)")
+        return ms
 
     def _step(self, seqs: list[int]) -> Callable[[], None]:
         def run() -> None:
@@ -140,6 +145,64 @@ class Probe:
         for n in (1, 16, 54, 108):
             self._time(f"prompt: 1 x {n} tokens after 600", read([0], n, 600), n)
         self._time("prompt: 4 x 54 tokens in one step after 600", read([0, 1, 2, 3], 54, 600), 216)
+
+    def mix(self) -> None:
+        # Slots 0-14 decode at ~200 tokens of history; slot 15 reads a chunk after the
+        # 24-token chat-template preamble (cached in the benchmark), as a new request would.
+        self._reset(range(16))
+        for s in range(16):
+            self._fill(s, 200)
+        decodes = list(range(15))
+
+        def chunk(k: int) -> list[Entry]:
+            self._reset([15], keep=24)
+            return [(self._tok(), 24 + i, 15, i == k - 1) for i in range(k)]
+
+        def prompt_only(k: int) -> Callable[[], None]:
+            return lambda: self._decode(chunk(k))
+
+        def both(k: int) -> Callable[[], None]:
+            def run() -> None:
+                entries = [(self._tok(), self.pos[s], s, True) for s in decodes]
+                self._decode(entries + chunk(k))
+                for s in decodes:
+                    self.pos[s] += 1
+
+            return run
+
+        alone = self._time("mix: 15 decodes alone", self._step(decodes), 15)
+        costs = {}
+        for k in (17, 64, 134):
+            prompt = self._time(f"mix: {k} prompt tokens alone", prompt_only(k), k)
+            step = self._time(f"mix: 15 decodes + {k} prompt tokens", both(k), 15 + k)
+            costs[k] = prompt
+            print(f"{'':52s} 15 decodes add {step - prompt:6.1f} ms (alone {alone:.1f} ms)")
+        self._fill(0, 400)  # slot 0: a 600-token conversation history
+
+        def turn_after_600() -> None:
+            self._reset([0], keep=600)
+            self._decode([(self._tok(), 600 + i, 0, i == 51) for i in range(52)])
+
+        turn = self._time("mix: 52-token turn after 600", turn_after_600, 52)
+        # A 16-client round of the benchmark: 16 requests of 134 uncached prompt tokens and
+        # 128 output tokens. Step costs add up (above), so no order of the same steps does
+        # better than every prompt read at full-chunk speed and every decode in a full batch.
+        per_decode, per_prompt = alone / 15, costs[134] / 134
+        round_s = 16 * (134 * per_prompt + 128 * per_decode) / 1000
+        print(
+            f"ceiling, 16 clients: {16 * 128 / round_s:.1f} out tok/s "
+            f"({per_prompt:.2f} ms per prompt token, {per_decode:.2f} ms per decode token)"
+        )
+        # Four conversations whose turns arrive together: the k-th first token needs k turns
+        # read, so the median of the four is at least 2.5 turns' reading.
+        print(f"floor, multi-turn median TTFT with 4 turns arriving together: {2.5 * turn:.0f} ms")
+        self.rows.append(
+            {
+                "probe": "mix: ceilings",
+                "tok_s_16_clients": 16 * 128 / round_s,
+                "multiturn_ttft_floor_ms": 2.5 * turn,
+            }
+        )
 
 
 def main() -> int:
