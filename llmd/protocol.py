@@ -8,7 +8,11 @@ functions at the bottom: streaming builds one per token, and these keep that che
 
 from __future__ import annotations
 
+import array
+import base64
 import logging
+import math
+import sys
 import time
 from typing import Any, Literal
 
@@ -80,10 +84,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
-    """Fields the chat and completions endpoints share."""
+class _ModelRequest(_Request):
+    """Fields every endpoint that runs a model has."""
 
     model: str | None = None
+    keep_alive: str | float | None = None
+    """Ollama's: how long the model stays loaded after this request ('5m', 0, -1)."""
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def keep_alive_s(self) -> float | None | str:
+        """Seconds, None for forever, or "default" when the request did not say."""
+        return "default" if self.keep_alive is None else parse_duration(self.keep_alive)
+
+
+class _Sampling(_ModelRequest):
+    """Fields the chat and completions endpoints share."""
+
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -101,19 +123,6 @@ class _Sampling(_Request):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
-    keep_alive: str | float | None = None
-    """Ollama's: how long the model stays loaded after this request ('5m', 0, -1)."""
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            parse_duration(value)
-        return value
-
-    def keep_alive_s(self) -> float | None | str:
-        """Seconds, None for forever, or "default" when the request did not say."""
-        return "default" if self.keep_alive is None else parse_duration(self.keep_alive)
 
     @field_validator("stop")
     @classmethod
@@ -167,6 +176,33 @@ class CompletionRequest(_Sampling):
         if all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]  # type: ignore[arg-type]
         return list(self.prompt)  # type: ignore[arg-type]
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the inputs of one request
+
+
+class EmbeddingRequest(_ModelRequest):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if not items or any(len(item) == 0 for item in items if not isinstance(item, int)):
+            raise ValueError("must not be empty, nor hold an empty string or token list")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(p, int) for p in self.input):
+            return [list(self.input)]  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[arg-type]
 
 
 # -- responses ---------------------------------------------------------------------------
@@ -237,6 +273,36 @@ def envelope(
     if include_usage:
         chunk["usage"] = usage_  # null on every chunk but the last, as OpenAI sends it
     return chunk
+
+
+def embeddings_body(
+    vectors: list[bytes], model: str, prompt_tokens: int, encoding: str, dimensions: int | None
+) -> dict[str, Any]:
+    """The /v1/embeddings response. `vectors` are unit-length float32 bytes; `dimensions`
+    keeps the first that many components and scales them back to unit length (as OpenAI's
+    text-embedding-3 models shorten theirs); base64 is of the float32 bytes, little-endian,
+    which is what the official SDK asks for by default and decodes."""
+    data = []
+    for index, raw in enumerate(vectors):
+        # array, not numpy: the daemon process stays free of numpy (~20 MB); vectors are small.
+        vector = array.array("f", raw)
+        if sys.byteorder == "big":
+            vector.byteswap()
+        if dimensions is not None and dimensions < len(vector):
+            norm = math.sqrt(math.fsum(x * x for x in vector[:dimensions])) or 1.0
+            vector = array.array("f", (x / norm for x in vector[:dimensions]))
+        embedding: Any = vector.tolist()
+        if encoding == "base64":
+            if sys.byteorder == "big":
+                vector.byteswap()
+            embedding = base64.b64encode(vector.tobytes()).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 def model_card(name: str, created: int, state: str) -> dict[str, Any]:

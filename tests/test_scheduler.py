@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
-from llmd.engine.messages import Admitted, Delta, Failed, GenerateRequest, SamplingParams, Started
-from llmd.engine.scheduler import Scheduler
+import pytest
+
+from llmd.engine.messages import (
+    Admitted,
+    Delta,
+    Embedding,
+    Failed,
+    GenerateRequest,
+    SamplingParams,
+    Started,
+)
+from llmd.engine.scheduler import EMBED_CHUNK, Scheduler
 from llmd.engine.text import TextStream
 
 EOS = 0
@@ -20,6 +31,7 @@ class FakeBackend:
         self.answer = answer
         self.kv: dict[int, dict[int, int]] = {i: {} for i in range(parallel)}
         self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.embedding_steps: list[bool] = []
         self._outputs: dict[int, int] = {}
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -31,8 +43,9 @@ class FakeBackend:
     def is_eog(self, token: int) -> bool:
         return token == EOS
 
-    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
+    def decode(self, entries: list[tuple[int, int, int, bool]], embeddings: bool = False) -> int:
         self.batches.append(list(entries))
+        self.embedding_steps.append(embeddings)
         for i, (tok, pos, seq, wants) in enumerate(entries):
             assert pos == len(self.kv[seq]), "positions must continue the sequence"
             self.kv[seq][pos] = tok
@@ -66,6 +79,15 @@ class FakeBackend:
         for pos, tok in self.kv[src].items():
             if pos >= lo and (p1 < 0 or pos < p1):
                 self.kv[dst][pos] = tok
+
+    # A token's "hidden state" is its code; mean pooling gives the mean code of the input.
+    def embed_rows(self, pooled: Any, start: int, count: int, first: bool) -> Any:
+        assert self.embedding_steps[-1], "hidden states exist only in an embeddings step"
+        rows = self.batches[-1][start : start + count]
+        return (pooled or 0) + sum(tok for tok, _, _, _ in rows)
+
+    def embedding(self, pooled: Any, n_tokens: int) -> bytes:
+        return struct.pack("<f", pooled / n_tokens)
 
 
 def _req(id_: str, prompt: str, **kw: Any) -> GenerateRequest:
@@ -322,3 +344,58 @@ def test_placing_side_by_side_still_evicts_the_least_recently_used_cache() -> No
     assert admitted.cached_tokens == 72  # 70 + two z's: the last one sampled is never decoded
     s.submit(_req("x2", "X" * 70 + "zzz" + "next turn", max_tokens=1))
     assert next(e for e in _run(s)["x2"] if isinstance(e, Admitted)).cached_tokens == 0
+
+
+def test_embedding_is_read_in_small_chunks_apart_from_prompts_and_pooled_as_one() -> None:
+    backend = FakeBackend(batch_size=64, answer="x" * 40)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("chat", "hi", max_tokens=30))
+    first = s.step()  # the chat runs when the embed request arrives
+    text = "".join(chr(65 + i % 26) for i in range(100))
+    (started,) = s.submit(_req("emb", text, embed=True))
+    assert isinstance(started, Started) and started.prompt_tokens == 100
+    s.submit(_req("late", "a later prompt", max_tokens=2))
+    events = _run(s)
+    (vector,) = [e for e in events["emb"] if isinstance(e, Embedding)]
+    assert struct.unpack("<f", vector.vector)[0] == pytest.approx(sum(map(ord, text)) / 100)
+    assert not any(isinstance(e, Delta) for e in events["emb"])
+    assert _text(first + events["chat"]) == "x" * 30 and _text(events["late"]) == "xx"
+    embed_slot = next(seq for _, _, seq, _ in backend.batches[1] if seq != 0)
+    for batch, embeddings in zip(backend.batches, backend.embedding_steps, strict=True):
+        read = [seq for _, _, seq, _ in batch if seq == embed_slot]
+        if embeddings:
+            assert 0 < len(read) <= EMBED_CHUNK
+            # Besides the chunk, only one decode token per running sequence: no prompt.
+            others = [seq for _, _, seq, _ in batch if seq != embed_slot]
+            assert len(others) == len(set(others))
+            assert all(wants for _, _, _, wants in batch)
+        else:
+            assert not read
+    assert backend.embedding_steps.count(True) == 4  # 100 tokens, 32 a step
+
+
+def test_embedding_input_over_the_context_is_refused() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    (failed,) = s.submit(_req("e", "123456789", embed=True))
+    assert isinstance(failed, Failed) and failed.status == 400
+    assert failed.code == "context_length_exceeded" and failed.param == "input"
+    (started,) = s.submit(_req("f", "12345678", embed=True))
+    assert isinstance(started, Started)
+
+
+def test_embedding_reuses_no_cached_prefix_but_leaves_its_own() -> None:
+    backend = FakeBackend()
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    text = "S" * 80
+    s.submit(_req("a", text + "?", max_tokens=1))
+    _run(s)
+    s.submit(_req("e", text + "!", embed=True))
+    events = _run(s)["e"]
+    assert [e.cached_tokens for e in events if isinstance(e, Admitted)] == [0]
+    # Every hidden state was computed: the whole input went through an embeddings step.
+    read = sum(
+        1 for b, e in zip(backend.batches, backend.embedding_steps, strict=True) if e for _ in b
+    )
+    assert read == 81
+    s.submit(_req("b", text + "! and more", max_tokens=1))
+    assert [e.cached_tokens for e in _run(s)["b"] if isinstance(e, Admitted)] == [81]

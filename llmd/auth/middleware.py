@@ -35,7 +35,7 @@ log = logging.getLogger("llmd.auth")
 
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = "llmd.key"
-_GENERATION = {"/v1/chat/completions", "/v1/completions"}
+_GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
 class AuthenticationError(APIError):
@@ -175,7 +175,7 @@ async def _capture_prompt(request: web.Request) -> str | None:
         return None
     if not isinstance(body, dict):
         return None
-    prompt = body.get("messages", body.get("prompt"))
+    prompt = body.get("messages", body.get("prompt", body.get("input")))
     return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
 

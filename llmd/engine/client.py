@@ -52,7 +52,9 @@ class RequestHandle:
             if isinstance(event, m.Failed):
                 cls = InvalidRequest if event.status == 400 else APIError
                 raise cls(event.message, code=event.code, param=event.param, status=event.status)
-            if isinstance(event, m.Delta) and event.finish_reason is not None:
+            if isinstance(event, m.Embedding) or (
+                isinstance(event, m.Delta) and event.finish_reason is not None
+            ):
                 ended += 1
             yield event
 
@@ -227,7 +229,7 @@ class ModelProcess:
         if handle is None:
             return  # cancelled while the event was on its way
         handle.queue.put_nowait(event)
-        if isinstance(event, m.Failed):
+        if isinstance(event, (m.Failed, m.Embedding)):
             self._inflight.pop(event.id, None)
         elif isinstance(event, m.Delta) and event.finish_reason is not None:
             handle.finished += 1

@@ -26,6 +26,8 @@ _FLASH_ATTN = {
     "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+# GGUF `{arch}.pooling_type` values that name a pooling (embedding models declare theirs).
+_POOLINGS = {1: "mean", 2: "cls", 3: "last"}
 _META_KEYS = (
     "general.architecture",
     "general.name",
@@ -104,6 +106,10 @@ class LlamaBackend:
         ctx_params.kv_unified = False
         # Sliding-window layers normally keep only the window; prefix reuse needs all of it.
         ctx_params.swa_full = True
+        # Embeddings are read from this same context, a step at a time, with llama.cpp's
+        # per-token hidden states; llmd pools them itself (`embed_rows`), so an input read
+        # over several steps pools as one.
+        ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
         ctx_params.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
@@ -113,6 +119,9 @@ class LlamaBackend:
         self.memory = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
         self._logits_row = ctypes.c_float * self.n_vocab
+        self.n_embd = int(lc.llama_model_n_embd_out(self.model))
+        self._embd_row = ctypes.c_float * self.n_embd
+        self.pooling = self._declared_pooling()
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -131,6 +140,17 @@ class LlamaBackend:
             if size >= 0:
                 found[key] = buf.value.decode("utf-8", "replace")
         return found
+
+    def _declared_pooling(self) -> str:
+        """The pooling an embedding model's GGUF declares; mean for the rest (chat models)."""
+        arch = self.metadata().get("general.architecture", "")
+        buf = ctypes.create_string_buffer(32)
+        key = f"{arch}.pooling_type".encode()
+        if lc.llama_model_meta_val_str(self.model, key, buf, len(buf)) >= 0:
+            value = buf.value.decode()
+            if value.isdigit() and int(value) in _POOLINGS:
+                return _POOLINGS[int(value)]
+        return "mean"
 
     def model_bytes(self) -> int:
         return int(lc.llama_model_size(self.model))
@@ -197,8 +217,12 @@ class LlamaBackend:
 
     # -- one step --------------------------------------------------------------------------
 
-    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
-        """Decode (token, position, seq_id, wants_logits) entries; llama_decode's status."""
+    def decode(self, entries: list[tuple[int, int, int, bool]], embeddings: bool = False) -> int:
+        """Decode (token, position, seq_id, wants_logits) entries; llama_decode's status.
+
+        With `embeddings`, every entry also leaves its hidden state (`embed_rows`), and its
+        logits too: llama.cpp outputs every token then, which costs the output layer for each
+        (why the scheduler keeps embedding chunks small and apart from prompt chunks)."""
         batch = self.batch
         token, pos, n_seq, seq_id, logits = (
             batch.token,
@@ -214,7 +238,40 @@ class LlamaBackend:
             seq_id[i][0] = seq
             logits[i] = wants
         batch.n_tokens = len(entries)
-        return int(lc.llama_decode(self.ctx, batch))
+        if not embeddings:
+            return int(lc.llama_decode(self.ctx, batch))
+        lc.llama_set_embeddings(self.ctx, True)
+        try:
+            return int(lc.llama_decode(self.ctx, batch))
+        finally:
+            lc.llama_set_embeddings(self.ctx, False)
+
+    def embed_rows(self, pooled: Any, start: int, count: int, first: bool) -> Any:
+        """Fold the hidden states of entries `start`..`start+count-1` of the last decode (made
+        with `embeddings`) into `pooled` (None at first): a sum for mean pooling, the first
+        row of the input (`first`: this chunk starts it) for cls, the latest row for last."""
+        rows = np.empty((count, self.n_embd), np.float64)
+        for k in range(count):
+            address = ctypes.cast(
+                lc.llama_get_embeddings_ith(self.ctx, start + k), ctypes.c_void_p
+            ).value
+            if not address:
+                raise RuntimeError(f"llama.cpp has no embedding for batch entry {start + k}")
+            rows[k] = np.frombuffer(memoryview(self._embd_row.from_address(address)), np.float32)
+        if self.pooling == "cls":
+            return rows[0] if first else pooled
+        if self.pooling == "last":
+            return rows[-1]
+        total = rows.sum(axis=0)
+        return total if pooled is None else pooled + total
+
+    def embedding(self, pooled: Any, n_tokens: int) -> bytes:
+        """The finished embedding: unit length (as OpenAI's are), float32 bytes."""
+        vector = pooled / n_tokens if self.pooling == "mean" else pooled
+        norm = float(np.linalg.norm(vector))
+        if norm > 0:
+            vector = vector / norm
+        return bytes(np.asarray(vector, "<f4").tobytes())
 
     def new_sampler(self, params: SamplingParams, seed: int) -> _Sampler:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())

@@ -42,6 +42,8 @@ class GenerateRequest:
     """Who asked (API key name): waiting requests are admitted round-robin across tenants."""
     weight: int = 1
     """The tenant's share: weight 2 gets two admissions per turn when others wait too."""
+    embed: bool = False
+    """Read the prompt for its embedding (one `Embedding` event) instead of generating."""
 
 
 @dataclass
@@ -108,6 +110,14 @@ class Delta:
 
 
 @dataclass
+class Embedding:
+    """An embed request's answer: the pooled, unit-length vector as float32 bytes."""
+
+    id: str
+    vector: bytes
+
+
+@dataclass
 class Failed:
     id: str
     status: int
@@ -128,6 +138,9 @@ class Ready:
     bos_token: str
     eos_token: str
     model_bytes: int
+    n_embd: int = 0
+    pooling: str = "mean"
+    """How embeddings pool the tokens' hidden states: the model's own choice, else mean."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from llmd.engine.messages import (
     Admitted,
     Delta,
+    Embedding,
     Failed,
     GenerateRequest,
     SamplingParams,
@@ -51,6 +52,16 @@ MIN_KEPT_CACHE = 64
 # still grouped (a step has a fixed cost: one pass over the weights).
 PROMPT_GROUP_TOKENS = 32
 
+# Embedding inputs are read at most this many tokens per step, all of them together, and never
+# in a step that reads a prompt: with embeddings on, llama.cpp computes the output layer for
+# every token of the step, and keeps a logits row per token (for Gemma's 262k vocabulary,
+# 1 MB each) allocated from then on.
+EMBED_CHUNK = 32
+
+
+Entry = tuple[int, int, int, bool]
+"""(token, position, slot, wants logits): one token of a step's batch."""
+
 
 class Backend(Protocol):
     n_parallel: int
@@ -59,7 +70,7 @@ class Backend(Protocol):
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
-    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int: ...
+    def decode(self, entries: list[Entry], embeddings: bool = False) -> int: ...
     def new_sampler(self, params: SamplingParams, seed: int) -> Any: ...
     def sample(self, sampler: Any, index: int) -> int: ...
     def free_sampler(self, sampler: Any) -> None: ...
@@ -68,6 +79,19 @@ class Backend(Protocol):
     ) -> tuple[float, list[tuple[int, float]]]: ...
     def seq_rm(self, seq: int, p0: int, p1: int) -> bool: ...
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def embed_rows(self, pooled: Any, start: int, count: int, first: bool) -> Any: ...
+    def embedding(self, pooled: Any, n_tokens: int) -> bytes: ...
+
+
+@dataclass
+class Piece:
+    """One slot's tokens for a step: the sequences that sample from its last token, or the
+    embed request whose input it reads."""
+
+    slot: int
+    chunk: list[Entry]
+    samplers: list[Sequence]
+    embed: RequestState | None = None
 
 
 class EngineFault(Exception):
@@ -106,6 +130,8 @@ class RequestState:
     seqs: list[Sequence] = field(default_factory=list)
     n_prefilled: int = 0
     """Prompt tokens in the leader's KV cells; all choices sample once it reaches the end."""
+    pooled: Any = None
+    """An embed request's hidden states pooled so far (the backend's `embed_rows`)."""
 
     @property
     def is_prefilling(self) -> bool:
@@ -146,6 +172,20 @@ class Scheduler:
         if req.n > len(self.slots):
             return [Failed(req.id, 400, f"n must be at most {len(self.slots)}", param="n")]
         room = self.ctx_per_seq - len(prompt)
+        if req.embed:
+            if room < 0:
+                return [
+                    Failed(
+                        req.id,
+                        400,
+                        f"This model's maximum context length is {self.ctx_per_seq} tokens. "
+                        f"However, an input has {len(prompt)} tokens. Please reduce its length.",
+                        code="context_length_exceeded",
+                        param="input",
+                    )
+                ]
+            self.waiting.append(RequestState(req, prompt, 0))
+            return [Started(req.id, len(prompt), 0)]
         max_tokens = req.max_tokens if req.max_tokens is not None else room
         if room < 1 or max_tokens > room:
             asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
@@ -203,50 +243,69 @@ class Scheduler:
         # its last token. Pieces go into the batch in slot order: with one KV stream per slot,
         # llama.cpp splits a batch into micro-batches of consecutive sequence ids, so the same
         # 16 decodes in scrambled order cost 2.6x the time of a sorted step (docs/benchmarks.md).
-        pieces: list[tuple[int, list[tuple[int, int, int, bool]], list[Sequence]]] = []
+        pieces: list[Piece] = []
         decoding: list[Sequence] = []
         for state in self.running:
             for seq in state.seqs:
                 if seq.pending is not None and not seq.done:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
-                    pieces.append((seq.slot.id, [entry], [seq]))
+                    pieces.append(Piece(seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
         budget = self.backend.batch_size - len(pieces)
         prefilled: list[tuple[RequestState, int]] = []
-        prompt_tokens = 0
+        prompt_tokens = embed_tokens = 0
         for state in self.running:
             if budget <= 0:
                 break
             if not state.is_prefilling:
                 continue
-            if prompt_tokens >= PROMPT_GROUP_TOKENS:
+            embed = state.req.embed
+            if prompt_tokens >= PROMPT_GROUP_TOKENS or (embed and prompt_tokens):
                 # A prompt finished in this step already: the next one waits for the next
                 # step, so requests arriving together get their first tokens one after
                 # another instead of all at the end of one long step (docs/benchmarks.md).
                 break
+            if embed_tokens and not embed:
+                break  # embedding chunks and prompts never share a step (EMBED_CHUNK)
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
+            if embed:
+                take = min(take, EMBED_CHUNK - embed_tokens)
+                if take <= 0:
+                    break
             end = start + take
+            # Every token of an embedding chunk is an output (its hidden state is pooled).
             chunk = [
-                (state.prompt[pos], pos, leader.slot.id, pos == len(state.prompt) - 1)
+                (state.prompt[pos], pos, leader.slot.id, embed or pos == len(state.prompt) - 1)
                 for pos in range(start, end)
             ]
-            samplers = [s for s in state.seqs if not s.done] if end == len(state.prompt) else []
-            pieces.append((leader.slot.id, chunk, samplers))
+            samplers = []
+            if end == len(state.prompt) and not embed:
+                samplers = [s for s in state.seqs if not s.done]
+            pieces.append(Piece(leader.slot.id, chunk, samplers, state if embed else None))
             prefilled.append((state, take))
             budget -= take
-            prompt_tokens += take
-        pieces.sort(key=lambda piece: piece[0])
-        entries: list[tuple[int, int, int, bool]] = []
+            if embed:
+                embed_tokens += take
+            else:
+                prompt_tokens += take
+        pieces.sort(key=lambda piece: piece.slot)
+        entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
-        for _, chunk, samplers in pieces:
-            entries.extend(chunk)
-            if samplers:
-                outputs.append((len(entries) - 1, samplers))
+        embedded: list[tuple[RequestState, int, int]] = []
+        for piece in pieces:
+            if piece.embed is not None:
+                embedded.append((piece.embed, len(entries), len(piece.chunk)))
+            entries.extend(piece.chunk)
+            if piece.samplers:
+                outputs.append((len(entries) - 1, piece.samplers))
         if not entries:
             return events
-        self._decode(entries)
+        self._decode(entries, embeddings=bool(embedded))
+        for state, start, count in embedded:
+            first = state.n_prefilled == 0
+            state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
         self.num_steps += 1
         self.num_tokens_decoded += len(entries)
         for seq in decoding:
@@ -257,7 +316,13 @@ class Scheduler:
             leader = state.seqs[0]
             leader.slot.cached.extend(state.prompt[state.n_prefilled : state.n_prefilled + take])
             state.n_prefilled += take
-            if not state.is_prefilling:
+            if state.is_prefilling:
+                continue
+            if state.req.embed:
+                vector = self.backend.embedding(state.pooled, len(state.prompt))
+                events.append(Embedding(state.req.id, vector))
+                self._finish(leader)
+            else:
                 self._share_prompt(state)
         for index, seqs in outputs:
             for seq in seqs:
@@ -265,13 +330,13 @@ class Scheduler:
         self._retire()
         return events
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
-        status = self.backend.decode(entries)
+    def _decode(self, entries: list[Entry], embeddings: bool) -> None:
+        status = self.backend.decode(entries, embeddings)
         if status == 1:
             # No room for the batch: drop the caches of idle slots and try once more.
             for slot in self._free_slots():
                 self._clear(slot)
-            status = self.backend.decode(entries)
+            status = self.backend.decode(entries, embeddings)
         if status != 0:
             raise EngineFault(f"llama_decode failed with status {status}")
 
@@ -313,7 +378,8 @@ class Scheduler:
         if seq.done:
             return
         seq.done = True
-        self.backend.free_sampler(seq.sampler)
+        if seq.sampler is not None:
+            self.backend.free_sampler(seq.sampler)
 
     def _retire(self) -> None:
         now = time.monotonic()
@@ -369,7 +435,11 @@ class Scheduler:
         # Requests admitted together are placed longest cached prefix first, and each keeps
         # off the free slots holding the prefixes of those still to be placed: in a burst, a
         # new prompt must not wipe the history a returning conversation behind it would reuse.
-        found = {id(state): self._find_prefix(state.prompt) for state in chosen}
+        # Embed requests need every token's hidden state: they reuse no cached prefix.
+        found = {
+            id(state): (None, 0) if state.req.embed else self._find_prefix(state.prompt)
+            for state in chosen
+        }
         chosen.sort(key=lambda state: -found[id(state)][1])
         for i, state in enumerate(chosen):
             # (A later request sharing this one's donor matches no more of it than this one
@@ -379,7 +449,7 @@ class Scheduler:
                 donor = found[id(later)][0]
                 if donor is not None and donor.seq is None and donor is not found[id(state)][0]:
                     keep.add(donor.id)
-            leader_slot, cached = self._place(state.prompt, free, keep)
+            leader_slot, cached = self._place(state.prompt, free, keep, not state.req.embed)
             free.remove(leader_slot)
             slots = [leader_slot]
             while len(slots) < state.req.n:
@@ -391,7 +461,9 @@ class Scheduler:
             seed = state.req.sampling.seed
             base = seed if seed is not None else random.getrandbits(32)
             for index, slot in enumerate(slots):
-                sampler = self.backend.new_sampler(state.req.sampling, base + index)
+                sampler = None
+                if not state.req.embed:
+                    sampler = self.backend.new_sampler(state.req.sampling, base + index)
                 seq = Sequence(state, index, slot, sampler, TextStream(state.req.stop))
                 slot.seq = seq
                 state.seqs.append(seq)
@@ -410,10 +482,13 @@ class Scheduler:
             return None, 0
         return donor, length
 
-    def _place(self, prompt: list[int], free: list[Slot], keep: set[int]) -> tuple[Slot, int]:
-        """Pick a slot for a prompt and fill it with the longest cached prefix to be found,
-        leaving the caches of the free slots in `keep` as they are if at all possible."""
-        donor, length = self._find_prefix(prompt)
+    def _place(
+        self, prompt: list[int], free: list[Slot], keep: set[int], reuse: bool
+    ) -> tuple[Slot, int]:
+        """Pick a slot for a prompt and fill it with the longest cached prefix to be found
+        (with `reuse`), leaving the caches of the free slots in `keep` as they are if at all
+        possible."""
+        donor, length = self._find_prefix(prompt) if reuse else (None, 0)
         target = self._best_free(free, taken=[], keep=keep)
         in_place = donor is target or (
             donor is not None

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             bos_token=backend.special_text(backend.bos),
             eos_token=backend.special_text(backend.eos),
             model_bytes=backend.model_bytes(),
+            n_embd=backend.n_embd,
+            pooling=backend.pooling,
         ),
     )
     scheduler = Scheduler(

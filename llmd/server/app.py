@@ -15,7 +15,7 @@ from llmd.auth.setup import install_security
 from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
 from llmd.models import ModelManager, engine_options
-from llmd.protocol import ChatCompletionRequest, CompletionRequest, model_card
+from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.server import admin
 from llmd.server.accounting import (
     FINISHERS,
@@ -25,7 +25,7 @@ from llmd.server.accounting import (
     on_prepare,
     record_middleware,
 )
-from llmd.server.serving import Serving
+from llmd.server.serving import Serving, embeddings
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
@@ -107,6 +107,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     authorize_model(request, entry.name, entry.settings.aliases)
     async with manager.use(req.model, req.keep_alive_s()) as model:
         return await request.app[SERVING].completions(request, req, model, get_record(request))
+
+
+async def create_embeddings(request: web.Request) -> web.StreamResponse:
+    req = EmbeddingRequest.parse(await _json(request))
+    manager = request.app[MODELS]
+    entry = manager.resolve(req.model)
+    authorize_model(request, entry.name, entry.settings.aliases)
+    async with manager.use(req.model, req.keep_alive_s()) as model:
+        return await embeddings(req, model, get_record(request), request.app[SETTINGS])
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:
@@ -249,6 +258,7 @@ def create_app(
         app.router.add_get("/metrics", metrics.handle)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", create_embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

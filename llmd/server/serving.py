@@ -1,4 +1,5 @@
-"""Chat and text completions: an API request in, engine requests out, OpenAI shapes back.
+"""Chat, text completions and embeddings: an API request in, engine requests out, OpenAI
+shapes back.
 
 The engine knows nothing of HTTP; the handlers know nothing of the engine. This layer turns
 a validated request into `GenerateRequest`s, follows their events, and writes either one JSON
@@ -21,14 +22,16 @@ from aiohttp import web
 
 from llmd.engine import messages as m
 from llmd.engine.client import RequestHandle
-from llmd.errors import APIError, InvalidRequest
+from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 from llmd.models import Model
 from llmd.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     _Sampling,
     chat_logprobs,
     completion_logprobs,
+    embeddings_body,
     envelope,
     now,
     usage,
@@ -170,8 +173,7 @@ def _engine_request(
                 f"logit_bias token {token} is outside the vocabulary (size {n_vocab})",
                 param="logit_bias",
             )
-    if isinstance(prompt, list) and any(t < 0 or t >= n_vocab for t in prompt):
-        raise InvalidRequest(f"prompt token ids must be in [0, {n_vocab})", param="prompt")
+    _check_tokens(prompt, n_vocab, "prompt")
     return m.GenerateRequest(
         id=uuid.uuid4().hex,
         prompt=prompt,
@@ -187,6 +189,64 @@ def _engine_request(
         tenant=record.key_name or record.client,
         weight=record.weight,
     )
+
+
+def _check_tokens(prompt: str | list[int], n_vocab: int, param: str) -> None:
+    if isinstance(prompt, list) and any(t < 0 or t >= n_vocab for t in prompt):
+        raise InvalidRequest(f"token ids must be in [0, {n_vocab})", param=param)
+
+
+async def _embed_one(handle: RequestHandle) -> tuple[int, bytes]:
+    """(prompt tokens, vector) of one input, once the engine has read it."""
+    tokens, vector = 0, b""
+    async for event in handle.events():
+        if isinstance(event, m.Started):
+            tokens = event.prompt_tokens
+        elif isinstance(event, m.Embedding):
+            vector = event.vector
+    return tokens, vector
+
+
+async def _embed_all(
+    model: Model, reqs: list[m.GenerateRequest], timeout_s: float
+) -> list[tuple[int, bytes]]:
+    """Every input's (prompt tokens, vector), in order. Inputs go to the engine a slot's
+    worth at a time: a request with 500 inputs must not fill the queue (and be refused) when
+    the model is idle, nor crowd out other clients' requests while it runs."""
+    window = max(1, model.process.options.load.parallel)
+    deadline = time.monotonic() + timeout_s
+    results: list[tuple[int, bytes]] = [(0, b"")] * len(reqs)
+    running: dict[asyncio.Task[tuple[int, bytes]], tuple[int, RequestHandle]] = {}
+    queued = iter(enumerate(reqs))
+    follow = next(queued, None)
+    try:
+        while follow is not None or running:
+            while follow is not None and len(running) < window:
+                try:
+                    handle = model.process.submit(follow[1])
+                except ServiceUnavailable:
+                    if not running:
+                        raise
+                    break  # busy with other clients' work: wait for one of ours to end
+                running[asyncio.create_task(_embed_one(handle))] = (follow[0], handle)
+                follow = next(queued, None)
+            done, _ = await asyncio.wait(
+                running, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise APIError(
+                    "The request took longer than the server's request timeout.",
+                    code="timeout",
+                    status=504,
+                )
+            for task in done:
+                index, _handle = running.pop(task)
+                results[index] = task.result()
+    finally:
+        for task, (_, handle) in running.items():
+            task.cancel()
+            model.process.cancel(handle)
+    return results
 
 
 async def _submit(
@@ -431,6 +491,46 @@ class Serving:
         await _sse(resp, "[DONE]")
         await resp.write_eof()
         return resp
+
+
+async def embeddings(
+    req: EmbeddingRequest, model: Model, record: RequestRecord, settings: Settings
+) -> web.Response:
+    record.model = model.name
+    info = model.process.info
+    n_vocab, n_embd = (info.n_vocab, info.n_embd) if info else (0, 0)
+    if req.dimensions is not None and req.dimensions > n_embd:
+        raise InvalidRequest(
+            f"dimensions must be at most {n_embd}: model '{model.name}' makes embeddings of "
+            f"{n_embd} dimensions",
+            param="dimensions",
+        )
+    inputs = req.inputs()
+    if settings.server.log_prompts:
+        log.info("embedding inputs: %r", inputs)
+    reqs = []
+    for text in inputs:
+        _check_tokens(text, n_vocab, "input")
+        reqs.append(
+            m.GenerateRequest(
+                id=uuid.uuid4().hex,
+                prompt=text,
+                sampling=m.SamplingParams(),
+                embed=True,
+                tenant=record.key_name or record.client,
+                weight=record.weight,
+            )
+        )
+    results = await _embed_all(model, reqs, settings.server.request_timeout_s)
+    record.prompt_tokens = sum(tokens for tokens, _ in results)
+    body = embeddings_body(
+        [vector for _, vector in results],
+        req.model or model.name,
+        record.prompt_tokens,
+        req.encoding_format,
+        req.dimensions,
+    )
+    return web.json_response(body)
 
 
 async def _stream_error(

@@ -1,0 +1,231 @@
+"""POST /v1/embeddings end to end: the real daemon, the real models, the official client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import GEMMA, MODELS, SMOL
+
+if TYPE_CHECKING:
+    from tests.conftest import Daemon
+
+CAT = "The cat sat on the mat."
+# ~120 tokens: read over several engine steps (32 tokens a step), pooled as one.
+LONG = (
+    "Branch offices keep their own documents: contracts, price lists, service manuals and the "
+    "minutes of every meeting. A local model answers questions about them without sending a "
+    "word outside the building, and an embedding of each page lets staff search by meaning "
+    "rather than by the exact words a page happens to use. "
+) * 2
+
+
+def _vec(item: Any) -> np.ndarray:
+    return np.asarray(item.embedding, dtype=np.float64)
+
+
+class Reference:
+    """llama.cpp's own mean-pooled embeddings of a model, computed in this process."""
+
+    def __init__(self, path: str) -> None:
+        import llama_cpp as lc
+
+        self.lc = lc
+        params = lc.llama_model_default_params()
+        self.model = lc.llama_model_load_from_file(path.encode(), params)
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        ctx = lc.llama_context_default_params()
+        ctx.n_ctx = ctx.n_batch = ctx.n_ubatch = 512
+        ctx.embeddings = True
+        ctx.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
+        self.ctx = lc.llama_init_from_model(self.model, ctx)
+        self.n_embd = lc.llama_model_n_embd_out(self.model)
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        buf = (self.lc.llama_token * (len(data) + 8))()
+        add_bos = self.lc.llama_vocab_get_add_bos(self.vocab)
+        n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), add_bos, True)
+        return list(buf[:n])
+
+    def embed(self, tokens: list[int]) -> np.ndarray:
+        lc = self.lc
+        lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
+        batch = lc.llama_batch_init(len(tokens), 0, 1)
+        for i, tok in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
+            batch.seq_id[i][0], batch.logits[i] = 0, True
+        batch.n_tokens = len(tokens)
+        assert lc.llama_decode(self.ctx, batch) == 0
+        lc.llama_batch_free(batch)
+        row = ctypes.cast(lc.llama_get_embeddings_seq(self.ctx, 0), ctypes.POINTER(ctypes.c_float))
+        vector = np.ctypeslib.as_array(row, shape=(self.n_embd,)).astype(np.float64)
+        return vector / np.linalg.norm(vector)
+
+    def close(self) -> None:
+        self.lc.llama_free(self.ctx)
+        self.lc.llama_model_free(self.model)
+
+
+@pytest.fixture(scope="module")
+def smol_reference() -> Iterator[Reference]:
+    ref = Reference(str(MODELS / SMOL))
+    yield ref
+    ref.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "file", "dims"), [("smollm2", SMOL, 576), ("gemma3-270m", GEMMA, 640)]
+)
+def test_embeddings_are_llama_cpps_mean_pooling(
+    daemon: Daemon, model: str, file: str, dims: int
+) -> None:
+    """The vector equals llama.cpp's own mean pooling of the whole input in one pass, though
+    the daemon read it over several steps."""
+    client = daemon.client()
+    got = client.embeddings.create(model=model, input=[CAT, LONG], encoding_format="float")
+    ref = Reference(str(MODELS / file))
+    try:
+        for item, text in zip(got.data, [CAT, LONG], strict=True):
+            vector = _vec(item)
+            assert vector.shape == (dims,)
+            assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+            assert float(vector @ ref.embed(ref.tokenize(text))) > 0.999
+        assert got.usage.prompt_tokens == sum(len(ref.tokenize(t)) for t in [CAT, LONG])
+        assert got.usage.prompt_tokens > 100
+        assert got.usage.total_tokens == got.usage.prompt_tokens
+    finally:
+        ref.close()
+
+
+def test_sdk_default_base64_equals_float(daemon: Daemon) -> None:
+    client = daemon.client()
+    b64 = client.embeddings.create(model="smollm2", input=CAT)  # the SDK asks for base64
+    floats = client.embeddings.create(model="smollm2", input=CAT, encoding_format="float")
+    assert b64.object == "list" and b64.model == "smollm2"
+    assert b64.data[0].object == "embedding" and b64.data[0].index == 0
+    assert np.allclose(_vec(b64.data[0]), _vec(floats.data[0]), atol=1e-7)
+    # On the wire: base64 of little-endian float32, as OpenAI sends it.
+    raw = httpx.post(
+        daemon.url + "/v1/embeddings",
+        json={"model": "smollm2", "input": CAT, "encoding_format": "base64"},
+        timeout=60,
+    ).json()
+    wire = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4")
+    assert np.allclose(wire, _vec(floats.data[0]), atol=1e-7)
+
+
+def test_inputs_keep_their_order_and_meaning(daemon: Daemon, smol_reference: Reference) -> None:
+    texts = [
+        CAT,
+        "Quarterly revenue grew four percent on higher service sales.",
+        "A cat was sitting on the mat.",
+        CAT,
+    ]
+    got = daemon.client().embeddings.create(model="smol", input=texts, encoding_format="float")
+    assert [item.index for item in got.data] == [0, 1, 2, 3]
+    v = [_vec(item) for item in got.data]
+    assert float(v[0] @ v[3]) > 0.99999  # the same text, read in different slots
+    assert float(v[0] @ v[2]) > float(v[0] @ v[1]) + 0.1  # nearer in meaning, nearer here
+    tokens = smol_reference.tokenize(texts[1])
+    by_ids = daemon.client().embeddings.create(
+        model="smollm2", input=[tokens], encoding_format="float"
+    )
+    assert float(_vec(by_ids.data[0]) @ v[1]) > 0.99999
+    assert by_ids.usage.prompt_tokens == len(tokens)
+
+
+def test_dimensions_shorten_and_renormalize(daemon: Daemon) -> None:
+    client = daemon.client()
+    full = _vec(
+        client.embeddings.create(model="smollm2", input=CAT, encoding_format="float").data[0]
+    )
+    short = client.embeddings.create(model="smollm2", input=CAT, dimensions=64)
+    vector = _vec(short.data[0])
+    assert vector.shape == (64,)
+    assert np.allclose(vector, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
+
+
+def test_more_inputs_than_slots_and_queue(daemon: Daemon) -> None:
+    """60 inputs with 16 slots and a queue of 32: fed a slot's worth at a time, none refused."""
+    texts = [f"Ticket {i}: the printer on floor {i % 5} is out of toner." for i in range(60)]
+    got = daemon.client().embeddings.create(model="smollm2", input=texts, encoding_format="float")
+    assert [item.index for item in got.data] == list(range(60))
+    alone = daemon.client().embeddings.create(model="smollm2", input=texts[37])
+    assert float(_vec(got.data[37]) @ _vec(alone.data[0])) > 0.99999
+    assert float(_vec(got.data[37]) @ _vec(got.data[38])) < 0.99999
+
+
+def test_embeddings_alongside_chat_streams(daemon: Daemon) -> None:
+    """Embedding steps mixed into running decodes change no generated token."""
+
+    async def chat(client: openai.AsyncOpenAI) -> str:
+        r = await client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+            temperature=0,
+            max_tokens=60,
+        )
+        return r.choices[0].message.content or ""
+
+    async def embed(client: openai.AsyncOpenAI) -> Any:
+        return await client.embeddings.create(model="smollm2", input=[LONG] * 6)
+
+    async def run() -> tuple[str, list[Any]]:
+        client = daemon.async_client()
+        try:
+            solo = await chat(client)
+            together = await asyncio.wait_for(
+                asyncio.gather(chat(client), embed(client), chat(client), embed(client)), 150
+            )
+            return solo, list(together)
+        finally:
+            await client.close()
+
+    solo, together = asyncio.run(run())
+    assert together[0] == solo and together[2] == solo
+    assert len(together[1].data) == 6 and len(together[3].data) == 6
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": ""}, "input"),
+        ({"input": []}, "input"),
+        ({"input": ["fine", ""]}, "input"),
+        ({"input": [[]]}, "input"),
+        ({"input": 5}, "input"),
+        ({"input": "x", "dimensions": 0}, "dimensions"),
+        ({"input": "x", "dimensions": 100_000}, "dimensions"),
+        ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"input": [[1, 2, 10_000_000]]}, "input"),
+        ({"input": ["x"] * 2049}, "input"),
+    ],
+)
+def test_bad_embedding_requests_are_400(daemon: Daemon, body: dict[str, Any], param: str) -> None:
+    r = httpx.post(daemon.url + "/v1/embeddings", json={"model": "smollm2", **body}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_embedding_input_longer_than_the_context(daemon: Daemon) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        daemon.client().embeddings.create(model="smollm2", input="word " * 1500)
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+    assert "1024" in error["message"]
+
+
+def test_unknown_model_is_404(daemon: Daemon) -> None:
+    with pytest.raises(openai.NotFoundError):
+        daemon.client().embeddings.create(model="no-such-model", input=CAT)
