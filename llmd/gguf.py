@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmd.engine.scheduler import EMBED_CHUNK
-
 GGUF_MAGIC = b"GGUF"
 # Legacy GGML container magics as they appear on disk (little-endian uint32 'ggml', ...).
 _LEGACY_MAGICS = {b"lmgg": "ggml", b"fmgg": "ggmf", b"tjgg": "ggjt", b"algg": "ggla"}
@@ -382,8 +380,9 @@ def read_model(path: Path) -> ModelFile:
 # processes of SmolLM2 (49k vocabulary) and Gemma-3 (262k) at several settings (within 1%,
 # docs/models.md): the process itself (Python, numpy, llama.cpp), llama.cpp's vocabulary
 # tables (~200 bytes per token), the graph scratch of one micro-batch and the logits buffer.
-# The logits rows of an embedding chunk came later: they are there only once a model was asked
-# for embeddings (+47 MB measured for Gemma-3), so the estimate is that much high before.
+# Not counted: the logits rows of an embedding chunk (up to ~32 MB, `embed_chunk` in
+# llmd/engine/scheduler.py), there only once a model was asked for embeddings. The manager
+# counts a loaded model by its measured RSS, which has them from then on.
 PROCESS_BASE_BYTES = 57 * 1000 * 1000
 VOCAB_ENTRY_BYTES = 200
 
@@ -408,11 +407,10 @@ def estimate(
     n_embd = int(info.arch_value("embedding_length", 0) or 0)
     ff = info.arch_value("feed_forward_length", 4 * n_embd) or 4 * n_embd
     n_ff = max(ff) if isinstance(ff, list) else int(ff)
-    # float32 activations of one micro-batch, one logits row per sequence and per token of an
-    # embedding chunk (llama.cpp keeps the rows once embeddings were asked for), the vocabulary.
+    # float32 activations of one micro-batch, one logits row per sequence, the vocabulary.
     compute = (
         4 * ubatch * (4 * n_embd + 2 * n_ff)
-        + 4 * info.n_vocab * (parallel + EMBED_CHUNK)
+        + 4 * info.n_vocab * parallel
         + VOCAB_ENTRY_BYTES * info.n_vocab
     )
     return Estimate(model.tensor_bytes, kv, PROCESS_BASE_BYTES + compute)

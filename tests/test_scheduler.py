@@ -16,7 +16,7 @@ from llmd.engine.messages import (
     SamplingParams,
     Started,
 )
-from llmd.engine.scheduler import EMBED_CHUNK, Scheduler
+from llmd.engine.scheduler import Scheduler, embed_chunk
 from llmd.engine.text import TextStream
 
 EOS = 0
@@ -28,6 +28,7 @@ class FakeBackend:
     def __init__(self, parallel: int = 4, batch_size: int = 32, answer: str = "abc") -> None:
         self.n_parallel = parallel
         self.batch_size = batch_size
+        self.n_vocab = 1 << 20  # embedding chunks of 32 tokens
         self.answer = answer
         self.kv: dict[int, dict[int, int]] = {i: {} for i in range(parallel)}
         self.batches: list[list[tuple[int, int, int, bool]]] = []
@@ -364,7 +365,7 @@ def test_embedding_is_read_in_small_chunks_apart_from_prompts_and_pooled_as_one(
     for batch, embeddings in zip(backend.batches, backend.embedding_steps, strict=True):
         read = [seq for _, _, seq, _ in batch if seq == embed_slot]
         if embeddings:
-            assert 0 < len(read) <= EMBED_CHUNK
+            assert 0 < len(read) <= 32
             # Besides the chunk, only one decode token per running sequence: no prompt.
             others = [seq for _, _, seq, _ in batch if seq != embed_slot]
             assert len(others) == len(set(others))
@@ -399,3 +400,10 @@ def test_embedding_reuses_no_cached_prefix_but_leaves_its_own() -> None:
     assert read == 81
     s.submit(_req("b", text + "! and more", max_tokens=1))
     assert [e.cached_tokens for e in _run(s)["b"] if isinstance(e, Admitted)] == [81]
+
+
+def test_embedding_chunks_hold_the_logits_rows_to_about_32_mb() -> None:
+    assert embed_chunk(49_152) == 160  # SmolLM2
+    assert embed_chunk(262_144) == 32  # Gemma-3
+    assert embed_chunk(151_936) == 32  # Qwen
+    assert embed_chunk(32_000) == 256  # Llama 2

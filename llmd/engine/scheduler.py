@@ -52,11 +52,17 @@ MIN_KEPT_CACHE = 64
 # still grouped (a step has a fixed cost: one pass over the weights).
 PROMPT_GROUP_TOKENS = 32
 
-# Embedding inputs are read at most this many tokens per step, all of them together, and never
-# in a step that reads a prompt: with embeddings on, llama.cpp computes the output layer for
-# every token of the step, and keeps a logits row per token (for Gemma's 262k vocabulary,
-# 1 MB each) allocated from then on.
-EMBED_CHUNK = 32
+# Embedding inputs are read in chunks, all of them together, never in a step that reads a
+# prompt: with embeddings on, llama.cpp computes the output layer for every token of the step
+# and keeps a logits row per token allocated from then on. The chunk is as long as about this
+# many bytes of rows allow: 160 tokens for SmolLM2's 49k vocabulary (~0.9x llama-server's
+# embedding speed; 32 tokens gave 0.8x), 32 for Gemma-3's 262k (docs/benchmarks.md).
+EMBED_LOGITS_BYTES = 32 * 1024 * 1024
+
+
+def embed_chunk(n_vocab: int) -> int:
+    """Embedding input tokens per step: a multiple of 32, at least 32."""
+    return max(32, EMBED_LOGITS_BYTES // (4 * max(1, n_vocab)) // 32 * 32)
 
 
 Entry = tuple[int, int, int, bool]
@@ -66,6 +72,7 @@ Entry = tuple[int, int, int, bool]
 class Backend(Protocol):
     n_parallel: int
     batch_size: int
+    n_vocab: int
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
@@ -148,6 +155,7 @@ class Scheduler:
         self.bos = bos
         self.bos_text = bos_text
         self.slots = [Slot(i) for i in range(backend.n_parallel)]
+        self.embed_chunk = embed_chunk(backend.n_vocab)
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         self.num_steps = 0
@@ -266,12 +274,12 @@ class Scheduler:
                 # another instead of all at the end of one long step (docs/benchmarks.md).
                 break
             if embed_tokens and not embed:
-                break  # embedding chunks and prompts never share a step (EMBED_CHUNK)
+                break  # embedding chunks and prompts never share a step (embed_chunk)
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
             if embed:
-                take = min(take, EMBED_CHUNK - embed_tokens)
+                take = min(take, self.embed_chunk - embed_tokens)
                 if take <= 0:
                     break
             end = start + take
