@@ -267,14 +267,14 @@ class Scheduler:
                 break
             if not state.is_prefilling:
                 continue
-            embed = state.req.embed
-            if prompt_tokens >= PROMPT_GROUP_TOKENS or (embed and prompt_tokens):
+            if prompt_tokens >= PROMPT_GROUP_TOKENS:
                 # A prompt finished in this step already: the next one waits for the next
                 # step, so requests arriving together get their first tokens one after
                 # another instead of all at the end of one long step (docs/benchmarks.md).
                 break
-            if embed_tokens and not embed:
-                break  # embedding chunks and prompts never share a step (embed_chunk)
+            embed = state.req.embed
+            if (embed and prompt_tokens) or (embed_tokens and not embed):
+                break  # embedding chunks and prompts never share a step (`embed_chunk`)
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
