@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,12 @@ class Reference:
         self.lc.llama_model_free(self.model)
 
 
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[openai.OpenAI]:
+    with daemon.client() as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def smol_reference() -> Iterator[Reference]:
     ref = Reference(str(MODELS / SMOL))
@@ -87,11 +94,10 @@ def smol_reference() -> Iterator[Reference]:
     ("model", "file", "dims"), [("smollm2", SMOL, 576), ("gemma3-270m", GEMMA, 640)]
 )
 def test_embeddings_are_llama_cpps_mean_pooling(
-    daemon: Daemon, model: str, file: str, dims: int
+    daemon: Daemon, client: openai.OpenAI, model: str, file: str, dims: int
 ) -> None:
     """The vector equals llama.cpp's own mean pooling of the whole input in one pass, though
     the daemon read it over several steps."""
-    client = daemon.client()
     got = client.embeddings.create(model=model, input=[CAT, LONG], encoding_format="float")
     ref = Reference(str(MODELS / file))
     try:
@@ -107,8 +113,7 @@ def test_embeddings_are_llama_cpps_mean_pooling(
         ref.close()
 
 
-def test_sdk_default_base64_equals_float(daemon: Daemon) -> None:
-    client = daemon.client()
+def test_sdk_default_base64_equals_float(daemon: Daemon, client: openai.OpenAI) -> None:
     b64 = client.embeddings.create(model="smollm2", input=CAT)  # the SDK asks for base64
     floats = client.embeddings.create(model="smollm2", input=CAT, encoding_format="float")
     assert b64.object == "list" and b64.model == "smollm2"
@@ -124,28 +129,27 @@ def test_sdk_default_base64_equals_float(daemon: Daemon) -> None:
     assert np.allclose(wire, _vec(floats.data[0]), atol=1e-7)
 
 
-def test_inputs_keep_their_order_and_meaning(daemon: Daemon, smol_reference: Reference) -> None:
+def test_inputs_keep_their_order_and_meaning(
+    daemon: Daemon, client: openai.OpenAI, smol_reference: Reference
+) -> None:
     texts = [
         CAT,
         "Quarterly revenue grew four percent on higher service sales.",
         "A cat was sitting on the mat.",
         CAT,
     ]
-    got = daemon.client().embeddings.create(model="smol", input=texts, encoding_format="float")
+    got = client.embeddings.create(model="smol", input=texts, encoding_format="float")
     assert [item.index for item in got.data] == [0, 1, 2, 3]
     v = [_vec(item) for item in got.data]
     assert float(v[0] @ v[3]) > 0.99999  # the same text, read in different slots
     assert float(v[0] @ v[2]) > float(v[0] @ v[1]) + 0.1  # nearer in meaning, nearer here
     tokens = smol_reference.tokenize(texts[1])
-    by_ids = daemon.client().embeddings.create(
-        model="smollm2", input=[tokens], encoding_format="float"
-    )
+    by_ids = client.embeddings.create(model="smollm2", input=[tokens], encoding_format="float")
     assert float(_vec(by_ids.data[0]) @ v[1]) > 0.99999
     assert by_ids.usage.prompt_tokens == len(tokens)
 
 
-def test_dimensions_shorten_and_renormalize(daemon: Daemon) -> None:
-    client = daemon.client()
+def test_dimensions_shorten_and_renormalize(daemon: Daemon, client: openai.OpenAI) -> None:
     full = _vec(
         client.embeddings.create(model="smollm2", input=CAT, encoding_format="float").data[0]
     )
@@ -155,12 +159,12 @@ def test_dimensions_shorten_and_renormalize(daemon: Daemon) -> None:
     assert np.allclose(vector, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
 
 
-def test_more_inputs_than_slots_and_queue(daemon: Daemon) -> None:
+def test_more_inputs_than_slots_and_queue(daemon: Daemon, client: openai.OpenAI) -> None:
     """60 inputs with 16 slots and a queue of 32: fed a slot's worth at a time, none refused."""
     texts = [f"Ticket {i}: the printer on floor {i % 5} is out of toner." for i in range(60)]
-    got = daemon.client().embeddings.create(model="smollm2", input=texts, encoding_format="float")
+    got = client.embeddings.create(model="smollm2", input=texts, encoding_format="float")
     assert [item.index for item in got.data] == list(range(60))
-    alone = daemon.client().embeddings.create(model="smollm2", input=texts[37])
+    alone = client.embeddings.create(model="smollm2", input=texts[37])
     assert float(_vec(got.data[37]) @ _vec(alone.data[0])) > 0.99999
     assert float(_vec(got.data[37]) @ _vec(got.data[38])) < 0.99999
 
@@ -218,15 +222,32 @@ def test_bad_embedding_requests_are_400(daemon: Daemon, body: dict[str, Any], pa
     assert error["type"] == "invalid_request_error" and error["param"] == param
 
 
-def test_embedding_input_longer_than_the_context(daemon: Daemon) -> None:
+def test_embedding_input_longer_than_the_context(daemon: Daemon, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        daemon.client().embeddings.create(model="smollm2", input="word " * 1500)
+        client.embeddings.create(model="smollm2", input="word " * 1500)
     error = info.value.body
     assert isinstance(error, dict)
     assert error["code"] == "context_length_exceeded" and error["param"] == "input"
     assert "1024" in error["message"]
 
 
-def test_unknown_model_is_404(daemon: Daemon) -> None:
+def test_unknown_model_is_404(daemon: Daemon, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
-        daemon.client().embeddings.create(model="no-such-model", input=CAT)
+        client.embeddings.create(model="no-such-model", input=CAT)
+
+
+def test_client_gone_frees_the_slots(daemon: Daemon) -> None:
+    """100 long inputs are ~90 s of work; a client that gives up after 2 s takes it all away."""
+    body = {"model": "smollm2", "input": [LONG + str(i) for i in range(100)]}
+    with httpx.Client(timeout=2) as http, pytest.raises(httpx.ReadTimeout):
+        http.post(daemon.url + "/v1/embeddings", json=body)
+    deadline = time.monotonic() + 10
+    while True:
+        models: list[dict[str, Any]] = daemon.health()["models"]  # type: ignore[assignment]
+        smol = next(m for m in models if m["name"] == "smollm2")
+        if smol["requests_in_flight"] == 0 and smol["running"] == 0 and smol["queued"] == 0:
+            break
+        assert time.monotonic() < deadline, smol
+        time.sleep(0.1)
+    with daemon.client() as client:
+        assert len(client.embeddings.create(model="smollm2", input=CAT).data) == 1

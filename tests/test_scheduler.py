@@ -407,3 +407,15 @@ def test_embedding_chunks_hold_the_logits_rows_to_about_32_mb() -> None:
     assert embed_chunk(262_144) == 32  # Gemma-3
     assert embed_chunk(151_936) == 32  # Qwen
     assert embed_chunk(32_000) == 256  # Llama 2
+
+
+def test_cancelled_embedding_frees_its_slot_at_the_next_step() -> None:
+    backend = FakeBackend(parallel=1)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(_req("e", "E" * 100, embed=True))
+    s.step()
+    assert s.stats().running == 1
+    s.cancel("e")
+    s.submit(_req("a", "hello"))
+    events = _run(s)
+    assert "e" not in events and _text(events["a"]) == "abc"
