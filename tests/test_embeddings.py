@@ -6,7 +6,8 @@ import asyncio
 import base64
 import ctypes
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
@@ -14,6 +15,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests import tinybert
 from tests.conftest import GEMMA, MODELS, SMOL
 
 if TYPE_CHECKING:
@@ -251,3 +253,78 @@ def test_client_gone_frees_the_slots(daemon: Daemon) -> None:
         time.sleep(0.1)
     with daemon.client() as client:
         assert len(client.embeddings.create(model="smollm2", input=CAT).data) == 1
+
+
+# -- an encoder-only embedding model (BERT family) ------------------------------------------
+
+
+def _bert_reference(path: Path, texts: list[str]) -> list[np.ndarray]:
+    """llama.cpp's own mean pooling for a BERT model: the whole input encoded in one pass."""
+    import llama_cpp as lc
+
+    model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    vocab = lc.llama_model_get_vocab(model)
+    params = lc.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = 64
+    params.embeddings = True
+    params.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
+    ctx = lc.llama_init_from_model(model, params)
+    out = []
+    for text in texts:
+        data = text.encode()
+        buf = (lc.llama_token * 64)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, 64, True, True)
+        batch = lc.llama_batch_init(n, 0, 1)
+        for i in range(n):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = buf[i], i, 1
+            batch.seq_id[i][0], batch.logits[i] = 0, True
+        batch.n_tokens = n
+        assert lc.llama_decode(ctx, batch) == 0
+        lc.llama_batch_free(batch)
+        row = ctypes.cast(lc.llama_get_embeddings_seq(ctx, 0), ctypes.POINTER(ctypes.c_float))
+        vector = np.ctypeslib.as_array(row, shape=(tinybert.N_EMBD,)).astype(np.float64)
+        out.append(vector / np.linalg.norm(vector))
+    lc.llama_free(ctx)
+    lc.llama_model_free(model)
+    return out
+
+
+def test_encoder_only_embedding_model(tmp_path: Path, make_daemon: Callable[..., Daemon]) -> None:
+    """A BERT-family GGUF is served for embeddings only: each input read whole in one step,
+    several inputs in one batch, the model's own mean pooling; generation is a clear 400."""
+    path = tinybert.write(tmp_path / "tiny-bert.gguf")
+    d = make_daemon(
+        f"""
+[server]
+default_model = "tinybert"
+[engine]
+ctx_per_seq = 1024
+parallel = 4
+[models.tinybert]
+path = "{path}"
+"""
+    )
+    texts = ["the cat sat on the mat", "the printer on the floor is out of toner", "a dog"]
+    with d.client() as client:
+        got = client.embeddings.create(model="tinybert", input=texts, encoding_format="float")
+        vectors = [_vec(item) for item in got.data]
+        assert [v.shape for v in vectors] == [(tinybert.N_EMBD,)] * 3
+        for vector, expected in zip(vectors, _bert_reference(path, texts), strict=True):
+            assert float(vector @ expected) > 0.9999
+        # [CLS] and [SEP] count, as OpenAI-compatible servers count them.
+        assert got.usage.prompt_tokens == 8 + 11 + 4
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="tinybert", prompt="the cat", max_tokens=4)
+        assert "embedding model" in str(info.value)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="tinybert", messages=[{"role": "user", "content": "hi"}]
+            )
+        # Its positions end at the trained context (64), whatever ctx_per_seq says.
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="tinybert", input="cat " * 80)
+        assert isinstance(info.value.body, dict)
+        assert info.value.body["code"] == "context_length_exceeded"
+    models: list[dict[str, Any]] = d.health()["models"]  # type: ignore[assignment]
+    bert = next(m for m in models if m["name"] == "tinybert")
+    assert bert["state"] == "ready" and bert["restarts"] == 0

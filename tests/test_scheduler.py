@@ -29,6 +29,7 @@ class FakeBackend:
         self.n_parallel = parallel
         self.batch_size = batch_size
         self.n_vocab = 1 << 20  # embedding chunks of 32 tokens
+        self.encoder_only = False
         self.answer = answer
         self.kv: dict[int, dict[int, int]] = {i: {} for i in range(parallel)}
         self.batches: list[list[tuple[int, int, int, bool]]] = []
@@ -419,3 +420,19 @@ def test_cancelled_embedding_frees_its_slot_at_the_next_step() -> None:
     s.submit(_req("a", "hello"))
     events = _run(s)
     assert "e" not in events and _text(events["a"]) == "abc"
+
+
+def test_encoder_only_model_reads_each_input_whole_and_refuses_generation() -> None:
+    backend = FakeBackend(parallel=4, batch_size=64)  # a batch holds the longest input
+    backend.encoder_only = True
+    s = Scheduler(backend, ctx_per_seq=64, add_bos=False, bos=1)
+    (failed,) = s.submit(_req("chat", "hello"))
+    assert isinstance(failed, Failed) and failed.status == 400 and failed.param == "model"
+    for name, n in (("a", 20), ("b", 10), ("c", 40), ("d", 5)):
+        s.submit(_req(name, "x" * n, embed=True))
+    events = _run(s)
+    assert all(any(isinstance(e, Embedding) for e in events[k]) for k in "abcd")
+    # Whole inputs only, grouped up to the 32-token chunk, a longer one alone.
+    assert [len(b) for b in backend.batches] == [30, 40, 5]
+    assert all(backend.embedding_steps)
+    assert all(not slot.cached for slot in s.slots)  # no KV cache to reuse

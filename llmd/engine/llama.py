@@ -117,6 +117,12 @@ class LlamaBackend:
             raise LoadError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = int(lc.llama_n_ctx(self.ctx))
         self.memory = lc.llama_get_memory(self.ctx)
+        # Encoder-only embedding models (BERT and its kin) have no KV cache: llama.cpp reads
+        # each input whole, in one micro-batch, and they answer embeddings and nothing else.
+        self.encoder_only = not self.memory
+        self.max_input = options.ctx_per_seq
+        if self.encoder_only:
+            self.max_input = min(options.ctx_per_seq, self.n_ctx_train, ctx_params.n_ubatch)
         self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
         self._logits_row = ctypes.c_float * self.n_vocab
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
@@ -207,10 +213,13 @@ class LlamaBackend:
     # -- KV cache --------------------------------------------------------------------------
 
     def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        if self.encoder_only:
+            return True  # nothing kept between steps
         return bool(lc.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
-        lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+        if not self.encoder_only:
+            lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
 
     def seq_pos_max(self, seq: int) -> int:
         return int(lc.llama_memory_seq_pos_max(self.memory, seq))

@@ -73,6 +73,8 @@ class Backend(Protocol):
     n_parallel: int
     batch_size: int
     n_vocab: int
+    encoder_only: bool
+    """An embedding model without KV cache (BERT): every input is read whole, in one step."""
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
@@ -156,6 +158,7 @@ class Scheduler:
         self.bos_text = bos_text
         self.slots = [Slot(i) for i in range(backend.n_parallel)]
         self.embed_chunk = embed_chunk(backend.n_vocab)
+        self.encoder_only = backend.encoder_only
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         self.num_steps = 0
@@ -177,6 +180,16 @@ class Scheduler:
             prompt = list(req.prompt)
         if not prompt:
             prompt = [self.bos]
+        if self.encoder_only and not req.embed:
+            return [
+                Failed(
+                    req.id,
+                    400,
+                    "This model is an embedding model: it answers /v1/embeddings only.",
+                    code="model_not_supported",
+                    param="model",
+                )
+            ]
         if req.n > len(self.slots):
             return [Failed(req.id, 400, f"n must be at most {len(self.slots)}", param="n")]
         room = self.ctx_per_seq - len(prompt)
@@ -278,7 +291,12 @@ class Scheduler:
             leader = state.seqs[0]
             start = state.n_prefilled
             take = min(budget, len(state.prompt) - start)
-            if embed:
+            if embed and self.encoder_only:
+                # Non-causal attention: an input is read whole, in one step, or waits.
+                whole = take == len(state.prompt) - start
+                if not whole or (embed_tokens and embed_tokens + take > self.embed_chunk):
+                    break
+            elif embed:
                 take = min(take, self.embed_chunk - embed_tokens)
                 if take <= 0:
                     break
@@ -322,7 +340,10 @@ class Scheduler:
             seq.pending = None
         for state, take in prefilled:
             leader = state.seqs[0]
-            leader.slot.cached.extend(state.prompt[state.n_prefilled : state.n_prefilled + take])
+            if not self.encoder_only:
+                leader.slot.cached.extend(
+                    state.prompt[state.n_prefilled : state.n_prefilled + take]
+                )
             state.n_prefilled += take
             if state.is_prefilling:
                 continue

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         m.Ready(
             metadata=meta,
             n_ctx_train=backend.n_ctx_train,
-            ctx_per_seq=options.ctx_per_seq,
+            ctx_per_seq=backend.max_input,
             parallel=options.parallel,
             n_vocab=backend.n_vocab,
             bos_token=backend.special_text(backend.bos),
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scheduler = Scheduler(
         backend,
-        options.ctx_per_seq,
+        backend.max_input,
         backend.adds_bos(),
         backend.bos,
         backend.special_text(backend.bos),
