@@ -176,8 +176,16 @@ class GGUFInfo:
             return len(tokens)
         return int(self.arch_value("vocab_size", 0) or 0)
 
+    @property
+    def encoder_only(self) -> bool:
+        """An embedding model with attention both ways (BERT family): llama.cpp gives it no
+        KV cache."""
+        return self.arch_value("attention.causal", True) is False
+
     def kv_bytes_per_token(self, kv_type: str = "f16") -> int:
         """KV cache bytes one token of context costs, over all layers."""
+        if self.encoder_only:
+            return 0
         n_layer = self.n_layer
         n_embd = int(self.arch_value("embedding_length", 0) or 0)
         heads = self.arch_value("attention.head_count", 1) or 1
@@ -408,9 +416,11 @@ def estimate(
     ff = info.arch_value("feed_forward_length", 4 * n_embd) or 4 * n_embd
     n_ff = max(ff) if isinstance(ff, list) else int(ff)
     # float32 activations of one micro-batch, one logits row per sequence, the vocabulary.
+    # An encoder-only model outputs every token of a step: up to a micro-batch of rows.
+    rows = ubatch if info.encoder_only else parallel
     compute = (
         4 * ubatch * (4 * n_embd + 2 * n_ff)
-        + 4 * info.n_vocab * parallel
+        + 4 * info.n_vocab * rows
         + VOCAB_ENTRY_BYTES * info.n_vocab
     )
     return Estimate(model.tensor_bytes, kv, PROCESS_BASE_BYTES + compute)

@@ -258,8 +258,8 @@ def test_client_gone_frees_the_slots(daemon: Daemon) -> None:
 # -- an encoder-only embedding model (BERT family) ------------------------------------------
 
 
-def _bert_reference(path: Path, texts: list[str]) -> list[np.ndarray]:
-    """llama.cpp's own mean pooling for a BERT model: the whole input encoded in one pass."""
+def _bert_reference(path: Path, texts: list[str], pooling: int) -> list[np.ndarray]:
+    """llama.cpp's own pooling for a BERT model: the whole input encoded in one pass."""
     import llama_cpp as lc
 
     model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
@@ -267,7 +267,7 @@ def _bert_reference(path: Path, texts: list[str]) -> list[np.ndarray]:
     params = lc.llama_context_default_params()
     params.n_ctx = params.n_batch = params.n_ubatch = 64
     params.embeddings = True
-    params.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
+    params.pooling_type = pooling
     ctx = lc.llama_init_from_model(model, params)
     out = []
     for text in texts:
@@ -291,8 +291,9 @@ def _bert_reference(path: Path, texts: list[str]) -> list[np.ndarray]:
 
 def test_encoder_only_embedding_model(tmp_path: Path, make_daemon: Callable[..., Daemon]) -> None:
     """A BERT-family GGUF is served for embeddings only: each input read whole in one step,
-    several inputs in one batch, the model's own mean pooling; generation is a clear 400."""
-    path = tinybert.write(tmp_path / "tiny-bert.gguf")
+    several inputs in one batch, pooled as the file says; generation is a clear 400."""
+    mean = tinybert.write(tmp_path / "tiny-bert.gguf")
+    cls = tinybert.write(tmp_path / "tiny-bert-cls.gguf", pooling=2)
     d = make_daemon(
         f"""
 [server]
@@ -301,18 +302,22 @@ default_model = "tinybert"
 ctx_per_seq = 1024
 parallel = 4
 [models.tinybert]
-path = "{path}"
+path = "{mean}"
+[models.tinybert-cls]
+path = "{cls}"
 """
     )
     texts = ["the cat sat on the mat", "the printer on the floor is out of toner", "a dog"]
     with d.client() as client:
-        got = client.embeddings.create(model="tinybert", input=texts, encoding_format="float")
-        vectors = [_vec(item) for item in got.data]
-        assert [v.shape for v in vectors] == [(tinybert.N_EMBD,)] * 3
-        for vector, expected in zip(vectors, _bert_reference(path, texts), strict=True):
-            assert float(vector @ expected) > 0.9999
-        # [CLS] and [SEP] count, as OpenAI-compatible servers count them.
-        assert got.usage.prompt_tokens == 8 + 11 + 4
+        for name, path, pooling in (("tinybert", mean, 1), ("tinybert-cls", cls, 2)):
+            got = client.embeddings.create(model=name, input=texts, encoding_format="float")
+            vectors = [_vec(item) for item in got.data]
+            assert [v.shape for v in vectors] == [(tinybert.N_EMBD,)] * 3
+            expected = _bert_reference(path, texts, pooling)
+            for vector, reference in zip(vectors, expected, strict=True):
+                assert float(vector @ reference) > 0.9999
+            # [CLS] and [SEP] count, as OpenAI-compatible servers count them.
+            assert got.usage.prompt_tokens == 8 + 11 + 4
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model="tinybert", prompt="the cat", max_tokens=4)
         assert "embedding model" in str(info.value)

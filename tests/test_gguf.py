@@ -16,6 +16,7 @@ from llmd.gguf import (
 )
 from llmd.settings import parse_duration, parse_size
 from llmd.watch import find_models, model_name
+from tests import tinybert
 from tests.conftest import GEMMA, MODELS, SMOL
 
 
@@ -204,3 +205,13 @@ def test_service_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
     (v1 / "memory.limit_in_bytes").write_text("2147483648\n")
     assert service_memory_limit(proc, root) == 2 << 30
     assert service_memory_limit(tmp_path / "missing", root) is None
+
+
+def test_encoder_only_model_has_no_kv_cache(tmp_path: Path) -> None:
+    bert = read_model(tinybert.write(tmp_path / "tiny-bert.gguf"))
+    assert bert.info.encoder_only and bert.info.architecture == "bert"
+    est = estimate(bert, 1024, 4, 256)
+    assert est.kv_cache == 0
+    # Every token of a step is an output row: a micro-batch of rows, not one per sequence.
+    assert est.compute > estimate(bert, 1024, 4, 64).compute + 4 * 192 * len(tinybert.vocabulary())
+    assert not read_model(MODELS / SMOL).info.encoder_only

@@ -57,8 +57,9 @@ def _kv(key: str, kind: int, value: object) -> bytes:
     return out
 
 
-def write(path: Path, seed: int = 7) -> Path:
-    """Write the model to `path`; the same seed gives the same weights."""
+def write(path: Path, seed: int = 7, pooling: int = 1) -> Path:
+    """Write the model to `path`; the same seed gives the same weights. `pooling` is the
+    GGUF's pooling type: 1 mean, 2 cls, 3 last."""
     rng = np.random.default_rng(seed)
     vocab = vocabulary()
     # llama.cpp: 1 normal, 2 unknown, 3 control (the bracketed specials).
@@ -75,7 +76,7 @@ def write(path: Path, seed: int = 7) -> Path:
         _kv("bert.attention.head_count", _UINT32, N_HEAD),
         _kv("bert.attention.layer_norm_epsilon", _FLOAT32, 1e-12),
         _kv("bert.attention.causal", _BOOL, False),
-        _kv("bert.pooling_type", _UINT32, 1),
+        _kv("bert.pooling_type", _UINT32, pooling),
         _kv("tokenizer.ggml.model", _STRING, "bert"),
         _kv("tokenizer.ggml.tokens", _ARRAY, (_STRING, tuple(vocab))),
         _kv("tokenizer.ggml.token_type", _ARRAY, (_INT32, types)),
