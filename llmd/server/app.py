@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from llmd.auth.middleware import PUBLIC_PATHS, authorize_model, may_use_model
 from llmd.auth.setup import install_security
 from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
-from llmd.models import ModelManager, engine_options
+from llmd.models import Model, ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.server import admin
 from llmd.server.accounting import (
@@ -90,32 +91,36 @@ async def _json(request: web.Request) -> Any:
         ) from None
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = ChatCompletionRequest.parse(await _json(request))
+async def _with_model(
+    request: web.Request,
+    req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    serve: Callable[[Model], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Check the key may use the request's model; hold the model (loaded first if need be)
+    until the response's last byte, serving the request with it."""
     manager = request.app[MODELS]
     entry = manager.resolve(req.model)
     authorize_model(request, entry.name, entry.settings.aliases)
-    # The model is held (loaded first if need be) until the response's last byte.
     async with manager.use(req.model, req.keep_alive_s()) as model:
-        return await request.app[SERVING].chat(request, req, model, get_record(request))
+        return await serve(model)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = ChatCompletionRequest.parse(await _json(request))
+    serving, record = request.app[SERVING], get_record(request)
+    return await _with_model(request, req, lambda m: serving.chat(request, req, m, record))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = CompletionRequest.parse(await _json(request))
-    manager = request.app[MODELS]
-    entry = manager.resolve(req.model)
-    authorize_model(request, entry.name, entry.settings.aliases)
-    async with manager.use(req.model, req.keep_alive_s()) as model:
-        return await request.app[SERVING].completions(request, req, model, get_record(request))
+    serving, record = request.app[SERVING], get_record(request)
+    return await _with_model(request, req, lambda m: serving.completions(request, req, m, record))
 
 
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
     req = EmbeddingRequest.parse(await _json(request))
-    manager = request.app[MODELS]
-    entry = manager.resolve(req.model)
-    authorize_model(request, entry.name, entry.settings.aliases)
-    async with manager.use(req.model, req.keep_alive_s()) as model:
-        return await embeddings(req, model, get_record(request), request.app[SETTINGS])
+    settings, record = request.app[SETTINGS], get_record(request)
+    return await _with_model(request, req, lambda m: embeddings(req, m, record, settings))
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:
