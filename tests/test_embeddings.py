@@ -333,3 +333,4 @@ path = "{cls}"
     models: list[dict[str, Any]] = d.health()["models"]  # type: ignore[assignment]
     bert = next(m for m in models if m["name"] == "tinybert")
     assert bert["state"] == "ready" and bert["restarts"] == 0
+    assert bert["ctx_per_seq"] == 64  # the trained context, not the configured 1,024

@@ -204,7 +204,8 @@ async def api_health(request: web.Request) -> web.Response:
                 "pid": snap.pid,
                 "restarts": snap.restarts,
                 "parallel": snap.slots,
-                "ctx_per_seq": load.ctx_per_seq,
+                # What the engine holds inputs to (less for an encoder-only model).
+                "ctx_per_seq": p.info.ctx_per_seq if p and p.info else load.ctx_per_seq,
                 "requests_in_flight": snap.requests_in_flight,
                 "running": snap.running,
                 "queued": snap.waiting,
