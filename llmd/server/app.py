@@ -26,7 +26,7 @@ from llmd.server.accounting import (
     on_prepare,
     record_middleware,
 )
-from llmd.server.serving import Serving, embeddings
+from llmd.server.serving import Serving
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
@@ -119,8 +119,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
     req = EmbeddingRequest.parse(await _json(request))
-    settings, record = request.app[SETTINGS], get_record(request)
-    return await _with_model(request, req, lambda m: embeddings(req, m, record, settings))
+    serving, record = request.app[SERVING], get_record(request)
+    return await _with_model(request, req, lambda m: serving.embeddings(req, m, record))
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:

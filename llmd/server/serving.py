@@ -492,45 +492,44 @@ class Serving:
         await resp.write_eof()
         return resp
 
-
-async def embeddings(
-    req: EmbeddingRequest, model: Model, record: RequestRecord, settings: Settings
-) -> web.Response:
-    record.model = model.name
-    info = model.process.info
-    n_vocab, n_embd = (info.n_vocab, info.n_embd) if info else (0, 0)
-    if req.dimensions is not None and req.dimensions > n_embd:
-        raise InvalidRequest(
-            f"dimensions must be at most {n_embd}: model '{model.name}' makes embeddings of "
-            f"{n_embd} dimensions",
-            param="dimensions",
-        )
-    inputs = req.inputs()
-    if settings.server.log_prompts:
-        log.info("embedding inputs: %r", inputs)
-    reqs = []
-    for text in inputs:
-        _check_tokens(text, n_vocab, "input")
-        reqs.append(
-            m.GenerateRequest(
-                id=uuid.uuid4().hex,
-                prompt=text,
-                sampling=m.SamplingParams(),
-                embed=True,
-                tenant=record.key_name or record.client,
-                weight=record.weight,
+    async def embeddings(
+        self, req: EmbeddingRequest, model: Model, record: RequestRecord
+    ) -> web.Response:
+        record.model = model.name
+        info = model.process.info
+        n_vocab, n_embd = (info.n_vocab, info.n_embd) if info else (0, 0)
+        if req.dimensions is not None and req.dimensions > n_embd:
+            raise InvalidRequest(
+                f"dimensions must be at most {n_embd}: model '{model.name}' makes embeddings of "
+                f"{n_embd} dimensions",
+                param="dimensions",
             )
+        inputs = req.inputs()
+        if self.settings.server.log_prompts:
+            log.info("embedding inputs: %r", inputs)
+        reqs = []
+        for text in inputs:
+            _check_tokens(text, n_vocab, "input")
+            reqs.append(
+                m.GenerateRequest(
+                    id=uuid.uuid4().hex,
+                    prompt=text,
+                    sampling=m.SamplingParams(),
+                    embed=True,
+                    tenant=record.key_name or record.client,
+                    weight=record.weight,
+                )
+            )
+        results = await _embed_all(model, reqs, self.settings.server.request_timeout_s)
+        record.prompt_tokens = sum(tokens for tokens, _ in results)
+        body = embeddings_body(
+            [vector for _, vector in results],
+            req.model or model.name,
+            record.prompt_tokens,
+            req.encoding_format,
+            req.dimensions,
         )
-    results = await _embed_all(model, reqs, settings.server.request_timeout_s)
-    record.prompt_tokens = sum(tokens for tokens, _ in results)
-    body = embeddings_body(
-        [vector for _, vector in results],
-        req.model or model.name,
-        record.prompt_tokens,
-        req.encoding_format,
-        req.dimensions,
-    )
-    return web.json_response(body)
+        return web.json_response(body)
 
 
 async def _stream_error(
