@@ -139,8 +139,7 @@ class Ready:
     eos_token: str
     model_bytes: int
     n_embd: int = 0
-    pooling: str = "mean"
-    """How embeddings pool the tokens' hidden states: the model's own choice, else mean."""
+    """Dimensions of the model's embeddings."""
 
 
 @dataclass

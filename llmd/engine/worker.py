@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
             eos_token=backend.special_text(backend.eos),
             model_bytes=backend.model_bytes(),
             n_embd=backend.n_embd,
-            pooling=backend.pooling,
         ),
     )
     scheduler = Scheduler(
