@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmd.engine.messages import TokenLogprob
 from llmd.errors import InvalidRequest
-from llmd.settings import parse_duration
+from llmd.settings import Duration, parse_duration
 
 log = logging.getLogger("llmd.api")
 
@@ -88,15 +88,8 @@ class _ModelRequest(_Request):
     """Fields every endpoint that runs a model has."""
 
     model: str | None = None
-    keep_alive: str | float | None = None
+    keep_alive: Duration | None = None
     """Ollama's: how long the model stays loaded after this request ('5m', 0, -1)."""
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
     def keep_alive_s(self) -> float | None | str:
         """Seconds, None for forever, or "default" when the request did not say."""

@@ -10,9 +10,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +23,15 @@ from pydantic import (
 )
 
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
+
+
+def _valid_duration(value: str | float) -> str | float:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str | float, AfterValidator(_valid_duration)]
+"""A keep-alive as Ollama takes it: seconds or '30s', '5m', '1h30m'; negative = forever."""
 
 
 class _Section(BaseModel):
@@ -189,7 +199,7 @@ class ModelSettings(_Section):
     sampling: SamplingDefaults = Field(
         default_factory=SamplingDefaults, description="Default sampling values."
     )
-    keep_alive: str | float | None = Field(
+    keep_alive: Duration | None = Field(
         None,
         description="How long the model stays loaded after its last request: seconds or "
         "'30s', '10m', '1h'; negative = forever, 0 = unload after each request. Default: "
@@ -203,13 +213,6 @@ class ModelSettings(_Section):
         description="Load at start. Models named in this file preload unless false; files "
         "found only in models_dir load on their first request.",
     )
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _check_keep_alive(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
 
 class MemorySettings(_Section):
@@ -239,7 +242,7 @@ class MemorySettings(_Section):
 
 
 class LoadingSettings(_Section):
-    keep_alive: str | float = Field(
+    keep_alive: Duration = Field(
         "5m",
         description="Default keep-alive of models loaded on demand (seconds or '5m', '1h'; "
         "negative = forever, 0 = unload after each request). Requests may set their own "
@@ -263,12 +266,6 @@ class LoadingSettings(_Section):
     rescan_s: float = Field(
         10.0, gt=0, description="Full rescan of models_dir this often, in case an event is lost."
     )
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _check_keep_alive(cls, value: str | float) -> str | float:
-        parse_duration(value)
-        return value
 
 
 class AuthSettings(_Section):
