@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import openai
 
 from bench.daemon import free_port
 from bench.loadgen import make_text
-from bench.suite import ROOT, Server, Setup, start
+from bench.suite import ROOT, Server, Setup, start, write_results
 
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_BIN = Path.home() / ".cache" / "llmd-bench" / "llama.cpp-0.3.36" / "bin"
@@ -149,23 +147,7 @@ def main() -> int:
         print(f"{key}: llmd / llama-server = {ratio:.2f}x")
     summary["agreement_cosine_min"] = min(agreement)
     print(f"agreement: cosine between the servers' vectors >= {min(agreement):.5f}")
-    out = args.json or ROOT / "bench" / "results" / f"embed-{date.today().isoformat()}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "model": str(args.model),
-                "threads": args.threads,
-                "threads_batch": args.threads_batch,
-                "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-                "input_words": INPUT_WORDS,
-                "summary": summary,
-                "runs": rates,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(f"written: {out}")
+    write_results(args.json, "embed", args, input_words=INPUT_WORDS, summary=summary, runs=rates)
     return 0
 
 

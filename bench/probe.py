@@ -21,15 +21,15 @@ Needs a quiet machine: every number is the median of the repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bench.suite import write_results
 
 if TYPE_CHECKING:
     from llmd.engine.llama import LlamaBackend
@@ -218,22 +218,7 @@ def main() -> int:
     probe = Probe(args.model, args.repeats, args.threads, args.threads_batch)
     for name in args.probes:
         getattr(probe, name)()
-    out = args.json or ROOT / "bench" / "results" / f"probe-{date.today().isoformat()}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "model": str(args.model),
-                "threads": args.threads,
-                "threads_batch": args.threads_batch,
-                "repeats": args.repeats,
-                "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-                "rows": probe.rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(f"written: {out}")
+    write_results(args.json, "probe", args, repeats=args.repeats, rows=probe.rows)
     return 0
 
 

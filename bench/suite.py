@@ -826,6 +826,16 @@ def _model_markdown(m: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     return lines
 
 
+def write_results(out: Path | None, name: str, args: argparse.Namespace, **fields: Any) -> None:
+    """An engine probe's results as JSON (default bench/results/<name>-<date>.json), with the
+    model, thread counts and OpenMP policy they were measured under."""
+    out = out or ROOT / "bench" / "results" / f"{name}-{time.strftime('%Y-%m-%d')}.json"
+    head = {"model": str(args.model), "threads": args.threads, "threads_batch": args.threads_batch}
+    head["omp_wait_policy"] = os.environ["OMP_WAIT_POLICY"]
+    out.write_text(json.dumps({**head, **fields}, indent=1) + "\n")
+    print(f"written: {out}")
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
