@@ -108,8 +108,11 @@ class LlamaBackend:
         ctx_params.swa_full = True
         # Embeddings are read from this same context, a step at a time, with llama.cpp's
         # per-token hidden states; llmd pools them itself (`embed_rows`), so an input read
-        # over several steps pools as one.
-        ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
+        # over several steps pools as one. Chat models pool nothing by default already.
+        declared = self._declared_pooling()
+        self.pooling = declared or "mean"
+        if declared:
+            ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
         ctx_params.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
@@ -127,7 +130,6 @@ class LlamaBackend:
         self._logits_row = ctypes.c_float * self.n_vocab
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
         self._embd_row = ctypes.c_float * self.n_embd
-        self.pooling = self._declared_pooling()
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -147,8 +149,8 @@ class LlamaBackend:
                 found[key] = buf.value.decode("utf-8", "replace")
         return found
 
-    def _declared_pooling(self) -> str:
-        """The pooling an embedding model's GGUF declares; mean for the rest (chat models)."""
+    def _declared_pooling(self) -> str | None:
+        """The pooling an embedding model's GGUF declares (chat models declare none)."""
         arch = self.metadata().get("general.architecture", "")
         buf = ctypes.create_string_buffer(32)
         key = f"{arch}.pooling_type".encode()
@@ -156,7 +158,7 @@ class LlamaBackend:
             value = buf.value.decode()
             if value.isdigit() and int(value) in _POOLINGS:
                 return _POOLINGS[int(value)]
-        return "mean"
+        return None
 
     def model_bytes(self) -> int:
         return int(lc.llama_model_size(self.model))
