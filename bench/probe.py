@@ -9,10 +9,14 @@ The measurements behind the scheduler's choices (docs/benchmarks.md, entry 9):
   a 600-token history (a multi-turn conversation's later turn);
 - `mix`: what 15 decode tokens add to a step, alone or riding with a prompt chunk of 17 to
   134 tokens; then the ceilings that follow from those costs for the benchmark's 16-client
-  and multi-turn workloads (docs/benchmarks.md, "the ceiling" and "the floor").
+  and multi-turn workloads (docs/benchmarks.md, "the ceiling" and "the floor");
+- `turn`: a conversation's next turn of 32 to 128 new tokens after a 700-token history, and
+  the same tokens with no history: what attention over the history costs, and where
+  llama.cpp's flash attention switches from its per-row path to its tiled one (64 tokens).
+  Run it with `--flash-attn on` and `--flash-attn off` to compare.
 
     .venv/bin/python -m bench.probe [--model PATH] [--repeats N] [--json OUT]
-                                    [order copy prompt mix]
+                                    [--flash-attn auto|on|off] [order copy prompt mix turn]
 
 Prints a table and writes every timing as JSON (default bench/results/probe-<date>.json).
 Needs a quiet machine: every number is the median of the repeats.
@@ -40,18 +44,20 @@ DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 Entry = tuple[int, int, int, bool]
 
 
-def _backend(model: Path, threads: int, threads_batch: int) -> LlamaBackend:
+def _backend(model: Path, threads: int, threads_batch: int, flash_attn: str) -> LlamaBackend:
     # Imported late: OMP_WAIT_POLICY must be set before llama.cpp's OpenMP starts.
     from llmd.engine.llama import LlamaBackend, LoadOptions
 
     return LlamaBackend(
-        LoadOptions(model, 2048, 16, 512, 512, threads, threads_batch, "auto", "f16")
+        LoadOptions(model, 2048, 16, 512, 512, threads, threads_batch, flash_attn, "f16")
     )
 
 
 class Probe:
-    def __init__(self, model: Path, repeats: int, threads: int, threads_batch: int) -> None:
-        self.b = _backend(model, threads, threads_batch)
+    def __init__(
+        self, model: Path, repeats: int, threads: int, threads_batch: int, flash_attn: str
+    ) -> None:
+        self.b = _backend(model, threads, threads_batch, flash_attn)
         self.repeats = repeats
         self.pos = [0] * 16
         self.rng = random.Random(7)
@@ -204,6 +210,27 @@ class Probe:
             }
         )
 
+    def turn(self) -> None:
+        # A later turn of a conversation: its history is cached, only the new tokens are
+        # read. Below 64 new tokens llama.cpp's CPU flash attention takes a row-by-row path
+        # over the history; from 64 (GGML_FA_TILE_Q) a tiled one.
+        history = 700
+        self._reset([0])
+        self._fill(0, history)
+
+        def read(n: int, start: int) -> Callable[[], None]:
+            def run() -> None:
+                self._reset([0], keep=start)
+                self._decode([(self._tok(), start + i, 0, i == n - 1) for i in range(n)])
+
+            return run
+
+        for n in (32, 52, 63, 64, 96, 128):
+            self._time(f"turn: {n} new tokens after {history}", read(n, history), n)
+        for n in (52, 64):
+            self._time(f"turn: {n} tokens, no history", read(n, 0), n)
+        self._reset([0])
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.probe", description=__doc__.split("\n")[0])
@@ -212,13 +239,21 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="decode threads")
     parser.add_argument("--threads-batch", type=int, default=2, help="prompt threads")
+    parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    probe = Probe(args.model, args.repeats, args.threads, args.threads_batch)
+    probe = Probe(args.model, args.repeats, args.threads, args.threads_batch, args.flash_attn)
     for name in args.probes:
         getattr(probe, name)()
-    write_results(args.json, "probe", args, repeats=args.repeats, rows=probe.rows)
+    write_results(
+        args.json,
+        "probe",
+        args,
+        repeats=args.repeats,
+        flash_attn=args.flash_attn,
+        rows=probe.rows,
+    )
     return 0
 
 
