@@ -16,7 +16,15 @@ import sys
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llmd.engine.messages import TokenLogprob
 from llmd.errors import InvalidRequest
@@ -84,6 +92,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchema(BaseModel):
+    """`response_format.json_schema`: what the SDK's `parse(response_format=Model)` sends."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object")
+        return self
+
+
 class _ModelRequest(_Request):
     """Fields every endpoint that runs a model has."""
 
@@ -104,6 +134,8 @@ class _Sampling(_ModelRequest):
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=128)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
+    response_format: ResponseFormat | None = None
+    """JSON mode and structured outputs; completions take it too, as vLLM's do."""
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -116,6 +148,16 @@ class _Sampling(_ModelRequest):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
+    grammar: str | None = Field(None, min_length=1)
+    """A GBNF grammar the output must follow (llama.cpp's server calls it the same)."""
+
+    @field_validator("grammar")
+    @classmethod
+    def _one_grammar(cls, value: str | None, info: ValidationInfo) -> str | None:
+        fmt = info.data.get("response_format")
+        if value is not None and fmt is not None and fmt.type != "text":
+            raise ValueError("give either 'grammar' or a JSON 'response_format', not both")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -148,6 +190,16 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tool_choice: str | dict[str, Any] | None = None
+    """`tools` are not offered to the model (no tool calling): it answers in text, which
+    OpenAI's "auto" allows. A request that demands a call is refused rather than misled."""
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_forced_call(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none", "auto"):
+            raise ValueError("tool calling is not supported; use 'auto' or 'none'")
+        return value
 
 
 class CompletionRequest(_Sampling):

@@ -13,6 +13,7 @@ from llmd.engine.messages import (
     Embedding,
     Failed,
     GenerateRequest,
+    Grammar,
     SamplingParams,
     Started,
 )
@@ -54,6 +55,12 @@ class FakeBackend:
             if wants:
                 self._outputs[i] = seq
         return 0
+
+    def compile_grammar(self, grammar: Grammar) -> str | None:
+        if grammar.source == "bad":
+            return "cannot be followed"
+        grammar.gbnf = "compiled"
+        return None
 
     def new_sampler(self, params: SamplingParams, seed: int) -> Any:
         return {"n": 0}
@@ -136,6 +143,32 @@ def test_context_overflow_is_refused_with_numbers() -> None:
     assert "15" in failed.message
     (started,) = s.submit(_req("b", "hello"))
     assert isinstance(started, Started) and started.max_tokens == 3
+
+
+def test_a_grammar_that_cannot_be_used_is_refused_before_the_queue() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    bad = SamplingParams(grammar=Grammar("gbnf", "bad", param="grammar"))
+    (failed,) = s.submit(GenerateRequest("a", "hello", bad))
+    assert isinstance(failed, Failed) and failed.status == 400 and failed.param == "grammar"
+    assert not s.has_work()
+    good = SamplingParams(grammar=Grammar("json_object"))
+    assert isinstance(s.submit(GenerateRequest("b", "hello", good))[0], Started)
+    assert good.grammar is not None and good.grammar.gbnf == "compiled"
+
+
+def test_ignore_eos_gives_way_to_a_complete_grammar() -> None:
+    # Without a grammar ignore_eos runs to max_tokens; with one, the end of generation is
+    # the only token a complete grammar allows, so it ends the answer.
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(_req("free", "hello", max_tokens=6, ignore_eos=True))
+    held = SamplingParams(grammar=Grammar("json_object"))
+    s.submit(GenerateRequest("held", "hello", held, max_tokens=6, ignore_eos=True))
+    events = _run(s)
+    finishes = {
+        k: [e.finish_reason for e in v if isinstance(e, Delta)][-1] for k, v in events.items()
+    }
+    assert finishes == {"free": "length", "held": "stop"}
+    assert _text(events["held"]) == "abc"
 
 
 def test_chunked_prefill_never_exceeds_the_batch_and_keeps_decoding() -> None:

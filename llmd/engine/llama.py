@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from llmd.engine.messages import SamplingParams
+from llmd.engine.messages import Grammar, SamplingParams
 
 log = logging.getLogger("llmd.engine")
 
@@ -61,6 +63,10 @@ def _log_callback(level: int, text: bytes, _user: Any) -> None:
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
+# llama_token_data as numpy sees it: a candidate array is filled from the logits in one go.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
 @dataclass
 class _Sampler:
     chain: Any
@@ -68,6 +74,9 @@ class _Sampler:
     """Nothing but argmax: taken in numpy. llama.cpp's sampler first copies the whole
     vocabulary into a candidate array, which for Gemma's 262k tokens cost ~3 ms per token
     (~50 ms per step at 16 streams) against ~0.1 ms for an argmax (docs/benchmarks.md)."""
+    grammar: Any = None
+    """The request's grammar, kept out of the chain: applying it to the whole vocabulary
+    costs ~7 ms per token for SmolLM2, checking the one chosen token almost nothing."""
 
 
 class LlamaBackend:
@@ -128,6 +137,8 @@ class LlamaBackend:
             self.max_input = min(options.ctx_per_seq, self.n_ctx_train, ctx_params.n_ubatch)
         self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
         self._logits_row = ctypes.c_float * self.n_vocab
+        self._candidates: Any = None
+        self._vocab_ids: Any = None
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
         self._embd_row = ctypes.c_float * self.n_embd
         self._pieces: dict[int, bytes] = {}
@@ -284,10 +295,32 @@ class LlamaBackend:
             vector = vector / norm
         return bytes(np.asarray(vector, "<f4").tobytes())
 
+    def compile_grammar(self, grammar: Grammar) -> str | None:
+        """Write `grammar.gbnf` and check that llama.cpp accepts it; else say why not."""
+        if grammar.kind == "json_object":
+            gbnf = JSON_GBNF
+        elif grammar.kind == "json_schema":
+            try:
+                gbnf = json_schema_to_gbnf(grammar.source)
+            except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
+                return f"This JSON schema cannot be followed: {exc}"
+        else:
+            gbnf = grammar.source
+        sampler = lc.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
+        if not sampler:
+            # llama.cpp logged the parser's reason as an error (the daemon's log has it).
+            return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
+        lc.llama_sampler_free(sampler)
+        grammar.gbnf = gbnf
+        return None
+
     def new_sampler(self, params: SamplingParams, seed: int) -> _Sampler:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         sampler = _Sampler(chain, greedy=False)
         add = lc.llama_sampler_chain_add
+        if params.grammar is not None:
+            gbnf = params.grammar.gbnf.encode()
+            sampler.grammar = lc.llama_sampler_init_grammar(self.vocab, gbnf, b"root")
         if params.logit_bias:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
@@ -324,19 +357,65 @@ class LlamaBackend:
         add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return sampler
 
+    def _logits(self, index: int) -> Any:
+        address = ctypes.cast(lc.llama_get_logits_ith(self.ctx, index), ctypes.c_void_p)
+        if not address.value:
+            raise RuntimeError(f"llama.cpp has no logits for batch entry {index}")
+        return np.frombuffer(memoryview(self._logits_row.from_address(address.value)), np.float32)
+
     def sample(self, sampler: _Sampler, index: int) -> int:
+        if sampler.grammar is not None:
+            return self._sample_grammar(sampler, index)
         if sampler.greedy:
-            address = ctypes.cast(lc.llama_get_logits_ith(self.ctx, index), ctypes.c_void_p)
-            if address.value:
-                row = np.frombuffer(
-                    memoryview(self._logits_row.from_address(address.value)), np.float32
-                )
-                # The first of equal maxima, as llama.cpp's greedy sampler picks.
-                return int(row.argmax())
+            # The first of equal maxima, as llama.cpp's greedy sampler picks.
+            return int(self._logits(index).argmax())
         return int(lc.llama_sampler_sample(sampler.chain, self.ctx, index))
+
+    def _sample_grammar(self, sampler: _Sampler, index: int) -> int:
+        """Choose as if unconstrained, then ask the grammar about that one token; only if it
+        refuses, filter the whole vocabulary through the grammar and choose again (what
+        llama.cpp's own server does: a model asked for JSON mostly writes JSON)."""
+        logits = self._logits(index)
+        token = int(logits.argmax()) if sampler.greedy else self._choose(sampler, logits, False)
+        if not self._allows(sampler.grammar, token):
+            token = self._choose(sampler, logits, True)
+            if not self._allows(sampler.grammar, token):
+                # Nothing can follow (a grammar asking for a byte no token writes, such as
+                # NUL). llama.cpp aborts the process when a grammar accepts a token it
+                # refuses, so the answer ends here instead, as if the model had stopped.
+                return self.eos
+        lc.llama_sampler_accept(sampler.grammar, token)
+        lc.llama_sampler_accept(sampler.chain, token)
+        return token
+
+    @staticmethod
+    def _allows(grammar: Any, token: int) -> bool:
+        one = lc.llama_token_data(token, 1.0, 0.0)
+        check = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        lc.llama_sampler_apply(grammar, ctypes.byref(check))
+        return bool(one.logit != -math.inf)
+
+    def _choose(self, sampler: _Sampler, logits: Any, constrained: bool) -> int:
+        """Run the chain over a fresh candidate array of the whole vocabulary."""
+        if self._candidates is None:  # one buffer, reused: samplers sort it in place
+            self._candidates = (lc.llama_token_data * self.n_vocab)()
+            self._vocab_ids = np.arange(self.n_vocab, dtype=np.int32)
+        view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)
+        view["id"] = self._vocab_ids
+        view["logit"] = logits
+        view["p"] = 0.0
+        candidates = lc.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
+        if constrained:
+            lc.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
+        lc.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
+        if candidates.selected < 0:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(candidates.data[candidates.selected].id)
 
     def free_sampler(self, sampler: _Sampler) -> None:
         lc.llama_sampler_free(sampler.chain)
+        if sampler.grammar is not None:
+            lc.llama_sampler_free(sampler.grammar)
 
     def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
         """Log-probability of `token` and the `top` most likely tokens at output `index`.

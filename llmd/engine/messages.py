@@ -6,10 +6,24 @@ import pickle
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 _HEADER = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
+
+
+@dataclass
+class Grammar:
+    """Output held to a grammar: `response_format`'s JSON modes, or llmd's raw GBNF."""
+
+    kind: Literal["json_object", "json_schema", "gbnf"]
+    source: str = ""
+    """The JSON schema as JSON text (json_schema), or the GBNF (gbnf)."""
+    param: str = "response_format"
+    """The request parameter a grammar that cannot be used is blamed on."""
+    gbnf: str = ""
+    """The grammar applied, written in the model process (the JSON schema converter ships
+    with llama.cpp's Python binding, which the daemon process does not load)."""
 
 
 @dataclass
@@ -24,6 +38,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: Grammar | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from llmd.engine.messages import (
     Embedding,
     Failed,
     GenerateRequest,
+    Grammar,
     SamplingParams,
     Started,
     Stats,
@@ -80,6 +81,7 @@ class Backend(Protocol):
     def token_bytes(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
     def decode(self, entries: list[Entry], embeddings: bool = False) -> int: ...
+    def compile_grammar(self, grammar: Grammar) -> str | None: ...
     def new_sampler(self, params: SamplingParams, seed: int) -> Any: ...
     def sample(self, sampler: Any, index: int) -> int: ...
     def free_sampler(self, sampler: Any) -> None: ...
@@ -192,6 +194,11 @@ class Scheduler:
             ]
         if req.n > len(self.slots):
             return [Failed(req.id, 400, f"n must be at most {len(self.slots)}", param="n")]
+        grammar = req.sampling.grammar
+        if grammar is not None:
+            error = self.backend.compile_grammar(grammar)
+            if error is not None:
+                return [Failed(req.id, 400, error, param=grammar.param)]
         room = self.ctx_per_seq - len(prompt)
         if req.embed:
             if room < 0:
@@ -377,7 +384,9 @@ class Scheduler:
         if state.req.logprobs is not None:
             logprobs = [self._logprob(index, token, state.req.logprobs)]
         finish: str | None = None
-        if self.backend.is_eog(token) and not state.req.ignore_eos:
+        # Once a grammar is complete it allows nothing but the end of generation.
+        ignore_eos = state.req.ignore_eos and state.req.sampling.grammar is None
+        if self.backend.is_eog(token) and not ignore_eos:
             text = seq.text.flush()
             finish = "stop"
         else:

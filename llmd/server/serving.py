@@ -154,7 +154,21 @@ def _sampling(req: _Sampling, model: Model) -> m.SamplingParams:
         presence_penalty=pick(req.presence_penalty, d.presence_penalty, 0.0),
         seed=req.seed,
         logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+        grammar=_grammar(req),
     )
+
+
+def _grammar(req: _Sampling) -> m.Grammar | None:
+    """The grammar a request holds its output to, if any (compiled in the model process)."""
+    if req.grammar is not None:
+        return m.Grammar("gbnf", req.grammar, param="grammar")
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_ is not None:
+        source = json.dumps(fmt.json_schema.schema_)
+        return m.Grammar("json_schema", source, param="response_format.json_schema.schema")
+    return m.Grammar("json_object")
 
 
 def _engine_request(
