@@ -63,6 +63,9 @@ def _log_callback(level: int, text: bytes, _user: Any) -> None:
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
+# Under a grammar, how many of the model's likely picks are checked one by one before the
+# whole vocabulary is filtered.
+_GRAMMAR_TRIES = 32
 # llama_token_data as numpy sees it: a candidate array is filled from the logits in one go.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -77,6 +80,8 @@ class _Sampler:
     grammar: Any = None
     """The request's grammar, kept out of the chain: applying it to the whole vocabulary
     costs ~7 ms per token for SmolLM2, checking the one chosen token almost nothing."""
+    rng: Any = None
+    """numpy Generator for redrawing under a grammar (sampled chains only), from the seed."""
 
 
 class LlamaBackend:
@@ -139,6 +144,7 @@ class LlamaBackend:
         self._logits_row = ctypes.c_float * self.n_vocab
         self._candidates: Any = None
         self._vocab_ids: Any = None
+        self._chosen = 0
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
         self._embd_row = ctypes.c_float * self.n_embd
         self._pieces: dict[int, bytes] = {}
@@ -321,6 +327,8 @@ class LlamaBackend:
         if params.grammar is not None:
             gbnf = params.grammar.gbnf.encode()
             sampler.grammar = lc.llama_sampler_init_grammar(self.vocab, gbnf, b"root")
+            if params.temperature > 0.0:
+                sampler.rng = np.random.default_rng(seed & 0xFFFFFFFF)
         if params.logit_bias:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
@@ -372,12 +380,18 @@ class LlamaBackend:
         return int(lc.llama_sampler_sample(sampler.chain, self.ctx, index))
 
     def _sample_grammar(self, sampler: _Sampler, index: int) -> int:
-        """Choose as if unconstrained, then ask the grammar about that one token; only if it
-        refuses, filter the whole vocabulary through the grammar and choose again (what
-        llama.cpp's own server does: a model asked for JSON mostly writes JSON)."""
+        """Ask the grammar about the token the model would pick, then about a few more of its
+        likely picks; only if it refuses them all, filter the whole vocabulary through the
+        grammar and choose again. (llama.cpp's own server also checks the first pick alone.
+        Filtering the vocabulary costs ~7 ms per token for SmolLM2, checking a token ~5 us.)"""
         logits = self._logits(index)
-        token = int(logits.argmax()) if sampler.greedy else self._choose(sampler, logits, False)
-        if not self._allows(sampler.grammar, token):
+        if sampler.greedy:
+            token = self._best_allowed(sampler.grammar, logits)
+        else:
+            token = self._choose(sampler, logits, False)
+            if not self._allows(sampler.grammar, token):
+                token = self._redraw(sampler) if sampler.rng is not None else None
+        if token is None:
             token = self._choose(sampler, logits, True)
             if not self._allows(sampler.grammar, token):
                 # Nothing can follow (a grammar asking for a byte no token writes, such as
@@ -387,6 +401,33 @@ class LlamaBackend:
         lc.llama_sampler_accept(sampler.grammar, token)
         lc.llama_sampler_accept(sampler.chain, token)
         return token
+
+    def _best_allowed(self, grammar: Any, logits: Any) -> int | None:
+        """Greedy under a grammar: the most likely allowed token, if one of the top few is.
+        The same token as greedy after filtering the whole vocabulary (ties: lowest id)."""
+        best = int(logits.argmax())  # mostly allowed: spare the partial sort
+        if self._allows(grammar, best):
+            return best
+        tries = min(_GRAMMAR_TRIES, self.n_vocab - 1)
+        top = np.argpartition(-logits, tries)[:tries]
+        for token in top[np.lexsort((top, -logits[top]))]:
+            if self._allows(grammar, int(token)):
+                return int(token)
+        return None
+
+    def _redraw(self, sampler: _Sampler) -> int | None:
+        """Sampling under a grammar: draw again from the distribution the chain just made
+        (left in the candidate buffer) until the grammar allows a draw. Drawing until allowed
+        samples exactly that distribution restricted to the allowed tokens."""
+        view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)[: self._chosen]
+        cumulative = np.cumsum(view["p"], dtype=np.float64)
+        assert sampler.rng is not None
+        draws = sampler.rng.random(_GRAMMAR_TRIES) * cumulative[-1]
+        for i in np.searchsorted(cumulative, draws, side="right"):
+            token = int(view["id"][min(int(i), len(view) - 1)])
+            if self._allows(sampler.grammar, token):
+                return token
+        return None
 
     @staticmethod
     def _allows(grammar: Any, token: int) -> bool:
@@ -410,6 +451,7 @@ class LlamaBackend:
         lc.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
         if candidates.selected < 0:
             raise RuntimeError("the sampler chain selected no token")
+        self._chosen = int(candidates.size)  # the chain's candidates, for `_redraw`
         return int(candidates.data[candidates.selected].id)
 
     def free_sampler(self, sampler: _Sampler) -> None:

@@ -1,0 +1,193 @@
+"""Structured output side by side: llmd against llama-server, both holding chat answers to the
+same JSON schema (`response_format` json_schema), and both writing freely, on the same model
+file, threads and OpenMP policy (docs/benchmarks.md, "Structured output").
+
+Each turn runs, on a server started for it: 16 clients at once, greedy, then 16 sampled at
+temperature 1 (seeds 0-15); each once with the schema and once without. Reported per server:
+output tokens/s, inter-token latency (ITL) p50, how many of the 16 held answers end and parse
+as JSON of the schema's shape; and the cost of the grammar, held / free ITL p50, the figure to
+compare between servers (the answers' lengths differ, held or free, so tokens/s mixes in how
+long the prompts' share of the run is). 3 repeats by default, the first place alternating.
+
+    .venv/bin/python -m bench.structured [--model PATH] [--repeats N] [--json OUT]
+
+Needs llama-server from `scripts/bench` (~/.cache/llmd-bench/llama.cpp-0.3.36/bin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from bench.suite import ROOT, Server, Setup, start, write_results
+
+DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_BIN = Path.home() / ".cache" / "llmd-bench" / "llama.cpp-0.3.36" / "bin"
+CLIENTS = 16
+MAX_TOKENS = 192
+ASK = "List three big cities of the world as JSON, each with its country and population."
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "cities": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 40},
+                    "country": {"type": "string", "maxLength": 40},
+                    "population": {"type": "integer"},
+                },
+                "required": ["name", "country", "population"],
+            },
+        }
+    },
+    "required": ["cities"],
+}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "cities", "schema": SCHEMA}}
+
+
+async def _one(
+    client: openai.AsyncOpenAI, seed: int, temperature: float, held: bool
+) -> tuple[int, list[float], bool]:
+    extra: dict[str, Any] = {"response_format": FORMAT} if held else {}
+    stream = await client.chat.completions.create(
+        model="bench",
+        messages=[{"role": "user", "content": f"{ASK} (request {seed})"}],
+        temperature=temperature,
+        seed=seed,
+        max_tokens=MAX_TOKENS,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
+    times: list[float] = []
+    text, tokens, finish = "", 0, None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        for choice in chunk.choices:
+            if choice.delta.content:
+                times.append(time.perf_counter())
+                text += choice.delta.content
+            finish = choice.finish_reason or finish
+    valid = False
+    if finish == "stop":
+        try:
+            valid = isinstance(json.loads(text).get("cities"), list)
+        except (ValueError, AttributeError):
+            pass
+    return tokens, [b - a for a, b in zip(times, times[1:], strict=False)], valid
+
+
+def _turn(server: Server) -> dict[str, float]:
+    async def go() -> dict[str, float]:
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        out: dict[str, float] = {}
+        try:
+            await _one(client, 99, 0.0, True)  # warm up, the grammar path included
+            for temperature, name in ((0.0, "greedy"), (1.0, "sampled")):
+                for held in (False, True):
+                    t = time.perf_counter()
+                    runs = await asyncio.gather(
+                        *(_one(client, i, temperature, held) for i in range(CLIENTS))
+                    )
+                    wall = time.perf_counter() - t
+                    key = f"{name}.{'held' if held else 'free'}"
+                    out[f"{key}.tok_s"] = sum(r[0] for r in runs) / wall
+                    out[f"{key}.itl_p50_ms"] = (
+                        statistics.median(g for r in runs for g in r[1]) * 1e3
+                    )
+                    if held:
+                        out[f"{key}.valid_json"] = sum(r[2] for r in runs)
+                held_itl = out[f"{name}.held.itl_p50_ms"]
+                out[f"{name}.grammar_cost"] = held_itl / out[f"{name}.free.itl_p50_ms"]
+        finally:
+            await client.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench.structured", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="llama-server's folder")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads-batch", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    labels = ["llmd", "llama-server"]
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory(prefix="llmd-structured-") as tmp:
+        s = Setup(
+            model=args.model,
+            threads=args.threads,
+            threads_batch=args.threads_batch,
+            ctx=2048,
+            parallel=CLIENTS,
+            max_queue=32,
+            work=Path(tmp),
+            llama_server=args.bin / "llama-server",
+            lcp_python=None,
+        )
+        for rep in range(args.repeats):
+            for label in labels if rep % 2 == 0 else labels[::-1]:
+                server = start(label, s)
+                try:
+                    result = _turn(server)
+                except Exception:
+                    code = server.proc.poll()
+                    tail = server.log_path.read_text(errors="replace")[-3000:]
+                    print(f"{label} failed (process: {code}); its log ends:\n{tail}")
+                    raise
+                finally:
+                    server.stop()
+                runs[label].append(result)
+                print(f"repeat {rep + 1}: {label}", flush=True)
+                for key, value in result.items():
+                    print(f"  {key:28s} {value:8.2f}")
+    summary: dict[str, Any] = {}
+    for label, results in runs.items():
+        for key in results[0]:
+            values = [r[key] for r in results]
+            summary[f"{label}.{key}"] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+            }
+    for name in ("greedy", "sampled"):
+        for kind in ("free", "held"):
+            key = f"{name}.{kind}.tok_s"
+            ratio = summary[f"llmd.{key}"]["median"] / summary[f"llama-server.{key}"]["median"]
+            summary[f"ratio.{key}"] = ratio
+            print(f"{key}: llmd / llama-server = {ratio:.2f}x")
+        for label in labels:
+            cost = summary[f"{label}.{name}.grammar_cost"]["median"]
+            print(f"{name}: {label} grammar cost (held / free ITL p50) = {cost:.2f}")
+    write_results(
+        args.json,
+        "structured",
+        args,
+        clients=CLIENTS,
+        max_tokens=MAX_TOKENS,
+        schema=SCHEMA,
+        summary=summary,
+        runs=runs,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
