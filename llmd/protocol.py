@@ -33,6 +33,9 @@ from llmd.settings import Duration, parse_duration
 log = logging.getLogger("llmd.api")
 
 MAX_STOP = 16
+# A grammar or JSON schema is read on the model's engine thread, which every request on
+# the model shares: a few ms for this size, seconds for the 32 MB a body may hold.
+MAX_GRAMMAR_CHARS = 1_000_000
 
 
 class _Request(BaseModel):
@@ -148,7 +151,7 @@ class _Sampling(_ModelRequest):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
-    grammar: str | None = Field(None, min_length=1)
+    grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
     """A GBNF grammar the output must follow (llama.cpp's server calls it the same)."""
 
     @field_validator("grammar")

@@ -176,6 +176,13 @@ BAD = [
     ({"grammar": 'start ::= "a"'}, "grammar"),
     ({"grammar": ""}, "grammar"),
     ({"grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar"),
+    # Deeper than llama.cpp's recursive parser survives (~18,000 levels kill the process).
+    (
+        {"response_format": _schema_format({"type": "string", "maxLength": 20000})},
+        "response_format.json_schema.schema",
+    ),
+    ({"grammar": "root ::= " + "(" * 20000 + '"a"' + ")" * 20000}, "grammar"),
+    ({"grammar": 'root ::= "' + "a" * 1_000_001 + '"'}, "grammar"),
     ({"tools": [TOOL], "tool_choice": "required"}, "tool_choice"),
     (
         {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},

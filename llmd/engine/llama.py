@@ -66,8 +66,41 @@ def _log_callback(level: int, text: bytes, _user: Any) -> None:
 # Under a grammar, how many of the model's likely picks are checked one by one before the
 # whole vocabulary is filtered.
 _GRAMMAR_TRIES = 32
+# Deepest nesting of parenthesized groups accepted in a grammar (see `compile_grammar`).
+MAX_GRAMMAR_NESTING = 4096
+# Longest grammar handed to llama.cpp's parser (a schema written as GBNF grows ~8x).
+MAX_GBNF_CHARS = 8_000_000
 # llama_token_data as numpy sees it: a candidate array is filled from the logits in one go.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+def _nesting(gbnf: str) -> int:
+    """How deep a GBNF grammar's parenthesized groups nest (outside literals, character
+    classes and comments)."""
+    depth = deepest = 0
+    closing = ""  # the end of the literal or class we are in, if any
+    escaped = False
+    comment = False
+    for ch in gbnf:
+        if comment:
+            comment = ch not in "\r\n"
+        elif closing:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == closing:
+                closing = ""
+        elif ch in '"[':
+            closing = '"' if ch == '"' else "]"
+        elif ch == "#":
+            comment = True
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
 
 
 @dataclass
@@ -312,6 +345,21 @@ class LlamaBackend:
                 return f"This JSON schema cannot be followed: {exc}"
         else:
             gbnf = grammar.source
+        if len(gbnf) > MAX_GBNF_CHARS:
+            return (
+                f"The grammar is {len(gbnf)} characters long once written as GBNF; at most "
+                f"{MAX_GBNF_CHARS} are supported."
+            )
+        depth = _nesting(gbnf)
+        if depth > MAX_GRAMMAR_NESTING:
+            # llama.cpp parses groups recursively: ~18,000 levels overflow the thread's
+            # 8 MB stack and kill the process, every other request on this model with it.
+            # (A JSON schema's maxLength N nests N levels.)
+            return (
+                f"The grammar nests groups {depth} levels deep; at most "
+                f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
+                "that many levels)."
+            )
         sampler = lc.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
         if not sampler:
             # llama.cpp logged the parser's reason as an error (the daemon's log has it).

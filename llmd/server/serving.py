@@ -25,6 +25,7 @@ from llmd.engine.client import RequestHandle
 from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 from llmd.models import Model
 from llmd.protocol import (
+    MAX_GRAMMAR_CHARS,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -166,8 +167,15 @@ def _grammar(req: _Sampling) -> m.Grammar | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_ is not None:
+        param = "response_format.json_schema.schema"
         source = json.dumps(fmt.json_schema.schema_)
-        return m.Grammar("json_schema", source, param="response_format.json_schema.schema")
+        if len(source) > MAX_GRAMMAR_CHARS:
+            raise InvalidRequest(
+                f"The JSON schema is {len(source)} characters long; at most "
+                f"{MAX_GRAMMAR_CHARS} are supported.",
+                param=param,
+            )
+        return m.Grammar("json_schema", source, param=param)
     return m.Grammar("json_object")
 
 
