@@ -19,21 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openai
 
 from bench.daemon import free_port
 from bench.loadgen import make_text
-from bench.suite import ROOT, Server, Setup, start, write_results
+from bench.suite import Server, Setup, peer_args, peer_setup, spread, start, write_results
 
-DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_BIN = Path.home() / ".cache" / "llmd-bench" / "llama.cpp-0.3.36" / "bin"
 INPUT_WORDS = 90  # ~120 tokens
 
 
@@ -92,29 +88,14 @@ def _turn(server: Server, salt: str) -> tuple[dict[str, float], list[list[float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.embed", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="llama-server's folder")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--threads-batch", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
+    peer_args(parser)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     labels = ["llmd", "llama-server"]
     rates: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     agreement: list[float] = []
     with tempfile.TemporaryDirectory(prefix="llmd-embed-") as tmp:
-        s = Setup(
-            model=args.model,
-            threads=args.threads,
-            threads_batch=args.threads_batch,
-            ctx=2048,
-            parallel=16,
-            max_queue=32,
-            work=Path(tmp),
-            llama_server=args.bin / "llama-server",
-            lcp_python=None,
-        )
+        s = peer_setup(args, Path(tmp))
         for rep in range(args.repeats):
             vectors: dict[str, list[list[float]]] = {}
             for label in labels if rep % 2 == 0 else labels[::-1]:
@@ -132,15 +113,7 @@ def main() -> int:
             b = np.asarray(vectors["llama-server"])
             b = b / np.linalg.norm(b, axis=1, keepdims=True)
             agreement.extend(float(x) for x in (a * b).sum(axis=1))
-    summary: dict[str, Any] = {}
-    for label, runs in rates.items():
-        for key in runs[0]:
-            values = [r[key] for r in runs]
-            summary[f"{label}.{key}"] = {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-            }
+    summary = spread(rates)
     for key in ("batch_tok_s", "clients_tok_s"):
         ratio = summary[f"llmd.{key}"]["median"] / summary[f"llama-server.{key}"]["median"]
         summary[f"ratio.{key}"] = ratio

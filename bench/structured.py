@@ -29,10 +29,8 @@ from typing import Any
 
 import openai
 
-from bench.suite import ROOT, Server, Setup, start, write_results
+from bench.suite import Server, peer_args, peer_setup, spread, start, write_results
 
-DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_BIN = Path.home() / ".cache" / "llmd-bench" / "llama.cpp-0.3.36" / "bin"
 CLIENTS = 16
 # Every answer, held or free, runs to max_tokens (the count is reported): the same tokens at
 # the same concurrency, so the two differ only by the grammar's work.
@@ -118,28 +116,13 @@ def _turn(server: Server) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.structured", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="llama-server's folder")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--threads-batch", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
+    peer_args(parser)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     labels = ["llmd", "llama-server"]
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory(prefix="llmd-structured-") as tmp:
-        s = Setup(
-            model=args.model,
-            threads=args.threads,
-            threads_batch=args.threads_batch,
-            ctx=2048,
-            parallel=CLIENTS,
-            max_queue=32,
-            work=Path(tmp),
-            llama_server=args.bin / "llama-server",
-            lcp_python=None,
-        )
+        s = peer_setup(args, Path(tmp), parallel=CLIENTS)
         for rep in range(args.repeats):
             for label in labels if rep % 2 == 0 else labels[::-1]:
                 server = start(label, s)
@@ -156,15 +139,7 @@ def main() -> int:
                 print(f"repeat {rep + 1}: {label}", flush=True)
                 for key, value in result.items():
                     print(f"  {key:28s} {value:8.2f}")
-    summary: dict[str, Any] = {}
-    for label, results in runs.items():
-        for key in results[0]:
-            values = [r[key] for r in results]
-            summary[f"{label}.{key}"] = {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-            }
+    summary = spread(runs)
     for name in ("greedy", "sampled"):
         for kind in ("free", "held"):
             key = f"{name}.{kind}.tok_s"

@@ -826,6 +826,47 @@ def _model_markdown(m: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     return lines
 
 
+PEER_BIN = Path.home() / ".cache" / "llmd-bench" / "llama.cpp-0.3.36" / "bin"
+
+
+def peer_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a comparison with llama-server alone (bench.embed, bench.structured)."""
+    parser.add_argument("--model", type=Path, default=MODELS["smollm2"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bin", type=Path, default=PEER_BIN, help="llama-server's folder")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads-batch", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+
+
+def peer_setup(args: argparse.Namespace, work: Path, parallel: int = 16) -> Setup:
+    return Setup(
+        model=args.model,
+        threads=args.threads,
+        threads_batch=args.threads_batch,
+        ctx=2048,
+        parallel=parallel,
+        max_queue=32,
+        work=work,
+        llama_server=args.bin / "llama-server",
+        lcp_python=None,
+    )
+
+
+def spread(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Median, min and max of every measure over the repeats, keyed `<label>.<measure>`."""
+    summary: dict[str, Any] = {}
+    for label, results in runs.items():
+        for key in results[0]:
+            values = [r[key] for r in results]
+            summary[f"{label}.{key}"] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+            }
+    return summary
+
+
 def write_results(out: Path | None, name: str, args: argparse.Namespace, **fields: Any) -> None:
     """An engine probe's results as JSON (default bench/results/<name>-<date>.json), with the
     model, thread counts and OpenMP policy they were measured under."""
