@@ -281,7 +281,7 @@ def test_checking_likely_tokens_first_samples_what_filtering_everything_would(
             if sampler is fast:
                 token = b.sample(sampler, index)
             else:
-                token = b._choose(sampler, b._logits(index), True)
+                token, _ = b._choose(sampler, b._logits(index), True)
                 lc_accept(sampler, token)
             if b.is_eog(token):
                 break

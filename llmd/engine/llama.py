@@ -177,7 +177,6 @@ class LlamaBackend:
         self._logits_row = ctypes.c_float * self.n_vocab
         self._candidates: Any = None
         self._vocab_ids: Any = None
-        self._chosen = 0
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
         self._embd_row = ctypes.c_float * self.n_embd
         self._pieces: dict[int, bytes] = {}
@@ -436,11 +435,11 @@ class LlamaBackend:
         if sampler.greedy:
             token = self._best_allowed(sampler.grammar, logits)
         else:
-            token = self._choose(sampler, logits, False)
+            token, size = self._choose(sampler, logits, False)
             if not self._allows(sampler.grammar, token):
-                token = self._redraw(sampler) if sampler.rng is not None else None
+                token = self._redraw(sampler, size) if sampler.rng is not None else None
         if token is None:
-            token = self._choose(sampler, logits, True)
+            token, _ = self._choose(sampler, logits, True)
             if not self._allows(sampler.grammar, token):
                 # Nothing can follow (a grammar asking for a byte no token writes, such as
                 # NUL). llama.cpp aborts the process when a grammar accepts a token it
@@ -463,11 +462,12 @@ class LlamaBackend:
                 return int(token)
         return None
 
-    def _redraw(self, sampler: _Sampler) -> int | None:
+    def _redraw(self, sampler: _Sampler, size: int) -> int | None:
         """Sampling under a grammar: draw again from the distribution the chain just made
-        (left in the candidate buffer) until the grammar allows a draw. Drawing until allowed
-        samples exactly that distribution restricted to the allowed tokens."""
-        view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)[: self._chosen]
+        (its `size` candidates, left in the candidate buffer) until the grammar allows a draw.
+        Drawing until allowed samples exactly that distribution restricted to the allowed
+        tokens."""
+        view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)[:size]
         cumulative = np.cumsum(view["p"], dtype=np.float64)
         assert sampler.rng is not None
         draws = sampler.rng.random(_GRAMMAR_TRIES) * cumulative[-1]
@@ -484,8 +484,9 @@ class LlamaBackend:
         lc.llama_sampler_apply(grammar, ctypes.byref(check))
         return bool(one.logit != -math.inf)
 
-    def _choose(self, sampler: _Sampler, logits: Any, constrained: bool) -> int:
-        """Run the chain over a fresh candidate array of the whole vocabulary."""
+    def _choose(self, sampler: _Sampler, logits: Any, constrained: bool) -> tuple[int, int]:
+        """Run the chain over a fresh candidate array of the whole vocabulary: the token it
+        selects, and how many candidates the chain left (for `_redraw`)."""
         if self._candidates is None:  # one buffer, reused: samplers sort it in place
             self._candidates = (lc.llama_token_data * self.n_vocab)()
             self._vocab_ids = np.arange(self.n_vocab, dtype=np.int32)
@@ -499,8 +500,7 @@ class LlamaBackend:
         lc.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
         if candidates.selected < 0:
             raise RuntimeError("the sampler chain selected no token")
-        self._chosen = int(candidates.size)  # the chain's candidates, for `_redraw`
-        return int(candidates.data[candidates.selected].id)
+        return int(candidates.data[candidates.selected].id), int(candidates.size)
 
     def free_sampler(self, sampler: _Sampler) -> None:
         lc.llama_sampler_free(sampler.chain)
