@@ -21,6 +21,7 @@ import asyncio
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,16 @@ import openai
 
 from bench.daemon import free_port
 from bench.loadgen import make_text
-from bench.suite import Server, Setup, peer_args, peer_setup, spread, start, write_results
+from bench.suite import (
+    Server,
+    Setup,
+    peer_args,
+    peer_setup,
+    spread,
+    start,
+    take_turn,
+    write_results,
+)
 
 INPUT_WORDS = 90  # ~120 tokens
 
@@ -81,6 +91,7 @@ def _turn(server: Server, salt: str) -> tuple[dict[str, float], list[list[float]
         finally:
             await client.close()
         rates = {"batch_tok_s": tokens / batch_s, "clients_tok_s": client_tokens / clients_s}
+        rates["peak_rss_mb"] = server.memory.peak() / 1e6
         return rates, vectors
 
     return asyncio.run(go())
@@ -99,12 +110,8 @@ def main() -> int:
         for rep in range(args.repeats):
             vectors: dict[str, list[list[float]]] = {}
             for label in labels if rep % 2 == 0 else labels[::-1]:
-                server = _server(label, s)
-                try:
-                    rate, vectors[label] = _turn(server, f"r{rep}")
-                    rate["peak_rss_mb"] = server.memory.peak() / 1e6
-                finally:
-                    server.stop()
+                turn = partial(_turn, salt=f"r{rep}")  # the same inputs for both servers
+                rate, vectors[label] = take_turn(_server(label, s), turn)
                 rates[label].append(rate)
                 print(f"repeat {rep + 1}: {label:12s} " + "  ".join(
                     f"{k} {v:7.1f}" for k, v in rate.items()

@@ -29,7 +29,7 @@ from typing import Any
 
 import openai
 
-from bench.suite import Server, peer_args, peer_setup, spread, start, write_results
+from bench.suite import Server, peer_args, peer_setup, spread, start, take_turn, write_results
 
 CLIENTS = 16
 # Every answer, held or free, runs to max_tokens (the count is reported): the same tokens at
@@ -125,16 +125,7 @@ def main() -> int:
         s = peer_setup(args, Path(tmp), parallel=CLIENTS)
         for rep in range(args.repeats):
             for label in labels if rep % 2 == 0 else labels[::-1]:
-                server = start(label, s)
-                try:
-                    result = _turn(server)
-                except Exception:
-                    code = server.proc.poll()
-                    tail = server.log_path.read_text(errors="replace")[-3000:]
-                    print(f"{label} failed (process: {code}); its log ends:\n{tail}")
-                    raise
-                finally:
-                    server.stop()
+                result = take_turn(start(label, s), _turn)
                 runs[label].append(result)
                 print(f"repeat {rep + 1}: {label}", flush=True)
                 for key, value in result.items():

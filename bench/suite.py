@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
@@ -851,6 +851,22 @@ def peer_setup(args: argparse.Namespace, work: Path, parallel: int = 16) -> Setu
         llama_server=args.bin / "llama-server",
         lcp_python=None,
     )
+
+
+T = TypeVar("T")
+
+
+def take_turn(server: Server, turn: Callable[[Server], T]) -> T:
+    """One contender's turn on a server started for it: the server is stopped afterwards, and
+    if the turn failed the end of its log is shown (a crash is told there, not in the error)."""
+    try:
+        return turn(server)
+    except Exception:
+        tail = server.log_path.read_text(errors="replace")[-3000:]
+        print(f"{server.label} failed (process: {server.proc.poll()}); its log ends:\n{tail}")
+        raise
+    finally:
+        server.stop()
 
 
 def spread(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
