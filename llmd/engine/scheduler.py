@@ -128,7 +128,9 @@ class Scheduler:
                 ]
             self.waiting.append(RequestState(req, prompt, 0))
             return [Started(req.id, len(prompt), 0)]
-        max_tokens = req.max_tokens if req.max_tokens is not None else room
+        # No limit asked: as many tokens as the context leaves after the prompt.
+        asked_max = req.sampling.max_tokens
+        max_tokens = asked_max if asked_max is not None else room
         if room < 1 or max_tokens > room:
             asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
             return [
