@@ -358,8 +358,9 @@ _ENGINE_CODE = """
 import json, sys, time
 from pathlib import Path
 from llmd.engine.llama import LlamaBackend, LoadOptions
-from llmd.engine.messages import Delta, GenerateRequest, SamplingParams
+from llmd.engine.messages import Delta, GenerateRequest
 from llmd.engine.scheduler import Scheduler
+from llmd.sampling import resolve
 from bench.loadgen import make_user_prompt
 model, threads, threads_batch, parallel, streams, tokens = sys.argv[1:7]
 threads, threads_batch, parallel, streams, tokens = map(
@@ -370,7 +371,7 @@ out = {"eog": [t for t in range(b.n_vocab) if b.is_eog(t)],
        "chat_template": "tokenizer.chat_template" in b.metadata()}
 prompt = b.tokenize("Once upon a time", True)
 b.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
-sampler = b.new_sampler(SamplingParams(temperature=0), 0)
+sampler = b.new_sampler(resolve(temperature=0), 0)
 pos, idx = len(prompt), len(prompt) - 1
 start = time.perf_counter()
 for _ in range(tokens):
@@ -384,8 +385,8 @@ def run(n, salt):
     s = Scheduler(b, 2048, b.adds_bos(), b.bos)
     for i in range(n):
         text = make_user_prompt(150, f"{salt}/{i}") if n > 1 else "Once upon a time"
-        s.submit(GenerateRequest(f"r{i}", text, SamplingParams(temperature=0),
-                                 max_tokens=tokens + 1, ignore_eos=True))
+        s.submit(GenerateRequest(f"r{i}", text, resolve(temperature=0, max_tokens=tokens + 1),
+                                 ignore_eos=True))
     if n == 1:
         s.step()  # prompt and first token, like the raw loop's untimed part
     produced, steps, start = 0, 0, time.perf_counter()

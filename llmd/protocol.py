@@ -2,18 +2,23 @@
 
 Requests are pydantic models; fields follow the order of OpenAI's reference, our extensions
 (llama.cpp sampling knobs) come last and say so. Unknown fields are accepted and logged, as
-OpenAI's own server does with fields it does not use. Responses are plain dicts built by the
-functions at the bottom: streaming builds one per token, and these keep that cheap.
+OpenAI's own server does with fields it does not use. Every check that needs no facts about
+the model is made here, when the body is parsed (the rest: llmd/serving/base.py). A request
+turns into the engine's sampling parameters in one place, `to_sampling_params`, which merges
+in the model's defaults (llmd/sampling.py). Responses are plain dicts built by the functions
+at the bottom: streaming builds one per token, and these keep that cheap.
 """
 
 from __future__ import annotations
 
 import array
 import base64
+import json
 import logging
 import math
 import sys
 import time
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
@@ -26,9 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-from llmd.engine.messages import TokenLogprob
+from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
-from llmd.settings import Duration, parse_duration
+from llmd.sampling import resolve
+from llmd.settings import Duration, SamplingDefaults, parse_duration
 
 log = logging.getLogger("llmd.api")
 
@@ -55,7 +61,12 @@ class _Request(BaseModel):
             raise InvalidRequest(f"Invalid value for '{param}': {msg}", param=param) from None
         if parsed.model_extra:
             log.debug("ignoring unsupported fields: %s", ", ".join(sorted(parsed.model_extra)))
+        parsed.check()
         return parsed
+
+    def check(self) -> None:
+        """Checks across fields, raising an InvalidRequest with a message of their own
+        (pydantic's would say "Invalid value for ..."). None needs facts about the model."""
 
 
 # pydantic names the branch of a union it tried ("str", "list[int]", "function-after[...]");
@@ -117,7 +128,7 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class _ModelRequest(_Request):
+class ModelRequest(_Request):
     """Fields every endpoint that runs a model has."""
 
     model: str | None = None
@@ -129,8 +140,8 @@ class _ModelRequest(_Request):
         return "default" if self.keep_alive is None else parse_duration(self.keep_alive)
 
 
-class _Sampling(_ModelRequest):
-    """Fields the chat and completions endpoints share."""
+class SamplingRequest(ModelRequest):
+    """Fields the chat and completions endpoints share: how to generate."""
 
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -187,8 +198,53 @@ class _Sampling(_ModelRequest):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def check(self) -> None:
+        _ = self.grammar_asked  # built now: a JSON schema too long to use is refused at once
 
-class ChatCompletionRequest(_Sampling):
+    def completion_limit(self) -> int | None:
+        """The most tokens to generate per choice, as asked (None: not said)."""
+        return self.max_tokens
+
+    def to_sampling_params(self, configured: SamplingDefaults) -> SamplingParams:
+        """The engine's parameters: this request's values, else the model's `configured`
+        defaults, else the built-ins (`llmd.sampling.resolve`, the one place that decides)."""
+        return resolve(
+            configured,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            max_tokens=self.completion_limit(),
+            seed=self.seed,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            grammar=self.grammar_asked,
+        )
+
+    @cached_property
+    def grammar_asked(self) -> Grammar | None:
+        """The grammar the output is held to, if any (compiled in the model process)."""
+        if self.grammar is not None:
+            return Grammar("gbnf", self.grammar, param="grammar")
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_ is not None:
+            param = "response_format.json_schema.schema"
+            source = json.dumps(fmt.json_schema.schema_)
+            if len(source) > MAX_GRAMMAR_CHARS:
+                raise InvalidRequest(
+                    f"The JSON schema is {len(source)} characters long; at most "
+                    f"{MAX_GRAMMAR_CHARS} are supported.",
+                    param=param,
+                )
+            return Grammar("json_schema", source, param=param)
+        return Grammar("json_object")
+
+
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -204,8 +260,20 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("tool calling is not supported; use 'auto' or 'none'")
         return value
 
+    def check(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="logprobs")
+        super().check()
 
-class CompletionRequest(_Sampling):
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_asked(self) -> int | None:
+        """None: no logprobs; k: the chosen token's and the k most likely."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -218,6 +286,11 @@ class CompletionRequest(_Sampling):
             raise ValueError("must not be empty")
         return value
 
+    def check(self) -> None:
+        if self.suffix:
+            raise InvalidRequest("suffix is not supported", param="suffix")
+        super().check()
+
     def prompts(self) -> list[str | list[int]]:
         if isinstance(self.prompt, str):
             return [self.prompt]
@@ -229,7 +302,7 @@ class CompletionRequest(_Sampling):
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the inputs of one request
 
 
-class EmbeddingRequest(_ModelRequest):
+class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

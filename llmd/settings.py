@@ -176,16 +176,31 @@ class EngineSettings(_Section):
 
 
 class SamplingDefaults(_Section):
-    """Per-model defaults; a request's own values win."""
+    """Per-model defaults: a request's own values win; where neither gives one, the built-ins
+    apply (llmd/sampling.py, where the three are merged)."""
 
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Randomness of the pick; 0 always takes the likeliest."
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus: pick among the likeliest tokens adding up to this."
+    )
+    top_k: int | None = Field(None, ge=0, description="Pick among this many; 0: no limit.")
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="Drop tokens less likely than this times the likeliest."
+    )
+    repeat_penalty: float | None = Field(
+        None, gt=0, description="Penalty on recent tokens (llama.cpp's repeat penalty); 1: none."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Lowers a token's odds the more often it appeared recently."
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Lowers a token's odds once it appeared recently."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Output tokens per answer; unset: what the context leaves."
+    )
 
 
 class ModelSettings(_Section):

@@ -24,8 +24,9 @@ import openai
 import pytest
 
 from llmd.auth.keys import add_key
-from llmd.engine.messages import Admitted, GenerateRequest, SamplingParams
+from llmd.engine.messages import Admitted, GenerateRequest
 from llmd.engine.scheduler import Scheduler
+from llmd.sampling import resolve
 from tests.conftest import SMOL, Daemon, bearer, start_daemon
 from tests.test_scheduler import FakeBackend
 
@@ -425,9 +426,7 @@ def test_scheduler_admits_round_robin_across_tenants() -> None:
     s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
 
     def req(id_: str, tenant: str, weight: int = 1) -> GenerateRequest:
-        return GenerateRequest(
-            id_, "hello", SamplingParams(), max_tokens=8, tenant=tenant, weight=weight
-        )
+        return GenerateRequest(id_, "hello", resolve(max_tokens=8), tenant=tenant, weight=weight)
 
     for i in range(50):
         s.submit(req(f"a{i}", "flood"))

@@ -19,6 +19,7 @@ from llmd.engine.messages import (
 )
 from llmd.engine.scheduler import Scheduler, embed_chunk
 from llmd.engine.text import TextStream
+from llmd.sampling import resolve
 
 EOS = 0
 
@@ -99,8 +100,8 @@ class FakeBackend:
         return struct.pack("<f", pooled / n_tokens)
 
 
-def _req(id_: str, prompt: str, **kw: Any) -> GenerateRequest:
-    return GenerateRequest(id_, prompt, SamplingParams(), **kw)
+def _req(id_: str, prompt: str, max_tokens: int | None = None, **kw: Any) -> GenerateRequest:
+    return GenerateRequest(id_, prompt, resolve(max_tokens=max_tokens), **kw)
 
 
 def _run(s: Scheduler) -> dict[str, list[Any]]:
@@ -147,11 +148,11 @@ def test_context_overflow_is_refused_with_numbers() -> None:
 
 def test_a_grammar_that_cannot_be_used_is_refused_before_the_queue() -> None:
     s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
-    bad = SamplingParams(grammar=Grammar("gbnf", "bad", param="grammar"))
+    bad = resolve(grammar=Grammar("gbnf", "bad", param="grammar"))
     (failed,) = s.submit(GenerateRequest("a", "hello", bad))
     assert isinstance(failed, Failed) and failed.status == 400 and failed.param == "grammar"
     assert not s.has_work()
-    good = SamplingParams(grammar=Grammar("json_object"))
+    good = resolve(grammar=Grammar("json_object"))
     assert isinstance(s.submit(GenerateRequest("b", "hello", good))[0], Started)
     assert good.grammar is not None and good.grammar.gbnf == "compiled"
 
@@ -161,8 +162,8 @@ def test_ignore_eos_gives_way_to_a_complete_grammar() -> None:
     # the only token a complete grammar allows, so it ends the answer.
     s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
     s.submit(_req("free", "hello", max_tokens=6, ignore_eos=True))
-    held = SamplingParams(grammar=Grammar("json_object"))
-    s.submit(GenerateRequest("held", "hello", held, max_tokens=6, ignore_eos=True))
+    held = resolve(grammar=Grammar("json_object"), max_tokens=6)
+    s.submit(GenerateRequest("held", "hello", held, ignore_eos=True))
     events = _run(s)
     finishes = {
         k: [e.finish_reason for e in v if isinstance(e, Delta)][-1] for k, v in events.items()

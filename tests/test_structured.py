@@ -263,12 +263,13 @@ def test_checking_likely_tokens_first_samples_what_filtering_everything_would(
     Greedy, the two must write the same tokens; sampled, both must follow the grammar (the
     draws differ, the distribution is the same)."""
     from llmd.engine.llama import LlamaBackend, LoadOptions
-    from llmd.engine.messages import Grammar, SamplingParams
+    from llmd.engine.messages import Grammar
+    from llmd.sampling import resolve
 
     b = LlamaBackend(LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16"))
     grammar = Grammar("json_schema", json.dumps(Cat.model_json_schema()))
     assert b.compile_grammar(grammar) is None
-    params = SamplingParams(temperature=temperature, grammar=grammar)
+    params = resolve(temperature=temperature, grammar=grammar)
     fast, full = b.new_sampler(params, 7), b.new_sampler(params, 7)
     prompt = b.tokenize(
         "<|im_start|>user\nDescribe a cat as JSON.<|im_end|>\n<|im_start|>assistant\n", False

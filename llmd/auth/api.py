@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmd.auth import keys as k
 from llmd.auth.middleware import AUTH
 from llmd.errors import APIError, InvalidRequest
+from llmd.server.body import read_json
 from llmd.usage.recorder import AUDIT
 
 
@@ -35,13 +35,6 @@ def _not_found(name: str) -> APIError:
     return APIError(f"No key named '{name}'.", code="key_not_found", status=404)
 
 
-async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-
-
 async def list_keys(request: web.Request) -> web.Response:
     registry = request.app[AUTH].registry
     data = [k.describe(name, rec) for name, rec in registry.keys.items()]
@@ -61,7 +54,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def add_key(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     try:
-        new = NewKey.model_validate(await _body(request))
+        new = NewKey.model_validate(await read_json(request))
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or "body"

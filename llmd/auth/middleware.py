@@ -26,8 +26,9 @@ from aiohttp import web
 from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
 from llmd.auth.registry import KeyRegistry
-from llmd.errors import APIError, ServiceUnavailable
+from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 from llmd.server.accounting import get_record
+from llmd.server.body import read_json
 from llmd.settings import Settings
 from llmd.usage.store import UsageStore
 
@@ -170,8 +171,8 @@ def _secret(request: web.Request) -> str:
 
 async def _capture_prompt(request: web.Request) -> str | None:
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = await read_json(request)
+    except InvalidRequest:
         return None
     if not isinstance(body, dict):
         return None

@@ -1,5 +1,6 @@
 """The engine: one child process per loaded model, each running a continuous-batching loop.
 
 `client` is the daemon's side (spawn, talk, restart); `worker` is the child's main;
-`scheduler` decides what each step decodes; `llama` is the only code that touches llama.cpp.
+`scheduler` builds and runs each step, `admission` decides which waiting request joins the
+batch and in which slots; `llama` is the only code that touches llama.cpp.
 """

@@ -28,17 +28,25 @@ class Grammar:
 
 @dataclass
 class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: Grammar | None = None
+    """How one request's tokens are chosen, complete: no field has a default here, so the
+    engine never decides one. `llmd.sampling.resolve` fills every field."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    """0: no top-k cut."""
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    """Tokens of history the three penalties look at."""
+    frequency_penalty: float
+    presence_penalty: float
+    max_tokens: int | None
+    """None: as many as the context leaves after the prompt (known once it is tokenized)."""
+    seed: int | None
+    """None: a random seed per request."""
+    logit_bias: dict[int, float]
+    grammar: Grammar | None
 
 
 @dataclass
@@ -46,7 +54,6 @@ class GenerateRequest:
     id: str
     prompt: str | list[int]
     sampling: SamplingParams
-    max_tokens: int | None = None
     n: int = 1
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None

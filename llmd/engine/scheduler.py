@@ -7,46 +7,31 @@ leave when done. A finished sequence's KV cells stay in its slot until the slot 
 least recently used first, so a returning conversation or a shared system prompt is found
 again (prefix reuse) instead of recomputed.
 
-The scheduler knows nothing of llama.cpp: it drives a `Backend`, which tests replace.
+Which waiting request joins, and in which slots, is decided in `admission.py`; this module
+builds and runs the steps. The scheduler knows nothing of llama.cpp: it drives a `Backend`
+(`backend.py`), which tests replace.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from llmd.engine.admission import Admission
+from llmd.engine.backend import Backend, Entry
 from llmd.engine.messages import (
     Admitted,
     Delta,
     Embedding,
     Failed,
     GenerateRequest,
-    Grammar,
-    SamplingParams,
     Started,
     Stats,
     TokenLogprob,
     TopLogprob,
 )
-from llmd.engine.text import TextStream
-
-# A cached prefix shorter than this is not reused: copying it costs about as much as reading
-# it. A chat template's preamble (24 tokens for SmolLM2) is worth it: ~80 ms of prompt
-# reading against ~5 ms for a copy (docs/benchmarks.md).
-MIN_SHARED_PREFIX = 16
-
-# A free slot's history is cut down to a shared prefix in place only when the prefix is at
-# least this long or is all of it; a shorter one is copied, so reusing a chat template's
-# preamble never costs another conversation its history.
-MIN_IN_PLACE_PREFIX = 64
-
-# A cache shorter than this is not moved out of the way to survive eviction (`_evict`): a
-# copy takes the whole KV stream (~5 ms for SmolLM2 at 2,048 cells, more for larger models),
-# too much for what is mostly a chat template's preamble, found in many slots anyway.
-MIN_KEPT_CACHE = 64
+from llmd.engine.sequence import RequestState, Sequence, Slot
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -66,34 +51,6 @@ def embed_chunk(n_vocab: int) -> int:
     return max(32, EMBED_LOGITS_BYTES // (4 * max(1, n_vocab)) // 32 * 32)
 
 
-Entry = tuple[int, int, int, bool]
-"""(token, position, slot, wants logits): one token of a step's batch."""
-
-
-class Backend(Protocol):
-    n_parallel: int
-    batch_size: int
-    n_vocab: int
-    encoder_only: bool
-    """An embedding model without KV cache (BERT): every input is read whole, in one step."""
-
-    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
-    def token_bytes(self, token: int) -> bytes: ...
-    def is_eog(self, token: int) -> bool: ...
-    def decode(self, entries: list[Entry], embeddings: bool = False) -> int: ...
-    def compile_grammar(self, grammar: Grammar) -> str | None: ...
-    def new_sampler(self, params: SamplingParams, seed: int) -> Any: ...
-    def sample(self, sampler: Any, index: int) -> int: ...
-    def free_sampler(self, sampler: Any) -> None: ...
-    def logprobs(
-        self, index: int, token: int, top: int
-    ) -> tuple[float, list[tuple[int, float]]]: ...
-    def seq_rm(self, seq: int, p0: int, p1: int) -> bool: ...
-    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
-    def embed_rows(self, pooled: Any, start: int, count: int, first: bool) -> Any: ...
-    def embedding(self, pooled: Any, n_tokens: int) -> bytes: ...
-
-
 @dataclass
 class Piece:
     """One slot's tokens for a step: the sequences that sample from its last token, or the
@@ -109,46 +66,6 @@ class EngineFault(Exception):
     """llama.cpp failed in a way the process cannot recover from; the daemon restarts it."""
 
 
-@dataclass
-class Slot:
-    id: int
-    cached: list[int] = field(default_factory=list)
-    """Tokens whose KV cells this slot holds, at positions 0..len-1."""
-    last_used: float = 0.0
-    seq: Sequence | None = None
-
-
-@dataclass
-class Sequence:
-    """One choice of one request, bound to a slot while it runs."""
-
-    request: RequestState
-    index: int
-    slot: Slot
-    sampler: Any
-    text: TextStream
-    pending: int | None = None
-    """The token sampled last step, to be decoded (put in the KV cache) this step."""
-    generated: int = 0
-    done: bool = False
-
-
-@dataclass
-class RequestState:
-    req: GenerateRequest
-    prompt: list[int]
-    max_tokens: int
-    seqs: list[Sequence] = field(default_factory=list)
-    n_prefilled: int = 0
-    """Prompt tokens in the leader's KV cells; all choices sample once it reaches the end."""
-    pooled: Any = None
-    """An embed request's hidden states pooled so far (the backend's `embed_rows`)."""
-
-    @property
-    def is_prefilling(self) -> bool:
-        return self.n_prefilled < len(self.prompt)
-
-
 class Scheduler:
     def __init__(
         self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int, bos_text: str = ""
@@ -158,17 +75,14 @@ class Scheduler:
         self.add_bos = add_bos
         self.bos = bos
         self.bos_text = bos_text
-        self.slots = [Slot(i) for i in range(backend.n_parallel)]
+        self.admission = Admission(backend)
+        self.slots: list[Slot] = self.admission.slots
+        self.waiting = self.admission.waiting
         self.embed_chunk = embed_chunk(backend.n_vocab)
         self.encoder_only = backend.encoder_only
-        self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         self.num_steps = 0
         self.num_tokens_decoded = 0
-        # Fair admission (start-time fair queuing over tenants): a tenant's next request is
-        # tagged `max(clock, tenant's last tag) + 1/weight`; the smallest tag goes first.
-        self._fair_clock = 0.0
-        self._fair_tags: dict[str, float] = {}
 
     # -- requests in and out ---------------------------------------------------------------
 
@@ -214,7 +128,9 @@ class Scheduler:
                 ]
             self.waiting.append(RequestState(req, prompt, 0))
             return [Started(req.id, len(prompt), 0)]
-        max_tokens = req.max_tokens if req.max_tokens is not None else room
+        # No limit asked: as many tokens as the context leaves after the prompt.
+        asked_max = req.sampling.max_tokens
+        max_tokens = asked_max if asked_max is not None else room
         if room < 1 or max_tokens > room:
             asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
             return [
@@ -266,7 +182,9 @@ class Scheduler:
     def step(self) -> list[Any]:
         events: list[Any] = []
         self._retire()  # cancelled since the last step
-        self._admit(events)
+        for state in self.admission.admit():
+            self.running.append(state)
+            events.append(Admitted(state.req.id, state.n_prefilled))
         # Each piece is one slot's tokens for this step, with the sequences that sample from
         # its last token. Pieces go into the batch in slot order: with one KV stream per slot,
         # llama.cpp splits a batch into micro-batches of consecutive sequence ids, so the same
@@ -370,8 +288,8 @@ class Scheduler:
         status = self.backend.decode(entries, embeddings)
         if status == 1:
             # No room for the batch: drop the caches of idle slots and try once more.
-            for slot in self._free_slots():
-                self._clear(slot)
+            for slot in self.admission.free_slots():
+                self.admission.clear(slot)
             status = self.backend.decode(entries, embeddings)
         if status != 0:
             raise EngineFault(f"llama_decode failed with status {status}")
@@ -431,178 +349,10 @@ class Scheduler:
                 still.append(state)
         self.running = still
 
-    # -- admission and prefix reuse --------------------------------------------------------
-
-    def _free_slots(self) -> list[Slot]:
-        return [s for s in self.slots if s.seq is None]
-
-    def _next_waiting(self) -> tuple[RequestState, float]:
-        """The waiting request to admit next: round-robin across tenants (API keys), weighted,
-        FIFO within a tenant. One key with a hundred requests waiting cannot starve another's
-        single request: that one goes at the next free slot, whatever the queue holds."""
-        best: RequestState | None = None
-        best_tag = 0.0
-        seen: set[str] = set()
-        for state in self.waiting:
-            tenant = state.req.tenant
-            if tenant in seen:
-                continue
-            seen.add(tenant)
-            start = max(self._fair_clock, self._fair_tags.get(tenant, 0.0))
-            tag = start + 1.0 / max(1, state.req.weight)
-            if best is None or tag < best_tag:
-                best, best_tag = state, tag
-        assert best is not None
-        return best, best_tag
-
-    def _admit(self, events: list[Any]) -> None:
-        free = self._free_slots()
-        chosen: list[RequestState] = []
-        room = len(free)
-        while self.waiting:
-            state, tag = self._next_waiting()
-            if room < state.req.n:
-                break
-            room -= state.req.n
-            self.waiting.remove(state)
-            self._fair_tags[state.req.tenant] = tag
-            self._fair_clock = tag - 1.0 / max(1, state.req.weight)
-            if len(self._fair_tags) > 1024:  # forget tenants that are behind the clock
-                self._fair_tags = {t: v for t, v in self._fair_tags.items() if v > self._fair_clock}
-            chosen.append(state)
-        # Requests admitted together are placed longest cached prefix first, and each keeps
-        # off the free slots holding the prefixes of those still to be placed: in a burst, a
-        # new prompt must not wipe the history a returning conversation behind it would reuse.
-        # Embed requests need every token's hidden state: they reuse no cached prefix.
-        found = {
-            id(state): (None, 0) if state.req.embed else self._find_prefix(state.prompt)
-            for state in chosen
-        }
-        chosen.sort(key=lambda state: -found[id(state)][1])
-        for i, state in enumerate(chosen):
-            # (A later request sharing this one's donor matches no more of it than this one
-            # does, so this one may still cut that donor down to its own prefix.)
-            keep = set()
-            for later in chosen[i + 1 :]:
-                donor = found[id(later)][0]
-                if donor is not None and donor.seq is None and donor is not found[id(state)][0]:
-                    keep.add(donor.id)
-            leader_slot, cached = self._place(state.prompt, free, keep, not state.req.embed)
-            free.remove(leader_slot)
-            slots = [leader_slot]
-            while len(slots) < state.req.n:
-                slot = self._best_free(free, taken=slots, keep=keep)
-                free.remove(slot)
-                self._evict(slot, free, keep, None)
-                slots.append(slot)
-            state.n_prefilled = cached
-            seed = state.req.sampling.seed
-            base = seed if seed is not None else random.getrandbits(32)
-            for index, slot in enumerate(slots):
-                sampler = None
-                if not state.req.embed:
-                    sampler = self.backend.new_sampler(state.req.sampling, base + index)
-                seq = Sequence(state, index, slot, sampler, TextStream(state.req.stop))
-                slot.seq = seq
-                state.seqs.append(seq)
-            self.running.append(state)
-            events.append(Admitted(state.req.id, cached))
-
-    def _find_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
-        """The slot holding the longest useful cached prefix of `prompt`, and its length."""
-        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
-        donor, length = None, 0
-        for slot in sorted(self.slots, key=lambda s: (s.seq is None, s.last_used)):
-            n = _common_prefix(slot.cached, prompt, limit)
-            if n >= length and n > 0:
-                donor, length = slot, n
-        if length < min(MIN_SHARED_PREFIX, limit):
-            return None, 0
-        return donor, length
-
-    def _place(
-        self, prompt: list[int], free: list[Slot], keep: set[int], reuse: bool
-    ) -> tuple[Slot, int]:
-        """Pick a slot for a prompt and fill it with the longest cached prefix to be found
-        (with `reuse`), leaving the caches of the free slots in `keep` as they are if at all
-        possible."""
-        donor, length = self._find_prefix(prompt) if reuse else (None, 0)
-        target = self._best_free(free, taken=[], keep=keep)
-        in_place = donor is target or (
-            donor is not None
-            and donor.id not in keep
-            and self._runs([donor]) <= self._runs([target])
-            and (length >= MIN_IN_PLACE_PREFIX or length == len(donor.cached))
-        )
-        if donor is not None and donor.seq is None and in_place:
-            # The prefix is in a free slot that keeps the running slots together: use it.
-            if length < len(donor.cached) and not self.backend.seq_rm(donor.id, length, -1):
-                self._clear(donor)
-                return donor, 0
-            del donor.cached[length:]
-            return donor, length
-        self._evict(target, free, keep, donor)
-        if donor is not None:
-            # Copy the prefix next to the running slots rather than decode it where it lies:
-            # a copy costs ~5 ms once, a gap between running slots ~20 ms every step.
-            # Copies between KV streams must take the whole sequence; trim it afterwards.
-            self.backend.seq_cp(donor.id, target.id, -1, -1)
-            if not self.backend.seq_rm(target.id, length, -1):
-                self._clear(target)
-                return target, 0
-            target.cached = prompt[:length]
-        return target, length
-
-    def _evict(self, target: Slot, free: list[Slot], keep: set[int], donor: Slot | None) -> None:
-        """Empty `target` for a new sequence. Slots are chosen side by side, not least
-        recently used first; so if another free slot holds an older cache, `target`'s moves
-        there (a ~5 ms copy) and the older one goes: eviction stays least recently used."""
-        older = [
-            s
-            for s in free
-            if s is not target and s is not donor and s.id not in keep
-            if s.last_used < target.last_used
-        ]
-        if len(target.cached) >= MIN_KEPT_CACHE and older:
-            victim = min(older, key=lambda s: s.last_used)
-            self._clear(victim)
-            self.backend.seq_cp(target.id, victim.id, -1, -1)
-            victim.cached = target.cached
-            victim.last_used = target.last_used
-        self._clear(target)
-
-    def _best_free(self, free: list[Slot], taken: list[Slot], keep: set[int]) -> Slot:
-        """The free slot for a new sequence: one whose cache is not kept for a request
-        being admitted, then the one that leaves the fewest runs of consecutive busy slots
-        (each run is one more pass over the weights per step, see `step`), then the one
-        whose cache was used least recently."""
-        return min(free, key=lambda s: (s.id in keep, self._runs([*taken, s]), s.last_used))
-
-    def _runs(self, extra: list[Slot]) -> int:
-        """Runs of consecutive slot ids among the busy slots plus `extra`."""
-        busy = {s.id for s in self.slots if s.seq is not None} | {s.id for s in extra}
-        return sum(1 for i in busy if i - 1 not in busy)
-
     def _share_prompt(self, state: RequestState) -> None:
         """n > 1: every choice starts from the leader's prompt cells instead of its own."""
         leader = state.seqs[0]
         for seq in state.seqs[1:]:
-            self._clear(seq.slot)
+            self.admission.clear(seq.slot)
             self.backend.seq_cp(leader.slot.id, seq.slot.id, -1, -1)
             seq.slot.cached = list(leader.slot.cached)
-
-    def _clear(self, slot: Slot) -> None:
-        self.backend.seq_rm(slot.id, -1, -1)
-        slot.cached = []
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    i = 0
-    # Whole chunks first (list slices compare in C): every admission compares its prompt
-    # with every slot, and a shared 1,000-token system prompt must not cost milliseconds.
-    while i + 64 <= n and a[i : i + 64] == b[i : i + 64]:
-        i += 64
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -3,7 +3,6 @@ keep-alive. Handlers are thin: the work is ModelManager's."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from llmd.errors import InvalidRequest
 from llmd.models import ModelManager
+from llmd.server.body import read_json
 from llmd.settings import parse_duration
 from llmd.usage.recorder import AUDIT
 
@@ -20,15 +20,7 @@ def _manager(request: web.Request) -> ModelManager:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc.msg})."
-        ) from None
+    body = await read_json(request, empty={})
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body

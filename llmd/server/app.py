@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from llmd import __version__
-from llmd.auth.middleware import PUBLIC_PATHS, authorize_model, may_use_model
+from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_security
-from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
+from llmd.errors import APIError, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
-from llmd.models import Model, ModelManager, engine_options
+from llmd.models import ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.server import admin
 from llmd.server.accounting import (
@@ -26,7 +24,8 @@ from llmd.server.accounting import (
     on_prepare,
     record_middleware,
 )
-from llmd.server.serving import Serving
+from llmd.server.body import read_json
+from llmd.serving import Serving
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.api")
@@ -77,50 +76,19 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         )
 
 
-async def _json(request: web.Request) -> Any:
-    try:
-        text = await request.text()
-    except UnicodeDecodeError:
-        raise InvalidRequest("The request body is not valid UTF-8.") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc.msg} at line {exc.lineno} "
-            f"column {exc.colno})."
-        ) from None
-
-
-async def _with_model(
-    request: web.Request,
-    req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
-    serve: Callable[[Model], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
-    """Check the key may use the request's model; hold the model (loaded first if need be)
-    until the response's last byte, serving the request with it."""
-    manager = request.app[MODELS]
-    entry = manager.resolve(req.model)
-    authorize_model(request, entry.name, entry.settings.aliases)
-    async with manager.use(req.model, req.keep_alive_s()) as model:
-        return await serve(model)
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = ChatCompletionRequest.parse(await _json(request))
-    serving, record = request.app[SERVING], get_record(request)
-    return await _with_model(request, req, lambda m: serving.chat(request, req, m, record))
+    req = ChatCompletionRequest.parse(await read_json(request))
+    return await request.app[SERVING].chat.serve(request, req, request.app[MODELS])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    req = CompletionRequest.parse(await _json(request))
-    serving, record = request.app[SERVING], get_record(request)
-    return await _with_model(request, req, lambda m: serving.completions(request, req, m, record))
+    req = CompletionRequest.parse(await read_json(request))
+    return await request.app[SERVING].completions.serve(request, req, request.app[MODELS])
 
 
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    req = EmbeddingRequest.parse(await _json(request))
-    serving, record = request.app[SERVING], get_record(request)
-    return await _with_model(request, req, lambda m: serving.embeddings(req, m, record))
+    req = EmbeddingRequest.parse(await read_json(request))
+    return await request.app[SERVING].embeddings.serve(request, req, request.app[MODELS])
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:

@@ -1,0 +1,50 @@
+"""The scheduler's state: slots (llama.cpp sequence ids) and their cached tokens, and the
+requests and sequences bound to them while they run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmd.engine.messages import GenerateRequest
+from llmd.engine.text import TextStream
+
+
+@dataclass
+class Slot:
+    id: int
+    cached: list[int] = field(default_factory=list)
+    """Tokens whose KV cells this slot holds, at positions 0..len-1."""
+    last_used: float = 0.0
+    seq: Sequence | None = None
+
+
+@dataclass
+class Sequence:
+    """One choice of one request, bound to a slot while it runs."""
+
+    request: RequestState
+    index: int
+    slot: Slot
+    sampler: Any
+    text: TextStream
+    pending: int | None = None
+    """The token sampled last step, to be decoded (put in the KV cache) this step."""
+    generated: int = 0
+    done: bool = False
+
+
+@dataclass
+class RequestState:
+    req: GenerateRequest
+    prompt: list[int]
+    max_tokens: int
+    seqs: list[Sequence] = field(default_factory=list)
+    n_prefilled: int = 0
+    """Prompt tokens in the leader's KV cells; all choices sample once it reaches the end."""
+    pooled: Any = None
+    """An embed request's hidden states pooled so far (the backend's `embed_rows`)."""
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.n_prefilled < len(self.prompt)

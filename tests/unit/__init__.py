@@ -1,0 +1,1 @@
+"""Fast tests of single modules, in-process: no daemon, no model files."""

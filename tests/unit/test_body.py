@@ -1,0 +1,68 @@
+"""Request bodies (llmd/server/body.py): parsed once, errors as 400s that say why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmd.errors import InvalidRequest
+from llmd.server.body import read_json
+
+
+async def _echo(request: web.Request) -> web.Response:
+    """What read_json made of the body: read twice, once with a value for a blank body."""
+    try:
+        first = await read_json(request)
+    except InvalidRequest as exc:
+        first = {"error": exc.message}
+    try:
+        again = await read_json(request, empty={"blank": True})
+    except InvalidRequest as exc:
+        again = {"error": exc.message}
+    return web.json_response({"first": first, "again": again})
+
+
+def _post(body: bytes) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_post("/", _echo)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/", data=body)
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    return asyncio.run(run())
+
+
+def test_json_is_parsed() -> None:
+    assert _post(json.dumps({"a": [1, 2]}).encode()) == {
+        "first": {"a": [1, 2]},
+        "again": {"a": [1, 2]},
+    }
+
+
+def test_bad_json_says_where() -> None:
+    out = _post(b"{not json")
+    message = (
+        "We could not parse the JSON body of your request (Expecting property name enclosed "
+        "in double quotes at line 1 column 2)."
+    )
+    assert out == {"first": {"error": message}, "again": {"error": message}}
+
+
+def test_a_blank_body_is_an_error_unless_a_value_is_given_for_it() -> None:
+    out = _post(b"  \n")
+    assert out["first"] == {
+        "error": "We could not parse the JSON body of your request (Expecting value at line 2 "
+        "column 1)."
+    }
+    assert out["again"] == {"blank": True}
+
+
+def test_bytes_that_are_not_utf8() -> None:
+    error = {"error": "The request body is not valid UTF-8."}
+    assert _post(b"\xff\xfe\x00") == {"first": error, "again": error}
