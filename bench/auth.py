@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script: import bench.* and llmd.* from
     sys.path.insert(0, str(ROOT))
 
 from bench.daemon import MODELS, SMOL, Daemon, free_port, start_daemon  # noqa: E402
+from bench.harness import omp_policy  # noqa: E402
 from bench.loadgen import LoadConfig, run_load  # noqa: E402
 from llmd.auth.keys import add_key  # noqa: E402
 from llmd.models import ModelManager  # noqa: E402
@@ -227,7 +228,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
     parts = args.part or ["overhead", "streams", "fairness"]
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    omp_policy()
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     if "overhead" in parts:
         results["overhead"] = asyncio.run(overhead(args.rounds, args.per_round))
