@@ -37,20 +37,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: import bench.* and llmd.* from the checkout
     sys.path.insert(0, str(ROOT))
 
-from bench.daemon import BenchDaemon, free_port, get  # noqa: E402
+from bench.daemon import MODELS, SMOL, Daemon, free_port, start_daemon  # noqa: E402
+from bench.harness import omp_policy  # noqa: E402
 from bench.loadgen import LoadConfig, run_load  # noqa: E402
 from llmd.auth.keys import add_key  # noqa: E402
 from llmd.models import ModelManager  # noqa: E402
 from llmd.server.app import create_app  # noqa: E402
 from llmd.settings import load_settings  # noqa: E402
 
-SMOL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def _config_text(extra: str = "", parallel: int = 16) -> str:
     return (
         f"[engine]\nctx_per_seq = 512\nparallel = {parallel}\n[server]\nmax_queue = 64\n"
-        f'[models.smollm2]\npath = "{SMOL}"\n{extra}'
+        f'[models.smollm2]\npath = "{MODELS / SMOL}"\n{extra}'
     )
 
 
@@ -58,6 +57,15 @@ def _config(tmp: Path, extra: str = "") -> Path:
     path = tmp / "llmd.toml"
     path.write_text(_config_text(extra))
     return path
+
+
+def _secured_and_open(tmp: Path) -> str:
+    """TMP/s, for the secured side, with a key of very high limits in its keys.toml, and
+    TMP/o for the open side; the key's secret."""
+    (tmp / "s").mkdir()
+    (tmp / "o").mkdir()
+    _, secret = add_key(tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000)
+    return secret
 
 
 # -- overhead ------------------------------------------------------------------------------
@@ -74,11 +82,7 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 async def overhead(rounds: int, per_round: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        (tmp / "s").mkdir()
-        (tmp / "o").mkdir()
-        _, secret = add_key(
-            tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000
-        )
+        secret = _secured_and_open(tmp)
         secured = load_settings(_config(tmp / "s"))
         open_ = load_settings(_config(tmp / "o", "[usage]\nenabled = false\n"))
         runners = []
@@ -122,22 +126,17 @@ async def overhead(rounds: int, per_round: int) -> dict[str, Any]:
 # -- 16 streams ----------------------------------------------------------------------------
 
 
-def _daemon(tmp: Path, extra: str, parallel: int = 16) -> BenchDaemon:
+def _daemon(tmp: Path, extra: str, parallel: int = 16) -> Daemon:
     models_dir = tmp / "models"  # empty: the one model is the config's table
     models_dir.mkdir(parents=True)
-    daemon = BenchDaemon(tmp, f'models_dir = "{models_dir}"\n' + _config_text(extra, parallel))
-    daemon.wait_until(lambda: get(daemon.url + "/ready", 2) is not None, 180, 0.2)
-    return daemon
+    config = f'models_dir = "{models_dir}"\n' + _config_text(extra, parallel)
+    return start_daemon(tmp, config, "/ready", 180)
 
 
 async def streams(repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        (tmp / "s").mkdir()
-        (tmp / "o").mkdir()
-        _, secret = add_key(
-            tmp / "s" / "keys.toml", "bench", rpm=10**6, tpm=10**9, concurrency=1000
-        )
+        secret = _secured_and_open(tmp)
         daemons = {
             "secured": (_daemon(tmp / "s", ""), secret),
             "open": (_daemon(tmp / "o", "[usage]\nenabled = false\n"), None),
@@ -229,7 +228,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
     parts = args.part or ["overhead", "streams", "fairness"]
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    omp_policy()
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     if "overhead" in parts:
         results["overhead"] = asyncio.run(overhead(args.rounds, args.per_round))

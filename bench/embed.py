@@ -16,46 +16,19 @@ Needs llama-server from `scripts/bench` (~/.cache/llmd-bench/llama.cpp-0.3.36/bi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import tempfile
 import time
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 import openai
 
-from bench.daemon import free_port
+from bench.harness import PEERS, Server, parse_peer_args, peer_turns
 from bench.loadgen import make_text
-from bench.suite import (
-    Server,
-    Setup,
-    peer_args,
-    peer_setup,
-    spread,
-    start,
-    take_turn,
-    write_results,
-)
+from bench.report import spread, write_results
 
 INPUT_WORDS = 90  # ~120 tokens
-
-
-def _server(label: str, s: Setup) -> Server:
-    if label == "llmd":
-        return start(label, s)
-    # llama-server computes embeddings only when started for them.
-    assert s.llama_server is not None
-    port = free_port()
-    argv = [
-        str(s.llama_server), "-m", str(s.model.resolve()), "--host", "127.0.0.1",
-        "-t", str(s.threads), "-tb", str(s.threads_batch), "-np", str(s.parallel),
-        "-c", str(s.ctx * s.parallel), "-a", "bench", "--no-webui",
-        "--embeddings", "--pooling", "mean", "--port", str(port),
-    ]  # fmt: skip
-    return Server(label, argv, port, "/health", s.work / "llama-server.log")
+# llama-server computes embeddings only when started for them.
+LLAMA_SERVER_FLAGS = ("--embeddings", "--pooling", "mean")
 
 
 async def _batch(client: openai.AsyncOpenAI, texts: list[str]) -> tuple[int, list[list[float]]]:
@@ -74,7 +47,8 @@ async def _clients(client: openai.AsyncOpenAI, texts: list[str], n: int) -> int:
     return sum(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-def _turn(server: Server, salt: str) -> tuple[dict[str, float], list[list[float]]]:
+def _turn(rep: int, server: Server) -> tuple[dict[str, float], list[list[float]]]:
+    salt = f"r{rep}"  # the same inputs for both servers
     batch_texts = [make_text(INPUT_WORDS, f"{salt}/batch/{i}") for i in range(64)]
     client_texts = [make_text(INPUT_WORDS, f"{salt}/clients/{i}") for i in range(64)]
 
@@ -98,26 +72,20 @@ def _turn(server: Server, salt: str) -> tuple[dict[str, float], list[list[float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="bench.embed", description=__doc__.split("\n")[0])
-    peer_args(parser)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    labels = ["llmd", "llama-server"]
-    rates: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    args = parse_peer_args("bench.embed", __doc__)
+    rates: dict[str, list[dict[str, float]]] = {label: [] for label in PEERS}
     agreement: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="llmd-embed-") as tmp:
-        s = peer_setup(args, Path(tmp))
-        for rep in range(args.repeats):
-            vectors: dict[str, list[list[float]]] = {}
-            for label in labels if rep % 2 == 0 else labels[::-1]:
-                turn = partial(_turn, salt=f"r{rep}")  # the same inputs for both servers
-                rate, vectors[label] = take_turn(_server(label, s), turn)
-                rates[label].append(rate)
-                print(f"repeat {rep + 1}: {label:12s} " + "  ".join(
-                    f"{k} {v:7.1f}" for k, v in rate.items()
-                ), flush=True)  # fmt: skip
-            a = np.asarray(vectors["llmd"])
-            b = np.asarray(vectors["llama-server"])
+    vectors: dict[str, list[list[float]]] = {}
+    turns = peer_turns(args, _turn, llama_server_flags=LLAMA_SERVER_FLAGS)
+    for rep, label, (rate, got) in turns:
+        rates[label].append(rate)
+        vectors[label] = got
+        print(f"repeat {rep + 1}: {label:12s} " + "  ".join(
+            f"{k} {v:7.1f}" for k, v in rate.items()
+        ), flush=True)  # fmt: skip
+        if len(vectors) == len(PEERS):  # both servers' vectors of this repeat
+            a = np.asarray(vectors.pop("llmd"))
+            b = np.asarray(vectors.pop("llama-server"))
             b = b / np.linalg.norm(b, axis=1, keepdims=True)
             agreement.extend(float(x) for x in (a * b).sum(axis=1))
     summary = spread(rates)

@@ -21,45 +21,42 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.daemon import BenchDaemon
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
+from bench.daemon import GEMMA, MODELS, SMOL, Daemon, start_daemon
 
 
-class Daemon(BenchDaemon):
-    def __init__(self, work: Path, models_dir: Path, config: str) -> None:
-        super().__init__(work, f'models_dir = "{models_dir}"\n{config}')
-        self.wait_until(lambda: self.get("/api/v1/models") is not None, 60, 0.1)
+def watching(work: Path, models_dir: Path, files: list[str], config: str) -> Daemon:
+    """A daemon in WORK watching MODELS_DIR, made to hold copies of the models `files`."""
+    models_dir.mkdir()
+    for file in files:
+        copy_in(MODELS / file, models_dir / file)
+    return start_daemon(work, f'models_dir = "{models_dir}"\n{config}', "/api/v1/models", 60)
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
-            return json.loads(resp.read())
 
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+def post(d: Daemon, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        d.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
-    def model(self, name: str) -> dict[str, Any]:
-        got = {m["name"]: m for m in self.get("/api/v1/models")["models"]}
-        return got[name]  # type: ignore[no-any-return]
 
-    def served(self) -> list[str]:
-        return [m["id"] for m in self.get("/v1/models")["data"]]
+def model_card(d: Daemon, name: str) -> dict[str, Any]:
+    got = {m["name"]: m for m in d.get_json("/api/v1/models", 30)["models"]}
+    return got[name]  # type: ignore[no-any-return]
+
+
+def served(d: Daemon) -> list[str]:
+    return [m["id"] for m in d.get_json("/v1/models", 30)["data"]]
 
 
 def stream_ttft(url: str, model: str, max_tokens: int = 8) -> tuple[int, float, float]:
@@ -114,18 +111,16 @@ def bench_memory(work: Path) -> list[dict[str, Any]]:
         ("gemma 2048x8", GEMMA, 2048, 8),
     ):
         sub = Path(tempfile.mkdtemp(dir=work))
-        models_dir = sub / "models"
-        models_dir.mkdir()
-        copy_in(MODELS / file, models_dir / file)
-        d = Daemon(sub, models_dir, f"[engine]\nctx_per_seq = {ctx}\nparallel = {parallel}\n")
+        config = f"[engine]\nctx_per_seq = {ctx}\nparallel = {parallel}\n"
+        d = watching(sub, sub / "models", [file], config)
         try:
             model = file.removesuffix(".gguf")
-            wait_for(lambda m=model, daemon=d: m in daemon.served())
+            wait_for(lambda m=model, daemon=d: m in served(daemon))
             for _ in range(2):
                 status, _, _ = stream_ttft(d.url, model, 16)
                 assert status == 200
             time.sleep(1.5)  # the manager samples the process's memory every second
-            mem = d.model(model)["memory"]
+            mem = model_card(d, model)["memory"]
             est, measured = mem["estimated_bytes"], mem["measured_bytes"]
             rows.append(
                 {
@@ -141,23 +136,20 @@ def bench_memory(work: Path) -> list[dict[str, Any]]:
 
 
 def bench_cold_start(work: Path, repeats: int) -> dict[str, Any]:
-    models_dir = work / "cold"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    d = Daemon(work, models_dir, "[engine]\nctx_per_seq = 2048\nparallel = 4\n")
+    d = watching(work, work / "cold", [SMOL], "[engine]\nctx_per_seq = 2048\nparallel = 4\n")
     model = SMOL.removesuffix(".gguf")
     cold, warm = [], []
     try:
-        wait_for(lambda: model in d.served())
+        wait_for(lambda: model in served(d))
         for _ in range(repeats):
-            assert d.model(model)["state"] == "unloaded"
+            assert model_card(d, model)["state"] == "unloaded"
             status, first, _ = stream_ttft(d.url, model)
             assert status == 200
             cold.append(first)
             status, first, _ = stream_ttft(d.url, model)
             assert status == 200
             warm.append(first)
-            d.post(f"/api/v1/models/{model}/unload", {})
+            post(d, f"/api/v1/models/{model}/unload", {})
     finally:
         d.stop()
     return {
@@ -170,15 +162,14 @@ def bench_cold_start(work: Path, repeats: int) -> dict[str, Any]:
 
 def bench_new_file(work: Path, repeats: int) -> dict[str, Any]:
     models_dir = work / "newfile"
-    models_dir.mkdir()
-    d = Daemon(work, models_dir, "")
+    d = watching(work, models_dir, [], "")
     delays = []
     try:
         for i in range(repeats):
             name = f"m{i}"
             copy_in(MODELS / SMOL, models_dir / f"{name}.gguf")
             done = time.monotonic()
-            wait_for(lambda n=name: n in d.served(), 30)
+            wait_for(lambda n=name: n in served(d), 30)
             delays.append(time.monotonic() - done)
     finally:
         d.stop()
@@ -191,9 +182,7 @@ def bench_new_file(work: Path, repeats: int) -> dict[str, Any]:
 
 def bench_hot_swap(work: Path, swaps: int) -> dict[str, Any]:
     models_dir = work / "swap"
-    models_dir.mkdir()
-    copy_in(MODELS / SMOL, models_dir / SMOL)
-    d = Daemon(work, models_dir, "[engine]\nctx_per_seq = 512\nparallel = 8\n")
+    d = watching(work, models_dir, [SMOL], "[engine]\nctx_per_seq = 512\nparallel = 8\n")
     model = SMOL.removesuffix(".gguf")
     stop = threading.Event()
     results: list[int] = []
@@ -204,17 +193,17 @@ def bench_hot_swap(work: Path, swaps: int) -> dict[str, Any]:
             results.append(status)
 
     try:
-        wait_for(lambda: model in d.served())
+        wait_for(lambda: model in served(d))
         stream_ttft(d.url, model)
         threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()
         durations = []
         for _ in range(swaps):
-            pid = d.model(model)["pid"]
+            pid = model_card(d, model)["pid"]
             copy_in(MODELS / SMOL, models_dir / SMOL)
             started = time.monotonic()
-            wait_for(lambda p=pid: d.model(model)["pid"] not in (None, p), 60)
+            wait_for(lambda p=pid: model_card(d, model)["pid"] not in (None, p), 60)
             durations.append(time.monotonic() - started)
             time.sleep(2)
         stop.set()

@@ -28,7 +28,6 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -39,14 +38,11 @@ from typing import Any
 
 import aiohttp
 
-from bench.daemon import BenchDaemon, free_port
+from bench.daemon import GEMMA, ROOT, SMOL, Daemon, free_port, spawn, start_daemon
 from bench.daemon import get as _get
 from bench.loadgen import LoadConfig, run_load
 
-ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "llmd-dashboard.json"
-SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
 
 
 def _config(models_dir: Path, on: bool) -> str:
@@ -68,16 +64,14 @@ parallel = 2
 """
 
 
-class Daemon(BenchDaemon):
-    def __init__(self, workdir: Path, models_dir: Path, on: bool) -> None:
-        super().__init__(workdir, _config(models_dir, on))
+def _wait_ready(d: Daemon) -> None:
+    """Until every model of the daemon is loaded."""
 
-    def wait_ready(self) -> None:
-        def models_ready() -> bool:
-            health = json.loads(_get(self.url + "/api/v1/health"))
-            return all(m["state"] == "ready" for m in health["models"])
+    def models_ready() -> bool:
+        health = json.loads(_get(d.url + "/api/v1/health"))
+        return all(m["state"] == "ready" for m in health["models"])
 
-        self.wait_until(models_ready, 180, 0.3)
+    d.wait_until(models_ready, 180, 0.3)
 
 
 async def _many_requests(url: str, total: int, concurrency: int) -> dict[str, int]:
@@ -159,35 +153,29 @@ class Prometheus:
 
     def __init__(self, binary: str, workdir: Path, target_port: int) -> None:
         workdir.mkdir(parents=True)
-        self.port = free_port()
+        port = free_port()
         (workdir / "prometheus.yml").write_text(
             "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
             "scrape_configs:\n  - job_name: llmd\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{target_port}']\n        labels: {{box: bench}}\n"
         )
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
+        self.daemon = spawn(argv, port, workdir / "prometheus.log", workdir, name="prometheus")
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[Any]:
         query = urllib.parse.urlencode(
             {"query": expr, "start": start, "end": end, "step": f"{step}s"}
         )
-        body = json.loads(_get(f"http://127.0.0.1:{self.port}/api/v1/query_range?{query}", 30))
+        body = json.loads(_get(f"{self.daemon.url}/api/v1/query_range?{query}", 30))
         return list(body["data"]["result"])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
+        self.daemon.stop()
 
 
 def _panels(prom: Prometheus, start: float, end: float) -> list[dict[str, Any]]:
@@ -223,13 +211,14 @@ def _panels(prom: Prometheus, start: float, end: float) -> list[dict[str, Any]]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     models_dir = Path(args.models).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="llmd-obs-"))
-    on = Daemon(tmp / "on", models_dir, on=True)
-    off = Daemon(tmp / "off", models_dir, on=False)
+    # Both start at once (each loads two models); then both are waited for.
+    on = start_daemon(tmp / "on", _config(models_dir, True), None)
+    off = start_daemon(tmp / "off", _config(models_dir, False), None)
     prom = None
     binary = args.prometheus or shutil.which("prometheus")
     try:
-        on.wait_ready()
-        off.wait_ready()
+        _wait_ready(on)
+        _wait_ready(off)
         if binary:
             prom = Prometheus(binary, tmp / "prometheus", on.port)
         start = time.time()

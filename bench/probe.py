@@ -25,7 +25,6 @@ Needs a quiet machine: every number is the median of the repeats.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
@@ -33,13 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.suite import write_results
+from bench.harness import NAMED_MODELS, omp_policy
+from bench.report import write_results
 
 if TYPE_CHECKING:
     from llmd.engine.llama import LlamaBackend
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 Entry = tuple[int, int, int, bool]
 
@@ -235,14 +233,14 @@ class Probe:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.probe", description=__doc__.split("\n")[0])
     parser.add_argument("probes", nargs="*", default=["order", "copy", "prompt"])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=NAMED_MODELS["smollm2"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="decode threads")
     parser.add_argument("--threads-batch", type=int, default=2, help="prompt threads")
     parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    omp_policy()
     probe = Probe(args.model, args.repeats, args.threads, args.threads_batch, args.flash_attn)
     for name in args.probes:
         getattr(probe, name)()

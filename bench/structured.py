@@ -18,18 +18,15 @@ Needs llama-server from `scripts/bench` (~/.cache/llmd-bench/llama.cpp-0.3.36/bi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import openai
 
-from bench.suite import Server, peer_args, peer_setup, spread, start, take_turn, write_results
+from bench.harness import PEERS, Server, parse_peer_args, peer_turns
+from bench.report import spread, write_results
 
 CLIENTS = 16
 # Every answer, held or free, runs to max_tokens (the count is reported): the same tokens at
@@ -86,7 +83,7 @@ async def _one(
     return tokens, [b - a for a, b in zip(times, times[1:], strict=False)], finish == "length"
 
 
-def _turn(server: Server) -> dict[str, float]:
+def _turn(rep: int, server: Server) -> dict[str, float]:
     async def go() -> dict[str, float]:
         client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0)
         out: dict[str, float] = {}
@@ -115,21 +112,13 @@ def _turn(server: Server) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="bench.structured", description=__doc__.split("\n")[0])
-    peer_args(parser)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    labels = ["llmd", "llama-server"]
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
-    with tempfile.TemporaryDirectory(prefix="llmd-structured-") as tmp:
-        s = peer_setup(args, Path(tmp), parallel=CLIENTS)
-        for rep in range(args.repeats):
-            for label in labels if rep % 2 == 0 else labels[::-1]:
-                result = take_turn(start(label, s), _turn)
-                runs[label].append(result)
-                print(f"repeat {rep + 1}: {label}", flush=True)
-                for key, value in result.items():
-                    print(f"  {key:28s} {value:8.2f}")
+    args = parse_peer_args("bench.structured", __doc__)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in PEERS}
+    for rep, label, result in peer_turns(args, _turn, parallel=CLIENTS):
+        runs[label].append(result)
+        print(f"repeat {rep + 1}: {label}", flush=True)
+        for key, value in result.items():
+            print(f"  {key:28s} {value:8.2f}")
     summary = spread(runs)
     for name in ("greedy", "sampled"):
         for kind in ("free", "held"):
@@ -137,7 +126,7 @@ def main() -> int:
             ratio = summary[f"llmd.{key}"]["median"] / summary[f"llama-server.{key}"]["median"]
             summary[f"ratio.{key}"] = ratio
             print(f"{key}: llmd / llama-server = {ratio:.2f}x")
-        for label in labels:
+        for label in PEERS:
             cost = summary[f"{label}.{name}.grammar_cost"]["median"]
             print(f"{name}: {label} grammar cost (held / free ITL p50) = {cost:.2f}")
     write_results(

@@ -1,6 +1,7 @@
-"""The benchmark tool (bench/suite.py): a workload measured through the real daemon, and the
-summaries, ratios and targets computed from its runs. The peers (llama-server, llama-cpp-python)
-are exercised by `scripts/bench --quick`, not here: building them takes minutes."""
+"""The benchmark tool (bench/suite.py, bench/workloads.py, bench/report.py): a workload measured
+through the real daemon, and the summaries, ratios and targets computed from its runs. The peers
+(llama-server, llama-cpp-python) are exercised by `scripts/bench --quick`, not here: building
+them takes minutes."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from bench.suite import (
-    MemoryWatch,
-    Workload,
-    markdown,
-    measure,
-    ratios,
-    summarize_runs,
-    targets,
-)
+from bench.harness import MemoryWatch
+from bench.report import markdown, ratios, summarize_runs, targets
+from bench.workloads import Workload, measure
 from tests.conftest import Daemon
 
 
