@@ -132,15 +132,17 @@ def spawn(
     log: Path,
     cwd: Path,
     name: str = "daemon",
+    env: dict[str, str] | None = None,
 ) -> Daemon:
-    """Start a server process listening on `port` (given in `argv`), output to `log`."""
+    """Start a server process listening on `port` (given in `argv`), output to `log`; `env`
+    is added to this process's environment."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
             # Unbuffered: a log read while it runs, or after a crash, holds all it wrote.
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             cwd=cwd,
         )
     return Daemon(proc, port, log, list(argv), name)
@@ -151,15 +153,18 @@ def start_daemon(
     config: str,
     ready: str | None = "/ready",
     seconds: float = 120,
+    checkout: Path | None = None,
 ) -> Daemon:
     """`llmd serve` with `config` written to WORK/llmd.toml, on a free port, output in
-    WORK/daemon.log; back when `ready` answers 200 (None: at once, for the caller to wait)."""
+    WORK/daemon.log; back when `ready` answers 200 (None: at once, for the caller to wait).
+    `checkout`: run the llmd of another source tree (bench/ab.py compares two)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "llmd.toml"
     path.write_text(config)
     port = free_port()
     argv = [sys.executable, "-m", "llmd", "serve", "--config", str(path), "--port", str(port)]
-    daemon = spawn(argv, port, work / "daemon.log", work)
+    env = {"PYTHONPATH": str(checkout.resolve())} if checkout is not None else None
+    daemon = spawn(argv, port, work / "daemon.log", work, env=env)
     if ready is not None:
         daemon.wait_for(ready, seconds)
     return daemon
