@@ -62,7 +62,6 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
 
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
-    from llmd.server.accounting import access_log
     from llmd.server.app import METRICS, create_app
     from llmd.usage.recorder import AUDIT
 
@@ -70,7 +69,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     if problem := models_dir_problem(settings):
         raise StartupError(problem)
     manager = ModelManager(settings)
-    app = create_app(settings, manager, observers=[access_log])
+    app = create_app(settings, manager, observers=[logs.access_log])
     audit = app[AUDIT]
     # Loads, swaps and unloads the daemon does by itself (a file changed, keep-alive ran out,
     # room was needed) are audited too; admin requests are audited by their handlers.
@@ -85,7 +84,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,
-        access_log=None,  # accounting.access_log writes one richer line per request instead
+        access_log=None,  # logs.access_log writes one richer line per request instead
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port

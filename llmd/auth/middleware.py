@@ -27,7 +27,7 @@ from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
 from llmd.auth.registry import KeyRegistry
 from llmd.errors import APIError, ServiceUnavailable
-from llmd.server.accounting import get_record
+from llmd.record import get_record
 from llmd.settings import Settings
 from llmd.usage.store import UsageStore
 

@@ -13,7 +13,7 @@ from llmd.auth import api as keys_api
 from llmd.auth import middleware as mw
 from llmd.auth.limits import Limiter, month_start
 from llmd.auth.registry import KeyRegistry
-from llmd.server.accounting import FINISHERS, OBSERVERS
+from llmd.record import FINISHERS, OBSERVERS
 from llmd.settings import Settings
 from llmd.usage import api as usage_api
 from llmd.usage.recorder import AUDIT, Audit, UsageRecorder

@@ -17,15 +17,9 @@ from llmd.errors import APIError, InvalidRequest, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
 from llmd.models import Model, ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
+from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin
-from llmd.server.accounting import (
-    FINISHERS,
-    OBSERVERS,
-    Observer,
-    get_record,
-    on_prepare,
-    record_middleware,
-)
+from llmd.server.accounting import on_prepare, record_middleware
 from llmd.server.serving import Serving
 from llmd.settings import Settings
 
