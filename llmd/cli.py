@@ -32,8 +32,8 @@ from llmd.settings import (
     Settings,
     UsageSettings,
     find_config,
-    load_settings,
 )
+from llmd.settings_provider import SettingsProvider
 
 
 def _type_name(annotation: Any) -> str:
@@ -161,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         return models_cli.run(args)
     path = find_config(getattr(args, "config", None))
     try:
-        overrides = _overrides(args)
-        settings = load_settings(path, overrides)
+        provider = SettingsProvider.from_file(path, _overrides(args))
     except ConfigError as exc:
         # One self-contained line per problem: that is what `journalctl -u llmd` shows.
         for line in str(exc).splitlines():
             print(f"llmd: invalid configuration: {line}", file=sys.stderr)
         return 2
+    settings = provider.current
     if args.command == "keys":
         return admin_cli.run_keys(args, settings)
     if args.command == "usage":
@@ -193,12 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("llmd")
     if path is None:
         log.warning("no config file found: running on defaults")
-
-    def reload() -> Settings:
-        return load_settings(path, overrides)
-
     try:
-        run(settings, reload if path is not None else None)
+        run(provider)  # SIGHUP reloads through the provider (when there is a file)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

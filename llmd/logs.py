@@ -229,6 +229,17 @@ def configure(settings: Settings, stream: Any = None) -> None:
     _Installed.listener, _Installed.handler = listener, front
 
 
+def reconfigure(settings: Settings) -> None:
+    """A reload's listener: level, format and log folder follow the new settings; a folder that
+    cannot be used is reported and the previous logging stays."""
+    try:
+        configure(settings)
+    except OSError as exc:
+        logging.getLogger("llmd").error(
+            "logging settings not applied (%s); the previous ones stay", exc
+        )
+
+
 def shutdown() -> None:
     """Flush and close what `configure` installed (at exit, and before a reconfigure)."""
     root = logging.getLogger()

@@ -29,6 +29,7 @@ from llmd.auth.registry import KeyRegistry
 from llmd.errors import APIError, ServiceUnavailable
 from llmd.record import get_record
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 from llmd.usage.store import UsageStore
 
 log = logging.getLogger("llmd.auth")
@@ -69,11 +70,16 @@ class _Failures:
 
 @dataclass
 class Auth:
-    settings: Settings
+    provider: SettingsProvider
     registry: KeyRegistry
     limiter: Limiter
     store: UsageStore | None
     _failures: dict[str, _Failures] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings now: a reload's values apply from the next request on."""
+        return self.provider.current
 
     @property
     def loopback(self) -> bool:
