@@ -13,16 +13,14 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmd import __version__, logs
-from llmd.settings import ConfigError, Settings
+from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 from llmd.systemd import Notifier, keep_alive, status_line
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from llmd.models import ModelManager
 
 log = logging.getLogger("llmd")
@@ -53,25 +51,28 @@ def models_dir_problem(settings: Settings) -> str | None:
     return None
 
 
-async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT. `reload` re-reads the config (on SIGHUP); it raises
-    ConfigError for a file that cannot be used."""
+async def serve(provider: SettingsProvider) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the provider's config file."""
     # Imported here, not at the top: `llmd check-config` imports this module and should not
     # pay for the web server and llama.cpp.
     from aiohttp import web
 
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
-    from llmd.server.accounting import access_log
     from llmd.server.app import METRICS, create_app
     from llmd.usage.recorder import AUDIT
 
+    settings = provider.current
     notifier = Notifier()
     if problem := models_dir_problem(settings):
         raise StartupError(problem)
     manager = ModelManager(settings)
-    app = create_app(settings, manager, observers=[access_log])
+    app = create_app(provider, manager, observers=[logs.access_log])
     audit = app[AUDIT]
+    provider.subscribe(logs.reconfigure)  # level, format and log folder follow the file
+    provider.subscribe(
+        lambda _: audit.record("llmd", "config.reloaded", None, None, {"signal": "SIGHUP"})
+    )
     # Loads, swaps and unloads the daemon does by itself (a file changed, keep-alive ran out,
     # room was needed) are audited too; admin requests are audited by their handlers.
     manager.listeners.append(
@@ -85,7 +86,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,
-        access_log=None,  # accounting.access_log writes one richer line per request instead
+        access_log=None,  # logs.access_log writes one richer line per request instead
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port
@@ -122,7 +123,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             await asyncio.sleep(RELOAD_COALESCE_S)
             hup.clear()  # a SIGHUP from here on reads the file again afterwards
             notifier.reloading()
-            await _reload(settings, reload, manager, app)
+            await _reload(provider, manager)
             await reload_keys(app)  # the keys file is re-read on SIGHUP too
             notifier.ready(status_line(manager))
 
@@ -131,7 +132,8 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     await stop.wait()
     notifier.stopping()
     log.info(
-        "stopping: finishing in-flight requests (up to %.0f s)", settings.server.shutdown_timeout_s
+        "stopping: finishing in-flight requests (up to %.0f s)",
+        provider.current.server.shutdown_timeout_s,
     )
     for task in (starting, reloader):
         task.cancel()
@@ -147,28 +149,28 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     log.info("stopped")
 
 
-async def _reload(
-    current: Settings,
-    reload: Callable[[], Settings] | None,
-    manager: ModelManager,
-    app: web.Application,
-) -> None:
+async def _reload(provider: SettingsProvider, manager: ModelManager) -> None:
     """Apply the config file's new content, or keep the running one if it cannot be used."""
-    from llmd.server.app import SERVING
-    from llmd.usage.recorder import AUDIT
-
-    if reload is None:
+    if not provider.reloadable:
         log.warning("SIGHUP: no config file to reload (started on defaults)")
         return
     log.info("SIGHUP: reloading the configuration")
+
+    async def apply(new: Settings) -> None:
+        _keep_address(provider.current, new)
+        await manager.apply_settings(new)
+
     try:
-        new = await asyncio.to_thread(reload)  # file I/O off the event loop
-        if problem := models_dir_problem(new):
-            raise ConfigError(problem)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            log.error("reload refused, the previous configuration stays: %s", line)
+        reloaded = await provider.reload(check=models_dir_problem, apply=apply)
+    except Exception:
+        log.exception("reload failed while applying the new models; serving what is running")
         return
+    if reloaded:
+        log.info("configuration reloaded: %s", status_line(manager))
+
+
+def _keep_address(current: Settings, new: Settings) -> None:
+    """The listening address changes only with a restart: keep the running one in `new`."""
     for key in ("host", "port"):
         old_value, new_value = getattr(current.server, key), getattr(new.server, key)
         if new_value != old_value:
@@ -179,22 +181,7 @@ async def _reload(
                 new_value,
             )
             setattr(new.server, key, old_value)
-    try:
-        await manager.apply_settings(new)
-    except Exception:
-        log.exception("reload failed while applying the new models; serving what is running")
-        return
-    # Everything else holds this one Settings object (the app, the request handlers): update it
-    # in place, without re-validating field by field, so they all see the new values at once.
-    current.__dict__.update(new.__dict__)
-    app[SERVING].settings = current
-    try:
-        logs.configure(current)  # level, format and log folder follow the file
-    except OSError as exc:
-        log.error("logging settings not applied (%s); the previous ones stay", exc)
-    app[AUDIT].record("llmd", "config.reloaded", None, None, {"signal": "SIGHUP"})
-    log.info("configuration reloaded: %s", status_line(manager))
 
 
-def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
-    asyncio.run(serve(settings, reload))
+def run(provider: SettingsProvider) -> None:
+    asyncio.run(serve(provider))

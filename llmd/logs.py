@@ -7,11 +7,12 @@ stderr and, when `[logging] dir` is set, to app.log (everything but access lines
 access.log (one line per request) and error.log (warnings and errors), each rotated by size.
 
 Every line logged while a request is being handled carries that request's id, model and key
-name, taken from `accounting.current_record` by a filter that runs in the logging thread of
+name, taken from `record.current_record` by a filter that runs in the logging thread of
 the request (before the record crosses to the writer thread).
 
-Prompt and answer text is never logged here; the serving layer logs it only when the operator
-turns on `server.log_prompts`.
+`access_log` is the request observer that writes the access lines (one per request, with its
+facts as fields). Prompt and answer text is never logged here; the serving layer logs it only
+when the operator turns on `server.log_prompts`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from llmd.server.accounting import current_record
+from llmd.record import RequestRecord, current_record
 from llmd.settings import Settings
 
 Format = Literal["text", "keyvalue", "json"]
@@ -169,6 +170,38 @@ def file_handlers(folder: Path, fmt: Format, max_bytes: int, backups: int) -> li
     return handlers
 
 
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def access_log(record: RequestRecord) -> None:
+    """A request observer: one line per request with its facts as fields (rendered in the
+    configured format); no prompt or answer text (that is `log_prompts`)."""
+    fields: dict[str, object] = {
+        "request_id": record.request_id,
+        "client": record.client or "-",
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "latency_s": _seconds(record.latency_s),
+        "key": record.key_name,
+    }
+    if record.is_generation:
+        fields.update(
+            model=record.model,
+            stream=record.stream,
+            prompt_tokens=record.prompt_tokens,
+            cached_tokens=record.cached_tokens,
+            completion_tokens=record.completion_tokens,
+            queue_s=_seconds(record.queue_wait_s),
+            ttft_s=_seconds(record.ttft_s),
+            tpot_s=_seconds(record.tpot_s),
+        )
+    if record.error_code is not None:
+        fields["error"] = record.error_code
+    logging.getLogger(ACCESS_LOGGER).info("request", extra={"fields": fields})
+
+
 class _Installed:
     listener: logging.handlers.QueueListener | None = None
     handler: logging.Handler | None = None
@@ -194,6 +227,17 @@ def configure(settings: Settings, stream: Any = None) -> None:
     root.setLevel(level)
     listener.start()
     _Installed.listener, _Installed.handler = listener, front
+
+
+def reconfigure(settings: Settings) -> None:
+    """A reload's listener: level, format and log folder follow the new settings; a folder that
+    cannot be used is reported and the previous logging stays."""
+    try:
+        configure(settings)
+    except OSError as exc:
+        logging.getLogger("llmd").error(
+            "logging settings not applied (%s); the previous ones stay", exc
+        )
 
 
 def shutdown() -> None:

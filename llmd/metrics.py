@@ -3,7 +3,7 @@
 Two sources feed one per-app `CollectorRegistry` (not prometheus-client's global one, so that
 several apps in one process, as in tests, never collide):
 
-* `Metrics.observe` is a request observer (`accounting.OBSERVERS`): when a request ends it
+* `Metrics.observe` is a request observer (`record.OBSERVERS`): when a request ends it
   counts it by endpoint, status, model and key name, adds its tokens, and puts its latency,
   time to first token, time per output token and queue wait into histograms.
 * `ModelCollector` reads the `ModelManager` at scrape time (no background polling): model
@@ -43,7 +43,7 @@ from llmd import __version__
 from llmd.engine.client import ModelState
 from llmd.errors import APIError
 from llmd.models import ModelManager, engine_options
-from llmd.server.accounting import RequestRecord
+from llmd.record import RequestRecord
 from llmd.settings import Settings
 
 log = logging.getLogger("llmd.metrics")

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from llmd.explain import explain
+
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
 
 
@@ -483,7 +485,7 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(path, text, exc)) from exc
+        raise ConfigError(explain(path, text, exc)) from exc
     base = path.parent if path is not None else Path.cwd()
     if not settings.models_dir.is_absolute():
         settings.models_dir = (base / settings.models_dir).resolve()
@@ -526,38 +528,3 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         node = node.setdefault(key, {})
     node[leaf] = value
-
-
-def _explain(path: Path | None, text: str, exc: ValidationError) -> str:
-    where = str(path) if path is not None else "settings"
-    lines = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        key = ".".join(loc) or "(top level)"
-        line = _find_line(text, loc)
-        at = f":{line}" if line else ""
-        reason = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            reason = "unknown setting"
-        elif err["type"] == "missing":
-            reason = "required setting is missing"
-        lines.append(f"{where}{at}: {key}: {reason}")
-    return "\n".join(lines)
-
-
-def _find_line(text: str, loc: list[str]) -> int | None:
-    """Best-effort line of the key at `loc` (its table header when the key itself is absent)."""
-    table: list[str] = []
-    best: int | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if header := re.fullmatch(r"\[\s*([^\]]+?)\s*\]", line):
-            table = [part.strip().strip('"') for part in header.group(1).split(".")]
-            if table == loc[: len(table)] and best is None:
-                best = number
-            continue
-        if match := re.match(r"([A-Za-z0-9_\"-]+)\s*=", line):
-            key = match.group(1).strip('"')
-            if [*table, key] == loc[: len(table) + 1] and len(table) + 1 >= len(loc) - 1:
-                return number
-    return best

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmd.logs import Formatter
 from llmd.metrics import client_allowed
-from llmd.server.accounting import RequestRecord, current_record
+from llmd.record import RequestRecord, current_record
 from tests.conftest import ROOT, SMOL
 
 if TYPE_CHECKING:

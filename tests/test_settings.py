@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmd.cli import settings_reference
+from llmd.cli.config import settings_reference
 from llmd.models import auto_threads
 from llmd.settings import ConfigError, Settings, load_settings
 

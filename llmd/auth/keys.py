@@ -30,7 +30,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmd.settings import _explain
+from llmd.explain import explain
 
 PREFIX = "sk-llmd-"
 _ID_LEN = 12
@@ -163,7 +163,7 @@ def read_keys_file(path: Path) -> dict[str, KeyRecord]:
     try:
         parsed = KeysFile.model_validate(data)
     except ValidationError as exc:
-        raise KeysFileError(_explain(path, text, exc)) from exc
+        raise KeysFileError(explain(path, text, exc)) from exc
     for name in parsed.keys:
         try:
             check_name(name)
@@ -240,7 +240,7 @@ def add_key(path: Path, name: str, **fields: Any) -> tuple[KeyRecord, str]:
                 **{k: v for k, v in fields.items() if v is not None},
             )
         except ValidationError as exc:
-            raise KeyError_(_explain(None, "", exc).replace("settings: ", "")) from None
+            raise KeyError_(explain(None, "", exc).replace("settings: ", "")) from None
         keys[name] = record
         write_keys_file(path, keys)
     return record, secret
@@ -256,7 +256,7 @@ def update_key(path: Path, name: str, **fields: Any) -> KeyRecord:
             for field, value in fields.items():
                 setattr(record, field, value)
         except ValidationError as exc:
-            raise KeyError_(_explain(None, "", exc).replace("settings: ", "")) from None
+            raise KeyError_(explain(None, "", exc).replace("settings: ", "")) from None
         keys[name] = record
         write_keys_file(path, keys)
     return record

@@ -27,9 +27,10 @@ from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
 from llmd.auth.registry import KeyRegistry
 from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
-from llmd.server.accounting import get_record
+from llmd.record import get_record
 from llmd.server.body import read_json
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 from llmd.usage.store import UsageStore
 
 log = logging.getLogger("llmd.auth")
@@ -70,11 +71,16 @@ class _Failures:
 
 @dataclass
 class Auth:
-    settings: Settings
+    provider: SettingsProvider
     registry: KeyRegistry
     limiter: Limiter
     store: UsageStore | None
     _failures: dict[str, _Failures] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings now: a reload's values apply from the next request on."""
+        return self.provider.current
 
     @property
     def loopback(self) -> bool:

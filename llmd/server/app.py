@@ -10,27 +10,24 @@ from aiohttp import web
 
 from llmd import __version__
 from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
-from llmd.auth.setup import install_security
+from llmd.auth.setup import install_auth
 from llmd.errors import APIError, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
 from llmd.models import ModelManager, engine_options
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
+from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin
-from llmd.server.accounting import (
-    FINISHERS,
-    OBSERVERS,
-    Observer,
-    get_record,
-    on_prepare,
-    record_middleware,
-)
+from llmd.server.accounting import on_prepare, record_middleware
 from llmd.server.body import read_json
 from llmd.serving import Serving
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
+from llmd.usage.setup import install_usage, open_usage
 
 log = logging.getLogger("llmd.api")
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", SettingsProvider)
+"""The settings now, `app[SETTINGS].current`: a reload replaces them."""
 MODELS = web.AppKey("models", ModelManager)
 SERVING = web.AppKey("serving", Serving)
 STARTED = web.AppKey("started", float)
@@ -211,8 +208,14 @@ async def api_health(request: web.Request) -> web.Response:
 
 
 def create_app(
-    settings: Settings, manager: ModelManager, observers: list[Observer] | None = None
+    settings: Settings | SettingsProvider,
+    manager: ModelManager,
+    observers: list[Observer] | None = None,
 ) -> web.Application:
+    """The app for `manager`'s models. `settings`: the daemon's provider, which reloads notify,
+    or fixed settings (tests, benchmarks)."""
+    provider = settings if isinstance(settings, SettingsProvider) else SettingsProvider(settings)
+    current = provider.current
     # record_middleware is outermost so it sees the final status of every response, errors
     # included; observers (metrics, usage, access log) get the record when a request ends.
     app = web.Application(
@@ -221,15 +224,24 @@ def create_app(
     app.on_response_prepare.append(on_prepare)
     app[OBSERVERS] = list(observers or [])
     app[FINISHERS] = []
-    app[SETTINGS] = settings
+    app[SETTINGS] = provider
     app[MODELS] = manager
-    app[SERVING] = Serving(settings)
+    serving = Serving(current)
+    app[SERVING] = serving
+    followers: list[Serving | Metrics] = [serving]  # they read their settings at each request
     app[STARTED] = time.monotonic()
-    if settings.metrics.enabled:
-        metrics = Metrics(settings, manager)
+    if current.metrics.enabled:
+        metrics = Metrics(current, manager)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
+        followers.append(metrics)
         app.router.add_get("/metrics", metrics.handle)
+
+    def follow(new: Settings) -> None:
+        for follower in followers:
+            follower.settings = new
+
+    provider.subscribe(follow)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", create_embeddings)
@@ -239,8 +251,12 @@ def create_app(
     app.router.add_get("/ready", ready)
     app.router.add_get("/api/v1/health", api_health)
     admin.add_routes(app, MODELS)
-    # Keys, limits, usage and audit: its middleware goes after error_middleware.
-    install_security(app, settings)
-    if settings.metrics.enabled and settings.metrics.access != "key":
+    # Auth and usage, side by side. Auth goes first: its middleware runs after
+    # error_middleware, its rate-limit headers are set before the usage hook waits for the
+    # record's commit, and it reads the month's totals before the usage writer starts.
+    usage = open_usage(current)
+    install_auth(app, provider, usage.store, usage.audit)
+    install_usage(app, usage, skip_paths=app[PUBLIC_PATHS])
+    if current.metrics.enabled and current.metrics.access != "key":
         app[PUBLIC_PATHS].add("/metrics")  # scraped without a key; metrics.access decides
     return app

@@ -37,7 +37,7 @@ from llmd.engine.client import RequestHandle
 from llmd.errors import APIError, InvalidRequest
 from llmd.models import Model, ModelManager
 from llmd.protocol import ChatCompletionRequest, ModelRequest, SamplingRequest, usage
-from llmd.server.accounting import RequestRecord, get_record
+from llmd.record import RequestRecord, get_record
 from llmd.serving.sse import EventStream
 from llmd.settings import Settings
 

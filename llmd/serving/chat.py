@@ -10,7 +10,7 @@ from aiohttp import web
 from llmd.engine import messages as m
 from llmd.models import Model
 from llmd.protocol import ChatCompletionRequest, chat_logprobs, envelope, now
-from llmd.server.accounting import RequestRecord
+from llmd.record import RequestRecord
 from llmd.serving.base import Choice, Run, ServingBase
 
 CHAT_CHUNK = "chat.completion.chunk"

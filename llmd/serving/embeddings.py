@@ -14,8 +14,8 @@ from llmd.engine.client import RequestHandle
 from llmd.errors import ServiceUnavailable
 from llmd.models import Model
 from llmd.protocol import EmbeddingRequest, embeddings_body
+from llmd.record import RequestRecord
 from llmd.sampling import resolve
-from llmd.server.accounting import RequestRecord
 from llmd.serving.base import ServingBase, request_timeout, tenant
 
 

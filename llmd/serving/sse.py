@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from llmd.errors import APIError
-from llmd.server.accounting import finish_stream, get_record
+from llmd.record import finish_stream, get_record
 
 log = logging.getLogger("llmd.api")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmd.server.accounting import RECORD, RequestRecord
+from llmd.record import RequestRecord, find_record
 from llmd.usage.store import UsageStore, audit_row
 
 log = logging.getLogger("llmd.usage")
@@ -85,7 +85,7 @@ class UsageRecorder:
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """A plain body goes out only once its record is committed."""
-        record = request.get(RECORD)
+        record = find_record(request)
         if record is not None and (fut := self._uncommitted.get(id(record))) is not None:
             await fut
 
@@ -136,7 +136,7 @@ class Audit:
 
 
 def actor_of(request: web.Request) -> str:
-    record = request.get(RECORD)
+    record = find_record(request)
     name = record.key_name if record is not None else None
     return f"key:{name}" if name else "local"
 

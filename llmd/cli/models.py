@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil
 
-from llmd.settings import ConfigError, Settings, find_config, load_settings
+from llmd.cli.config import settings_from_args
+from llmd.settings import ConfigError
 
 
 def add_parser(sub: Any) -> None:
@@ -51,16 +52,10 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--threads", type=int, default=0, help="0 = all cores")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    from llmd.cli import _overrides
-
-    return load_settings(find_config(args.config), _overrides(args) if hasattr(args, "set") else {})
-
-
 def _url(args: argparse.Namespace) -> str:
     if args.url:
         return str(args.url).rstrip("/")
-    server = _settings(args).server
+    server = settings_from_args(args).current.server
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     return f"http://{host}:{server.port}"
 
@@ -124,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if cmd == "plan":
             from llmd.plan import inputs_from_disk, make_plan, render
 
-            settings = _settings(args)
+            settings = settings_from_args(args).current
             vm = psutil.virtual_memory()
             plan = make_plan(
                 settings,

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmd.auth import keys as k
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 from llmd.usage import store as s
 
 
@@ -44,6 +45,7 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("name")
     for p in [keys, *ksub.choices.values()]:
         p.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    keys.set_defaults(run=run_keys)
 
     usage = sub.add_parser("usage", help="usage records (add `purge` to delete old ones)")
     usage.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
@@ -59,6 +61,7 @@ def add_parsers(sub: Any) -> None:
     purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
     purge.add_argument("--key", dest="purge_key")
     purge.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    usage.set_defaults(run=run_usage)
 
     audit = sub.add_parser("audit", help="the audit log")
     audit.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
@@ -66,6 +69,7 @@ def add_parsers(sub: Any) -> None:
     audit.add_argument("--actor")
     audit.add_argument("--limit", type=int, default=1000)
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    audit.set_defaults(run=run_audit)
 
 
 def _actor() -> str:
@@ -104,7 +108,8 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def run_keys(args: argparse.Namespace, settings: Settings) -> int:
+def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
+    settings = provider.current
     path = settings.auth.keys_file
     cmd = args.keys_command
     try:
@@ -153,7 +158,8 @@ def run_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_usage(args: argparse.Namespace, settings: Settings) -> int:
+def run_usage(args: argparse.Namespace, provider: SettingsProvider) -> int:
+    settings = provider.current
     db = settings.usage.database
     assert db is not None
     try:
@@ -177,8 +183,8 @@ def run_usage(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_audit(args: argparse.Namespace, settings: Settings) -> int:
-    db = settings.usage.database
+def run_audit(args: argparse.Namespace, provider: SettingsProvider) -> int:
+    db = provider.current.usage.database
     assert db is not None
     try:
         since = s.parse_time(args.since) if args.since else None
