@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmd.auth import keys as k
 from llmd.auth.middleware import AUTH
+from llmd.body import read_json
 from llmd.errors import APIError, InvalidRequest
-from llmd.server.body import read_json
 from llmd.usage.recorder import AUDIT
 
 

@@ -26,9 +26,9 @@ from aiohttp import web
 from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
 from llmd.auth.registry import KeyRegistry
+from llmd.body import read_json
 from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 from llmd.record import get_record
-from llmd.server.body import read_json
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.usage.store import UsageStore

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from llmd.body import read_json
 from llmd.errors import InvalidRequest
 from llmd.models import ModelManager
-from llmd.server.body import read_json
 from llmd.settings import parse_duration
 from llmd.usage.recorder import AUDIT
 

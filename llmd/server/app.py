@@ -11,6 +11,7 @@ from aiohttp import web
 from llmd import __version__
 from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
+from llmd.body import read_json
 from llmd.errors import APIError, ModelNotFound, error_body
 from llmd.metrics import Metrics, memory_snapshot, model_snapshots
 from llmd.models import ModelManager, engine_options
@@ -18,7 +19,6 @@ from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingReq
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin
 from llmd.server.accounting import on_prepare, record_middleware
-from llmd.server.body import read_json
 from llmd.serving import Serving
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from llmd.body import read_json
 from llmd.errors import InvalidRequest
-from llmd.server.body import read_json
 
 
 async def _echo(request: web.Request) -> web.Response:
