@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from llmd.engine.client import (
@@ -190,7 +190,9 @@ class ModelManager:
     # -- serving -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str | None, keep_alive: float | None | str = "default") -> Any:
+    async def use(
+        self, name: str | None, keep_alive: float | None | str = "default"
+    ) -> AsyncIterator[Model]:
         """The model for one request, loaded if need be, held until the request ends."""
         entry = self.resolve(name)
         model = await self._ready_model(entry)
@@ -205,7 +207,7 @@ class ModelManager:
             self._set_expiry(entry, model, keep_alive)
             if model.active == 0:
                 model.idle.set()
-                if model.expires is not None and model.expires <= model.last_used:
+                if model.expires is not None and model.expires <= time.monotonic():
                     self._reap_now.set()  # keep_alive 0: the reaper unloads it now
 
     async def _ready_model(self, entry: Entry) -> Model:

@@ -1,0 +1,1 @@
+"""Unit tests: the pieces of llmd in-process, without model processes or llama.cpp."""
