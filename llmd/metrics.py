@@ -290,7 +290,7 @@ class Metrics:
         # Series exist at 0 from the start for every configured model: Prometheus' rate() and
         # increase() cannot see a counter's first step when its series appears already at 1+
         # (a first burst of refusals would read as zero).
-        for name in manager.models:
+        for name in manager.entries:
             for reason in sorted(REFUSAL_CODES):
                 self.refusals.labels(name, reason, "")
             for counter in (self.prompt_tokens, self.cached_tokens, self.completion_tokens):

@@ -48,6 +48,8 @@ def model_process(name: str, options: EngineOptions) -> Process:
 
 
 class ModelManager:
+    """Every model's versions over time: leases, loads, swaps, drains, keep-alive, reloads."""
+
     def __init__(
         self,
         settings: Settings,
@@ -79,10 +81,6 @@ class ModelManager:
 
     @property
     def entries(self) -> dict[str, Entry]:
-        return self.catalogue.entries
-
-    @property
-    def models(self) -> dict[str, Entry]:
         return self.catalogue.entries
 
     @property
