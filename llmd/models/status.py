@@ -27,7 +27,10 @@ from llmd.plan import PlanInput, make_plan
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessStatus:
-    """One loaded version of a model: its process and what its engine last reported."""
+    """One loaded version of a model: its process and what its engine last reported.
+
+    The defaults (here and in `ModelStatus`) describe a ready process with nothing to do, so
+    that a view can be written by hand, as tests do."""
 
     pid: int | None = None
     state: str = ModelState.READY.value
