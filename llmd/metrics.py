@@ -6,27 +6,25 @@ several apps in one process, as in tests, never collide):
 * `Metrics.observe` is a request observer (`record.OBSERVERS`): when a request ends it
   counts it by endpoint, status, model and key name, adds its tokens, and puts its latency,
   time to first token, time per output token and queue wait into histograms.
-* `ModelCollector` reads the `ModelManager` at scrape time (no background polling): model
-  states, running and waiting sequences, KV cells, memory, restarts.
+* `ModelCollector` renders the models' status view (`llmd.models.status`) at scrape time (no
+  background polling): model states, running and waiting sequences, KV cells, memory,
+  restarts.
 
 Names start with `llmd_` and carry their unit. Label values are bounded: `model` is a
 configured model (requests for unknown models carry model=""), `endpoint` a route pattern,
 `key` one of at most `metrics.max_key_labels` key names (then "other").
 
-The same readings back `/api/v1/health` (`model_snapshots`, `memory_snapshot`), so the JSON
-health and the metrics never disagree.
+`/api/v1/health`, the admin API and the systemd status line render the same view, so they
+never disagree with the metrics.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import psutil
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,7 +40,8 @@ from prometheus_client.registry import Collector
 from llmd import __version__
 from llmd.engine.client import ModelState
 from llmd.errors import APIError
-from llmd.models import ModelManager, engine_options
+from llmd.models import ModelManager
+from llmd.models.status import overview
 from llmd.record import RequestRecord
 from llmd.settings import Settings
 
@@ -81,120 +80,6 @@ QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 OTHER_KEY = "other"
 
 
-@dataclass
-class ModelSnapshot:
-    """One model's state as metrics and /api/v1/health report it."""
-
-    name: str
-    state: str
-    pid: int | None
-    restarts: int
-    slots: int
-    queue_limit: int
-    requests_in_flight: int
-    running: int
-    waiting: int
-    kv_cells_used: int
-    kv_cells_total: int
-    rss_bytes: int | None
-    estimated_bytes: int | None
-    engine_steps: int = 0
-    engine_tokens_decoded: int = 0
-    """Counted by the engine process since it started (a restart resets them)."""
-
-    @property
-    def loaded(self) -> bool:
-        return self.state == ModelState.READY.value
-
-    @property
-    def saturated(self) -> bool:
-        """True when a new request would be refused with server_busy (queue full)."""
-        in_use = max(self.requests_in_flight, self.running + self.waiting)
-        return self.loaded and in_use >= self.slots + self.queue_limit
-
-
-class _RSS:
-    """psutil.Process objects cached by pid: building one per scrape costs more than reading."""
-
-    def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-
-    def __call__(self, pid: int | None) -> int | None:
-        if pid is None:
-            return None
-        proc = self._procs.get(pid)
-        try:
-            if proc is None:
-                proc = self._procs[pid] = psutil.Process(pid)
-            return int(proc.memory_info().rss)
-        except psutil.Error:
-            self._procs.pop(pid, None)
-            return None
-
-
-rss = _RSS()
-
-
-def model_snapshots(manager: ModelManager) -> list[ModelSnapshot]:
-    """Every known model: loaded ones from their process, the others from their settings."""
-    out = []
-    for name, entry in manager.entries.items():
-        model = entry.current or (entry.old[0] if entry.old else None)
-        p = model.process if model is not None else None
-        stats = p.stats if p is not None and p.state == ModelState.READY else None
-        options = (
-            p.options
-            if p is not None
-            else engine_options(manager.settings, entry.settings, entry.path)
-        )
-        if model is not None:
-            estimated: int | None = model.estimate.total
-        else:
-            estimated = manager.estimate(entry).total if entry.file is not None else None
-        out.append(
-            ModelSnapshot(
-                name=name,
-                state=entry.state(),
-                pid=p.pid if p else None,
-                restarts=p.restarts if p else 0,
-                slots=options.load.parallel,
-                queue_limit=options.max_queue,
-                requests_in_flight=p.num_inflight if p else 0,
-                running=stats.running if stats else 0,
-                waiting=stats.waiting if stats else 0,
-                kv_cells_used=stats.kv_cells_used if stats else 0,
-                kv_cells_total=stats.kv_cells_total if stats else 0,
-                rss_bytes=rss(p.pid) if p else None,
-                estimated_bytes=estimated,
-                engine_steps=p.stats.steps if p and p.stats else 0,
-                engine_tokens_decoded=p.stats.tokens_decoded if p and p.stats else 0,
-            )
-        )
-    return out
-
-
-@dataclass
-class MemorySnapshot:
-    daemon_rss_bytes: int | None
-    system_total_bytes: int
-    system_available_bytes: int
-    budget_bytes: int
-    """The models' memory budget."""
-    used_bytes: int
-    """What the loaded models count against the budget (measured, else estimated)."""
-
-
-def memory_snapshot(manager: ModelManager) -> MemorySnapshot:
-    vm = psutil.virtual_memory()
-    return MemorySnapshot(
-        daemon_rss_bytes=rss(os.getpid()),
-        system_total_bytes=int(vm.total),
-        system_available_bytes=int(vm.available),
-        budget_bytes=manager.memory_budget_bytes,
-        used_bytes=manager.memory_used_bytes(),
-    )
-
-
 class ModelCollector(Collector):
     """Gauges read from the model manager at scrape time."""
 
@@ -203,8 +88,8 @@ class ModelCollector(Collector):
         self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
-        snaps = model_snapshots(self.manager)
-        mem = memory_snapshot(self.manager)
+        view = overview(self.manager)
+        mem = view.memory
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=list(labels))
@@ -245,34 +130,35 @@ class ModelCollector(Collector):
             "step (live load; llmd_*_tokens_total count per request when it ends).",
             labels=["model"],
         )
-        for s in snaps:
-            steps.add_metric([s.name], s.engine_steps)
-            decoded.add_metric([s.name], s.engine_tokens_decoded)
+        for s in view.models:
+            live = s.live
+            steps.add_metric([s.name], live.engine_steps)
+            decoded.add_metric([s.name], live.engine_tokens_decoded)
             for st in MODEL_STATES:
                 state.add_metric([s.name, st], 1.0 if s.state == st else 0.0)
             loaded.add_metric([s.name], 1.0 if s.loaded else 0.0)
-            running.add_metric([s.name], s.running)
-            waiting.add_metric([s.name], s.waiting)
-            inflight.add_metric([s.name], s.requests_in_flight)
+            running.add_metric([s.name], live.running)
+            waiting.add_metric([s.name], live.waiting)
+            inflight.add_metric([s.name], live.requests_in_flight)
             slots.add_metric([s.name], s.slots)
             qlimit.add_metric([s.name], s.queue_limit)
-            kv_used.add_metric([s.name], s.kv_cells_used)
-            kv_total.add_metric([s.name], s.kv_cells_total)
-            if s.rss_bytes is not None:
-                m_rss.add_metric([s.name], s.rss_bytes)
+            kv_used.add_metric([s.name], live.kv_cells_used)
+            kv_total.add_metric([s.name], live.kv_cells_total)
+            if live.rss_bytes is not None:
+                m_rss.add_metric([s.name], live.rss_bytes)
             if s.estimated_bytes is not None:
                 m_est.add_metric([s.name], s.estimated_bytes)
-            restarts.add_metric([s.name], s.restarts)
+            restarts.add_metric([s.name], live.restarts)
         yield from (state, loaded, running, waiting, inflight, slots, qlimit, kv_used, kv_total)
         yield from (m_rss, m_est, restarts, steps, decoded)
 
         count = GaugeMetricFamily("llmd_models_loaded", "Models loaded and serving.")
-        count.add_metric([], sum(s.loaded for s in snaps))
+        count.add_metric([], sum(s.loaded for s in view.models))
         yield count
         configured = GaugeMetricFamily(
             "llmd_models_configured", "Models known: configured, or found in models_dir."
         )
-        configured.add_metric([], len(snaps))
+        configured.add_metric([], len(view.models))
         yield configured
         for name, doc, value in (
             ("llmd_memory_budget_bytes", "Memory the models may use together.", mem.budget_bytes),
@@ -404,7 +290,7 @@ class Metrics:
         # Series exist at 0 from the start for every configured model: Prometheus' rate() and
         # increase() cannot see a counter's first step when its series appears already at 1+
         # (a first burst of refusals would read as zero).
-        for name in manager.models:
+        for name in manager.entries:
             for reason in sorted(REFUSAL_CODES):
                 self.refusals.labels(name, reason, "")
             for counter in (self.prompt_tokens, self.cached_tokens, self.completion_tokens):

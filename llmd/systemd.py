@@ -16,11 +16,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-import psutil
 import sdnotify
 
 if TYPE_CHECKING:
     from llmd.models import ModelManager
+    from llmd.models.status import Overview
 
 log = logging.getLogger("llmd.systemd")
 
@@ -102,21 +102,20 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _rss(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
 def status_line(manager: ModelManager) -> str:
     """What a person wants from `systemctl status`: models, load, memory against the budget."""
+    # Imported when first used: `llmd check-config` imports this module through llmd.daemon
+    # and should not load the model manager.
+    from llmd.models.status import overview
+
+    return status_text(overview(manager))
+
+
+def status_text(view: Overview) -> str:
+    """The status line of a status view."""
     states: dict[str, int] = {}
-    for entry in manager.entries.values():
-        state = entry.state()
-        states[state] = states.get(state, 0) + 1
+    for model in view.models:
+        states[model.state] = states.get(model.state, 0) + 1
     ready = states.pop("ready", 0)
     on_demand = states.pop("unloaded", 0)
     states.pop("stopped", None)
@@ -126,11 +125,11 @@ def status_line(manager: ModelManager) -> str:
         others.append(f"{on_demand} on demand")
     if others:
         parts[0] += f" ({', '.join(others)})"
-    counts = manager.request_counts().values()
-    running, queued = sum(r for r, _ in counts), sum(q for _, q in counts)
+    versions = [v for model in view.models for v in model.versions]
+    running, queued = sum(v.running for v in versions), sum(v.waiting for v in versions)
     parts.append(f"{running} request{'s' if running != 1 else ''} running")
     parts.append(f"{queued} queued")
-    parts.append(f"{_gb(manager.memory_used_bytes())} of {_gb(manager.memory_budget_bytes)}")
+    parts.append(f"{_gb(view.memory.used_bytes)} of {_gb(view.memory.budget_bytes)}")
     return ", ".join(parts)
 
 

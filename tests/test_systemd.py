@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 
-from llmd.systemd import Notifier, status_line
+from llmd.models.status import MemoryStatus, ModelStatus, Overview, ProcessStatus
+from llmd.systemd import Notifier, status_text
 from tests.conftest import MODELS, ROOT, SMOL, free_port
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
@@ -303,16 +303,15 @@ def test_ready_without_models_is_immediate_and_silent_without_socket(
 
 
 def test_status_line_counts_states_requests_and_memory_against_the_budget() -> None:
-    def entry(state: str) -> SimpleNamespace:
-        return SimpleNamespace(state=lambda: state)
-
-    manager = SimpleNamespace(
-        entries={"a": entry("ready"), "b": entry("loading"), "c": entry("unloaded")},
-        request_counts=lambda: {"a": (3, 1), "b": (0, 0), "c": (0, 0)},
-        memory_budget_bytes=6_000_000_000,
-        memory_used_bytes=lambda: 1_200_000_000,
+    view = Overview(
+        models=[
+            ModelStatus(name="a", state="ready", current=ProcessStatus(running=3, waiting=1)),
+            ModelStatus(name="b", state="loading"),
+            ModelStatus(name="c", state="unloaded"),
+        ],
+        memory=MemoryStatus(budget_bytes=6_000_000_000, used_bytes=1_200_000_000),
     )
-    assert status_line(manager) == (  # type: ignore[arg-type]
+    assert status_text(view) == (
         "serving 1 model (1 loading, 1 on demand), 3 requests running, 1 queued, 1.2 GB of 6.0 GB"
     )
 

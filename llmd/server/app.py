@@ -1,4 +1,4 @@
-"""The aiohttp application: routes (thin), the error middleware, health endpoints."""
+"""The aiohttp application: routes (thin) and the error middleware."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
-from llmd import __version__
 from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
 from llmd.errors import APIError, ModelNotFound, error_body
-from llmd.metrics import Metrics, memory_snapshot, model_snapshots
-from llmd.models import ModelManager, engine_options
+from llmd.metrics import Metrics
+from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
-from llmd.server import admin
+from llmd.server import admin, health
 from llmd.server.accounting import on_prepare, record_middleware
 from llmd.serving import Serving
 from llmd.settings import Settings
@@ -117,96 +116,6 @@ async def get_model(request: web.Request) -> web.Response:
     raise ModelNotFound(name)
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def ready(request: web.Request) -> web.Response:
-    """200 when the default model can take a request now: loaded, and its queue not full."""
-    manager = request.app[MODELS]
-    if manager.default is None:
-        return web.json_response(
-            {"status": "not ready", "reason": "no model configured"}, status=503
-        )
-    entry = manager.entries[manager.default]
-    state = entry.state()
-    # An unloaded default model is ready: the first request loads it.
-    if state not in ("ready", "unloaded") or not manager.started:
-        reason = f"default model '{manager.default}' is {state}"
-        if entry.failed:
-            reason += f": {entry.failed}"
-        return web.json_response({"status": "not ready", "reason": reason}, status=503)
-    snap = next(s for s in model_snapshots(manager) if s.name == manager.default)
-    if snap.saturated:
-        reason = (
-            f"default model '{manager.default}' is saturated: its {snap.slots} slots and "
-            f"queue of {snap.queue_limit} are full"
-        )
-        return web.json_response(
-            {"status": "not ready", "reason": reason}, status=503, headers={"Retry-After": "1"}
-        )
-    return web.json_response({"status": "ready", "model": manager.default})
-
-
-async def api_health(request: web.Request) -> web.Response:
-    manager = request.app[MODELS]
-    models = []
-    for snap in model_snapshots(manager):
-        entry = manager.entries[snap.name]
-        p = entry.current.process if entry.current is not None else None
-        load = (
-            p.options.load
-            if p
-            else engine_options(manager.settings, entry.settings, entry.path).load
-        )
-        models.append(
-            {
-                "name": snap.name,
-                "aliases": entry.settings.aliases,
-                "path": str(entry.path),
-                "state": snap.state,
-                "error": (p.error if p else None) or entry.failed,
-                "pid": snap.pid,
-                "restarts": snap.restarts,
-                "parallel": snap.slots,
-                # What the engine holds inputs to (less for an encoder-only model).
-                "ctx_per_seq": p.info.ctx_per_seq if p and p.info else load.ctx_per_seq,
-                "requests_in_flight": snap.requests_in_flight,
-                "running": snap.running,
-                "queued": snap.waiting,
-                "queue_limit": snap.queue_limit,
-                "saturated": snap.saturated,
-                "kv_tokens_cached": snap.kv_cells_used,
-                "kv_tokens_total": snap.kv_cells_total,
-                "kv_usage": (
-                    round(snap.kv_cells_used / snap.kv_cells_total, 4)
-                    if snap.kv_cells_total
-                    else 0.0
-                ),
-                "memory_rss_bytes": snap.rss_bytes,
-                "memory_estimated_bytes": snap.estimated_bytes,
-                "model_bytes": p.info.model_bytes if p and p.info else None,
-            }
-        )
-    mem = memory_snapshot(manager)
-    return web.json_response(
-        {
-            "status": "ok",
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
-            "default_model": manager.default,
-            "memory": {
-                "daemon_rss_bytes": mem.daemon_rss_bytes,
-                "system_total_bytes": mem.system_total_bytes,
-                "system_available_bytes": mem.system_available_bytes,
-                "budget_bytes": mem.budget_bytes,
-                "used_bytes": mem.used_bytes,
-            },
-            "models": models,
-        }
-    )
-
-
 def create_app(
     settings: Settings | SettingsProvider,
     manager: ModelManager,
@@ -247,9 +156,7 @@ def create_app(
     app.router.add_post("/v1/embeddings", create_embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/api/v1/health", api_health)
+    health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
     # Auth and usage, side by side. Auth goes first: its middleware runs after
     # error_middleware, its rate-limit headers are set before the usage hook waits for the

@@ -1,1 +1,1 @@
-"""Fast tests of single modules, in-process: no daemon, no model files."""
+"""Unit tests: the pieces of llmd in-process, without model processes or llama.cpp."""

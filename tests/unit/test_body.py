@@ -1,4 +1,4 @@
-"""Request bodies (llmd/server/body.py): parsed once, errors as 400s that say why."""
+"""Request bodies (llmd/body.py): parsed once, errors as 400s that say why."""
 
 from __future__ import annotations
 

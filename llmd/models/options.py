@@ -1,0 +1,69 @@
+"""The one place that turns settings into a model's engine options (and so its memory
+estimate): a model's table first, then the [engine] section, then what the machine suggests."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import psutil
+
+from llmd.engine.client import EngineOptions
+from llmd.engine.llama import LoadOptions
+from llmd.gguf import Estimate, ModelFile, estimate
+from llmd.settings import ModelSettings, Settings
+
+
+@functools.cache
+def _physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def auto_threads(cores: int) -> tuple[int, int]:
+    """(decode, prompt) threads when the config says 0.
+
+    Decoding one token is bound by memory bandwidth, not compute: one core fewer costs little,
+    and that core keeps the HTTP server and the clients from preempting llama.cpp's threads
+    mid-step (on 2 cores: 1 decode thread gave 86 tok/s through the daemon, 2 gave 47; see
+    docs/benchmarks.md). Reading prompts is compute-bound and gets every core.
+    """
+    return max(1, cores - 1), cores
+
+
+def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineOptions:
+    """How the model at `path`, configured by `ms`, is loaded and served."""
+    engine = settings.engine
+    auto_decode, auto_batch = auto_threads(_physical_cores())
+    load = LoadOptions(
+        path=path,
+        ctx_per_seq=ms.ctx_per_seq or engine.ctx_per_seq,
+        parallel=ms.parallel or engine.parallel,
+        batch_size=engine.batch_size,
+        ubatch_size=engine.ubatch_size,
+        threads=ms.threads or engine.threads or auto_decode,
+        threads_batch=engine.threads_batch or auto_batch,
+        flash_attn=engine.flash_attn,
+        kv_type=engine.kv_type,
+    )
+    return EngineOptions(
+        load=load,
+        omp_wait_policy=engine.omp_wait_policy,
+        log_level=settings.server.log_level,
+        max_queue=settings.server.max_queue,
+        load_timeout_s=engine.load_timeout_s,
+        hang_timeout_s=engine.hang_timeout_s,
+        restart_backoff_max_s=engine.restart_backoff_max_s,
+    )
+
+
+def estimate_for(settings: Settings, ms: ModelSettings, file: ModelFile) -> Estimate:
+    """The memory `file` will take loaded with these settings, from its header alone."""
+    load = engine_options(settings, ms, file.path).load
+    return estimate(
+        file,
+        load.ctx_per_seq,
+        load.parallel,
+        min(load.ubatch_size, load.batch_size),
+        load.kv_type,
+    )
