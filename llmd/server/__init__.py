@@ -1,1 +1,1 @@
-"""The HTTP side: the aiohttp app, its routes and the OpenAI serving layer."""
+"""The HTTP side: the aiohttp app, its routes, middlewares, health and admin endpoints."""
