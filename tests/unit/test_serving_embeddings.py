@@ -4,15 +4,16 @@ and a client that goes."""
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llmd.protocol import embeddings_body
 from llmd.sampling import resolve
 from tests.unit.app_harness import GEMMA, SMOL, Harness, error_of, json_of, serve, until
 
@@ -54,14 +55,27 @@ def test_base64_is_the_float32_bytes_and_dimensions_shorten_to_unit_length(
         b64 = await json_of(
             await h.post(EMBEDDINGS, {"model": SMOL, "input": "x", "encoding_format": "base64"})
         )
-        wire = array.array("f", base64.b64decode(b64["data"][0]["embedding"]))
-        assert wire.tolist() == floats["data"][0]["embedding"]
+        assert (b64["object"], b64["model"]) == ("list", SMOL)
+        assert (b64["data"][0]["object"], b64["data"][0]["index"]) == ("embedding", 0)
+        # On the wire: base64 of little-endian float32, as OpenAI sends it.
+        raw = base64.b64decode(b64["data"][0]["embedding"])
+        assert list(struct.unpack(f"<{N_EMBD}f", raw)) == floats["data"][0]["embedding"]
         short = await json_of(
             await h.post(EMBEDDINGS, {"model": SMOL, "input": "x", "dimensions": 4})
         )
         assert short["data"][0]["embedding"] == pytest.approx([0.5] * 4)
 
     serve(tmp_path, test)
+
+
+def test_dimensions_keep_the_first_components_scaled_back_to_unit_length() -> None:
+    # The fake's vectors are uniform, so which components are kept shows only here.
+    vector = struct.pack("<4f", 0.6, 0.0, 0.8, 0.0)
+    body = embeddings_body([vector], "m", 3, "float", 2)
+    assert body["data"][0]["embedding"] == pytest.approx([1.0, 0.0])
+    body = embeddings_body([vector], "m", 3, "float", 3)
+    assert body["data"][0]["embedding"] == pytest.approx([0.6, 0.0, 0.8])
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
 
 def test_inputs_go_to_the_engine_a_slots_worth_at_a_time(tmp_path: Path) -> None:
