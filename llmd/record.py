@@ -26,7 +26,7 @@ Finisher = Callable[[web.Request, "RequestRecord"], Awaitable[None]]
 FINISHERS = web.AppKey("finishers", list[Finisher])
 """Awaited by `finish_stream` before a stream's final bytes: what must be durable before the
 client sees the end (usage records) happens there."""
-RECORD = "llmd.record"
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("llmd_record")
 """The key of the record in its `web.Request` (absent before `record_middleware` ran)."""
 
 current_record: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(

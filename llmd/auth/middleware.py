@@ -36,7 +36,7 @@ from llmd.usage.store import UsageStore
 log = logging.getLogger("llmd.auth")
 
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
-KEY = "llmd.key"
+KEY = web.RequestKey("llmd_key", Key)
 _GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
