@@ -34,7 +34,8 @@ from pydantic import (
 from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
 from llmd.sampling import resolve
-from llmd.settings import Duration, SamplingDefaults, parse_duration
+from llmd.settings import SamplingDefaults
+from llmd.units import Duration, parse_duration
 
 log = logging.getLogger("llmd.api")
 

@@ -30,7 +30,8 @@ from llmd.models.budget import mib, rss
 from llmd.models.catalogue import Catalogue, Change, Entry, Model, Process
 from llmd.models.memory import Memory
 from llmd.models.options import engine_options
-from llmd.settings import Settings, parse_duration
+from llmd.settings import Settings
+from llmd.units import parse_duration
 
 log = logging.getLogger("llmd.models")
 
