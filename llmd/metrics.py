@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from llmd import __version__
 from llmd.engine.client import ModelState
-from llmd.errors import APIError
+from llmd.errors import PermissionDenied
 from llmd.models import ModelManager
 from llmd.models.status import overview
 from llmd.record import RequestRecord
@@ -183,11 +183,6 @@ class ModelCollector(Collector):
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], value)
                 yield g
-
-
-class _Forbidden(APIError):
-    status = 403
-    type = "permission_error"
 
 
 def client_allowed(access: str, remote: str | None) -> bool:
@@ -338,7 +333,7 @@ class Metrics:
     async def handle(self, request: web.Request) -> web.Response:
         """GET /metrics in Prometheus' text format."""
         if not client_allowed(self.settings.metrics.access, request.remote):
-            raise _Forbidden(
+            raise PermissionDenied(
                 "Metrics are not open to this client (see metrics.access in the config).",
                 code="metrics_forbidden",
             )
