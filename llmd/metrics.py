@@ -64,7 +64,6 @@ REFUSAL_CODES = frozenset(
         "model_loading",
     }
 )
-MODEL_EVENTS = ("load", "unload", "swap", "load_failed")
 # Entry.state(): a process state, or where a model stands without one.
 MODEL_STATES = tuple(
     dict.fromkeys([*(s.value for s in ModelState), "unloaded", "pending", "unloading", "failed"])

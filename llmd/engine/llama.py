@@ -1,8 +1,10 @@
-"""The only code that touches llama.cpp: load a model, tokenize, decode a batch, sample.
+"""A model in llama.cpp: load it, tokenize, decode a batch, sample. With grammar.py, the only
+code that serves requests through llama.cpp (llmd/quantize.py uses its quantizer).
 
 It runs in a model's child process, on the one thread that owns the context. It speaks
 llama-cpp-python's low-level API (ctypes) directly: the high-level `Llama` class serves one
-sequence at a time and would hide the batch we want to fill ourselves.
+sequence at a time and would hide the batch we want to fill ourselves. Grammars (structured
+output) are checked, and asked about the tokens sampled, in llmd/engine/grammar.py.
 """
 
 from __future__ import annotations

@@ -126,7 +126,6 @@ class UsageStore:
     _queue: queue.SimpleQueue[_Item | None] = field(default_factory=queue.SimpleQueue)
     _pending: list[_Item] = field(default_factory=list)
     _thread: threading.Thread | None = None
-    _lost_logged: bool = False
 
     # -- writing -----------------------------------------------------------------------
 
@@ -382,10 +381,6 @@ def query_audit(
     for row in rows:
         row["detail"] = json.loads(row["detail"]) if row["detail"] else None
     return rows
-
-
-def query_content(path: Path, request_id: str) -> list[dict[str, Any]]:
-    return _select(path, "SELECT * FROM content WHERE request_id = ?", [request_id])
 
 
 def purge(path: Path, before: float, key: str | None = None) -> int:
