@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmd.explain import explain, read_toml
-from llmd.units import Duration, Size, parse_size
-from llmd.units import parse_duration as parse_duration  # re-exported: tests import it here
+from llmd.units import Duration, Size
+from llmd.units import parse_duration as parse_duration  # re-exported: tests import them here
+from llmd.units import parse_size as parse_size
 
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
 
