@@ -2,7 +2,10 @@
 
 APIError                    any error a client should see, with its HTTP status
 ├── InvalidRequest          400 invalid_request_error: the request itself is wrong
+├── AuthenticationError     401: no key, or a key that is not valid
+├── PermissionDenied        403 permission_error: a valid key, or a client, without the right
 ├── ModelNotFound           404 model_not_found
+├── RateLimited             429: a key's limit or monthly quota (llmd.auth.limits)
 └── ServiceUnavailable      503: overloaded, loading, crashed or shutting down; has Retry-After
 """
 
@@ -42,6 +45,16 @@ class APIError(Exception):
 class InvalidRequest(APIError):
     status = 400
     type = "invalid_request_error"
+
+
+class AuthenticationError(APIError):
+    status = 401
+    type = "invalid_request_error"
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
 
 
 class ModelNotFound(APIError):

@@ -1,15 +1,36 @@
-"""Validation errors of a TOML file as lines a person can act on: `file:line: key: reason`.
+"""TOML files checked by a pydantic model: reading one, and explaining its refusal as lines a
+person can act on: `file:line: key: reason`.
 
-The config file (llmd/settings.py) and the keys file (llmd/auth/keys.py) are both TOML checked
-by a pydantic model; both explain a refusal the same way, with the line of the offending key.
+The config file (llmd/settings.py) and the keys file (llmd/auth/keys.py) are both read with
+`read_toml` and explain a refusal the same way, with the line of the offending key.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+
+
+def read_toml(
+    path: Path, error: type[Exception], *, missing_ok: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The file's text and the tables it holds. Raises `error` (the caller's own exception)
+    naming the file when it cannot be read or is not TOML; with `missing_ok`, a missing file
+    reads as empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        if missing_ok and isinstance(exc, FileNotFoundError):
+            return "", {}
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
 
 
 def explain(path: Path | None, text: str, exc: ValidationError) -> str:

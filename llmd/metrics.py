@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from llmd import __version__
 from llmd.engine.client import ModelState
-from llmd.errors import APIError
+from llmd.errors import PermissionDenied
 from llmd.models import ModelManager
 from llmd.models.status import overview
 from llmd.record import RequestRecord
@@ -64,7 +64,6 @@ REFUSAL_CODES = frozenset(
         "model_loading",
     }
 )
-MODEL_EVENTS = ("load", "unload", "swap", "load_failed")
 # Entry.state(): a process state, or where a model stands without one.
 MODEL_STATES = tuple(
     dict.fromkeys([*(s.value for s in ModelState), "unloaded", "pending", "unloading", "failed"])
@@ -183,11 +182,6 @@ class ModelCollector(Collector):
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], value)
                 yield g
-
-
-class _Forbidden(APIError):
-    status = 403
-    type = "permission_error"
 
 
 def client_allowed(access: str, remote: str | None) -> bool:
@@ -338,7 +332,7 @@ class Metrics:
     async def handle(self, request: web.Request) -> web.Response:
         """GET /metrics in Prometheus' text format."""
         if not client_allowed(self.settings.metrics.access, request.remote):
-            raise _Forbidden(
+            raise PermissionDenied(
                 "Metrics are not open to this client (see metrics.access in the config).",
                 code="metrics_forbidden",
             )

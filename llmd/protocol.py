@@ -34,7 +34,8 @@ from pydantic import (
 from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
 from llmd.sampling import resolve
-from llmd.settings import Duration, SamplingDefaults, parse_duration
+from llmd.settings import SamplingDefaults
+from llmd.units import Duration, parse_duration
 
 log = logging.getLogger("llmd.api")
 
@@ -273,6 +274,16 @@ class ChatCompletionRequest(SamplingRequest):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+def _split_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """A prompt or embedding input as OpenAI takes it (a string, a token list, or a list of
+    either) as the list of single inputs it holds."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(p, int) for p in value):
+        return [list(value)]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]
+
+
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
@@ -292,11 +303,7 @@ class CompletionRequest(SamplingRequest):
         super().check()
 
     def prompts(self) -> list[str | list[int]]:
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if all(isinstance(p, int) for p in self.prompt):
-            return [list(self.prompt)]  # type: ignore[arg-type]
-        return list(self.prompt)  # type: ignore[arg-type]
+        return _split_inputs(self.prompt)
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the inputs of one request
@@ -319,11 +326,7 @@ class EmbeddingRequest(ModelRequest):
         return value
 
     def inputs(self) -> list[str | list[int]]:
-        if isinstance(self.input, str):
-            return [self.input]
-        if all(isinstance(p, int) for p in self.input):
-            return [list(self.input)]  # type: ignore[arg-type]
-        return list(self.input)  # type: ignore[arg-type]
+        return _split_inputs(self.input)
 
 
 # -- responses ---------------------------------------------------------------------------

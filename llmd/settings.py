@@ -2,38 +2,24 @@
 
 Every field carries its type, bounds and a description: `llmd serve --help` and
 `llmd check-config` are generated from these, so the docs and the code never disagree.
+Durations and byte sizes are parsed in llmd/units.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llmd.explain import explain
+from llmd.explain import explain, read_toml
+from llmd.units import Duration, Size
+from llmd.units import parse_duration as parse_duration  # re-exported: tests import them here
+from llmd.units import parse_size as parse_size
 
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
-
-
-def _valid_duration(value: str | float) -> str | float:
-    parse_duration(value)
-    return value
-
-
-Duration = Annotated[str | float, AfterValidator(_valid_duration)]
-"""A keep-alive as Ollama takes it: seconds or '30s', '5m', '1h30m'; negative = forever."""
 
 
 class _Section(BaseModel):
@@ -238,23 +224,17 @@ class ModelSettings(_Section):
 
 
 class MemorySettings(_Section):
-    budget: str | int = Field(
+    budget: Size = Field(
         "80%",
         description="Memory all loaded models may take together: bytes, '12GiB', '800MB', "
         "or a share of physical RAM ('75%'). Idle models are unloaded (least recently used "
         "first) to make room; a model that still does not fit is refused with 503.",
     )
-    reserve: str | int = Field(
+    reserve: Size = Field(
         "5%",
         description="System memory that must stay available after a load (bytes, '1GiB' or "
         "'5%' of RAM): a load that would leave less is refused, before the machine swaps.",
     )
-
-    @field_validator("budget", "reserve")
-    @classmethod
-    def _check_size(cls, value: str | int) -> str | int:
-        parse_size(value, 1 << 30)
-        return value
 
     def budget_bytes(self, total: int) -> int:
         return parse_size(self.budget, total)
@@ -394,66 +374,6 @@ class Settings(_Section):
         return path if path.is_absolute() else self.models_dir / path
 
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-def parse_size(value: str | int, total: int) -> int:
-    """Bytes from 1234, '800MB', '12GiB' or '75%' (of `total`)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    text = str(value).strip().lower().replace(" ", "")
-    if text.endswith("%"):
-        share = float(text[:-1])
-        if not 0 < share <= 100:
-            raise ValueError(f"{value!r}: a share of RAM must be in (0%, 100%]")
-        return int(total * share / 100)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", text)
-    if match is None or match.group(2) not in _UNITS:
-        raise ValueError(f"{value!r}: expected bytes, e.g. 8GiB, 800MB, or a share like 75%")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def parse_duration(value: str | float | int) -> float | None:
-    """Seconds from 300, '300', '30s', '5m', '1h30m' (Ollama's keep_alive); None = forever.
-
-    Negative means forever, as in Ollama; 0 means unload as soon as the request ends.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or like '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(
-                    f"{value!r}: expected seconds or a duration like '30s', '5m', '1h'"
-                ) from None
-            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-            seconds = sum(float(n) * scale[u] for n, u in parts)
-    return None if seconds < 0 else seconds
-
-
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names file, line, key and reason."""
 
@@ -472,14 +392,7 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     data: dict[str, Any] = {}
     text = ""
     if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        text, data = read_toml(path, ConfigError)
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     try:

@@ -21,7 +21,6 @@ import hmac
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmd.explain import explain
+from llmd.explain import explain, read_toml
 
 PREFIX = "sk-llmd-"
 _ID_LEN = 12
@@ -150,16 +149,7 @@ def check_name(name: str) -> str:
 
 def read_keys_file(path: Path) -> dict[str, KeyRecord]:
     """Parse and validate; a missing file is no keys. Raises KeysFileError with the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise KeysFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KeysFileError(f"{path}: not valid TOML: {exc}") from exc
+    text, data = read_toml(path, KeysFileError, missing_ok=True)
     try:
         parsed = KeysFile.model_validate(data)
     except ValidationError as exc:

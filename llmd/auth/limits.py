@@ -75,7 +75,6 @@ class Limiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._state: dict[str, _KeyState] = {}
-        self._month_base: dict[str, int] = {}
 
     def set_month_totals(self, totals: dict[str, int], month: float) -> None:
         """Tokens each key used this month before the daemon started (from the database)."""

@@ -27,7 +27,7 @@ from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
 from llmd.auth.registry import KeyRegistry
 from llmd.body import read_json
-from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
+from llmd.errors import AuthenticationError, InvalidRequest, PermissionDenied, ServiceUnavailable
 from llmd.record import get_record
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
@@ -38,16 +38,6 @@ log = logging.getLogger("llmd.auth")
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = web.RequestKey("llmd_key", Key)
 _GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
-
-
-class AuthenticationError(APIError):
-    status = 401
-    type = "invalid_request_error"
-
-
-class PermissionDenied(APIError):
-    status = 403
-    type = "permission_error"
 
 
 def is_admin_path(path: str) -> bool:

@@ -1,4 +1,4 @@
-"""The `llmd` command: `serve` and `check-config`.
+"""The `llmd` command: serve, check-config, keys, usage, audit and models.
 
 `llmd serve --help` lists every setting of the TOML file, generated from the settings model.
 One module per group of subcommands: serve.py (`serve`, `check-config`), keys.py (`keys`,

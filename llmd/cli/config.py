@@ -61,7 +61,7 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:  # a type with its validator (settings.Duration)
+    if origin is typing.Annotated:  # a type with its validator (units.Duration)
         return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return "|".join(json.dumps(a) for a in typing.get_args(annotation))

@@ -81,7 +81,8 @@ def _actor() -> str:
 
 def _audit(settings: Settings, action: str, target: str, detail: dict[str, Any] | None) -> None:
     if settings.usage.enabled and settings.usage.database is not None:
-        s.write_audit_now(settings.usage.database, _actor(), action, target, "local", detail)
+        row = s.audit_row(_actor(), action, target, "local", detail)
+        s.write_audit_now(settings.usage.database, row)
 
 
 def _print(rows: list[dict[str, Any]], fmt: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmd.engine import messages as m
-from llmd.engine.llama import LoadOptions
+from llmd.engine.messages import LoadOptions
 from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("llmd.engine")

@@ -1,24 +1,25 @@
-"""The only code that touches llama.cpp: load a model, tokenize, decode a batch, sample.
+"""A model in llama.cpp: load it, tokenize, decode a batch, sample. With grammar.py, the only
+code that serves requests through llama.cpp (llmd/quantize.py uses its quantizer).
 
 It runs in a model's child process, on the one thread that owns the context. It speaks
 llama-cpp-python's low-level API (ctypes) directly: the high-level `Llama` class serves one
-sequence at a time and would hide the batch we want to fill ourselves.
+sequence at a time and would hide the batch we want to fill ourselves. Grammars (structured
+output) are checked, and asked about the tokens sampled, in llmd/engine/grammar.py.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from llmd.engine.grammar import allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, SamplingParams
+from llmd.engine.messages import LoadOptions as LoadOptions  # re-exported: bench, tests
 
 log = logging.getLogger("llmd.engine")
 
@@ -43,19 +44,6 @@ class LoadError(Exception):
     """The model file could not be loaded (missing, not GGUF, corrupt, too big)."""
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    path: Path
-    ctx_per_seq: int
-    parallel: int
-    batch_size: int
-    ubatch_size: int
-    threads: int
-    threads_batch: int
-    flash_attn: str
-    kv_type: str
-
-
 # llama.cpp logs every tensor while loading; keep errors and warnings, drop the chatter.
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, _user: Any) -> None:
@@ -63,44 +51,8 @@ def _log_callback(level: int, text: bytes, _user: Any) -> None:
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
-# Under a grammar, how many of the model's likely picks are checked one by one before the
-# whole vocabulary is filtered.
-_GRAMMAR_TRIES = 32
-# Deepest nesting of parenthesized groups accepted in a grammar (see `compile_grammar`).
-MAX_GRAMMAR_NESTING = 4096
-# Longest grammar handed to llama.cpp's parser (a schema written as GBNF grows ~8x).
-MAX_GBNF_CHARS = 8_000_000
 # llama_token_data as numpy sees it: a candidate array is filled from the logits in one go.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-
-
-def _nesting(gbnf: str) -> int:
-    """How deep a GBNF grammar's parenthesized groups nest (outside literals, character
-    classes and comments)."""
-    depth = deepest = 0
-    closing = ""  # the end of the literal or class we are in, if any
-    escaped = False
-    comment = False
-    for ch in gbnf:
-        if comment:
-            comment = ch not in "\r\n"
-        elif closing:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == closing:
-                closing = ""
-        elif ch in '"[':
-            closing = '"' if ch == '"' else "]"
-        elif ch == "#":
-            comment = True
-        elif ch == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch == ")":
-            depth -= 1
-    return deepest
 
 
 @dataclass
@@ -272,9 +224,6 @@ class LlamaBackend:
         if not self.encoder_only:
             lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
 
-    def seq_pos_max(self, seq: int) -> int:
-        return int(lc.llama_memory_seq_pos_max(self.memory, seq))
-
     # -- one step --------------------------------------------------------------------------
 
     def decode(self, entries: list[tuple[int, int, int, bool]], embeddings: bool = False) -> int:
@@ -335,37 +284,7 @@ class LlamaBackend:
 
     def compile_grammar(self, grammar: Grammar) -> str | None:
         """Write `grammar.gbnf` and check that llama.cpp accepts it; else say why not."""
-        if grammar.kind == "json_object":
-            gbnf = JSON_GBNF
-        elif grammar.kind == "json_schema":
-            try:
-                gbnf = json_schema_to_gbnf(grammar.source)
-            except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
-                return f"This JSON schema cannot be followed: {exc}"
-        else:
-            gbnf = grammar.source
-        if len(gbnf) > MAX_GBNF_CHARS:
-            return (
-                f"The grammar is {len(gbnf)} characters long once written as GBNF; at most "
-                f"{MAX_GBNF_CHARS} are supported."
-            )
-        depth = _nesting(gbnf)
-        if depth > MAX_GRAMMAR_NESTING:
-            # llama.cpp parses groups recursively: ~18,000 levels overflow the thread's
-            # 8 MB stack and kill the process, every other request on this model with it.
-            # (A JSON schema's maxLength N nests N levels.)
-            return (
-                f"The grammar nests groups {depth} levels deep; at most "
-                f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
-                "that many levels)."
-            )
-        sampler = lc.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
-        if not sampler:
-            # llama.cpp logged the parser's reason as an error (the daemon's log has it).
-            return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
-        lc.llama_sampler_free(sampler)
-        grammar.gbnf = gbnf
-        return None
+        return compile_grammar(self.vocab, grammar)
 
     def new_sampler(self, params: SamplingParams, seed: int) -> _Sampler:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -433,14 +352,17 @@ class LlamaBackend:
         Filtering the vocabulary costs ~7 ms per token for SmolLM2, checking a token ~5 us.)"""
         logits = self._logits(index)
         if sampler.greedy:
-            token = self._best_allowed(sampler.grammar, logits)
+            token = best_allowed(sampler.grammar, logits)
         else:
             token, size = self._choose(sampler, logits, False)
-            if not self._allows(sampler.grammar, token):
-                token = self._redraw(sampler, size) if sampler.rng is not None else None
+            if not allows(sampler.grammar, token):
+                token = None
+                if sampler.rng is not None:  # the chain's candidates, left in the buffer
+                    drawn = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)
+                    token = redraw(sampler.grammar, sampler.rng, drawn[:size])
         if token is None:
             token, _ = self._choose(sampler, logits, True)
-            if not self._allows(sampler.grammar, token):
+            if not allows(sampler.grammar, token):
                 # Nothing can follow (a grammar asking for a byte no token writes, such as
                 # NUL). llama.cpp aborts the process when a grammar accepts a token it
                 # refuses, so the answer ends here instead, as if the model had stopped.
@@ -449,44 +371,9 @@ class LlamaBackend:
         lc.llama_sampler_accept(sampler.chain, token)
         return token
 
-    def _best_allowed(self, grammar: Any, logits: Any) -> int | None:
-        """Greedy under a grammar: the most likely allowed token, if one of the top few is.
-        The same token as greedy after filtering the whole vocabulary (ties: lowest id)."""
-        best = int(logits.argmax())  # mostly allowed: spare the partial sort
-        if self._allows(grammar, best):
-            return best
-        tries = min(_GRAMMAR_TRIES, self.n_vocab - 1)
-        top = np.argpartition(-logits, tries)[:tries]
-        for token in top[np.lexsort((top, -logits[top]))]:
-            if self._allows(grammar, int(token)):
-                return int(token)
-        return None
-
-    def _redraw(self, sampler: _Sampler, size: int) -> int | None:
-        """Sampling under a grammar: draw again from the distribution the chain just made
-        (its `size` candidates, left in the candidate buffer) until the grammar allows a draw.
-        Drawing until allowed samples exactly that distribution restricted to the allowed
-        tokens."""
-        view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)[:size]
-        cumulative = np.cumsum(view["p"], dtype=np.float64)
-        assert sampler.rng is not None
-        draws = sampler.rng.random(_GRAMMAR_TRIES) * cumulative[-1]
-        for i in np.searchsorted(cumulative, draws, side="right"):
-            token = int(view["id"][min(int(i), len(view) - 1)])
-            if self._allows(sampler.grammar, token):
-                return token
-        return None
-
-    @staticmethod
-    def _allows(grammar: Any, token: int) -> bool:
-        one = lc.llama_token_data(token, 1.0, 0.0)
-        check = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
-        lc.llama_sampler_apply(grammar, ctypes.byref(check))
-        return bool(one.logit != -math.inf)
-
     def _choose(self, sampler: _Sampler, logits: Any, constrained: bool) -> tuple[int, int]:
         """Run the chain over a fresh candidate array of the whole vocabulary: the token it
-        selects, and how many candidates the chain left (for `_redraw`)."""
+        selects, and how many candidates the chain left (for `grammar.redraw`)."""
         if self._candidates is None:  # one buffer, reused: samplers sort it in place
             self._candidates = (lc.llama_token_data * self.n_vocab)()
             self._vocab_ids = np.arange(self.n_vocab, dtype=np.int32)

@@ -6,6 +6,7 @@ import pickle
 import socket
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 _HEADER = struct.Struct("!I")
@@ -68,13 +69,28 @@ class GenerateRequest:
     """Read the prompt for its embedding (one `Embedding` event) instead of generating."""
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model process loads its model and sizes its llama.cpp context (llmd/models/options.py
+    makes them from the settings)."""
+
+    path: Path
+    ctx_per_seq: int
+    parallel: int
+    batch_size: int
+    ubatch_size: int
+    threads: int
+    threads_batch: int
+    flash_attn: str
+    kv_type: str
+
+
 @dataclass
 class Load:
     """The first message to a model process: which model to load, and how."""
 
     name: str
-    options: Any
-    """llmd.engine.llama.LoadOptions (not imported here: llama imports this module)."""
+    options: LoadOptions
 
 
 @dataclass

@@ -116,16 +116,8 @@ class Scheduler:
         room = self.ctx_per_seq - len(prompt)
         if req.embed:
             if room < 0:
-                return [
-                    Failed(
-                        req.id,
-                        400,
-                        f"This model's maximum context length is {self.ctx_per_seq} tokens. "
-                        f"However, an input has {len(prompt)} tokens. Please reduce its length.",
-                        code="context_length_exceeded",
-                        param="input",
-                    )
-                ]
+                why = f"an input has {len(prompt)} tokens. Please reduce its length."
+                return [self._too_long(req, why, "input")]
             self.waiting.append(RequestState(req, prompt, 0))
             return [Started(req.id, len(prompt), 0)]
         # No limit asked: as many tokens as the context leaves after the prompt.
@@ -133,18 +125,11 @@ class Scheduler:
         max_tokens = asked_max if asked_max is not None else room
         if room < 1 or max_tokens > room:
             asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
-            return [
-                Failed(
-                    req.id,
-                    400,
-                    f"This model's maximum context length is {self.ctx_per_seq} tokens. "
-                    f"However, you requested {asked} tokens ({len(prompt)} in the prompt, "
-                    f"{max_tokens} for the completion). Please reduce the prompt or the "
-                    "completion length.",
-                    code="context_length_exceeded",
-                    param="messages",
-                )
-            ]
+            why = (
+                f"you requested {asked} tokens ({len(prompt)} in the prompt, {max_tokens} for "
+                "the completion). Please reduce the prompt or the completion length."
+            )
+            return [self._too_long(req, why, "messages")]
         self.waiting.append(RequestState(req, prompt, max_tokens))
         prompt_text = None
         if req.return_prompt_text:
@@ -152,6 +137,16 @@ class Scheduler:
                 "utf-8", "replace"
             )
         return [Started(req.id, len(prompt), max_tokens, prompt_text)]
+
+    def _too_long(self, req: GenerateRequest, why: str, param: str) -> Failed:
+        """OpenAI's context_length_exceeded error, in its words."""
+        return Failed(
+            req.id,
+            400,
+            f"This model's maximum context length is {self.ctx_per_seq} tokens. However, {why}",
+            code="context_length_exceeded",
+            param=param,
+        )
 
     def cancel(self, request_id: str) -> None:
         for state in list(self.waiting):

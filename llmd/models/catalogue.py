@@ -27,6 +27,7 @@ from llmd.models.budget import cost
 from llmd.models.options import engine_options
 from llmd.settings import ModelSettings, Settings
 from llmd.templates import ChatTemplate, choose_template
+from llmd.units import Duration, parse_duration
 from llmd.watch import (
     Candidate,
     DirectoryWatcher,
@@ -176,6 +177,18 @@ class Entry:
     def versions(self) -> list[Model]:
         """Every loaded version: the current one first, then the others."""
         return [m for m in [self.current, *self.old] if m is not None]
+
+    def keep_alive_s(self, default: Duration) -> float | None:
+        """Seconds this model stays loaded once idle; None: forever. The admin API's value,
+        else its own keep_alive setting, else forever when it preloads, else `default`
+        (loading.keep_alive): the order ModelSettings.keep_alive documents."""
+        if self.keep_alive != "default":
+            return self.keep_alive  # type: ignore[return-value]
+        if self.settings.keep_alive is not None:
+            return parse_duration(self.settings.keep_alive)
+        if self.configured and self.settings.preload:
+            return None
+        return parse_duration(default)
 
 
 @dataclass(frozen=True)

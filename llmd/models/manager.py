@@ -30,7 +30,7 @@ from llmd.models.budget import mib, rss
 from llmd.models.catalogue import Catalogue, Change, Entry, Model, Process
 from llmd.models.memory import Memory
 from llmd.models.options import engine_options
-from llmd.settings import Settings, parse_duration
+from llmd.settings import Settings
 
 log = logging.getLogger("llmd.models")
 
@@ -127,13 +127,7 @@ class ModelManager:
 
     def keep_alive_of(self, entry: Entry) -> float | None:
         """Seconds an idle model stays loaded; None: forever."""
-        if entry.keep_alive != "default":
-            return entry.keep_alive  # type: ignore[return-value]
-        if entry.settings.keep_alive is not None:
-            return parse_duration(entry.settings.keep_alive)
-        if entry.configured and entry.settings.preload:
-            return None
-        return parse_duration(self.settings.loading.keep_alive)
+        return entry.keep_alive_s(self.settings.loading.keep_alive)
 
     # -- start and stop ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 
 from llmd.engine.client import EngineOptions
-from llmd.engine.llama import LoadOptions
+from llmd.engine.messages import LoadOptions
 from llmd.gguf import Estimate, ModelFile, estimate
 from llmd.settings import ModelSettings, Settings
 

@@ -1,1 +1,3 @@
-"""The HTTP side: the aiohttp app, its routes, middlewares, health and admin endpoints."""
+"""The HTTP side: the aiohttp app and its routes (`app`), the health endpoints (`health`), the
+model admin API (`admin`) and the middleware that opens each request's record (`accounting`).
+The OpenAI endpoints' work is the serving layer's (llmd/serving/)."""

@@ -13,7 +13,7 @@ from llmd.body import read_json
 from llmd.errors import InvalidRequest
 from llmd.models import Entry, ModelManager
 from llmd.models.status import MemoryStatus, ModelStatus, memory_status, model_status, plan
-from llmd.settings import parse_duration
+from llmd.units import parse_duration
 from llmd.usage.recorder import AUDIT
 
 

@@ -126,7 +126,6 @@ class UsageStore:
     _queue: queue.SimpleQueue[_Item | None] = field(default_factory=queue.SimpleQueue)
     _pending: list[_Item] = field(default_factory=list)
     _thread: threading.Thread | None = None
-    _lost_logged: bool = False
 
     # -- writing -----------------------------------------------------------------------
 
@@ -384,10 +383,6 @@ def query_audit(
     return rows
 
 
-def query_content(path: Path, request_id: str) -> list[dict[str, Any]]:
-    return _select(path, "SELECT * FROM content WHERE request_id = ?", [request_id])
-
-
 def purge(path: Path, before: float, key: str | None = None) -> int:
     """Delete usage records (and stored text) older than `before`; how many records went."""
     conn = connect(path)
@@ -403,18 +398,11 @@ def purge(path: Path, before: float, key: str | None = None) -> int:
         conn.close()
 
 
-def write_audit_now(
-    path: Path,
-    actor: str,
-    action: str,
-    target: str | None,
-    client: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """For the CLI: one audit entry, committed before returning."""
+def write_audit_now(path: Path, row: tuple[Any, ...]) -> None:
+    """For the CLI: one audit entry (an `audit_row`), committed before returning."""
     conn = connect(path)
     try:
-        conn.execute(_INSERT["audit"], audit_row(actor, action, target, client, detail))
+        conn.execute(_INSERT["audit"], row)
     finally:
         conn.close()
 
@@ -427,6 +415,8 @@ def audit_row(
     detail: dict[str, Any] | None,
     now: float | None = None,
 ) -> tuple[Any, ...]:
+    """One audit log entry as the database stores it; the daemon queues it for the writer
+    (usage.recorder.Audit), the CLI writes it at once (`write_audit_now`)."""
     return (
         now if now is not None else time.time(),
         actor,

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "llmd.record",
             "llmd.body",
             "llmd.explain",
+            "llmd.units",
             "llmd.settings",
             "llmd.settings_provider",
             "llmd.gguf",
