@@ -27,8 +27,8 @@ from llmd.auth.keys import add_key
 from llmd.engine.messages import Admitted, GenerateRequest
 from llmd.engine.scheduler import Scheduler
 from llmd.sampling import resolve
-from tests.conftest import SMOL, Daemon, bearer, start_daemon
-from tests.test_scheduler import FakeBackend
+from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
+from tests.unit.test_scheduler import FakeBackend
 
 KEYED_CONFIG = f"""
 [server]

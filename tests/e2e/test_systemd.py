@@ -25,7 +25,7 @@ import pytest
 
 from llmd.models.status import MemoryStatus, ModelStatus, Overview, ProcessStatus
 from llmd.systemd import Notifier, status_text
-from tests.conftest import MODELS, ROOT, SMOL, free_port
+from tests.e2e.conftest import MODELS, ROOT, SMOL, free_port
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.daemon import GEMMA, MODELS, SMOL
 from llmd.gguf import (
     GGUFError,
     Incomplete,
@@ -17,7 +18,6 @@ from llmd.gguf import (
 from llmd.settings import parse_duration, parse_size
 from llmd.watch import find_models, model_name
 from tests import tinybert
-from tests.conftest import GEMMA, MODELS, SMOL
 
 
 def _str(s: str) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 from bench.harness import MemoryWatch
 from bench.report import markdown, ratios, summarize_runs, targets
 from bench.workloads import Workload, measure
-from tests.conftest import Daemon
+from tests.e2e.conftest import Daemon
 
 
 @dataclass

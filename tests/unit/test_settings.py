@@ -10,7 +10,7 @@ from llmd.cli.config import settings_reference
 from llmd.models import auto_threads
 from llmd.settings import ConfigError, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_example_config_loads_with_paths_relative_to_it() -> None:

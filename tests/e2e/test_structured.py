@@ -11,10 +11,10 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import MODELS, SMOL
+from tests.e2e.conftest import MODELS, SMOL
 
 if TYPE_CHECKING:
-    from tests.conftest import Daemon
+    from tests.e2e.conftest import Daemon
 
 ASK = [{"role": "user", "content": "Describe a cat as a JSON object with its name and age."}]
 

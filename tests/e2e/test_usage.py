@@ -21,7 +21,7 @@ import pytest
 from llmd.auth.keys import add_key
 from llmd.auth.limits import Limiter, RateLimited, month_start
 from llmd.usage.store import UsageQuery, UsageStore, query_usage, totals_since
-from tests.conftest import SMOL, Daemon, bearer, start_daemon
+from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
 
 CONFIG = f"""
 [server]

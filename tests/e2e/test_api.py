@@ -16,7 +16,7 @@ import openai
 import pytest
 
 if TYPE_CHECKING:
-    from tests.conftest import Daemon
+    from tests.e2e.conftest import Daemon
 
 SMOL = "smollm2"
 GEMMA = "gemma3-270m"

@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmd.logs import Formatter
 from llmd.metrics import client_allowed
 from llmd.record import RequestRecord, current_record
-from tests.conftest import ROOT, SMOL
+from tests.e2e.conftest import ROOT, SMOL
 
 if TYPE_CHECKING:
-    from tests.conftest import Daemon
+    from tests.e2e.conftest import Daemon
 
 SECRET = "tangerine-walrus-saxophone-4417"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
