@@ -4,7 +4,7 @@
 output in WORK/daemon.log, and waits for a path (`/ready`, `/health`) to answer 200;
 `spawn` starts any other server the same way (a benchmark's llama-server). A `Daemon` is
 stopped with SIGTERM, and a start that fails raises with the end of its log, where a crash is
-told. tests/conftest.py's fixtures and every bench script start their daemons here.
+told. tests/e2e/conftest.py's fixtures and every bench script start their daemons here.
 """
 
 from __future__ import annotations

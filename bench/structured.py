@@ -8,7 +8,7 @@ output tokens/s, inter-token latency (ITL) p50, how many of the 16 answers ran t
 (all of them: free answers ignore the end of generation, and the schema's ten cities cannot
 close in 64 tokens, so held and free do the same work at the same concurrency); and the cost
 of the grammar, held / free ITL p50, the figure to compare between servers. That held answers
-are valid JSON of the schema is the tests' business (tests/test_structured.py). 3 repeats by
+are valid JSON of the schema is the tests' business (tests/e2e/test_structured.py). 3 repeats by
 default, the first place alternating.
 
     .venv/bin/python -m bench.structured [--model PATH] [--repeats N] [--json OUT]

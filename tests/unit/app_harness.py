@@ -12,7 +12,7 @@ aiohttp test server and client on it, then runs one test against it on a fresh e
 
         serve(tmp_path, test)
 
-The models are the e2e suite's names (tests/conftest.py): `smollm2` (alias `smol`, the
+The models are the e2e suite's names (tests/e2e/conftest.py): `smollm2` (alias `smol`, the
 default) and `gemma3-270m` (two slots), both loaded at start; `files` adds plain files to
 the models directory, served under their own names (loaded on first use). Every fake process
 answers `tokens` (default "Hello", ",", " world", "!"), counts a text prompt's words as its
@@ -51,7 +51,7 @@ HI = [{"role": "user", "content": "Say hi to me"}]
 def settings_for(
     tmp_path: Path, files: Sequence[str] = (), config: dict[str, Any] | None = None
 ) -> Settings:
-    """Two configured models (as in tests/conftest.py) and `files` in a fresh models
+    """Two configured models (as in tests/e2e/conftest.py) and `files` in a fresh models
     directory, the keys file `keys_file(tmp_path)`, no usage database unless asked for;
     `config`: settings by dotted name ("server.max_queue") over these."""
     models_dir = write_models(tmp_path / "models", SMOL, GEMMA, *files)

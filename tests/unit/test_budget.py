@@ -1,9 +1,12 @@
-"""The memory budget's choice of what to unload (`choose_victims`), and a model's cost."""
+"""The memory budget (llmd/models/budget.py): the choice of what to unload (`choose_victims`), a
+model's cost, and the service's memory limit read from its cgroup."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmd.gguf import Estimate
-from llmd.models.budget import Holder, choose_victims, cost
+from llmd.models.budget import Holder, choose_victims, cost, service_memory_limit
 
 MiB = 1024 * 1024
 NEED = Estimate(weights=300 * MiB, kv_cache=80 * MiB, compute=20 * MiB)  # 400 MiB
@@ -92,3 +95,23 @@ def test_cost_is_the_measured_peak_once_served_else_the_larger_reading() -> None
     assert cost(estimated=500, peak_rss=700, served=False) == 700
     assert cost(estimated=500, peak_rss=300, served=True) == 300
     assert cost(estimated=500, peak_rss=0, served=True) == 500
+
+
+def test_service_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    v2 = root / "system.slice" / "llmd.service"
+    v2.mkdir(parents=True)
+    (v2 / "memory.max").write_text("8589934592\n")
+    proc.write_text("0::/system.slice/llmd.service\n")
+    assert service_memory_limit(proc, root) == 8 << 30
+    (v2 / "memory.max").write_text("max\n")
+    assert service_memory_limit(proc, root) is None
+    v1 = root / "memory" / "box"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    proc.write_text("4:memory:/box\n1:cpu:/\n")
+    assert service_memory_limit(proc, root) is None
+    (v1 / "memory.limit_in_bytes").write_text("2147483648\n")
+    assert service_memory_limit(proc, root) == 2 << 30
+    assert service_memory_limit(tmp_path / "missing", root) is None

@@ -1,4 +1,5 @@
-"""The GGUF header reader, the memory estimate, sizes and durations (no daemon)."""
+"""The GGUF header reader and the memory estimate (llmd/gguf.py), on synthetic files and the real
+models' headers."""
 
 from __future__ import annotations
 
@@ -7,17 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmd.gguf import (
-    GGUFError,
-    Incomplete,
-    estimate,
-    read_gguf,
-    read_model,
-)
-from llmd.settings import parse_duration, parse_size
-from llmd.watch import find_models, model_name
+from bench.daemon import GEMMA, MODELS, SMOL
+from llmd.gguf import GGUFError, Incomplete, estimate, read_gguf, read_model
+from llmd.watch import find_models
 from tests import tinybert
-from tests.conftest import GEMMA, MODELS, SMOL
 
 
 def _str(s: str) -> bytes:
@@ -121,13 +115,6 @@ def test_split_model_needs_all_parts(tmp_path: Path) -> None:
     assert model.tensor_bytes == 2 * read_gguf(tmp_path / "big-00002-of-00002.gguf").tensor_bytes
 
 
-def test_names_from_files(tmp_path: Path) -> None:
-    assert model_name(Path("Qwen2.5 7B (q4).gguf")) == "Qwen2.5-7B--q4-"
-    for name in ("a.gguf", ".hidden.gguf", "b.gguf.part", "c.tmp", "d-00002-of-00003.gguf"):
-        (tmp_path / name).write_bytes(b"")
-    assert [c.name for c in find_models(tmp_path)] == ["a"]
-
-
 def test_real_models_metadata() -> None:
     smol = read_model(MODELS / SMOL)
     assert smol.info.architecture == "llama" and smol.info.quantization == "Q4_1"
@@ -149,62 +136,6 @@ def test_estimate_parts() -> None:
     assert big.kv_cache == 23040 * 2048 * 16
     assert estimate(smol, 512, 2, 256, "q8_0").kv_cache < small.kv_cache
     assert big.total > small.total > smol.tensor_bytes
-
-
-def test_sizes_and_durations() -> None:
-    assert parse_size("8GiB", 0) == 8 * 2**30
-    assert parse_size("800MB", 0) == 800_000_000
-    assert parse_size(1234, 0) == 1234
-    assert parse_size("50%", 1000) == 500
-    for bad in ("lots", "0%", "150%", "12 parsecs"):
-        with pytest.raises(ValueError):
-            parse_size(bad, 1000)
-    assert parse_duration("5m") == 300
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("250ms") == 0.25
-    assert parse_duration(0) == 0
-    assert parse_duration("-1") is None
-    assert parse_duration(-1) is None
-    for bad_duration in ("soon", "5 minutes", True):
-        with pytest.raises(ValueError):
-            parse_duration(bad_duration)  # type: ignore[arg-type]
-
-
-def test_bad_memory_settings_name_file_and_line(tmp_path: Path) -> None:
-    from llmd.settings import ConfigError, load_settings
-
-    path = tmp_path / "llmd.toml"
-    path.write_text('[memory]\nbudget = "lots"\n\n[loading]\nkeep_alive = "soon"\n')
-    with pytest.raises(ConfigError) as err:
-        load_settings(path)
-    message = str(err.value)
-    assert f"{path}:2: memory.budget" in message and "8GiB" in message
-    assert f"{path}:5: loading.keep_alive" in message
-    path.write_text('[models.x]\npath = "x.gguf"\nkeep_alive = "5 minutes"\n')
-    with pytest.raises(ConfigError, match=r":3: models\.x\.keep_alive"):
-        load_settings(path)
-
-
-def test_service_memory_limit_reads_cgroup_v2_and_v1(tmp_path: Path) -> None:
-    from llmd.models import service_memory_limit
-
-    proc = tmp_path / "cgroup"
-    root = tmp_path / "fs"
-    v2 = root / "system.slice" / "llmd.service"
-    v2.mkdir(parents=True)
-    (v2 / "memory.max").write_text("8589934592\n")
-    proc.write_text("0::/system.slice/llmd.service\n")
-    assert service_memory_limit(proc, root) == 8 << 30
-    (v2 / "memory.max").write_text("max\n")
-    assert service_memory_limit(proc, root) is None
-    v1 = root / "memory" / "box"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    proc.write_text("4:memory:/box\n1:cpu:/\n")
-    assert service_memory_limit(proc, root) is None
-    (v1 / "memory.limit_in_bytes").write_text("2147483648\n")
-    assert service_memory_limit(proc, root) == 2 << 30
-    assert service_memory_limit(tmp_path / "missing", root) is None
 
 
 def test_encoder_only_model_has_no_kv_cache(tmp_path: Path) -> None:

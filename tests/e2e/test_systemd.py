@@ -23,52 +23,11 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from llmd.models.status import MemoryStatus, ModelStatus, Overview, ProcessStatus
-from llmd.systemd import Notifier, status_text
-from tests.conftest import MODELS, ROOT, SMOL, free_port
+from llmd.systemd import Notifier
+from tests.e2e.conftest import MODELS, ROOT, SMOL, free_port
+from tests.notify_socket import NotifySocket
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's notification socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[str] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            with self._lock:
-                self.messages.extend(data.decode().splitlines())
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return list(self.messages)
-
-    def wait_for(self, line: str, after: int = 0, timeout: float = 120) -> int:
-        """Index of the first message at or after `after` that is `line` ("READY=1"), or
-        starts with it ("STATUS=serving")."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, msg in enumerate(self.lines()[after:], start=after):
-                if msg == line or (not line.endswith("=1") and msg.startswith(line)):
-                    return i
-            time.sleep(0.05)
-        got = [msg for msg in self.lines()[after:] if msg != "WATCHDOG=1"][-20:]
-        raise AssertionError(f"no {line!r} after #{after}; got (less WATCHDOG=1) {got}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Served:
@@ -300,36 +259,6 @@ def test_ready_without_models_is_immediate_and_silent_without_socket(
     quiet = Notifier()
     assert quiet.enabled is False and quiet.watchdog_interval_s is None
     quiet.ready("x")  # a no-op
-
-
-def test_status_line_counts_states_requests_and_memory_against_the_budget() -> None:
-    view = Overview(
-        models=[
-            ModelStatus(name="a", state="ready", current=ProcessStatus(running=3, waiting=1)),
-            ModelStatus(name="b", state="loading"),
-            ModelStatus(name="c", state="unloaded"),
-        ],
-        memory=MemoryStatus(budget_bytes=6_000_000_000, used_bytes=1_200_000_000),
-    )
-    assert status_text(view) == (
-        "serving 1 model (1 loading, 1 on demand), 3 requests running, 1 queued, 1.2 GB of 6.0 GB"
-    )
-
-
-def test_watchdog_interval_is_half_of_watchdog_usec(
-    notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
-    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
-    notifier = Notifier()
-    assert notifier.watchdog_interval_s == 15.0
-    notifier.watchdog()
-    notify.wait_for("WATCHDOG=1", timeout=10)
-    notifier.close()
-    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
-    other = Notifier()
-    assert other.watchdog_interval_s is None
-    other.close()
 
 
 def _serve(config: Path | str, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,7 @@ import openai
 import pytest
 
 from llmd.auth.keys import add_key
-from llmd.auth.limits import Limiter, RateLimited, month_start
-from llmd.usage.store import UsageQuery, UsageStore, query_usage, totals_since
-from tests.conftest import SMOL, Daemon, bearer, start_daemon
+from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
 
 CONFIG = f"""
 [server]
@@ -322,83 +320,3 @@ def test_unwritten_records_are_not_lost_silently_at_exit(tmp_path: Path) -> None
     assert d.stop() == 0
     assert "unwritten usage record" in d.logs()
     assert resp.headers["x-request-id"] in d.logs()
-
-
-# -- the clock: month boundaries and retention, on real SQLite --------------------------------
-
-
-class Clock:
-    def __init__(self, when: dt.datetime) -> None:
-        self.now = when.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _record(store: UsageStore, when: float, key: str, tokens: int) -> None:
-    row = (
-        when,
-        uuid.uuid4().hex,
-        key,
-        "m",
-        "/v1/completions",
-        200,
-        None,
-        0,
-        tokens,
-        0,
-        0,
-        1,
-        2,
-        "",
-    )
-    store.put("usage", row)
-
-
-def test_monthly_quota_across_a_month_boundary(tmp_path: Path) -> None:
-    from llmd.auth.keys import KeyRecord
-
-    clock = Clock(dt.datetime(2026, 1, 31, 23, 58, tzinfo=dt.UTC))
-    store = UsageStore(tmp_path / "usage.db", clock=clock)
-    store.start()
-    _record(store, clock.now - 86400, "alice", 60)  # January, in the database already
-    store.close()
-    rec = KeyRecord(id="0" * 12, hash="x", monthly_tokens=100)
-    # The daemon starts on Jan 31: January's 60 tokens count.
-    limiter = Limiter(clock)
-    month = month_start(clock.now)
-    limiter.set_month_totals(totals_since(store.path, month), month)
-    limiter.admit("alice", rec)
-    limiter.release("alice", 50)  # 110 of 100: this request finished anyway
-    with pytest.raises(RateLimited) as info:
-        limiter.admit("alice", rec)
-    assert info.value.code == "insufficient_quota"
-    assert info.value.retry_after == 120  # until 2026-02-01T00:00Z
-    # February: a new quota, whether the daemon kept running...
-    clock.now = dt.datetime(2026, 2, 1, 0, 0, 1, tzinfo=dt.UTC).timestamp()
-    limiter.admit("alice", rec)
-    # ...or restarted and read the totals back from the database.
-    restarted = Limiter(clock)
-    february = month_start(clock.now)
-    restarted.set_month_totals(totals_since(store.path, february), february)
-    assert restarted.month_tokens("alice") == 0
-    restarted.admit("alice", rec)
-
-
-def test_content_retention(tmp_path: Path) -> None:
-    clock = Clock(dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
-    store = UsageStore(tmp_path / "usage.db", retention_days=7, clock=clock)
-    store.start()
-    store.put("content", ("old", clock.now - 8 * 86400, "k", "p", "a"))
-    store.put("content", ("new", clock.now - 6 * 86400, "k", "p", "a"))
-    _record(store, clock.now - 8 * 86400, "k", 5)
-    store.close()
-    # The writer thread expires stored text on its own (at start, then hourly).
-    conn = sqlite3.connect(tmp_path / "usage.db", isolation_level=None)
-    assert [r[0] for r in conn.execute("SELECT request_id FROM content")] == ["new"]
-    clock.now += 2 * 86400
-    assert store.expire_content(conn) == 1
-    assert conn.execute("SELECT COUNT(*) FROM content").fetchone() == (0,)
-    conn.close()
-    # The usage record itself stays (only the text expires).
-    assert len(query_usage(store.path, UsageQuery(key="k"))) == 1

@@ -24,11 +24,7 @@ import openai
 import pytest
 
 from llmd.auth.keys import add_key
-from llmd.engine.messages import Admitted, GenerateRequest
-from llmd.engine.scheduler import Scheduler
-from llmd.sampling import resolve
-from tests.conftest import SMOL, Daemon, bearer, start_daemon
-from tests.test_scheduler import FakeBackend
+from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
 
 KEYED_CONFIG = f"""
 [server]
@@ -418,38 +414,6 @@ def test_beyond_loopback_requires_a_key(tmp_path: Path) -> None:
 
 
 # -- fair sharing --------------------------------------------------------------------------
-
-
-def test_scheduler_admits_round_robin_across_tenants() -> None:
-    """One tenant floods, another's single request is admitted at the next free slot."""
-    backend = FakeBackend(parallel=2, batch_size=64, answer="x" * 100)
-    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
-
-    def req(id_: str, tenant: str, weight: int = 1) -> GenerateRequest:
-        return GenerateRequest(id_, "hello", resolve(max_tokens=8), tenant=tenant, weight=weight)
-
-    for i in range(50):
-        s.submit(req(f"a{i}", "flood"))
-    for _ in range(3):
-        s.step()
-    s.submit(req("b", "single"))
-    admitted_after: list[str] = []
-    steps = 0
-    while "b" not in admitted_after:
-        admitted_after += [e.id for e in s.step() if isinstance(e, Admitted)]
-        steps += 1
-        assert steps <= 10, "the single request waits for at most one running request to end"
-    assert admitted_after[0] == "b" or admitted_after.index("b") <= 1
-
-    # Weights: with both tenants waiting, weight 2 gets two admissions per turn.
-    s2 = Scheduler(FakeBackend(parallel=1, answer=""), ctx_per_seq=64, add_bos=False, bos=1)
-    for i in range(6):
-        s2.submit(req(f"h{i}", "heavy", weight=2))
-        s2.submit(req(f"l{i}", "light"))
-    order: list[str] = []
-    for _ in range(200):
-        order += [e.id[0] for e in s2.step() if isinstance(e, Admitted)]
-    assert "".join(order[:9]) in ("hhlhhlhhl", "hlhhlhhlh")
 
 
 FAIR_CONFIG = f"""

@@ -22,7 +22,7 @@ import httpx2 as httpx
 import psutil
 import pytest
 
-from tests.conftest import GEMMA, MODELS, SMOL, Daemon, start_daemon
+from tests.e2e.conftest import GEMMA, MODELS, SMOL, Daemon, start_daemon
 
 SMOL_NAME = SMOL.removesuffix(".gguf")
 GEMMA_NAME = GEMMA.removesuffix(".gguf")

@@ -15,7 +15,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.conftest import SMOL, Daemon
+from tests.e2e.conftest import ROOT, SMOL, Daemon
 
 ONE_SLOT = f"""
 [server]
@@ -253,7 +253,6 @@ def test_bad_config_is_refused_with_line_and_reason(
 
 
 def test_check_config_accepts_the_example(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
-    out = _llmd("check-config", "--config", str(root / "etc" / "llmd.toml"), cwd=tmp_path)
+    out = _llmd("check-config", "--config", str(ROOT / "etc" / "llmd.toml"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "2 model(s)" in out.stdout

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import httpx2 as httpx
 
 if TYPE_CHECKING:
-    from tests.conftest import Daemon
+    from tests.e2e.conftest import Daemon
 
 SECRET = "purple-elephant-umbrella-7731"
 

@@ -1,4 +1,5 @@
-"""Settings: the example config, overrides, explanations of bad files, automatic threads."""
+"""Settings (llmd/settings.py): the example config, overrides, explanations of bad files, sizes
+and durations, every setting described."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from llmd.cli.config import settings_reference
-from llmd.models import auto_threads
-from llmd.settings import ConfigError, Settings, load_settings
+from llmd.settings import ConfigError, Settings, load_settings, parse_duration, parse_size
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_example_config_loads_with_paths_relative_to_it() -> None:
@@ -51,6 +51,33 @@ def test_every_setting_is_documented() -> None:
             assert field.description, f"{section}.{key} has no description"
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, (1, 1)), (2, (1, 2)), (8, (7, 8))])
-def test_auto_threads_leave_a_core_for_http(cores: int, expected: tuple[int, int]) -> None:
-    assert auto_threads(cores) == expected
+def test_sizes_and_durations() -> None:
+    assert parse_size("8GiB", 0) == 8 * 2**30
+    assert parse_size("800MB", 0) == 800_000_000
+    assert parse_size(1234, 0) == 1234
+    assert parse_size("50%", 1000) == 500
+    for bad in ("lots", "0%", "150%", "12 parsecs"):
+        with pytest.raises(ValueError):
+            parse_size(bad, 1000)
+    assert parse_duration("5m") == 300
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration(0) == 0
+    assert parse_duration("-1") is None
+    assert parse_duration(-1) is None
+    for bad_duration in ("soon", "5 minutes", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad_duration)  # type: ignore[arg-type]
+
+
+def test_bad_memory_settings_name_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "llmd.toml"
+    path.write_text('[memory]\nbudget = "lots"\n\n[loading]\nkeep_alive = "soon"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert f"{path}:2: memory.budget" in message and "8GiB" in message
+    assert f"{path}:5: loading.keep_alive" in message
+    path.write_text('[models.x]\npath = "x.gguf"\nkeep_alive = "5 minutes"\n')
+    with pytest.raises(ConfigError, match=r":3: models\.x\.keep_alive"):
+        load_settings(path)

@@ -28,6 +28,12 @@ def start_daemon(
     return launcher.start_daemon(tmp, config, "/ready" if wait_ready else "/health")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_health.py's check of the shared daemon's log runs after every test, wherever its
+    file sorts: it is to see what all the tests that used that daemon sent it."""
+    items.sort(key=lambda item: item.name == "test_no_server_errors_logged")
+
+
 BASE_CONFIG = f"""
 [server]
 default_model = "smollm2"

@@ -16,10 +16,10 @@ import openai
 import pytest
 
 from tests import tinybert
-from tests.conftest import GEMMA, MODELS, SMOL
+from tests.e2e.conftest import GEMMA, MODELS, SMOL
 
 if TYPE_CHECKING:
-    from tests.conftest import Daemon
+    from tests.e2e.conftest import Daemon
 
 CAT = "The cat sat on the mat."
 # ~240 tokens: read over several engine steps (160 tokens a step for SmolLM2, 32 for Gemma-3),

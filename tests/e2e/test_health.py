@@ -1,0 +1,57 @@
+"""/health, /ready and /api/v1/health of the real daemon, and its log after every test that used
+it: no server error, no model process restarted."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import httpx2 as httpx
+
+from tests.e2e.api import GEMMA, SMOL, model_health
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Daemon
+
+
+def test_health_endpoints(daemon: Daemon) -> None:
+    resp = httpx.get(daemon.url + "/health", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok"}
+    resp = httpx.get(daemon.url + "/ready", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "ready"
+    assert resp.json()["model"] == SMOL
+    info = daemon.health()
+    assert isinstance(info["version"], str) and info["version"]
+    assert isinstance(info["uptime_s"], (int, float)) and info["uptime_s"] > 0
+    assert info["default_model"] == SMOL
+    memory = info["memory"]
+    assert isinstance(memory, dict)
+    assert memory["daemon_rss_bytes"] > 0
+    assert memory["system_total_bytes"] >= memory["system_available_bytes"] > 0
+    models = info["models"]
+    assert isinstance(models, list)
+    assert sorted(m["name"] for m in models) == sorted([SMOL, GEMMA])
+    for m in models:
+        assert m["state"] == "ready"
+        assert m["error"] is None
+        assert isinstance(m["pid"], int)
+        assert m["queued"] == 0
+        assert m["running"] == 0
+        assert m["memory_rss_bytes"] > 0
+    by_name = {m["name"]: m for m in models}
+    assert by_name[SMOL]["aliases"] == ["smol"]
+    assert by_name[SMOL]["parallel"] == 16
+    assert by_name[SMOL]["ctx_per_seq"] == 1024
+    assert by_name[GEMMA]["parallel"] == 2
+
+
+def test_no_server_errors_logged(daemon: Daemon) -> None:
+    """Run last (conftest.py): nothing the tests sent made the daemon fail or a model die."""
+    logs = daemon.logs()
+    assert "Traceback" not in logs, logs[-5000:]
+    server_errors = re.findall(r"path=/(?:v1|api)/\S* status=5\d\d .*", logs)
+    assert server_errors == []
+    for name in (SMOL, GEMMA):
+        assert model_health(daemon, name)["restarts"] == 0

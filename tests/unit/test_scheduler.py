@@ -1,0 +1,224 @@
+"""The engine step (llmd/engine/scheduler.py) on a fake backend (the real one is covered through
+the daemon): generation and its limits, grammars, chunked prefill, n choices, cancelling, the
+order of a batch, embeddings. Admission has its own tests (test_admission.py)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from llmd.engine.messages import Delta, Embedding, Failed, GenerateRequest, Grammar, Started
+from llmd.engine.scheduler import Scheduler, embed_chunk
+from llmd.sampling import resolve
+from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
+
+
+def test_generates_until_eos_and_counts_tokens() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    assert isinstance(s.submit(request("a", "hello"))[0], Started)
+    events = run_to_end(s)["a"]
+    assert text_of(events) == "abc"
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert sum(d.tokens for d in deltas) == 4  # a, b, c and the EOS
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_max_tokens_gives_length() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(request("a", "hello", max_tokens=2))
+    events = run_to_end(s)["a"]
+    assert text_of(events) == "ab"
+    assert [e.finish_reason for e in events if isinstance(e, Delta)][-1] == "length"
+
+
+def test_context_overflow_is_refused_with_numbers() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    (failed,) = s.submit(request("a", "hello", max_tokens=10))
+    assert isinstance(failed, Failed) and failed.status == 400
+    assert failed.code == "context_length_exceeded" and "8 tokens" in failed.message
+    assert "15" in failed.message
+    (started,) = s.submit(request("b", "hello"))
+    assert isinstance(started, Started) and started.max_tokens == 3
+
+
+def test_a_grammar_that_cannot_be_used_is_refused_before_the_queue() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    bad = resolve(grammar=Grammar("gbnf", "bad", param="grammar"))
+    (failed,) = s.submit(GenerateRequest("a", "hello", bad))
+    assert isinstance(failed, Failed) and failed.status == 400 and failed.param == "grammar"
+    assert not s.has_work()
+    good = resolve(grammar=Grammar("json_object"))
+    assert isinstance(s.submit(GenerateRequest("b", "hello", good))[0], Started)
+    assert good.grammar is not None and good.grammar.gbnf == "compiled"
+
+
+def test_ignore_eos_gives_way_to_a_complete_grammar() -> None:
+    # Without a grammar ignore_eos runs to max_tokens; with one, the end of generation is
+    # the only token a complete grammar allows, so it ends the answer.
+    s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(request("free", "hello", max_tokens=6, ignore_eos=True))
+    held = resolve(grammar=Grammar("json_object"), max_tokens=6)
+    s.submit(GenerateRequest("held", "hello", held, ignore_eos=True))
+    events = run_to_end(s)
+    finishes = {
+        k: [e.finish_reason for e in v if isinstance(e, Delta)][-1] for k, v in events.items()
+    }
+    assert finishes == {"free": "length", "held": "stop"}
+    assert text_of(events["held"]) == "abc"
+
+
+def test_chunked_prefill_never_exceeds_the_batch_and_keeps_decoding() -> None:
+    backend = FakeBackend(batch_size=8, answer="x" * 30)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(request("short", "hi", max_tokens=20))
+    s.step()
+    s.step()
+    s.submit(request("long", "y" * 100, max_tokens=2))
+    steps_during_prefill = 0
+    while s.has_work():
+        before = len(backend.batches)
+        s.step()
+        if len(backend.batches) > before:
+            batch = backend.batches[-1]
+            assert len(batch) <= 8
+            seqs = {seq for _, _, seq, _ in batch}
+            if len(seqs) == 2:
+                steps_during_prefill += 1
+    # The short request kept getting a token every step while the long prompt was read.
+    assert steps_during_prefill >= 10
+
+
+def test_n_choices_share_the_prompt() -> None:
+    backend = FakeBackend()
+    s = Scheduler(backend, ctx_per_seq=64, add_bos=False, bos=1)
+    s.submit(request("a", "prompt", n=3))
+    events = run_to_end(s)["a"]
+    assert [text_of(events, i) for i in range(3)] == ["abc", "abc", "abc"]
+    prompt_tokens_decoded = sum(1 for b in backend.batches for e in b if e[1] < len("prompt"))
+    assert prompt_tokens_decoded == len("prompt")  # read once, not three times
+
+
+def test_cancel_frees_the_slot_at_the_next_step() -> None:
+    s = Scheduler(FakeBackend(parallel=1, answer="q" * 100), ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(request("a", "hello", max_tokens=90))
+    s.submit(request("b", "world", max_tokens=2))
+    s.step()
+    assert s.stats().running == 1 and s.stats().waiting == 1
+    s.cancel("a")
+    events = run_to_end(s)
+    assert text_of(events["b"]) == "qq"
+    assert all(slot.seq is None for slot in s.slots)
+
+
+def test_prompts_arriving_together_are_read_one_per_step() -> None:
+    backend = FakeBackend(batch_size=256, answer="x" * 5)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(request("a", "A" * 40))
+    s.submit(request("b", "B" * 40))
+    s.submit(request("tiny1", "c" * 3))
+    s.submit(request("tiny2", "d" * 3))
+    first_token: dict[str, int] = {}
+    for step in range(20):
+        for e in s.step():
+            if isinstance(e, Delta):
+                first_token.setdefault(e.id, step)
+    # a's prompt fills the first step alone, so a streams one step earlier than b; short
+    # prompts still share a step.
+    assert first_token["a"] == 0 and first_token["b"] == 1
+    assert first_token["tiny1"] == first_token["tiny2"] == 2
+    assert {seq for _, _, seq, _ in backend.batches[0]} == {0}
+
+
+def test_batches_are_in_slot_order() -> None:
+    """llama.cpp splits a batch into micro-batches of consecutive sequence ids (one KV stream
+    per slot): a batch out of slot order costs extra passes over the weights."""
+    backend = FakeBackend(parallel=6, batch_size=64, answer="y" * 30)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    lengths = [3, 17, 5, 29, 2, 11, 7, 23, 13, 4, 19, 8, 27, 6, 15, 9]
+    events: dict[str, list[Any]] = {}
+    for wave in range(0, len(lengths), 4):
+        for i, n in enumerate(lengths[wave : wave + 4], start=wave):
+            s.submit(request(f"r{i}", chr(ord("a") + i) * (5 + i), max_tokens=n))
+        for _ in range(6):
+            for e in s.step():
+                events.setdefault(e.id, []).append(e)
+    for id_, more in run_to_end(s).items():
+        events.setdefault(id_, []).extend(more)
+    assert all(text_of(events[f"r{i}"]) == "y" * n for i, n in enumerate(lengths))
+    for batch in backend.batches:
+        seqs = [seq for _, _, seq, _ in batch]
+        assert seqs == sorted(seqs)
+
+
+def test_embedding_is_read_in_small_chunks_apart_from_prompts_and_pooled_as_one() -> None:
+    backend = FakeBackend(batch_size=64, answer="x" * 40)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(request("chat", "hi", max_tokens=30))
+    first = s.step()  # the chat runs when the embed request arrives
+    text = "".join(chr(65 + i % 26) for i in range(100))
+    (started,) = s.submit(request("emb", text, embed=True))
+    assert isinstance(started, Started) and started.prompt_tokens == 100
+    s.submit(request("late", "a later prompt", max_tokens=2))
+    events = run_to_end(s)
+    (vector,) = [e for e in events["emb"] if isinstance(e, Embedding)]
+    assert struct.unpack("<f", vector.vector)[0] == pytest.approx(sum(map(ord, text)) / 100)
+    assert not any(isinstance(e, Delta) for e in events["emb"])
+    assert text_of(first + events["chat"]) == "x" * 30 and text_of(events["late"]) == "xx"
+    embed_slot = next(seq for _, _, seq, _ in backend.batches[1] if seq != 0)
+    for batch, embeddings in zip(backend.batches, backend.embedding_steps, strict=True):
+        read = [seq for _, _, seq, _ in batch if seq == embed_slot]
+        if embeddings:
+            assert 0 < len(read) <= 32
+            # Besides the chunk, only one decode token per running sequence: no prompt.
+            others = [seq for _, _, seq, _ in batch if seq != embed_slot]
+            assert len(others) == len(set(others))
+            assert all(wants for _, _, _, wants in batch)
+        else:
+            assert not read
+    assert backend.embedding_steps.count(True) == 4  # 100 tokens, 32 a step
+
+
+def test_embedding_input_over_the_context_is_refused() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    (failed,) = s.submit(request("e", "123456789", embed=True))
+    assert isinstance(failed, Failed) and failed.status == 400
+    assert failed.code == "context_length_exceeded" and failed.param == "input"
+    (started,) = s.submit(request("f", "12345678", embed=True))
+    assert isinstance(started, Started)
+
+
+def test_embedding_chunks_hold_the_logits_rows_to_about_32_mb() -> None:
+    assert embed_chunk(49_152) == 160  # SmolLM2
+    assert embed_chunk(262_144) == 32  # Gemma-3
+    assert embed_chunk(151_936) == 32  # Qwen
+    assert embed_chunk(32_000) == 256  # Llama 2
+
+
+def test_cancelled_embedding_frees_its_slot_at_the_next_step() -> None:
+    backend = FakeBackend(parallel=1)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    s.submit(request("e", "E" * 100, embed=True))
+    s.step()
+    assert s.stats().running == 1
+    s.cancel("e")
+    s.submit(request("a", "hello"))
+    events = run_to_end(s)
+    assert "e" not in events and text_of(events["a"]) == "abc"
+
+
+def test_encoder_only_model_reads_each_input_whole_and_refuses_generation() -> None:
+    backend = FakeBackend(parallel=4, batch_size=64)  # a batch holds the longest input
+    backend.encoder_only = True
+    s = Scheduler(backend, ctx_per_seq=64, add_bos=False, bos=1)
+    (failed,) = s.submit(request("chat", "hello"))
+    assert isinstance(failed, Failed) and failed.status == 400 and failed.param == "model"
+    for name, n in (("a", 20), ("b", 10), ("c", 40), ("d", 5)):
+        s.submit(request(name, "x" * n, embed=True))
+    events = run_to_end(s)
+    assert all(any(isinstance(e, Embedding) for e in events[k]) for k in "abcd")
+    # Whole inputs only, grouped up to the 32-token chunk, a longer one alone.
+    assert [len(b) for b in backend.batches] == [30, 40, 5]
+    assert all(backend.embedding_steps)
+    assert all(not slot.cached for slot in s.slots)  # no KV cache to reuse
