@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.api import GEMMA, SMOL, STORY, post, warm_chat
+from tests.e2e.api import GEMMA, SMOL, STORY, warm_chat
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Daemon
@@ -61,25 +61,6 @@ def test_chat_content_parts(daemon: Daemon) -> None:
     assert a.usage is not None and b.usage is not None
     assert a.usage.prompt_tokens == b.usage.prompt_tokens
     assert a.choices[0].message.content == b.choices[0].message.content
-
-
-def test_chat_alias_and_default_model(daemon: Daemon) -> None:
-    client = daemon.client()
-    warm_chat(client, STORY)
-    by_alias = client.chat.completions.create(
-        model="smol", messages=STORY, max_tokens=6, temperature=0
-    )
-    by_name = client.chat.completions.create(
-        model=SMOL, messages=STORY, max_tokens=6, temperature=0
-    )
-    assert by_alias.model == "smol"
-    assert by_alias.choices[0].message.content == by_name.choices[0].message.content
-    # No model at all: the configured default (smollm2) answers.
-    raw = post(
-        daemon, "/v1/chat/completions", {"messages": STORY, "max_tokens": 6, "temperature": 0}
-    )
-    assert raw.status_code == 200, raw.text
-    assert raw.json()["choices"][0]["message"]["content"] == by_name.choices[0].message.content
 
 
 def test_chat_on_gemma_builtin_template(daemon: Daemon) -> None:

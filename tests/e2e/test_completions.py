@@ -43,17 +43,6 @@ def test_completion_prompt_list(daemon: Daemon) -> None:
     assert resp.usage.completion_tokens == sum(s.usage.completion_tokens for s in single if s.usage)
 
 
-def test_completion_echo(daemon: Daemon) -> None:
-    prompt = "Roses are red, violets are"
-    client = daemon.client()
-    warm_completion(client, prompt)
-    plain = client.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)
-    echoed = client.completions.create(
-        model=GEMMA, prompt=prompt, max_tokens=6, temperature=0, echo=True
-    )
-    assert echoed.choices[0].text == prompt + plain.choices[0].text
-
-
 def test_completion_token_id_prompt(daemon: Daemon) -> None:
     client = daemon.client()
     ids = [2, 818, 5279, 529, 7001, 563]

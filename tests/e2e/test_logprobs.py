@@ -64,11 +64,6 @@ def test_chat_logprobs_stream(daemon: Daemon) -> None:
     assert "".join(e.token for e in entries) == chunk_text(chunks)
 
 
-def test_chat_without_logprobs_has_none(daemon: Daemon) -> None:
-    resp = daemon.client().chat.completions.create(model=SMOL, messages=STORY, max_tokens=4)
-    assert resp.choices[0].logprobs is None
-
-
 def test_completion_logprobs(daemon: Daemon) -> None:
     client = daemon.client()
     resp = client.completions.create(

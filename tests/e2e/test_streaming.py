@@ -5,7 +5,6 @@ client that goes away freeing its slot."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -58,20 +57,6 @@ def test_chat_stream_matches_non_stream(daemon: Daemon) -> None:
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     # Only the final chunk carries usage.
     assert all(c.usage is None for c in chunks[:-1])
-
-
-def test_chat_stream_raw_sse_ends_with_done(daemon: Daemon) -> None:
-    body = chat_body(stream=True, stream_options={"include_usage": True})
-    with httpx.stream("POST", daemon.url + "/v1/chat/completions", json=body, timeout=60) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in r.iter_lines() if line]
-    assert all(line.startswith("data: ") for line in lines), lines
-    assert lines[-1] == "data: [DONE]"
-    assert lines.count("data: [DONE]") == 1
-    payloads = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-    assert payloads[-1]["choices"] == []
-    assert payloads[-1]["usage"]["completion_tokens"] == 8
 
 
 def test_n_choices_stream(daemon: Daemon) -> None:

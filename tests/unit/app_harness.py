@@ -20,7 +20,7 @@ tokens, and records what it was submitted. The request records the app hands its
 are kept in `Harness.records`.
 
 The assertions on responses (`error_of`, `json_of`, `sse_of`) are those of the e2e tests
-(tests/test_api.py's `assert_error`, tests/test_auth.py's `error_of`), so a unit test states
+(tests/e2e/api.py's `assert_error`, tests/e2e/test_auth.py's `error_of`), so a unit test states
 what the e2e test it replaces did.
 """
 

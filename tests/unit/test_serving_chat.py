@@ -28,7 +28,7 @@ CHAT = "/v1/chat/completions"
 
 
 def chat_body(**kw: Any) -> dict[str, Any]:
-    """As tests/test_api.py's: the story prompt, at most 8 tokens."""
+    """As tests/e2e/api.py's: the story prompt, at most 8 tokens."""
     body: dict[str, Any] = {"model": SMOL, "messages": HI, "max_tokens": 8}
     body.update(kw)
     return body
@@ -316,8 +316,8 @@ def test_the_record_observers_get_holds_tokens_model_and_times(tmp_path: Path) -
 
 # -- refused ----------------------------------------------------------------------------------
 
-# tests/test_api.py::test_chat_invalid_params, less ({"n": 17}, "n"): that one is the engine's
-# (n within the model's slots).
+# What tests/e2e/test_errors.py::test_chat_invalid_params checked before, less
+# ({"n": 17}, "n"): that one is the engine's (n within the model's slots).
 INVALID: list[tuple[dict[str, Any], str | None]] = [
     ({"messages": None}, "messages"),
     ({"messages": []}, "messages"),
@@ -347,7 +347,7 @@ INVALID: list[tuple[dict[str, Any], str | None]] = [
     ({"frequency_penalty": 3}, "frequency_penalty"),
 ]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-# tests/test_structured.py's BAD, the cases refused before the engine (the others need
+# tests/e2e/test_structured.py's BAD before, the cases refused before the engine (the others need
 # llama.cpp's grammar compiler).
 STRUCTURED: list[tuple[dict[str, Any], str | None]] = [
     ({"response_format": {"type": "json_schema"}}, "response_format"),

@@ -122,8 +122,8 @@ def test_completions_on_the_chat_model_send_the_prompt_as_it_is(tmp_path: Path) 
     serve(tmp_path, test)
 
 
-# tests/test_api.py::test_completion_invalid_params, less ({"n": 3}, "n"): that one is the
-# engine's (n within the model's slots).
+# What tests/e2e/test_errors.py::test_completion_invalid_params checked before, less
+# ({"n": 3}, "n"): that one is the engine's (n within the model's slots).
 INVALID = [
     ({"prompt": None}, "prompt"),
     ({"prompt": []}, "prompt"),

@@ -112,7 +112,7 @@ def test_a_client_that_goes_away_cancels_the_inputs_in_flight(tmp_path: Path) ->
     serve(tmp_path, test)
 
 
-# tests/test_embeddings.py::test_bad_embedding_requests_are_400, every case.
+# What the e2e test_bad_embedding_requests_are_400 checked, every case (moved here).
 INVALID = [
     ({"input": ""}, "input"),
     ({"input": []}, "input"),
