@@ -154,17 +154,21 @@ def start_daemon(
     ready: str | None = "/ready",
     seconds: float = 120,
     checkout: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Daemon:
     """`llmd serve` with `config` written to WORK/llmd.toml, on a free port, output in
     WORK/daemon.log; back when `ready` answers 200 (None: at once, for the caller to wait).
-    `checkout`: run the llmd of another source tree (bench/ab.py compares two)."""
+    `checkout`: run the llmd of another source tree (bench/ab.py compares two); `env`: added
+    to its environment (the systemd tests' NOTIFY_SOCKET)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "llmd.toml"
     path.write_text(config)
     port = free_port()
     argv = [sys.executable, "-m", "llmd", "serve", "--config", str(path), "--port", str(port)]
-    env = {"PYTHONPATH": str(checkout.resolve())} if checkout is not None else None
-    daemon = spawn(argv, port, work / "daemon.log", work, env=env)
+    extra = dict(env or {})
+    if checkout is not None:
+        extra["PYTHONPATH"] = str(checkout.resolve())
+    daemon = spawn(argv, port, work / "daemon.log", work, env=extra)
     if ready is not None:
         daemon.wait_for(ready, seconds)
     return daemon

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import make_user_prompt
-from llmd.engine.llama import LlamaBackend, LoadOptions
-from llmd.engine.messages import Delta, GenerateRequest
+from llmd.engine.llama import LlamaBackend
+from llmd.engine.messages import Delta, GenerateRequest, LoadOptions
 from llmd.engine.scheduler import Scheduler
 from llmd.sampling import resolve
 

@@ -44,7 +44,8 @@ Entry = tuple[int, int, int, bool]
 
 def _backend(model: Path, threads: int, threads_batch: int, flash_attn: str) -> LlamaBackend:
     # Imported late: OMP_WAIT_POLICY must be set before llama.cpp's OpenMP starts.
-    from llmd.engine.llama import LlamaBackend, LoadOptions
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import LoadOptions
 
     return LlamaBackend(
         LoadOptions(model, 2048, 16, 512, 512, threads, threads_batch, flash_attn, "f16")

@@ -20,24 +20,39 @@ _REQUIRED: Any = object()
 @dataclass(frozen=True)
 class _Parsed:
     value: Any = None
-    error: str | None = None
-    """The message of the 400 this body gets, if it is not JSON."""
+    reason: str | None = None
+    """Why the body is not JSON (the decoder's message), if it is not."""
+    where: str = ""
+    """Where the decoder stopped: " at line L column C"."""
+    is_utf8: bool = True
     blank: bool = False
 
 
 _PARSED = web.RequestKey("llmd_json_body", _Parsed)
 
 
-async def read_json(request: web.Request, empty: Any = _REQUIRED) -> Any:
+async def read_json(
+    request: web.Request,
+    empty: Any = _REQUIRED,
+    *,
+    not_json: str | None = None,
+    with_position: bool = True,
+) -> Any:
     """The body as JSON, or a 400 saying why it is not. With `empty` given, a blank body
-    reads as that value (the admin API's bodies are optional)."""
+    reads as that value (the admin API's bodies are optional). `not_json` replaces the
+    message of a body that is not JSON, and `with_position=False` leaves out where the
+    decoder stopped: the keys and model admin APIs keep the messages they always gave."""
     if _PARSED not in request:
         request[_PARSED] = await _parse(request)
     parsed = request[_PARSED]
     if parsed.blank and empty is not _REQUIRED:
         return empty
-    if parsed.error is not None:
-        raise InvalidRequest(parsed.error)
+    if not parsed.is_utf8:
+        raise InvalidRequest(not_json or "The request body is not valid UTF-8.")
+    if parsed.reason is not None:
+        where = parsed.where if with_position else ""
+        reason = f"We could not parse the JSON body of your request ({parsed.reason}{where})."
+        raise InvalidRequest(not_json or reason)
     return parsed.value
 
 
@@ -45,13 +60,10 @@ async def _parse(request: web.Request) -> _Parsed:
     try:
         text = await request.text()
     except UnicodeDecodeError:
-        return _Parsed(error="The request body is not valid UTF-8.")
+        return _Parsed(is_utf8=False)
     blank = not text.strip()
     try:
         return _Parsed(json.loads(text), blank=blank)
     except json.JSONDecodeError as exc:
-        return _Parsed(
-            error=f"We could not parse the JSON body of your request ({exc.msg} at line "
-            f"{exc.lineno} column {exc.colno}).",
-            blank=blank,
-        )
+        where = f" at line {exc.lineno} column {exc.colno}"
+        return _Parsed(reason=exc.msg, where=where, blank=blank)

@@ -163,7 +163,9 @@ async def _reload(provider: SettingsProvider, manager: ModelManager) -> None:
     try:
         reloaded = await provider.reload(check=models_dir_problem, apply=apply)
     except Exception:
-        log.exception("reload failed while applying the new models; serving what is running")
+        # A refused file is logged by the provider; anything else (reading it, applying the
+        # new models) is unexpected: keep serving on what runs, and keep taking SIGHUPs.
+        log.exception("reload failed; serving what is running")
         return
     if reloaded:
         log.info("configuration reloaded: %s", status_line(manager))

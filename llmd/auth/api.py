@@ -54,7 +54,9 @@ async def get_key(request: web.Request) -> web.Response:
 async def add_key(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     try:
-        new = NewKey.model_validate(await read_json(request))
+        new = NewKey.model_validate(
+            await read_json(request, not_json="The request body is not valid JSON.")
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or "body"

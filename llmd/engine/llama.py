@@ -18,8 +18,7 @@ import llama_cpp as lc
 import numpy as np
 
 from llmd.engine.grammar import allows, best_allowed, compile_grammar, redraw
-from llmd.engine.messages import Grammar, SamplingParams
-from llmd.engine.messages import LoadOptions as LoadOptions  # re-exported: bench, tests
+from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 
 log = logging.getLogger("llmd.engine")
 

@@ -79,6 +79,9 @@ class _RSS:
         proc = self._procs.get(pid)
         try:
             if proc is None:
+                # A new process: those that ended are never read again, so drop them now
+                # (model processes start rarely; the cache stays as small as what runs).
+                self._procs = {p: c for p, c in self._procs.items() if c.is_running()}
                 proc = self._procs[pid] = psutil.Process(pid)
             return int(proc.memory_info().rss)
         except psutil.Error:

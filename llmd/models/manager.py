@@ -106,24 +106,9 @@ class ModelManager:
         """Every model process alive: current versions and those draining."""
         return [m for entry in self.entries.values() for m in entry.versions()]
 
-    def loaded_count(self) -> int:
-        return sum(
-            1
-            for e in self.entries.values()
-            if e.current is not None and e.current.process.state == ModelState.READY
-        )
-
     def memory_used_bytes(self) -> int:
         """Memory the loaded models take, measured (estimated until first measured)."""
         return self.memory.used_bytes()
-
-    def request_counts(self) -> dict[str, tuple[int, int]]:
-        """Per model: (sequences running, sequences queued), from the engines' last report."""
-        out = {}
-        for name, entry in self.entries.items():
-            stats = [m.process.stats for m in entry.versions() if m.process.stats is not None]
-            out[name] = (sum(s.running for s in stats), sum(s.waiting for s in stats))
-        return out
 
     def keep_alive_of(self, entry: Entry) -> float | None:
         """Seconds an idle model stays loaded; None: forever."""

@@ -68,10 +68,6 @@ class ProcessStatus:
     expires_in_s: float | None = None
     """Seconds until an idle model is unloaded; None: kept."""
 
-    @property
-    def ready(self) -> bool:
-        return self.state == ModelState.READY.value
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelStatus:
@@ -135,8 +131,9 @@ class ModelStatus:
 
     @property
     def engine_ctx_per_seq(self) -> int:
-        """What the engine holds inputs to: the process's, else the configured context."""
-        return self.process.ctx_per_seq if self.process else self.ctx_per_seq
+        """What the engine holds inputs to: the current version's, else the configured context
+        (a version that only drains no longer takes requests)."""
+        return self.current.ctx_per_seq if self.current else self.ctx_per_seq
 
     @property
     def estimated_bytes(self) -> int | None:

@@ -22,7 +22,7 @@ def _manager(request: web.Request) -> ModelManager:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    body = await read_json(request, empty={})
+    body = await read_json(request, empty={}, with_position=False)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body

@@ -70,7 +70,8 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "aliases": s.aliases,
         "path": s.path,
         "state": s.state,
-        "error": live.error or s.error,
+        # What new requests would meet: the current version's, not a draining one's.
+        "error": (s.current.error if s.current else None) or s.error,
         "pid": live.pid,
         "restarts": live.restarts,
         "parallel": s.slots,
@@ -88,7 +89,7 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         ),
         "memory_rss_bytes": live.rss_bytes,
         "memory_estimated_bytes": s.estimated_bytes,
-        "model_bytes": live.model_bytes,
+        "model_bytes": s.current.model_bytes if s.current else None,
     }
 
 

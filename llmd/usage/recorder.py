@@ -5,7 +5,7 @@ request for the writer thread. A response must not reach the client before its r
 committed (a SIGKILL right after a response must lose nothing), so:
 - a plain body: `on_prepare` (aiohttp calls it before sending the body, after the observers
   ran) waits for the commit, typically well under a millisecond;
-- a stream: serving calls `accounting.finish_stream` before the final `[DONE]`, and
+- a stream: serving calls `llmd.record.finish_stream` before the final `[DONE]`, and
   `finish` writes the row then, so the client sees the end only once the row is committed.
 """
 

@@ -470,6 +470,7 @@ def test_apply_settings_adds_retunes_and_removes_without_dropping_requests(
     import asyncio
 
     from llmd.models import ModelManager
+    from llmd.models.status import overview
     from llmd.settings import load_settings
 
     models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
@@ -508,10 +509,11 @@ def test_apply_settings_adds_retunes_and_removes_without_dropping_requests(
                 assert set(manager.entries) == {"a", "b"}
                 assert manager.entries["b"].current is not None
             await until(lambda: gone(old_pid or 0), "old a drained and ended")
-            assert manager.loaded_count() == 2
+            view = overview(manager)
+            assert sum(1 for m in view.models if m.loaded) == 2
             assert manager.memory_used_bytes() > 0
             assert manager.memory_budget_bytes > manager.memory_used_bytes()
-            assert set(manager.request_counts()) == {"a", "b"}
+            assert {m.name for m in view.models} == {"a", "b"}
             new_pid = a.current.process.pid if a.current else None
             await manager.apply_settings(third)
             await until(lambda: gone(new_pid or 0), "removed a drained")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from bench.daemon import start_daemon
 from llmd.systemd import Notifier
 from tests.e2e.conftest import MODELS, ROOT, SMOL, free_port
 from tests.notify_socket import NotifySocket
@@ -89,18 +90,9 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
     def start(config: str, env: dict[str, str]) -> Served:
-        path = tmp_path / "llmd.toml"
-        path.write_text(config)
-        port = free_port()
-        log = tmp_path / "daemon.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "llmd", "serve", "--config", str(path), "--port", str(port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
-                cwd=tmp_path,
-            )
+        # Not waited for: each test reads the notify socket to see how start-up goes.
+        daemon = start_daemon(tmp_path, config, ready=None, env=env)
+        proc, port, log, path = daemon.proc, daemon.port, daemon.log, tmp_path / "llmd.toml"
         served = Served(proc, port, log, path)
         started.append(served)
         return served

@@ -66,3 +66,32 @@ def test_a_blank_body_is_an_error_unless_a_value_is_given_for_it() -> None:
 def test_bytes_that_are_not_utf8() -> None:
     error = {"error": "The request body is not valid UTF-8."}
     assert _post(b"\xff\xfe\x00") == {"first": error, "again": error}
+
+
+async def _keys_and_admin(request: web.Request) -> web.Response:
+    """The two admin APIs' own messages, kept from before the body was parsed in one place."""
+    out: dict[str, str] = {}
+    for name, kwargs in (
+        ("keys", {"not_json": "The request body is not valid JSON."}),
+        ("admin", {"with_position": False}),
+    ):
+        try:
+            await read_json(request, **kwargs)  # type: ignore[arg-type]
+        except InvalidRequest as exc:
+            out[name] = exc.message
+    return web.json_response(out)
+
+
+def test_the_admin_apis_keep_their_messages() -> None:
+    async def run(body: bytes) -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_post("/", _keys_and_admin)
+        async with TestClient(TestServer(app)) as client:
+            result: dict[str, Any] = await (await client.post("/", data=body)).json()
+            return result
+
+    assert asyncio.run(run(b"[1")) == {
+        "keys": "The request body is not valid JSON.",
+        "admin": "We could not parse the JSON body of your request (Expecting ',' delimiter).",
+    }
+    assert asyncio.run(run(b"\xff"))["keys"] == "The request body is not valid JSON."

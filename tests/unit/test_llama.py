@@ -21,8 +21,8 @@ def test_checking_likely_tokens_first_samples_what_filtering_everything_would(
     the top few or a few redraws) against filtering the whole vocabulary at every token.
     Greedy, the two must write the same tokens; sampled, both must follow the grammar (the
     draws differ, the distribution is the same)."""
-    from llmd.engine.llama import LlamaBackend, LoadOptions
-    from llmd.engine.messages import Grammar
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import Grammar, LoadOptions
     from llmd.sampling import resolve
 
     b = LlamaBackend(LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16"))
