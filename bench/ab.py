@@ -25,7 +25,8 @@ from typing import Any
 
 from bench.daemon import MODELS, ROOT, SMOL, start_daemon
 from bench.harness import omp_policy
-from bench.loadgen import LoadConfig, RunResult, run_load
+from bench.loadgen import LoadConfig, run_load
+from bench.loadstats import RunResult
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     # scripts/loadgen --concurrency 16 --requests 16 --prompt-tokens 150 --max-tokens 128

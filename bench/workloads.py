@@ -36,7 +36,8 @@ from bench.harness import (
     start,
     take_turn,
 )
-from bench.loadgen import LoadConfig, RunResult, run_load
+from bench.loadgen import LoadConfig, run_load
+from bench.loadstats import RunResult
 from bench.report import ratios, summarize_runs
 
 WORKLOADS = ("sweep", "shared_prefix", "multiturn", "overload")
