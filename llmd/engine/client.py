@@ -70,6 +70,34 @@ class EngineOptions:
     restart_backoff_max_s: float
 
 
+def check_admission(
+    name: str,
+    state: ModelState,
+    error: str | None,
+    options: EngineOptions,
+    num_held: int,
+    req: m.GenerateRequest,
+    connected: bool = True,
+) -> None:
+    """The daemon's side of admission: the model process is ready and its bounded queue has
+    room for the request's `n` sequences (beside the `num_held` it runs or queues already),
+    or a 503 now (`Retry-After`), never a wait. tests/unit/fake_process.py refuses with it
+    too, so the in-process tests meet exactly these answers. `connected`: the pipe to the
+    process is open (a process is served only through it)."""
+    if state != ModelState.READY or not connected:
+        reason = f": {error}" if error else ""
+        raise ServiceUnavailable(
+            f"model '{name}' is {state.value}{reason}", code="model_not_ready", retry_after=2
+        )
+    capacity = options.load.parallel + options.max_queue
+    if num_held + req.n > capacity:
+        raise ServiceUnavailable(
+            f"model '{name}' is busy: {num_held} sequences running or queued, "
+            f"limit {capacity}; retry shortly",
+            code="server_busy",
+        )
+
+
 class ModelProcess:
     def __init__(self, name: str, options: EngineOptions, retry_failed_load: bool = True) -> None:
         self.name = name
@@ -195,21 +223,10 @@ class ModelProcess:
     # -- requests --------------------------------------------------------------------------
 
     def submit(self, req: m.GenerateRequest) -> RequestHandle:
-        if self.state != ModelState.READY or self._writer is None:
-            reason = f": {self.error}" if self.error else ""
-            raise ServiceUnavailable(
-                f"model '{self.name}' is {self.state.value}{reason}",
-                code="model_not_ready",
-                retry_after=2,
-            )
-        waiting = sum(h.n for h in self._inflight.values())
-        capacity = self.options.load.parallel + self.options.max_queue
-        if waiting + req.n > capacity:
-            raise ServiceUnavailable(
-                f"model '{self.name}' is busy: {waiting} sequences running or queued, "
-                f"limit {capacity}; retry shortly",
-                code="server_busy",
-            )
+        held = sum(h.n for h in self._inflight.values())
+        connected = self._writer is not None
+        check_admission(self.name, self.state, self.error, self.options, held, req, connected)
+        assert self._writer is not None  # refused above otherwise
         handle = RequestHandle(req.id, req.n)
         self._inflight[req.id] = handle
         self._writer.write(m.pack(req))

@@ -41,7 +41,7 @@ from llmd.models import ModelManager
 from llmd.record import RequestRecord
 from llmd.server.app import create_app
 from llmd.settings import Settings, load_settings
-from tests.unit.fake_process import FakeProcess, FakeProcesses, write_models
+from tests.unit.fake_process import FakeProcess, FakeProcesses, until, write_models
 
 SMOL = "smollm2"
 GEMMA = "gemma3-270m"
@@ -153,14 +153,6 @@ def serve(
             await manager.stop()
 
     asyncio.run(main())
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for: {what}")
 
 
 # -- responses ------------------------------------------------------------------------------

@@ -34,13 +34,12 @@ import asyncio
 import itertools
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from llmd.engine import messages as m
-from llmd.engine.client import EngineOptions, ModelState, RequestHandle
-from llmd.errors import ServiceUnavailable
+from llmd.engine.client import EngineOptions, ModelState, RequestHandle, check_admission
 from tests import tinybert
 
 MiB = 1024 * 1024
@@ -144,21 +143,8 @@ class FakeProcess:
     # -- requests --------------------------------------------------------------------------
 
     def submit(self, req: m.GenerateRequest) -> RequestHandle:
-        if self.state != ModelState.READY:
-            reason = f": {self.error}" if self.error else ""
-            raise ServiceUnavailable(
-                f"model '{self.name}' is {self.state.value}{reason}",
-                code="model_not_ready",
-                retry_after=2,
-            )
-        waiting = sum(h.n for h in self._inflight.values())
-        capacity = self.options.load.parallel + self.options.max_queue
-        if waiting + req.n > capacity:
-            raise ServiceUnavailable(
-                f"model '{self.name}' is busy: {waiting} sequences running or queued, "
-                f"limit {capacity}; retry shortly",
-                code="server_busy",
-            )
+        held = sum(h.n for h in self._inflight.values())
+        check_admission(self.name, self.state, self.error, self.options, held, req)
         self.submitted.append(req)
         handle = RequestHandle(req.id, req.n)
         self._inflight[req.id] = handle
@@ -268,3 +254,12 @@ def write_models(directory: Path, *names: str) -> Path:
     for seed, name in enumerate(names):
         tinybert.write(directory / f"{name}.gguf", seed=seed)
     return directory
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait (on the event loop) until `predicate()` holds; fail the test after `timeout` s."""
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for: {what}")

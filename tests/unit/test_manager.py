@@ -16,7 +16,7 @@ from llmd.models import InsufficientMemory, ModelManager
 from llmd.models.status import model_status, overview
 from llmd.sampling import resolve
 from llmd.settings import Settings, load_settings
-from tests.unit.fake_process import FakeProcesses, MiB, write_models
+from tests.unit.fake_process import FakeProcesses, MiB, until, write_models
 
 
 def settings_for(models_dir: Path, **overrides: Any) -> Settings:
@@ -31,14 +31,6 @@ def settings_for(models_dir: Path, **overrides: Any) -> Settings:
         "engine.parallel": 2,
     }
     return load_settings(None, {**base, **overrides})
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for: {what}")
 
 
 def run(
