@@ -44,6 +44,7 @@ from llmd.models import ModelManager
 from llmd.models.status import overview
 from llmd.record import RequestRecord
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 
 log = logging.getLogger("llmd.metrics")
 
@@ -203,8 +204,8 @@ def client_allowed(access: str, remote: str | None) -> bool:
 class Metrics:
     """The per-app registry, the request observer and the /metrics handler."""
 
-    def __init__(self, settings: Settings, manager: ModelManager) -> None:
-        self.settings = settings
+    def __init__(self, provider: SettingsProvider, manager: ModelManager) -> None:
+        self._provider = provider
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self._keys: set[str] = set()
@@ -291,6 +292,11 @@ class Metrics:
                 counter.labels(name, "")
             for event in self.events.values():
                 event.labels(name)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (a reload replaces them in the provider)."""
+        return self._provider.current
 
     def _key(self, name: str | None) -> str:
         if name is None:

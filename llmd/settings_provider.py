@@ -1,8 +1,9 @@
 """The settings the daemon runs on, held by one provider that tells its readers of a reload.
 
 Built once at start from the config file and the command line's overrides. Whatever reads
-settings while serving either asks `provider.current` each time (auth) or subscribes and is
-handed each new `Settings` (logs, serving, metrics, the audit log); nothing is patched in place.
+settings while serving either asks `provider.current` each time (auth, serving, metrics) or
+subscribes and is handed each new `Settings` because it must act on a change (logs reopen
+their files, the audit log records the reload); nothing is patched in place.
 
 A reload (SIGHUP) reads the same file with the same overrides again:
 - a file that cannot be used (a `ConfigError` naming file, line and reason, or a problem that

@@ -135,22 +135,14 @@ def create_app(
     app[FINISHERS] = []
     app[SETTINGS] = provider
     app[MODELS] = manager
-    serving = Serving(current)
-    app[SERVING] = serving
-    followers: list[Serving | Metrics] = [serving]  # they read their settings at each request
+    app[SERVING] = Serving(provider)  # serving and metrics read provider.current each time
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
-        metrics = Metrics(current, manager)
+        metrics = Metrics(provider, manager)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
-        followers.append(metrics)
         app.router.add_get("/metrics", metrics.handle)
 
-    def follow(new: Settings) -> None:
-        for follower in followers:
-            follower.settings = new
-
-    provider.subscribe(follow)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", create_embeddings)

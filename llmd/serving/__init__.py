@@ -9,29 +9,23 @@ events), and one SSE writer (`sse`) for every stream.
 
 from __future__ import annotations
 
-from typing import Any
-
-from llmd.serving.base import ServingBase
 from llmd.serving.chat import ServingChat
 from llmd.serving.completions import ServingCompletions
 from llmd.serving.embeddings import ServingEmbeddings
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 
 
 class Serving:
-    """Every endpoint's serving object, built once per app and sharing its settings."""
+    """Every endpoint's serving object, built once per app; each reads the settings in
+    force from the one provider, so a reload reaches them all at once."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.chat = ServingChat(settings)
-        self.completions = ServingCompletions(settings)
-        self.embeddings = ServingEmbeddings(settings)
+    def __init__(self, provider: SettingsProvider) -> None:
+        self._provider = provider
+        self.chat = ServingChat(provider)
+        self.completions = ServingCompletions(provider)
+        self.embeddings = ServingEmbeddings(provider)
 
     @property
     def settings(self) -> Settings:
-        return self.chat.settings
-
-    @settings.setter
-    def settings(self, settings: Settings) -> None:
-        endpoints: tuple[ServingBase[Any], ...] = (self.chat, self.completions, self.embeddings)
-        for endpoint in endpoints:
-            endpoint.settings = settings
+        return self._provider.current

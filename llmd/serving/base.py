@@ -40,6 +40,7 @@ from llmd.protocol import ChatCompletionRequest, ModelRequest, SamplingRequest, 
 from llmd.record import RequestRecord, get_record
 from llmd.serving.sse import EventStream
 from llmd.settings import Settings
+from llmd.settings_provider import SettingsProvider
 
 log = logging.getLogger("llmd.api")
 _T = TypeVar("_T")
@@ -50,8 +51,13 @@ class ServingBase(Generic[R]):
     """One endpoint's serving: `serve` leases the model, `respond` (each endpoint's own)
     answers with it."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, provider: SettingsProvider) -> None:
+        self._provider = provider
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (a reload replaces them in the provider)."""
+        return self._provider.current
 
     async def serve(
         self, request: web.Request, req: R, manager: ModelManager
