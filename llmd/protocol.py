@@ -35,6 +35,16 @@ from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
 from llmd.sampling import resolve
 from llmd.settings import SamplingDefaults
+from llmd.tools import (
+    FunctionCall,
+    FunctionCallChoice,
+    FunctionDefinition,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolUse,
+    plan_tools,
+)
 from llmd.units import Duration, parse_duration
 
 log = logging.getLogger("llmd.api")
@@ -93,9 +103,15 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    """An assistant's calls, sent back with the conversation."""
+    tool_call_id: str | None = None
+    """A `tool` message: the call it answers."""
+    function_call: FunctionCall | None = None
+    """Deprecated: an assistant's one call, answered by a `function` message (by `name`)."""
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -250,21 +266,37 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tool_choice: str | dict[str, Any] | None = None
-    """`tools` are not offered to the model (no tool calling): it answers in text, which
-    OpenAI's "auto" allows. A request that demands a call is refused rather than misled."""
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_forced_call(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none", "auto"):
-            raise ValueError("tool calling is not supported; use 'auto' or 'none'")
-        return value
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    """Deprecated for `tools`; older LangChain and many scripts still send it."""
+    function_call: FunctionCallChoice | None = None
+    """Deprecated for `tool_choice`."""
 
     def check(self) -> None:
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="logprobs")
+        if self.grammar is not None and self.tool_use is not None and self.tool_use.calls_possible:
+            raise InvalidRequest("give either 'grammar' or 'tools', not both", param="grammar")
+        check_conversation(self.messages)
         super().check()
+
+    @cached_property
+    def tool_use(self) -> ToolUse | None:
+        """What the model may call (None: no tools given)."""
+        return plan_tools(
+            self.tools,
+            self.tool_choice,
+            self.parallel_tool_calls,
+            self.functions,
+            self.function_call,
+        )
+
+    @cached_property
+    def grammar_asked(self) -> Grammar | None:
+        answer = super().grammar_asked
+        return answer if self.tool_use is None else self.tool_use.grammar(answer)
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -272,6 +304,39 @@ class ChatCompletionRequest(SamplingRequest):
     def logprobs_asked(self) -> int | None:
         """None: no logprobs; k: the chosen token's and the k most likely."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def check_conversation(messages: list[ChatMessage]) -> None:
+    """Calls only in assistant messages; every tool result answers an earlier call."""
+    calls: set[str] = set()
+    functions: set[str] = set()
+    for i, msg in enumerate(messages):
+        if (msg.tool_calls or msg.function_call) and msg.role != "assistant":
+            raise InvalidRequest(
+                "Only assistant messages carry tool calls.", param=f"messages[{i}].tool_calls"
+            )
+        calls.update(call.id for call in msg.tool_calls or [])
+        functions.update(call.function.name for call in msg.tool_calls or [])
+        if msg.function_call:
+            functions.add(msg.function_call.name)
+        if msg.role == "tool":
+            if not msg.tool_call_id:
+                raise InvalidRequest(
+                    "A tool message needs the 'tool_call_id' of the call it answers.",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            if msg.tool_call_id not in calls:
+                raise InvalidRequest(
+                    f"Tool message answers '{msg.tool_call_id}', which no earlier assistant "
+                    "message called.",
+                    param=f"messages[{i}].tool_call_id",
+                )
+        if msg.role == "function" and msg.name not in functions:
+            raise InvalidRequest(
+                "A function message needs the 'name' of a function an earlier assistant "
+                "message called.",
+                param=f"messages[{i}].name",
+            )
 
 
 def _split_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

@@ -62,13 +62,19 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         env.filters["tojson"] = lambda v, **kw: json.dumps(v, ensure_ascii=False, **kw)
         self.origin = origin
+        self.source = source
         self._template = env.from_string(source)
         self._specials = {"bos_token": bos_token, "eos_token": eos_token}
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt for `messages`; `tools` as Hugging Face's `apply_chat_template` passes
+        them (for templates that render tools)."""
+        extra = {"tools": tools} if tools else {}
         try:
             return self._template.render(
-                messages=messages, add_generation_prompt=True, **self._specials
+                messages=messages, add_generation_prompt=True, **self._specials, **extra
             )
         except TemplateError as exc:
             raise InvalidRequest(

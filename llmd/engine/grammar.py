@@ -11,12 +11,13 @@ grammar costs ~7 ms per token for SmolLM2, checking one token ~5 us (llmd/engine
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter, json_schema_to_gbnf
 
 from llmd.engine.messages import Grammar
 
@@ -29,17 +30,16 @@ MAX_GBNF_CHARS = 8_000_000
 """Longest grammar handed to llama.cpp's parser (a schema written as GBNF grows ~8x)."""
 
 
+class GrammarError(Exception):
+    """A grammar that cannot be used, and why (a message for the client)."""
+
+
 def compile_grammar(vocab: Any, grammar: Grammar) -> str | None:
     """Write `grammar.gbnf` and check that llama.cpp accepts it for `vocab`; else say why not."""
-    if grammar.kind == "json_object":
-        gbnf = JSON_GBNF
-    elif grammar.kind == "json_schema":
-        try:
-            gbnf = json_schema_to_gbnf(grammar.source)
-        except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
-            return f"This JSON schema cannot be followed: {exc}"
-    else:
-        gbnf = grammar.source
+    try:
+        gbnf = write_gbnf(grammar)
+    except GrammarError as exc:
+        return str(exc)
     if len(gbnf) > MAX_GBNF_CHARS:
         return (
             f"The grammar is {len(gbnf)} characters long once written as GBNF; at most "
@@ -55,13 +55,97 @@ def compile_grammar(vocab: Any, grammar: Grammar) -> str | None:
             f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
             "that many levels)."
         )
-    sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    sampler = new_grammar_sampler(vocab, grammar, gbnf)
     if not sampler:
         # llama.cpp logged the parser's reason as an error (the daemon's log has it).
         return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
     lc.llama_sampler_free(sampler)
     grammar.gbnf = gbnf
     return None
+
+
+def new_grammar_sampler(vocab: Any, grammar: Grammar, gbnf: str | None = None) -> Any:
+    """A llama.cpp grammar sampler for `grammar` (null if llama.cpp refuses the GBNF). A lazy
+    one allows anything until the output matches its trigger, the call format's opening;
+    from there on it is fed the output from the opening and holds it to the grammar."""
+    text = (gbnf if gbnf is not None else grammar.gbnf).encode()
+    if not grammar.lazy:
+        return lc.llama_sampler_init_grammar(vocab, text, b"root")
+    patterns = (ctypes.c_char_p * 1)(_regex_literal(grammar.opening).encode())
+    return lc.llama_sampler_init_grammar_lazy_patterns(vocab, text, b"root", patterns, 1, None, 0)
+
+
+def _regex_literal(text: str) -> str:
+    """`text` as a std::regex (ECMAScript) pattern that matches it literally."""
+    return "".join("\\" + ch if ch in "\\^$.|?*+()[]{}/" else ch for ch in text)
+
+
+def write_gbnf(grammar: Grammar) -> str:
+    """The grammar as GBNF, with its start rule `root`."""
+    if grammar.kind == "json_object":
+        return str(JSON_GBNF)
+    if grammar.kind == "json_schema":
+        return _schema_gbnf(grammar.source, "This JSON schema")
+    if grammar.kind == "tool_calls":
+        return _tool_calls_gbnf(grammar)
+    return grammar.source
+
+
+def _schema_gbnf(source: str, what: str) -> str:
+    try:
+        return str(json_schema_to_gbnf(source))
+    except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
+        raise GrammarError(f"{what} cannot be followed: {exc}") from None
+
+
+def _tool_calls_gbnf(grammar: Grammar) -> str:
+    """Calls written as `opening {"name": NAME, "arguments": ARGS} closing`, ARGS held to the
+    named function's parameter schema; one call or several (`parallel`), or else the
+    `answer` (response_format's JSON). One converter writes every schema, so the rules they
+    share (strings, numbers, `space`) are written once; each schema's `$ref`s are resolved
+    on their own, so one tool's `#/$defs/...` never meets another's."""
+    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    name_key, arguments_key = _literal('"name"'), _literal('"arguments"')
+    calls = []
+    for i, tool in enumerate(grammar.tools):
+        arguments = _visit(converter, tool.parameters, f"tool{i}", f"tool '{tool.name}'")
+        name = _literal(json.dumps(tool.name))
+        calls.append(
+            f'"{{" space {name_key} space ":" space {name} space "," space '
+            f'{arguments_key} space ":" space {arguments} space "}}"'
+        )
+    root = "tool-call (tool-ws tool-call)*" if grammar.parallel else "tool-call"
+    if grammar.answer is not None:
+        json_schema = grammar.answer.kind == "json_schema"
+        answer = grammar.answer.source if json_schema else '{"type": "object"}'
+        root += " | " + _visit(converter, answer, "answer", "response_format")
+    call = " | ".join(f"( {c} )" for c in calls)
+    return (
+        f"root ::= {root}\n"
+        f"tool-call ::= {_literal(grammar.opening)} tool-ws ( {call} ) tool-ws "
+        f"{_literal(grammar.closing)}\n"
+        # One line break or space around the markup, as call formats write it (the
+        # converter's `space` allows one space only).
+        "tool-ws ::= [ \\n]?\n"
+        f"{converter.format_grammar()}"
+    )
+
+
+def _visit(converter: Any, schema: str, name: str, what: str) -> str:
+    """Add a JSON schema's rules to `converter`; the name of its start rule."""
+    try:
+        resolved = converter.resolve_refs(json.loads(schema), name)
+        return str(converter.visit(resolved, name))
+    except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
+        raise GrammarError(f"The JSON schema of {what} cannot be followed: {exc}") from None
+
+
+def _literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
 
 def _nesting(gbnf: str) -> int:

@@ -17,7 +17,13 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from llmd.engine.grammar import allows, best_allowed, compile_grammar, redraw
+from llmd.engine.grammar import (
+    allows,
+    best_allowed,
+    compile_grammar,
+    new_grammar_sampler,
+    redraw,
+)
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 
 log = logging.getLogger("llmd.engine")
@@ -290,8 +296,7 @@ class LlamaBackend:
         sampler = _Sampler(chain, greedy=False)
         add = lc.llama_sampler_chain_add
         if params.grammar is not None:
-            gbnf = params.grammar.gbnf.encode()
-            sampler.grammar = lc.llama_sampler_init_grammar(self.vocab, gbnf, b"root")
+            sampler.grammar = new_grammar_sampler(self.vocab, params.grammar)
             if params.temperature > 0.0:
                 sampler.rng = np.random.default_rng(seed & 0xFFFFFFFF)
         if params.logit_bias:

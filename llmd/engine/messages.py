@@ -14,10 +14,20 @@ HEADER_SIZE = _HEADER.size
 
 
 @dataclass
-class Grammar:
-    """Output held to a grammar: `response_format`'s JSON modes, or llmd's raw GBNF."""
+class ToolSpec:
+    """A function the output may call: its name and its parameters' JSON schema (JSON text)."""
 
-    kind: Literal["json_object", "json_schema", "gbnf"]
+    name: str
+    parameters: str
+
+
+@dataclass
+class Grammar:
+    """Output held to a grammar: `response_format`'s JSON modes, llmd's raw GBNF, or tool calls
+    written in a call format (llmd/tools.py chooses the format; the engine only holds the
+    output to it)."""
+
+    kind: Literal["json_object", "json_schema", "gbnf", "tool_calls"]
     source: str = ""
     """The JSON schema as JSON text (json_schema), or the GBNF (gbnf)."""
     param: str = "response_format"
@@ -25,6 +35,18 @@ class Grammar:
     gbnf: str = ""
     """The grammar applied, written in the model process (the JSON schema converter ships
     with llama.cpp's Python binding, which the daemon process does not load)."""
+    tools: list[ToolSpec] = field(default_factory=list)
+    """kind "tool_calls": the functions a call may name."""
+    opening: str = ""
+    closing: str = ""
+    """kind "tool_calls": the markup around each call (`{"name": ..., "arguments": {...}}`)."""
+    parallel: bool = True
+    """kind "tool_calls": several calls in a row, or exactly one."""
+    lazy: bool = False
+    """kind "tool_calls": free text until the model writes `opening`, held from there on (a
+    lazy grammar, as llama.cpp's server holds "auto" tool calls)."""
+    answer: Grammar | None = None
+    """kind "tool_calls": instead of calls, an answer held to this grammar (response_format)."""
 
 
 @dataclass

@@ -39,6 +39,7 @@ from llmd.models import Model, ModelManager
 from llmd.protocol import ChatCompletionRequest, ModelRequest, SamplingRequest, usage
 from llmd.record import RequestRecord, get_record
 from llmd.serving.sse import EventStream
+from llmd.serving.toolcalls import knows_tools, template_messages
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 
@@ -101,14 +102,12 @@ class ServingBase(Generic[R]):
 
     @staticmethod
     def chat_prompt(req: ChatCompletionRequest, model: Model) -> str:
-        """The messages written out by the model's chat template (which may refuse them)."""
-        messages = []
-        for msg in req.messages:
-            entry: dict[str, Any] = {"role": msg.role, "content": msg.text()}
-            if msg.name:
-                entry["name"] = msg.name
-            messages.append(entry)
-        return model.chat_template().render(messages)
+        """The messages, with the tools and calls in them, written out by the model's chat
+        template (which may refuse them)."""
+        template = model.chat_template()
+        aware = knows_tools(template.source)
+        messages, tools = template_messages(req.messages, req.tool_use, aware)
+        return template.render(messages, tools)
 
     @staticmethod
     def check_logit_bias(req: SamplingRequest, n_vocab: int) -> None:

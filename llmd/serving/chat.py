@@ -12,6 +12,7 @@ from llmd.models import Model
 from llmd.protocol import ChatCompletionRequest, chat_logprobs, envelope, now
 from llmd.record import RequestRecord
 from llmd.serving.base import Choice, Run, ServingBase
+from llmd.serving.toolcalls import CallParser, answer_message, finish_reason, piece_delta
 
 CHAT_CHUNK = "chat.completion.chunk"
 
@@ -38,15 +39,19 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
             choices = await run.collect([Choice() for _ in range(req.n)])
         finally:
             run.close()
-        body_choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
-                "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ]
+        use = req.tool_use
+        body_choices = []
+        for i, c in enumerate(choices):
+            message, calls = answer_message(c.text, use)
+            legacy = use is not None and use.legacy
+            body_choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
+                    "finish_reason": finish_reason(c.finish_reason, calls, legacy),
+                }
+            )
         return web.json_response(
             envelope("chat.completion", id_, name, created, body_choices, True, run.usage())
         )
@@ -61,34 +66,42 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
         created: int,
     ) -> web.StreamResponse:
         with_usage = req.include_usage()
+        use = req.tool_use
+        legacy = use is not None and use.legacy
+        # Calls are read out of the text as it comes, per choice.
+        parsers = [CallParser() for _ in range(req.n)] if use and use.calls_possible else None
 
         def chunk(choice: dict[str, Any]) -> dict[str, Any]:
             return envelope(CHAT_CHUNK, id_, name, created, [choice], with_usage)
 
         def chunks(index: int, delta: m.Delta) -> list[dict[str, Any]]:
-            out = []
-            if delta.text or delta.logprobs:
-                lp = chat_logprobs(delta.logprobs) if delta.logprobs else None
-                out.append(
-                    chunk(
-                        {
-                            "index": index,
-                            "delta": {"content": delta.text},
-                            "logprobs": lp,
-                            "finish_reason": None,
-                        }
-                    )
+            if parsers is None:
+                deltas = [{"content": delta.text}] if delta.text else []
+            else:
+                parser = parsers[index]
+                pieces = parser.feed(delta.text)
+                if delta.finish_reason is not None:
+                    pieces += parser.finish()
+                deltas = [piece_delta(p, legacy) for p in pieces]
+            lp = chat_logprobs(delta.logprobs) if delta.logprobs else None
+            if lp is not None and not deltas:
+                deltas = [{"content": ""} if parsers is None else {}]
+            out = [
+                chunk(
+                    {
+                        "index": index,
+                        "delta": d,
+                        "logprobs": lp if i == 0 else None,
+                        "finish_reason": None,
+                    }
                 )
+                for i, d in enumerate(deltas)
+            ]
             if delta.finish_reason is not None:
+                calls = parsers is not None and parsers[index].made_calls
+                reason = finish_reason(delta.finish_reason, calls, legacy)
                 out.append(
-                    chunk(
-                        {
-                            "index": index,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": delta.finish_reason,
-                        }
-                    )
+                    chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
                 )
             return out
 

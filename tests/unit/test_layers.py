@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("engine", ["llmd.engine"]),
-    ("protocol", ["llmd.sampling", "llmd.protocol", "llmd.plan", "llmd.quantize"]),
+    ("protocol", ["llmd.sampling", "llmd.tools", "llmd.protocol", "llmd.plan", "llmd.quantize"]),
     ("models", ["llmd.models"]),
     ("observers", ["llmd.auth", "llmd.usage", "llmd.metrics", "llmd.logs"]),
     ("serving", ["llmd.serving"]),
