@@ -145,8 +145,6 @@ def test_json_mode_on_completions_with_a_large_vocabulary(daemon: Daemon) -> Non
     assert json.loads(result.choices[0].text)["answer"] in ("yes", "no", "maybe")
 
 
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-
 # What only the model process can refuse: a schema or grammar llama.cpp cannot compile or
 # would not survive. The checks made before the engine are tested in-process
 # (tests/unit/test_serving_chat.py's STRUCTURED cases).
@@ -209,15 +207,3 @@ def test_a_grammar_nothing_can_follow_ends_the_answer(daemon: Daemon) -> None:
 def _smollm2(daemon: Daemon) -> dict[str, Any]:
     models: list[dict[str, Any]] = daemon.health()["models"]  # type: ignore[assignment]
     return next(m for m in models if m["name"] == "smollm2")
-
-
-def test_tools_are_not_offered_and_the_model_answers_in_text(daemon: Daemon) -> None:
-    result = daemon.client().chat.completions.create(
-        model="smollm2",
-        messages=ASK,  # type: ignore[arg-type]
-        max_tokens=8,
-        tools=[TOOL],  # type: ignore[list-item]
-        tool_choice="auto",
-    )
-    assert result.choices[0].message.content
-    assert not result.choices[0].message.tool_calls

@@ -369,17 +369,45 @@ STRUCTURED: list[tuple[dict[str, Any], str | None]] = [
         },
         "response_format.json_schema.schema",
     ),
-    ({"tools": [TOOL], "tool_choice": "required"}, "tool_choice"),
+    ({"grammar": 'root ::= "a"', "tools": [TOOL]}, "grammar"),
+]
+ARRAY = {"type": "array"}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+# Tool calling's mistakes (issue 15), refused before the engine.
+TOOLS: list[tuple[dict[str, Any], str | None]] = [
+    ({"tools": TOOL}, "tools"),
+    ({"tools": [{"type": "function", "function": {"parameters": {}}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tools": [TOOL, TOOL]}, "tools[1]"),
     (
-        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": ARRAY}}]},
+        "tools[0].function.parameters",
+    ),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+    (
+        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
         "tool_choice",
     ),
+    ({"tools": [TOOL], "functions": [TOOL["function"]]}, "functions"),
+    ({"function_call": {"name": "g"}, "functions": [TOOL["function"]]}, "function_call"),
+    ({"messages": [{"role": "tool", "content": "18 C"}]}, "messages[0].tool_call_id"),
+    (
+        {"messages": [{"role": "tool", "content": "18 C", "tool_call_id": "call_1"}]},
+        "messages[0].tool_call_id",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi", "tool_calls": [CALL]}]},
+        "messages[0].tool_calls",
+    ),
+    ({"messages": [{"role": "function", "name": "f", "content": "1"}]}, "messages[0].name"),
 ]
 
 
 @pytest.mark.parametrize(
     ("change", "param"),
-    INVALID + STRUCTURED,
+    INVALID + STRUCTURED + TOOLS,
     ids=lambda v: json.dumps(v)[:48] if isinstance(v, dict) else str(v),
 )
 def test_invalid_params_are_400_naming_the_param(
