@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
@@ -55,29 +57,13 @@ def compile_grammar(vocab: Any, grammar: Grammar) -> str | None:
             f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
             "that many levels)."
         )
-    sampler = new_grammar_sampler(vocab, grammar, gbnf)
+    sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
     if not sampler:
         # llama.cpp logged the parser's reason as an error (the daemon's log has it).
         return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
     lc.llama_sampler_free(sampler)
     grammar.gbnf = gbnf
     return None
-
-
-def new_grammar_sampler(vocab: Any, grammar: Grammar, gbnf: str | None = None) -> Any:
-    """A llama.cpp grammar sampler for `grammar` (null if llama.cpp refuses the GBNF). A lazy
-    one allows anything until the output matches its trigger, the call format's opening;
-    from there on it is fed the output from the opening and holds it to the grammar."""
-    text = (gbnf if gbnf is not None else grammar.gbnf).encode()
-    if not grammar.lazy:
-        return lc.llama_sampler_init_grammar(vocab, text, b"root")
-    patterns = (ctypes.c_char_p * 1)(_regex_literal(grammar.opening).encode())
-    return lc.llama_sampler_init_grammar_lazy_patterns(vocab, text, b"root", patterns, 1, None, 0)
-
-
-def _regex_literal(text: str) -> str:
-    """`text` as a std::regex (ECMAScript) pattern that matches it literally."""
-    return "".join("\\" + ch if ch in "\\^$.|?*+()[]{}/" else ch for ch in text)
 
 
 def write_gbnf(grammar: Grammar) -> str:
@@ -211,3 +197,53 @@ def redraw(grammar: Any, rng: Any, candidates: Any) -> int | None:
         if allows(grammar, token):
             return token
     return None
+
+
+@dataclass
+class Trigger:
+    """A grammar that takes hold once the output writes its `opening` ("auto" tool calls: the
+    model writes freely until it starts a call). `take` sees every token while the grammar
+    waits; when a token completes the opening, a grammar sampler is started and fed the text
+    from the opening on.
+
+    llmd does this itself rather than with llama.cpp's lazy grammar, which aborts the whole
+    model process when the token that completes the opening carries on into text the grammar
+    refuses (`<tool_call` then `>.`): here such a token is replaced by the opening's next
+    piece, which the grammar always allows."""
+
+    vocab: Any
+    grammar: Grammar
+    tokenize: Callable[[str], list[int]]
+    piece: Callable[[int], bytes]
+    tail: bytes = b""
+    """The output's last bytes: enough to hold all but the last byte of the opening."""
+
+    def take(self, token: int, retry: bool = True) -> tuple[int, Any]:
+        """The token to write (`token`, or the one replacing it) and, once the opening is
+        written, the grammar sampler that holds the rest (else None)."""
+        opening = self.grammar.opening.encode()
+        text = self.tail + self.piece(token)
+        start = text.find(opening)
+        if start < 0:
+            self.tail = text[max(0, len(text) - len(opening) + 1) :]
+            return token, None
+        held = self._hold(text[start:])
+        if held is not None or not retry:
+            return token, held
+        need = text[: start + len(opening)][len(self.tail) :]
+        return self.take(self.tokenize(need.decode("utf-8", "replace"))[0], retry=False)
+
+    def _hold(self, text: bytes) -> Any:
+        """A grammar sampler fed `text` (the opening and what follows it), or None if the
+        grammar refuses it."""
+        try:
+            tokens = self.tokenize(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        sampler = lc.llama_sampler_init_grammar(self.vocab, self.grammar.gbnf.encode(), b"root")
+        for token in tokens:
+            if not allows(sampler, token):
+                lc.llama_sampler_free(sampler)
+                return None
+            lc.llama_sampler_accept(sampler, token)
+        return sampler

@@ -10,6 +10,7 @@ output) are checked, and asked about the tokens sampled, in llmd/engine/grammar.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +18,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from llmd.engine.grammar import (
-    allows,
-    best_allowed,
-    compile_grammar,
-    new_grammar_sampler,
-    redraw,
-)
+from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 
 log = logging.getLogger("llmd.engine")
@@ -72,6 +67,8 @@ class _Sampler:
     costs ~7 ms per token for SmolLM2, checking the one chosen token almost nothing."""
     rng: Any = None
     """numpy Generator for redrawing under a grammar (sampled chains only), from the seed."""
+    trigger: Trigger | None = None
+    """A grammar waiting for the output to write its opening ("auto" tool calls)."""
 
 
 class LlamaBackend:
@@ -296,7 +293,12 @@ class LlamaBackend:
         sampler = _Sampler(chain, greedy=False)
         add = lc.llama_sampler_chain_add
         if params.grammar is not None:
-            sampler.grammar = new_grammar_sampler(self.vocab, params.grammar)
+            if params.grammar.lazy:
+                tokenize = functools.partial(self.tokenize, add_special=False)
+                sampler.trigger = Trigger(self.vocab, params.grammar, tokenize, self.token_bytes)
+            else:
+                gbnf = params.grammar.gbnf.encode()
+                sampler.grammar = lc.llama_sampler_init_grammar(self.vocab, gbnf, b"root")
             if params.temperature > 0.0:
                 sampler.rng = np.random.default_rng(seed & 0xFFFFFFFF)
         if params.logit_bias:
@@ -346,8 +348,14 @@ class LlamaBackend:
             return self._sample_grammar(sampler, index)
         if sampler.greedy:
             # The first of equal maxima, as llama.cpp's greedy sampler picks.
-            return int(self._logits(index).argmax())
-        return int(lc.llama_sampler_sample(sampler.chain, self.ctx, index))
+            token = int(self._logits(index).argmax())
+        else:
+            token = int(lc.llama_sampler_sample(sampler.chain, self.ctx, index))
+        if sampler.trigger is not None:
+            token, sampler.grammar = sampler.trigger.take(token)
+            if sampler.grammar is not None:
+                sampler.trigger = None
+        return token
 
     def _sample_grammar(self, sampler: _Sampler, index: int) -> int:
         """Ask the grammar about the token the model would pick, then about a few more of its

@@ -61,3 +61,52 @@ def lc_accept(sampler: Any, token: int) -> None:
 
     lc.llama_sampler_accept(sampler.grammar, token)
     lc.llama_sampler_accept(sampler.chain, token)
+
+
+def test_a_token_running_past_a_calls_opening_is_replaced_not_fatal() -> None:
+    """ "auto" tool calls: the grammar waits for the opening `<tool_call>`. A token that
+    completes the opening and carries on into text no call starts with (`>.`) aborted the
+    model process under llama.cpp's lazy grammar; llmd's Trigger writes `>` instead and holds
+    the rest of the call to the grammar."""
+    import functools
+
+    import llama_cpp as lc
+
+    from llmd.engine.grammar import Trigger, allows, write_gbnf
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import Grammar, LoadOptions, ToolSpec
+
+    b = LlamaBackend(LoadOptions(MODELS / SMOL, 256, 1, 64, 64, 1, 1, "auto", "f16"))
+    grammar = Grammar(
+        "tool_calls",
+        tools=[ToolSpec("f", json.dumps({"type": "object", "properties": {}}))],
+        opening="<tool_call>",
+        closing="</tool_call>",
+        lazy=True,
+    )
+    grammar.gbnf = write_gbnf(grammar)
+
+    def run(text: str) -> tuple[bytes, Any]:
+        trigger = Trigger(
+            b.vocab, grammar, functools.partial(b.tokenize, add_special=False), b.token_bytes
+        )
+        written, held = b"", None
+        for token in b.tokenize(text, False):
+            if held is not None:
+                if not allows(held, token):
+                    break
+                lc.llama_sampler_accept(held, token)
+            else:
+                token, held = trigger.take(token)
+            written += b.token_bytes(token)
+        return written, held
+
+    assert b"." in b.token_bytes(b.tokenize("<tool_call>.x", False)[-2])  # one token: ">."
+    written, held = run("Hi <tool_call>.x")
+    assert written == b"Hi <tool_call>" and held is not None  # ".x" refused by the grammar
+    call = 'Hi <tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    written, held = run(call)
+    assert written == call.encode() and held is not None
+    written, held = run("Hi <tool_ca> no call")
+    assert written == b"Hi <tool_ca> no call" and held is None
+    b.close()
