@@ -1,11 +1,12 @@
 """Text completions through the real daemon and models: string, list and token-id prompts, echo,
-and a chat model asked for a plain completion."""
+a chat model asked for a plain completion, and the raw body against OpenAI's schema."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tests.e2e.api import GEMMA, SMOL, warm_completion
+from tests.contracts import validate
+from tests.e2e.api import GEMMA, SMOL, known_departures, post, warm_completion
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Daemon
@@ -70,3 +71,13 @@ def test_completion_on_chat_model(daemon: Daemon) -> None:
         model=SMOL, prompt="Hello, my name is", max_tokens=5, extra_body={"ignore_eos": True}
     )
     assert resp.usage is not None and resp.usage.completion_tokens == 5
+
+
+def test_completion_body_matches_openai_schema(daemon: Daemon) -> None:
+    """The raw body, two prompts with logprobs and echo, as OpenAI's CreateCompletionResponse."""
+    body = {"model": GEMMA, "prompt": ["One, two,", "Hi"], "max_tokens": 4, "logprobs": 2}
+    resp = post(daemon, "/v1/completions", {**body, "echo": True})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert len(answer["choices"]) == 2 and answer["choices"][0]["logprobs"]["tokens"]
+    validate("CreateCompletionResponse", known_departures(answer))

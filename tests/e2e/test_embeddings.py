@@ -1,4 +1,5 @@
-"""POST /v1/embeddings end to end: the real daemon, the real models, the official client."""
+"""POST /v1/embeddings end to end: the real daemon, the real models, the official client, and
+the raw body against OpenAI's schema."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from tests import tinybert
+from tests.contracts import validate
 from tests.e2e.conftest import GEMMA, MODELS, SMOL
 
 if TYPE_CHECKING:
@@ -129,6 +131,17 @@ def test_sdk_default_base64_equals_float(daemon: Daemon, client: openai.OpenAI) 
     ).json()
     wire = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4")
     assert np.allclose(wire, _vec(floats.data[0]), atol=1e-7)
+
+
+def test_float_body_matches_openai_schema(daemon: Daemon) -> None:
+    """As OpenAI's CreateEmbeddingResponse says. Only floats: its schema has `embedding` an
+    array of numbers, while OpenAI itself (and llmd) send base64 as a string."""
+    body = {"model": "smollm2", "input": [CAT, "a dog"], "encoding_format": "float"}
+    resp = httpx.post(daemon.url + "/v1/embeddings", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert len(answer["data"]) == 2 and len(answer["data"][1]["embedding"]) == 576
+    validate("CreateEmbeddingResponse", answer)
 
 
 def test_inputs_keep_their_order_and_meaning(

@@ -1,5 +1,5 @@
-"""/health, /ready and /api/v1/health of the real daemon, and its log after every test that used
-it: no server error, no model process restarted."""
+"""/health, /ready and /api/v1/health of the real daemon, /v1/models against OpenAI's schema, and
+its log after every test that used it: no server error, no model process restarted."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import httpx2 as httpx
 
+from tests.contracts import validate
 from tests.e2e.api import GEMMA, SMOL, model_health
 
 if TYPE_CHECKING:
@@ -45,6 +46,14 @@ def test_health_endpoints(daemon: Daemon) -> None:
     assert by_name[SMOL]["parallel"] == 16
     assert by_name[SMOL]["ctx_per_seq"] == 1024
     assert by_name[GEMMA]["parallel"] == 2
+
+
+def test_models_list_matches_openai_schema(daemon: Daemon) -> None:
+    resp = httpx.get(daemon.url + "/v1/models", timeout=10)
+    assert resp.status_code == 200, resp.text
+    listed = resp.json()
+    assert {SMOL, GEMMA, "smol"} == {m["id"] for m in listed["data"]}  # aliases listed too
+    validate("ListModelsResponse", listed)
 
 
 def test_no_server_errors_logged(daemon: Daemon) -> None:

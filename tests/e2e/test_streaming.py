@@ -1,6 +1,6 @@
 """Server-sent streams through the real daemon: the same text as without streaming, the raw SSE
-ending with [DONE], n choices and completions streamed with usage, 16 streams at once, and a
-client that goes away freeing its slot."""
+ending with [DONE], every chunk against OpenAI's schema, n choices and completions streamed with
+usage, 16 streams at once, and a client that goes away freeing its slot."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
 import openai
+import pytest
 
+from tests.contracts import validate_chat_stream, validate_completion_stream
 from tests.e2e.api import (
     GEMMA,
     SMOL,
     STORY,
     chat_body,
     chunk_text,
+    known_departures,
     model_health,
+    post,
+    sse_data,
     stream_chat,
     warm_chat,
     warm_completion,
@@ -57,6 +62,39 @@ def test_chat_stream_matches_non_stream(daemon: Daemon) -> None:
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     # Only the final chunk carries usage.
     assert all(c.usage is None for c in chunks[:-1])
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_chat_stream_chunks_match_openai_schema(daemon: Daemon, include_usage: bool) -> None:
+    """Every raw chunk, n choices with logprobs, usage or not, as OpenAI's
+    CreateChatCompletionStreamResponse says."""
+    body = chat_body(
+        n=2,
+        logprobs=True,
+        top_logprobs=2,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": include_usage},
+    )
+    chunks = sse_data(post(daemon, "/v1/chat/completions", body))
+    assert [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert (chunks[-1].get("usage") is not None) == include_usage
+    validate_chat_stream([known_departures(c) for c in chunks])
+
+
+def test_completion_stream_chunks_match_openai_schema(daemon: Daemon) -> None:
+    body = {
+        "model": GEMMA,
+        "prompt": "The weather today is",
+        "max_tokens": 4,
+        "n": 2,
+        "logprobs": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = sse_data(post(daemon, "/v1/completions", body))
+    assert chunks[-1]["usage"] is not None
+    validate_completion_stream([known_departures(c) for c in chunks])
 
 
 def test_n_choices_stream(daemon: Daemon) -> None:
