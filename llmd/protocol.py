@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from llmd import __version__
 from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
 from llmd.sampling import resolve
@@ -49,6 +50,8 @@ from llmd.units import Duration, parse_duration
 
 log = logging.getLogger("llmd.api")
 
+FINGERPRINT = f"llmd-{__version__}"
+"""OpenAI's `system_fingerprint` (a string in its schemas, never null): the server's build."""
 MAX_STOP = 16
 # A grammar or JSON schema is read on the model's engine thread, which every request on
 # the model shares: a few ms for this size, seconds for the 32 MB a body may hold.
@@ -456,7 +459,7 @@ def envelope(
         "object": object_,
         "created": created,
         "model": model,
-        "system_fingerprint": None,
+        "system_fingerprint": FINGERPRINT,
         "choices": choices,
     }
     if include_usage:

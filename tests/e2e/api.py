@@ -49,16 +49,6 @@ def sse_data(resp: httpx.Response) -> list[dict[str, Any]]:
     return chunks
 
 
-def known_departures(body: dict[str, Any]) -> dict[str, Any]:
-    """The body or chunk less what llmd is known to send against OpenAI's schemas, so that a
-    contract test checks everything else: `system_fingerprint: null` (OpenAI's schemas have a
-    string or no key). test_chat.py's xfail test_system_fingerprint_matches_openai_schema keeps
-    it in view; when it passes, this goes."""
-    if "system_fingerprint" in body and body["system_fingerprint"] is None:
-        return {k: v for k, v in body.items() if k != "system_fingerprint"}
-    return body
-
-
 def assert_error(
     resp: httpx.Response,
     status: int,
