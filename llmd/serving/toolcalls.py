@@ -22,6 +22,7 @@ from llmd.tools import CLOSING, OPENING, ToolCall, ToolUse
 
 TOOLS_OPENING, TOOLS_CLOSING = "<tools>", "</tools>"
 RESPONSE_OPENING, RESPONSE_CLOSING = "<tool_response>", "</tool_response>"
+RESULTS_PROMPT = "Use these results to answer."
 
 
 def knows_tools(template_source: str) -> bool:
@@ -57,7 +58,10 @@ def template_messages(
             turn = {"role": "assistant", "content": "\n".join(([text] if text else []) + written)}
         plain.append({k: v for k, v in turn.items() if k in ("role", "content", "name")})
     for turn in plain:
-        turn.pop("tool_results", None)
+        if turn.pop("tool_results", None):
+            # Without it small models (SmolLM2) write a result of their own instead of
+            # answering: measured in docs/tools.md.
+            turn["content"] += "\n" + RESULTS_PROMPT
     if offered and use is not None:
         _add_to_system(plain, tools_prompt(use))
     return plain, None
@@ -144,7 +148,7 @@ def tools_prompt(use: ToolUse) -> str:
         OPENING,
         '{"name": "<function name>", "arguments": {<the arguments as JSON>}}',
         CLOSING,
-        f"Results come back between {RESPONSE_OPENING} and {RESPONSE_CLOSING}.",
+        "When results come back, answer with them.",
     ]
     if use.choice == "required":
         lines.append("Call at least one function now.")
