@@ -204,7 +204,7 @@ class SamplingRequest(ModelRequest):
     @classmethod
     def _check_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.lstrip("-").isdigit() or int(key) < 0:
+            if not key.isascii() or not key.isdigit():  # "１２" is a digit to isdigit()
                 raise ValueError(f"keys must be token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"bias for token {key} must be between -100 and 100")

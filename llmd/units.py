@@ -7,6 +7,7 @@ with these parsers, and the code that acts on the values calls them again for th
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -69,6 +70,8 @@ def parse_duration(value: str | float | int) -> float | None:
                 ) from None
             scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
             seconds = sum(float(n) * scale[u] for n, u in parts)
+    if math.isnan(seconds) or seconds == math.inf:
+        raise ValueError(f"{value!r}: a duration must be a finite number of seconds")
     return None if seconds < 0 else seconds
 
 

@@ -90,6 +90,10 @@ def check_admission(
             f"model '{name}' is {state.value}{reason}", code="model_not_ready", retry_after=2
         )
     capacity = options.load.parallel + options.max_queue
+    if req.n > capacity:  # would be refused however long the client retried
+        raise InvalidRequest(
+            f"n must be at most {capacity} for model '{name}' (its slots and queue)", param="n"
+        )
     if num_held + req.n > capacity:
         raise ServiceUnavailable(
             f"model '{name}' is busy: {num_held} sequences running or queued, "

@@ -150,6 +150,15 @@ class ServingBase(Generic[R]):
         self, model: Model, reqs: list[m.GenerateRequest], n: int, record: RequestRecord
     ) -> Run:
         """Hand the prompts to the engine; once all are accepted, follow them as one run."""
+        options = model.process.options
+        capacity = options.load.parallel + options.max_queue
+        if len(reqs) > 1 and sum(r.n for r in reqs) > capacity:
+            # Each would be admitted alone; together they never fit: not a retryable 503.
+            raise InvalidRequest(
+                f"{len(reqs)} prompts x n={n} sequences are more than model '{model.name}' "
+                f"holds at once ({capacity}, its slots and queue)",
+                param="prompt",
+            )
         handles: list[RequestHandle] = []
         try:
             for req in reqs:

@@ -95,3 +95,36 @@ def test_the_admin_apis_keep_their_messages() -> None:
         "admin": "We could not parse the JSON body of your request (Expecting ',' delimiter).",
     }
     assert asyncio.run(run(b"\xff"))["keys"] == "The request body is not valid JSON."
+
+
+def _post_as(body: bytes, content_type: str) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_post("/", _echo)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/", data=body, headers={"Content-Type": content_type})
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    return asyncio.run(run())
+
+
+def test_a_body_under_a_form_or_other_non_json_type_is_refused() -> None:
+    body = json.dumps({"a": 1}).encode()
+    for accepted in ("application/json; charset=utf-8", "text/plain", "application/vnd.x+json"):
+        assert _post_as(body, accepted)["first"] == {"a": 1}
+    for refused in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        error = _post_as(body, refused)["first"]["error"]
+        assert "not application/json" in error, error
+
+
+def test_nan_infinity_and_deep_nesting_are_400s_not_500s() -> None:
+    for constant in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'):
+        error = _post(constant)["first"]["error"]
+        assert "is not a JSON value" in error, error
+    for deep in (b"[" * 100_000, b'{"a":' * 100_000):
+        assert "too deeply" in _post(deep)["first"]["error"]
+    nested: Any = []
+    for _ in range(49):
+        nested = [nested]
+    assert _post(b"[" * 50 + b"]" * 50)["first"] == nested  # deep, but not too deep

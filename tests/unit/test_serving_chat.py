@@ -345,6 +345,12 @@ INVALID: list[tuple[dict[str, Any], str | None]] = [
     ({"stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
     ({"stream_options": 5}, "stream_options"),
     ({"frequency_penalty": 3}, "frequency_penalty"),
+    # Issue 19's smaller faults:
+    ({"logit_bias": {"\uff11\uff12": 1}}, "logit_bias"),  # full-width digits
+    ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"keep_alive": "nan"}, "keep_alive"),
+    ({"keep_alive": "inf"}, "keep_alive"),
+    ({"n": 13}, "n"),  # above the harness's 4 slots + 8 queued: never fits, not a retryable 503
 ]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 # tests/e2e/test_structured.py's BAD before, the cases refused before the engine (the others need

@@ -131,6 +131,8 @@ INVALID = [
     ({"prompt": [-1, 5]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"),
     ({"prompt": [[1, 2], [999, 1000]]}, "prompt"),  # the fake's vocabulary is 1000
+    # Each fits the fake's 2 slots + 8 queued; together they never would (issue 19).
+    ({"prompt": ["a", "b", "c"], "n": 4}, "prompt"),
     ({"prompt": [[1], []]}, "prompt"),
     ({"logprobs": 50}, "logprobs"),
     ({"suffix": "tail"}, "suffix"),
