@@ -7,7 +7,11 @@ with neither, chat requests get a clear 400 and completions keep working.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -67,10 +71,34 @@ class ChatTemplate:
         self._specials = {"bos_token": bos_token, "eos_token": eos_token}
 
     def render(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> str:
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        specials: Sequence[str] = (),
+    ) -> Prompt:
         """The prompt for `messages`; `tools` as Hugging Face's `apply_chat_template` passes
-        them (for templates that render tools)."""
+        them (for templates that render tools). Client text holding the text of one of the
+        model's control tokens (`specials`) is marked in the prompt (`Prompt.text_spans`), so
+        that it is read as text: a message cannot close its turn and forge the next one."""
+        holds = _special_finder(tuple(specials))
+        values: list[str] = []
+
+        def mark(value: Any, key: str = "") -> Any:
+            if isinstance(value, str):
+                if key == "role" or not holds(value):
+                    return value
+                values.append(value)
+                return _SENTINEL.format(len(values) - 1)
+            if isinstance(value, list):
+                return [mark(v) for v in value]
+            if isinstance(value, dict):
+                return {k: mark(v, k) for k, v in value.items()}
+            return value
+
+        text = self._render(mark(messages), mark(tools))
+        return _unmark(text, values) if values else Prompt(text)
+
+    def _render(self, messages: list[dict[str, Any]], tools: Any) -> str:
         extra = {"tools": tools} if tools else {}
         try:
             return self._template.render(
@@ -81,6 +109,59 @@ class ChatTemplate:
                 f"The model's chat template rejected these messages: {exc.message}",
                 param="messages",
             ) from None
+
+
+@dataclass
+class Prompt:
+    """A rendered chat: its text, and the ranges of it that are client text holding
+    special-token text (the engine reads those as text)."""
+
+    text: str
+    text_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+# A client string holding special-token text is replaced by a marker while the template runs,
+# then put back: so its place in the prompt is known exactly. The marker's line break tells
+# where the template wrote the value raw ("\n") and where as JSON with `tojson` ("\\n"), so
+# the value is put back the same way. Private-use characters appear in no template.
+_SENTINEL = "\ue000{}\n\ue001"
+_MARKED = re.compile("\ue000(\\d+)(\n|\\\\n)\ue001")
+# Control tokens are written between brackets in every family llmd knows (<|im_end|>,
+# <end_of_turn>, </s>, [INST], <unused0>): found with one scan, then looked up.
+_BRACKETED = re.compile(r"<[^<>\n]{1,64}>|\[[^\[\]\n]{1,64}\]")
+
+
+@functools.lru_cache(maxsize=16)
+def _special_finder(specials: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a text holds one of `specials` (one scan, whatever their number: Gemma 3 has
+    6,250)."""
+    bracketed = frozenset(s for s in specials if _BRACKETED.fullmatch(s))
+    others = [s for s in specials if s not in bracketed]
+
+    def holds(text: str) -> bool:
+        if any(m.group() in bracketed for m in _BRACKETED.finditer(text)):
+            return True
+        return any(s in text for s in others)
+
+    return holds
+
+
+def _unmark(text: str, values: list[str]) -> Prompt:
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    size = pos = 0
+    for match in _MARKED.finditer(text):
+        out.append(text[pos : match.start()])
+        size += match.start() - pos
+        value = values[int(match.group(1))]
+        if match.group(2) != "\n":  # inside tojson's output: put back as JSON string text
+            value = json.dumps(value, ensure_ascii=False)[1:-1]
+        out.append(value)
+        spans.append((size, size + len(value)))
+        size += len(value)
+        pos = match.end()
+    out.append(text[pos:])
+    return Prompt("".join(out), spans)
 
 
 def choose_template(

@@ -181,17 +181,29 @@ class LlamaBackend:
 
     # -- text <-> tokens -------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Tokens of `text`; `parse_special=False` reads special-token text as plain text.
+        Safe off the step loop's thread: llama.cpp only reads the vocabulary here."""
         # JSON allows lone surrogates ("\ud800"); they are not text: make them U+FFFD.
         data = text.encode("utf-8", "replace")
         capacity = len(data) + 8
         tokens = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        args = (add_special, parse_special)
+        n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, *args)
         if n < 0:
             capacity = -n
             tokens = (lc.llama_token * capacity)()
-            n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+            n = lc.llama_tokenize(self.vocab, data, len(data), tokens, capacity, *args)
         return list(tokens[:n])
+
+    def special_texts(self) -> list[str]:
+        """The text of every control token, which only markup should produce. One pass over
+        the vocabulary's attributes (~0.1 s for SmolLM2's 49k tokens, ~0.5 s for Gemma 3's
+        262k: docs/tools.md)."""
+        attr, vocab = lc.llama_vocab_get_attr, self.vocab
+        mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+        ids = [t for t in range(self.n_vocab) if attr(vocab, t) & mask]
+        return sorted({text for t in ids if (text := self.special_text(t))})
 
     def adds_bos(self) -> bool:
         return bool(lc.llama_vocab_get_add_bos(self.vocab))

@@ -12,6 +12,12 @@ from typing import Any, Literal
 _HEADER = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 
+MAX_CHARS_PER_TOKEN = 32
+"""A text prompt longer than the context times this many characters cannot fit, and is refused
+before it is tokenized (tokenizing a 6 MiB prompt took over a minute) or, for a chat, before
+its template runs. Real text averages about 4 characters a token; even runs of one repeated
+character stay under 32."""
+
 
 @dataclass
 class ToolSpec:
@@ -89,6 +95,10 @@ class GenerateRequest:
     """The tenant's share: weight 2 gets two admissions per turn when others wait too."""
     embed: bool = False
     """Read the prompt for its embedding (one `Embedding` event) instead of generating."""
+    text_spans: list[tuple[int, int]] = field(default_factory=list)
+    """Character ranges of a text prompt that the client wrote (a chat's messages): read as
+    text, so that special-token text in them never becomes a control token. The rest (the
+    chat template's markup) is read with its special tokens."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,9 @@ class Ready:
     model_bytes: int
     n_embd: int = 0
     """Dimensions of the model's embeddings."""
+    special_texts: list[str] = field(default_factory=list)
+    """The text of the model's control tokens (`<|im_end|>`, `<end_of_turn>` ...): client text
+    holding any of them is marked as text (`GenerateRequest.text_spans`)."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
 from llmd.engine.messages import (
+    MAX_CHARS_PER_TOKEN,
     Admitted,
     Delta,
     Embedding,
@@ -62,6 +63,23 @@ class Piece:
     embed: RequestState | None = None
 
 
+def _segments(size: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+    """[0, size) cut at the spans' edges: (start, end, inside a span)."""
+    out: list[tuple[int, int, bool]] = []
+    pos = 0
+    for start, end in sorted(spans):
+        start, end = max(start, pos), min(end, size)
+        if start >= end:
+            continue
+        if start > pos:
+            out.append((pos, start, False))
+        out.append((start, end, True))
+        pos = end
+    if pos < size:
+        out.append((pos, size, False))
+    return out
+
+
 class EngineFault(Exception):
     """llama.cpp failed in a way the process cannot recover from; the daemon restarts it."""
 
@@ -86,16 +104,38 @@ class Scheduler:
 
     # -- requests in and out ---------------------------------------------------------------
 
-    def submit(self, req: GenerateRequest) -> list[Any]:
-        """Tokenize and check a request; it joins the queue, or fails at once."""
-        if isinstance(req.prompt, str):
-            # Chat templates usually write the BOS themselves; do not add a second one.
-            written = bool(self.bos_text) and req.prompt.startswith(self.bos_text)
-            prompt = self.backend.tokenize(req.prompt, add_special=self.add_bos and not written)
-        else:
-            prompt = list(req.prompt)
-        if not prompt:
-            prompt = [self.bos]
+    def tokenize(self, req: GenerateRequest) -> list[int] | Failed:
+        """The request's prompt as tokens, or why it cannot fit. Safe on another thread than
+        the step loop's (the worker tokenizes as requests arrive, so a long prompt never
+        holds up the steps of the others): it only reads the vocabulary."""
+        if not isinstance(req.prompt, str):
+            return list(req.prompt) or [self.bos]
+        limit = self.ctx_per_seq * MAX_CHARS_PER_TOKEN
+        if len(req.prompt) > limit:
+            why = (
+                f"the prompt has {len(req.prompt)} characters, more than {limit} "
+                f"({MAX_CHARS_PER_TOKEN} a token) could ever fit. Please reduce its length."
+            )
+            return self._too_long(req, why, "input" if req.embed else "messages")
+        # Chat templates usually write the BOS themselves; do not add a second one.
+        written = bool(self.bos_text) and req.prompt.startswith(self.bos_text)
+        add_bos = self.add_bos and not written
+        if not req.text_spans:
+            return self.backend.tokenize(req.prompt, add_bos) or [self.bos]
+        tokens: list[int] = []
+        for start, end, is_text in _segments(len(req.prompt), req.text_spans):
+            # Client text is read as text: "<|im_end|>" in a message stays ten characters.
+            part = self.backend.tokenize(req.prompt[start:end], add_bos, not is_text)
+            tokens += part
+            add_bos = False
+        return tokens or [self.bos]
+
+    def submit(self, req: GenerateRequest, tokens: list[int] | Failed | None = None) -> list[Any]:
+        """Check a request (tokenized by `tokenize`, here if not yet); it joins the queue, or
+        fails at once."""
+        prompt = self.tokenize(req) if tokens is None else tokens
+        if isinstance(prompt, Failed):
+            return [prompt]
         if self.encoder_only and not req.embed:
             return [
                 Failed(

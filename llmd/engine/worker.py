@@ -1,8 +1,10 @@
 """A model process's main: load the model, then run the step loop until told to stop.
 
 Started by the daemon as `python -m llmd.engine.worker --fd N`, with one end of a socketpair.
-One thread owns the llama.cpp context and runs the steps; a second thread only reads the
-socket, so a request arriving mid-step waits for the next step and never for a lock.
+One thread owns the llama.cpp context and runs the steps; a second thread reads the socket and
+tokenizes each request as it arrives (llama.cpp releases the GIL and only reads the
+vocabulary), so a request arriving mid-step waits for the next step and never for a lock, and
+a long prompt being tokenized never holds up the others' steps.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from llmd.engine import messages as m
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             eos_token=backend.special_text(backend.eos),
             model_bytes=backend.model_bytes(),
             n_embd=backend.n_embd,
+            special_texts=backend.special_texts(),
         ),
     )
     scheduler = Scheduler(
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.special_text(backend.bos),
     )
     inbox: queue.Queue[Any] = queue.Queue()
-    threading.Thread(target=_read, args=(sock, inbox), daemon=True).start()
+    threading.Thread(target=_read, args=(sock, inbox, scheduler), daemon=True).start()
     try:
         _loop(sock, scheduler, inbox)
     finally:
@@ -82,12 +86,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read(sock: socket.socket, inbox: queue.Queue[Any]) -> None:
+@dataclass
+class _Tokenized:
+    """A request with its prompt tokenized (or refused) off the step loop."""
+
+    req: m.GenerateRequest
+    tokens: list[int] | m.Failed
+
+
+def _read(sock: socket.socket, inbox: queue.Queue[Any], scheduler: Any) -> None:
     try:
         while True:
-            inbox.put(m.recv(sock))
+            msg = m.recv(sock)
+            if isinstance(msg, m.GenerateRequest):
+                msg = _Tokenized(msg, _tokenize(scheduler, msg))
+            inbox.put(msg)  # in order: a Cancel never overtakes its request
     except (EOFError, OSError):
         inbox.put(m.Shutdown())  # the daemon went away: nobody is left to serve
+
+
+def _tokenize(scheduler: Any, req: m.GenerateRequest) -> list[int] | m.Failed:
+    try:
+        tokens: list[int] | m.Failed = scheduler.tokenize(req)
+    except Exception as exc:  # noqa: BLE001 - reported to its one client
+        logging.getLogger("llmd.worker").exception("request %s refused", req.id)
+        return m.Failed(req.id, 400, f"The request could not be processed: {exc}")
+    return tokens
 
 
 def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
@@ -100,8 +124,8 @@ def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
             while True:
                 if isinstance(msg, m.Shutdown):
                     return
-                if isinstance(msg, m.GenerateRequest):
-                    events.extend(_submit(scheduler, msg))
+                if isinstance(msg, _Tokenized):
+                    events.extend(_submit(scheduler, msg.req, msg.tokens))
                 elif isinstance(msg, m.Cancel):
                     scheduler.cancel(msg.id)
                 msg = inbox.get_nowait()
@@ -115,10 +139,10 @@ def _loop(sock: socket.socket, scheduler: Any, inbox: queue.Queue[Any]) -> None:
             last_sent = now
 
 
-def _submit(scheduler: Any, req: m.GenerateRequest) -> list[Any]:
+def _submit(scheduler: Any, req: m.GenerateRequest, tokens: list[int] | m.Failed) -> list[Any]:
     """A request that cannot even be queued fails alone; the process serves on."""
     try:
-        return list(scheduler.submit(req))
+        return list(scheduler.submit(req, tokens))
     except Exception as exc:  # noqa: BLE001 - reported to its one client
         logging.getLogger("llmd.worker").exception("request %s refused", req.id)
         return [m.Failed(req.id, 400, f"The request could not be processed: {exc}")]

@@ -42,6 +42,7 @@ from llmd.serving.sse import EventStream
 from llmd.serving.toolcalls import knows_tools, template_messages
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
+from llmd.templates import Prompt
 
 log = logging.getLogger("llmd.api")
 _T = TypeVar("_T")
@@ -101,13 +102,25 @@ class ServingBase(Generic[R]):
             )
 
     @staticmethod
-    def chat_prompt(req: ChatCompletionRequest, model: Model) -> str:
+    def chat_prompt(req: ChatCompletionRequest, model: Model) -> Prompt:
         """The messages, with the tools and calls in them, written out by the model's chat
-        template (which may refuse them)."""
+        template (which may refuse them); client text holding special-token text marked to be
+        read as text."""
+        info = model.process.info
+        limit = (info.ctx_per_seq if info else 0) * m.MAX_CHARS_PER_TOKEN
+        size = sum(len(msg.text()) for msg in req.messages)
+        if info and size > limit:  # the engine would refuse it; spare the template the work
+            raise InvalidRequest(
+                f"This model's maximum context length is {info.ctx_per_seq} tokens. However, "
+                f"the messages have {size} characters, more than {limit} "
+                f"({m.MAX_CHARS_PER_TOKEN} a token) could ever fit. Please reduce their length.",
+                code="context_length_exceeded",
+                param="messages",
+            )
         template = model.chat_template()
         aware = knows_tools(template.source)
         messages, tools = template_messages(req.messages, req.tool_use, aware)
-        return template.render(messages, tools)
+        return template.render(messages, tools, info.special_texts if info else ())
 
     @staticmethod
     def check_logit_bias(req: SamplingRequest, n_vocab: int) -> None:
@@ -124,7 +137,7 @@ class ServingBase(Generic[R]):
         self,
         req: SamplingRequest,
         model: Model,
-        prompt: str | list[int],
+        prompt: str | list[int] | Prompt,
         logprobs: int | None,
         record: RequestRecord,
         echo: bool = False,
@@ -132,10 +145,13 @@ class ServingBase(Generic[R]):
         """One prompt's request to the engine, its sampling complete."""
         n_vocab = self.vocabulary(model)
         self.check_logit_bias(req, n_vocab)
+        spans = prompt.text_spans if isinstance(prompt, Prompt) else []
+        prompt = prompt.text if isinstance(prompt, Prompt) else prompt
         self.check_tokens(prompt, n_vocab, "prompt")
         return m.GenerateRequest(
             id=uuid.uuid4().hex,
             prompt=prompt,
+            text_spans=spans,
             sampling=req.to_sampling_params(model.settings.sampling),
             n=req.n,
             stop=req.stop_list(),

@@ -27,7 +27,7 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
     ) -> web.StreamResponse:
         record.model, record.stream = model.name, bool(req.stream)
         prompt = self.chat_prompt(req, model)
-        self.log_prompts("chat prompt", prompt)
+        self.log_prompts("chat prompt", prompt.text)
         logprobs = req.logprobs_asked()
         ereq = self.engine_request(req, model, prompt, logprobs, record)
         name = req.model or model.name

@@ -28,7 +28,7 @@ class FakeBackend:
         self.embedding_steps: list[bool] = []
         self._outputs: dict[int, int] = {}
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
     def token_bytes(self, token: int) -> bytes:
