@@ -26,9 +26,12 @@ class FakeBackend:
         self.kv: dict[int, dict[int, int]] = {i: {} for i in range(parallel)}
         self.batches: list[list[tuple[int, int, int, bool]]] = []
         self.embedding_steps: list[bool] = []
+        self.tokenized: list[tuple[str, bool]] = []
+        """(text, special tokens parsed) of each tokenize call."""
         self._outputs: dict[int, int] = {}
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        self.tokenized.append((text, parse_special))
         return [ord(c) for c in text]
 
     def token_bytes(self, token: int) -> bytes:

@@ -43,6 +43,32 @@ def test_context_overflow_is_refused_with_numbers() -> None:
     assert isinstance(started, Started) and started.max_tokens == 3
 
 
+def test_client_text_spans_are_tokenized_as_text_and_the_markup_with_specials() -> None:
+    b = FakeBackend()
+    s = Scheduler(b, ctx_per_seq=64, add_bos=False, bos=1)
+    prompt = "<u>hi<e><u>x</e>"
+    (started,) = s.submit(request("a", prompt, max_tokens=2, text_spans=[(3, 5), (11, 12)]))
+    assert isinstance(started, Started) and started.prompt_tokens == len(prompt)
+    assert b.tokenized == [
+        ("<u>", True),
+        ("hi", False),
+        ("<e><u>", True),
+        ("x", False),
+        ("</e>", True),
+    ]
+    b.tokenized.clear()
+    s.submit(request("b", prompt, max_tokens=2))
+    assert b.tokenized == [(prompt, True)]  # no spans: one call, as always
+
+
+def test_a_prompt_too_long_to_ever_fit_is_refused_before_tokenizing() -> None:
+    b = FakeBackend()
+    s = Scheduler(b, ctx_per_seq=8, add_bos=False, bos=1)
+    (failed,) = s.submit(request("a", "x" * (8 * 32 + 1)))
+    assert isinstance(failed, Failed) and failed.code == "context_length_exceeded"
+    assert "257 characters" in failed.message and b.tokenized == []
+
+
 def test_a_grammar_that_cannot_be_used_is_refused_before_the_queue() -> None:
     s = Scheduler(FakeBackend(), ctx_per_seq=64, add_bos=False, bos=1)
     bad = resolve(grammar=Grammar("gbnf", "bad", param="grammar"))
