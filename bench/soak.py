@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -49,6 +48,7 @@ from bench.soakstats import (
     Outcome,
     Sampler,
     flatness,
+    log_errors,
     outcomes_summary,
     per_process,
     reconcile,
@@ -210,7 +210,7 @@ class Soak:
             keys = await self.make_keys(session)
             await asyncio.sleep(1.5)  # the daemon re-reads keys.toml within a second
             sampler = Sampler(
-                self.daemon.proc.pid, self.daemon.url + "/health", self.args.sample_every
+                self.daemon.proc.pid, self.daemon.url, self.admin, self.args.sample_every
             )
             self.t0 = sampler.t0
             deadline = self.t0 + self.seconds
@@ -243,11 +243,10 @@ class Soak:
         ]
         db.close()
         rec = reconcile(self.outcomes, rows)
-        api_rows = {r["key"]: r["requests"] for r in run["usage_api"] if r.get("key")}
+        api_rows = {r["key"]: r["requests"] for r in run["usage_api"]["data"] if r.get("key")}
         for key, counts in rec.per_key.items():
             counts["api_requests"] = int(api_rows.get(key, -1))
         log = self.daemon.logs()
-        errors = [line for line in log.splitlines() if re.search(r"\bERROR\b|Traceback", line)]
         samples = run["samples"]
         return {
             "minutes": self.args.minutes,
@@ -260,7 +259,7 @@ class Soak:
             "reloads_sent": self.reloads,
             "reloads_logged": log.count("configuration reloaded"),
             "usage": asdict(rec),
-            "log_errors": {"count": len(errors), "first": errors[:20]},
+            "log_errors": log_errors(log),
             "samples": samples,
         }
 
@@ -340,7 +339,8 @@ def report(r: dict[str, Any]) -> str:
         f"{len(u['duplicates'])}, status differs {u['status_differs']}, tokens checked "
         f"{u['tokens_checked']}, mismatched {len(u['token_mismatches'])}"
     )
-    lines.append(f"log ERROR lines: {r['log_errors']['count']}")
+    lines += ["", "daemon log, ERROR lines and tracebacks:"]
+    lines += [f"  {n} x {what}" for what, n in r["log_errors"].items()]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ what every request came to, and the usage records set against what the clients s
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -65,9 +66,11 @@ class Sampler:
     """Samples the daemon and its children every `interval` seconds in a thread of its own (so
     that a busy event loop in the clients cannot delay it)."""
 
-    def __init__(self, daemon_pid: int, health_url: str, interval: float) -> None:
+    def __init__(self, daemon_pid: int, url: str, secret: str, interval: float) -> None:
         self.daemon = psutil.Process(daemon_pid)
-        self.health_url = health_url
+        self.health = urllib.request.Request(
+            url + "/api/v1/health", headers={"Authorization": f"Bearer {secret}"}
+        )
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
@@ -84,19 +87,24 @@ class Sampler:
     def sample(self) -> None:
         t = time.monotonic() - self.t0
         start = time.perf_counter()
+        health_ms: float | None = None
+        current: list[int] = []
         try:
-            with urllib.request.urlopen(self.health_url, timeout=30) as resp:
-                resp.read()
-            health_ms: float | None = (time.perf_counter() - start) * 1000
-        except OSError:
-            health_ms = None
+            with urllib.request.urlopen(self.health, timeout=30) as resp:
+                health = json.loads(resp.read())
+            health_ms = (time.perf_counter() - start) * 1000
+            current = [m["pid"] for m in health["models"] if m.get("pid")]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         daemon = _proc_sample(self.daemon)
         try:
             children = self.daemon.children(recursive=True)
         except psutil.Error:
             children = []
         models = [s for c in children if (s := _proc_sample(c)) is not None]
-        self.samples.append({"t": t, "health_ms": health_ms, "daemon": daemon, "models": models})
+        self.samples.append(
+            {"t": t, "health_ms": health_ms, "current": current, "daemon": daemon, "models": models}
+        )
 
     def stop(self) -> list[dict[str, Any]]:
         self._stop.set()
@@ -105,8 +113,11 @@ class Sampler:
 
 
 def series(samples: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """(t, value) per measure: the daemon's rss/fds/threads, the model processes' summed
-    rss/fds/threads and count, the zombies among them, /health's latency."""
+    """(t, value) per measure: the daemon's rss/fds/threads; those of the model processes
+    serving (`current`, as /api/v1/health names them); those of all its children summed
+    (`models`: the serving ones, a spare started ahead for the next restart, versions
+    draining after a swap), their count and the zombies among them; /api/v1/health's
+    latency."""
     out: dict[str, list[tuple[float, float]]] = {}
 
     def add(name: str, t: float, value: float) -> None:
@@ -121,6 +132,10 @@ def series(samples: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
         for k in ("rss", "fds", "threads"):
             add(f"models.{k}", t, sum(m[k] for m in live))
         add("models.count", t, len(live))
+        serving = [m for m in live if m["pid"] in s.get("current", [])]
+        if serving:
+            for k in ("rss", "fds", "threads"):
+                add(f"current.{k}", t, sum(m[k] for m in serving))
         add("models.zombies", t, len(s["models"]) - len(live))
         if s["health_ms"] is not None:
             add("health_ms", t, s["health_ms"])
@@ -267,3 +282,19 @@ def outcomes_summary(outcomes: list[Outcome]) -> dict[str, Any]:
         ],
         "seconds_max": max((o.seconds for o in outcomes), default=0.0),
     }
+
+
+def log_errors(log: str) -> dict[str, int]:
+    """The daemon log's ERROR lines (their time cut off) and the exception ending each
+    traceback, counted: what went wrong, and how often."""
+    counts: Counter[str] = Counter()
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if " ERROR " in line:
+            counts[line.split(" ", 1)[-1]] += 1
+        elif line.startswith("Traceback"):
+            end = next(
+                (x for x in lines[i + 1 :] if x and not x.startswith((" ", "Traceback"))), "?"
+            )
+            counts[f"traceback: {end[:200]}"] += 1
+    return dict(counts)

@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.soak import _times
 from bench.soakclient import error_shape
-from bench.soakstats import Outcome, flatness, outcomes_summary, reconcile
+from bench.soakstats import Outcome, flatness, log_errors, outcomes_summary, reconcile
 
 
 def _row(rid: str, key: str, status: int = 200, tokens: tuple[int, int] = (5, 7)) -> dict[str, Any]:
@@ -56,7 +56,13 @@ def test_a_lost_row_a_duplicate_a_stray_row_and_wrong_tokens_are_each_told() -> 
 
 def _sample(t: float, rss: int, fds: int, models: int = 1) -> dict[str, Any]:
     proc = {"pid": 1, "rss": rss, "fds": fds, "threads": 3, "status": "running"}
-    return {"t": t, "health_ms": 1.0, "daemon": proc, "models": [dict(proc)] * models}
+    return {
+        "t": t,
+        "health_ms": 1.0,
+        "current": [1],
+        "daemon": proc,
+        "models": [dict(proc)] * models,
+    }
 
 
 def test_flatness_compares_the_first_and_last_quarter_medians() -> None:
@@ -73,6 +79,33 @@ def test_zombie_model_processes_are_counted_apart() -> None:
     s["models"][1] = {**s["models"][1], "pid": 2, "status": "zombie"}
     f = flatness([s, {**s, "t": 10}])
     assert f["models.count"]["q1_median"] == 1 and f["models.zombies"]["q1_median"] == 1
+
+
+def test_the_serving_process_is_told_from_a_spare_or_a_draining_one() -> None:
+    s = _sample(0, 100, 10, models=2)
+    s["models"][1] = {**s["models"][1], "pid": 2, "rss": 40}
+    f = flatness([s, {**s, "t": 10}])
+    assert f["current.rss"]["q1_median"] == 100 and f["models.rss"]["q1_median"] == 140
+
+
+def test_log_errors_counts_error_lines_and_what_ended_each_traceback() -> None:
+    log = "\n".join(
+        [
+            "2026-11-29T21:54:21.727Z ERROR llmd.engine model m: exited with status -9",
+            "2026-11-29T21:54:22.000Z INFO llmd.api fine",
+            "2026-11-29T21:54:45.296Z ERROR aiohttp.server Error handling request",
+            "Traceback (most recent call last):",
+            '  File "x.py", line 1, in f',
+            "    raise X",
+            "ConnectionResetError: Cannot write to closing transport",
+            "2026-11-29T21:55:21.727Z ERROR llmd.engine model m: exited with status -9",
+        ]
+    )
+    assert log_errors(log) == {
+        "ERROR llmd.engine model m: exited with status -9": 2,
+        "ERROR aiohttp.server Error handling request": 1,
+        "traceback: ConnectionResetError: Cannot write to closing transport": 1,
+    }
 
 
 def test_only_unclean_and_hung_requests_are_listed_as_not_clean() -> None:
