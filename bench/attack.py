@@ -55,9 +55,12 @@ MAX_TOKENS = 128
 ATTACK_TIMEOUT_S = 120.0
 
 
-def config(threads: int, threads_batch: int) -> str:
+def config(work: Path, threads: int, threads_batch: int) -> str:
+    models = work / "models"
+    models.mkdir(exist_ok=True)  # empty: the one model is the table below
     return (
-        f"[server]\nmax_queue = 16\n[engine]\nctx_per_seq = {CTX}\nparallel = 8\n"
+        f'models_dir = "{models}"\n[server]\nmax_queue = 16\n'
+        f"[engine]\nctx_per_seq = {CTX}\nparallel = 8\n"
         f"threads = {threads}\nthreads_batch = {threads_batch}\n"
         f'[models.{MODEL}]\npath = "{MODELS / SMOL}"\n'
     )
@@ -77,7 +80,8 @@ def hostile_bodies() -> list[tuple[str, str, bytes]]:
     # Room for the chat template's markup (and a default system prompt) under the bound.
     under_chat = marker * ((CHAR_BOUND - 512) // len(marker))
     words = make_text(CHAR_BOUND // 4, "under-bound")[: CHAR_BOUND - 64]
-    plain = (make_text(2000, "plain") + " ") * (30_000_000 // 10_000 + 1)
+    text = make_text(2000, "plain") + " "
+    plain = text * (30_000_000 // len(text) + 1)
     return [
         ("special-6MiB-chat", "/v1/chat/completions", chat(marker * 524_288)),
         ("plain-30MB-completions", "/v1/completions", completion(plain[:30_000_000])),
@@ -276,7 +280,7 @@ def main() -> int:
     omp_policy()
     load_start = os.getloadavg()
     with TemporaryDirectory(prefix="llmd-attack-") as tmp:
-        daemon = start_daemon(Path(tmp), config(args.threads, args.threads_batch))
+        daemon = start_daemon(Path(tmp), config(Path(tmp), args.threads, args.threads_batch))
         try:
             pid = model_pid(daemon)
             peaks = Peaks(daemon.proc.pid, pid)
