@@ -1,10 +1,12 @@
 """Hostile prompts against four streaming clients: issue 19's tokenization bound
 (docs/benchmarks.md, "Hostile prompts").
 
-One daemon serves SmolLM2. Four clients stream (bench/loadgen.py: ~150-token prompts, 128
-tokens each, `ignore_eos`), measured in turns: quietly, and while a fifth client, in a process
-of its own (building and sending 30 MB must not slow the measuring clients' event loop), sends
-hostile prompts back to back:
+One daemon serves SmolLM2. Four clients stream (bench/loadgen.py: ~150-token prompts, one
+request of 384 tokens each per turn, `ignore_eos`: after the first token no client's own
+prompt interrupts the others' decoding, so the inter-token gaps show what the attack does),
+measured in turns: quietly, and while a fifth client, in a process of its own (building and
+sending 30 MB must not slow the measuring clients' event loop), sends hostile prompts back to
+back:
 - `special-6MiB-chat`: the issue's repro, a chat whose one message is `<|im_start|>` x 524,288;
 - `plain-30MB-completions`: a 30 MB plain prompt to /v1/completions (under the 32 MiB body
   limit, so it reaches the prompt checks);
@@ -13,9 +15,10 @@ hostile prompts back to back:
 Turns alternate quiet / attack, `--repeats` of each. Reported: each hostile kind's statuses,
 error codes and latency (p50, max); the clients' inter-token latency (ITL) p50/p99 in each turn
 and attack / quiet (the issue's target: p99 within 2x); the peak RSS of the daemon and of the
-model process per turn; whether the model process survived (same pid throughout).
+model process per turn, and 2 s after it (is the memory given back?); whether the model process
+survived (the same pid throughout).
 
-    .venv/bin/python -m bench.attack [--repeats 2] [--requests 3] [--json OUT]
+    .venv/bin/python -m bench.attack [--repeats 2] [--requests 1] [--max-tokens 384] [--json OUT]
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ CTX = 2048
 CHAR_BOUND = CTX * 32
 """llmd refuses a prompt longer than this before tokenizing it (MAX_CHARS_PER_TOKEN)."""
 CLIENTS = 4
-MAX_TOKENS = 128
 ATTACK_TIMEOUT_S = 120.0
 
 
@@ -157,6 +159,15 @@ class Peaks:
         self.peak = dict.fromkeys(self.procs, 0)
         return peak
 
+    def now(self) -> dict[str, int]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                out[name] = proc.memory_info().rss
+            except psutil.Error:
+                out[name] = 0
+        return out
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -169,14 +180,16 @@ def model_pid(daemon: Daemon) -> int:
     return int(next(m for m in models(daemon) if m["name"] == MODEL)["pid"])
 
 
-def turn(daemon: Daemon, phase: str, rep: int, requests: int, peaks: Peaks) -> dict[str, Any]:
+def turn(
+    daemon: Daemon, phase: str, rep: int, args: argparse.Namespace, peaks: Peaks
+) -> dict[str, Any]:
     """One measured turn of the four clients, under attack or not."""
     cfg = LoadConfig(
         url=daemon.url + "/v1",
         model=MODEL,
         concurrency=CLIENTS,
-        requests=CLIENTS * requests,
-        max_tokens=MAX_TOKENS,
+        requests=CLIENTS * args.requests,
+        max_tokens=args.max_tokens,
         ignore_eos=True,
         warmup=0,
         label=phase,
@@ -201,10 +214,13 @@ def turn(daemon: Daemon, phase: str, rep: int, requests: int, peaks: Peaks) -> d
                 pass
         proc.join()
     peak = peaks.take()
+    time.sleep(2)  # then what it keeps
+    end = peaks.now()
     print(
         f"{phase} {rep + 1}: {run.ok} ok, {run.errors} errors, ITL p50 {run.itl_ms.p50:.1f} "
         f"p99 {run.itl_ms.p99:.1f} ms; {len(attacks)} hostile requests; peak RSS daemon "
-        f"{peak['daemon'] / 1e6:.0f} MB, model {peak['model'] / 1e6:.0f} MB",
+        f"{peak['daemon'] / 1e6:.0f} MB (then {end['daemon'] / 1e6:.0f}), model "
+        f"{peak['model'] / 1e6:.0f} MB (then {end['model'] / 1e6:.0f})",
         flush=True,
     )
     return {
@@ -212,6 +228,7 @@ def turn(daemon: Daemon, phase: str, rep: int, requests: int, peaks: Peaks) -> d
         "repeat": rep,
         "run": asdict(run),
         "peak_rss_bytes": peak,
+        "end_rss_bytes": end,
         "attacks": attacks,
     }
 
@@ -233,6 +250,9 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"{phase}.peak_rss_{who}_mb"] = (
                 max(t["peak_rss_bytes"][who] for t in turns if t["phase"] == phase) / 1e6
             )
+            out[f"{phase}.end_rss_{who}_mb"] = [
+                t["end_rss_bytes"][who] / 1e6 for t in turns if t["phase"] == phase
+            ]
     for p in ("p50", "p99"):
         out[f"ratio.itl_{p}"] = out[f"attack.itl_{p}_ms"] / out[f"quiet.itl_{p}_ms"]
     # Each attack turn against the quiet turn before it.
@@ -266,7 +286,8 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.attack", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--repeats", type=int, default=2, help="turns of each phase")
-    p.add_argument("--requests", type=int, default=3, help="requests per client per turn")
+    p.add_argument("--requests", type=int, default=1, help="requests per client per turn")
+    p.add_argument("--max-tokens", type=int, default=384, help="tokens per request")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--threads-batch", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
@@ -289,7 +310,7 @@ def main() -> int:
                               requests=CLIENTS, max_tokens=16, warmup=0)  # fmt: skip
             asyncio.run(run_load(warm))
             turns = [
-                turn(daemon, phase, rep, args.requests, peaks)
+                turn(daemon, phase, rep, args, peaks)
                 for rep in range(args.repeats)
                 for phase in ("quiet", "attack")
             ]
@@ -308,7 +329,7 @@ def main() -> int:
         args,
         load_average={"start": load_start, "end": os.getloadavg()},
         clients=CLIENTS,
-        max_tokens=MAX_TOKENS,
+        max_tokens=args.max_tokens,
         ctx_per_seq=CTX,
         char_bound=CHAR_BOUND,
         summary=summary,
