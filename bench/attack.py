@@ -109,9 +109,18 @@ def send(url: str, body: bytes) -> tuple[int | None, str | None, str]:
         return None, None, f"{type(exc).__name__}: {exc}"
 
 
-def attacker(base: str, stop: Event, started: Event, out: Any) -> None:
-    """The fifth client (its own process): the hostile bodies in turn until `stop`."""
-    bodies = hostile_bodies()
+KINDS = (
+    "special-6MiB-chat",
+    "plain-30MB-completions",
+    "under-bound-chat",
+    "under-bound-completions",
+)
+
+
+def attacker(base: str, kinds: list[str], stop: Event, started: Event, out: Any) -> None:
+    """The fifth client (its own process): the hostile bodies of `kinds` in turn until
+    `stop`."""
+    bodies = [b for b in hostile_bodies() if b[0] in kinds]
     started.set()
     i = 0
     while not stop.is_set():
@@ -202,7 +211,7 @@ def turn(
     else:
         ctx = multiprocessing.get_context("spawn")
         stop, started, out = ctx.Event(), ctx.Event(), ctx.Queue()
-        proc = ctx.Process(target=attacker, args=(daemon.url, stop, started, out))
+        proc = ctx.Process(target=attacker, args=(daemon.url, args.kinds, stop, started, out))
         proc.start()
         started.wait(60)
         run = asyncio.run(run_load(cfg))
@@ -288,6 +297,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="turns of each phase")
     p.add_argument("--requests", type=int, default=1, help="requests per client per turn")
     p.add_argument("--max-tokens", type=int, default=384, help="tokens per request")
+    p.add_argument(
+        "--kinds",
+        type=lambda text: text.split(","),
+        default=list(KINDS),
+        help=f"hostile requests sent, comma-separated (default all: {','.join(KINDS)})",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--threads-batch", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
