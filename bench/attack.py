@@ -307,6 +307,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads-batch", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    if unknown := set(args.kinds) - set(KINDS):
+        p.error(f"unknown --kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     args.model = MODELS / SMOL
     return args
 
@@ -344,6 +346,7 @@ def main() -> int:
         args,
         load_average={"start": load_start, "end": os.getloadavg()},
         clients=CLIENTS,
+        kinds=args.kinds,
         max_tokens=args.max_tokens,
         ctx_per_seq=CTX,
         char_bound=CHAR_BOUND,
