@@ -113,7 +113,7 @@ def _arguments_object(arguments: str) -> Any:
     """Templates write arguments with `tojson`: an object, as Hugging Face passes them."""
     try:
         return json.loads(arguments)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
         return arguments
 
 
