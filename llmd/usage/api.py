@@ -9,7 +9,9 @@ with backpressure, so a slow client holds one chunk, not the table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import sqlite3
 from pathlib import Path
 
@@ -44,14 +46,14 @@ def _time(query: MultiMapping[str], name: str, end: bool = False) -> float | Non
 def _integer(query: MultiMapping[str], name: str) -> int | None:
     if name not in query:
         return None
-    try:
-        return int(query[name])
-    except ValueError:
+    value = query[name]
+    if not re.fullmatch(r"-?[0-9]{1,20}", value):  # int() would take " 7", "1_0" and "７"
         raise InvalidRequest(
             f"Invalid '{name}': expected an integer, but got {query[name]!r} instead.",
             param=name,
             code="invalid_type",
-        ) from None
+        )
+    return int(value)
 
 
 def _paging(query: MultiMapping[str]) -> ls.Paging:
@@ -102,7 +104,10 @@ async def _export(request: web.Request, chunks: ls.Chunks, name: str) -> web.Str
             request.transport.abort()
         return response
     finally:
-        await asyncio.to_thread(chunks.close)  # its connection, when it ended early
+        # Closes its connection when it ended early. A read still running in its thread (the
+        # handler cancelled) cannot be closed: the generator closes itself once dropped.
+        with contextlib.suppress(ValueError):
+            await asyncio.to_thread(chunks.close)
     await response.write_eof()
     return response
 

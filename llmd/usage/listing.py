@@ -141,6 +141,9 @@ class Paging:
                 )
         if self.order not in ORDERS:
             raise ListingError(f"Invalid 'order': use {' or '.join(ORDERS)}.", "order")
+        for name, row_id in (("after", self.after), ("before", self.before)):
+            if row_id is not None and not 0 <= row_id < 2**63:  # SQLite's integer ids
+                raise ListingError(f"Invalid '{name}': no row has id {row_id}.", name)
         if self.after is not None and self.before is not None:
             raise ListingError("Give 'after' or 'before', not both.", "before")
         if export and self.before is not None:

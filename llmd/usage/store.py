@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -281,9 +282,13 @@ def parse_time(value: str, end: bool = False) -> float:
     number. Dates and times without a zone are UTC."""
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # NaN compares with nothing: a silently empty list
+            raise ValueError(f"{value!r} is not a time")
+        return seconds
     try:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)

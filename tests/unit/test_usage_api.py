@@ -32,6 +32,9 @@ USAGE_ON = {"usage.enabled": True}
         ("limit=-1&format=csv", "limit", "integer_below_min_value"),
         ("limit=many", "limit", "invalid_type"),
         ("after=1.5", "after", "invalid_type"),
+        ("limit=%EF%BC%95", "limit", "invalid_type"),  # a full-width 5
+        ("after=99999999999999999999", "after", None),
+        ("before=-1", "before", None),
         ("after=999999", "after", None),
         ("after=999999&format=csv", "after", None),
         ("before=3&format=csv", "before", None),
@@ -39,7 +42,9 @@ USAGE_ON = {"usage.enabled": True}
         ("order=newest", "order", None),
         ("format=xml", "format", None),
         ("since=yesterday", "since", None),
+        ("until=nan", "until", None),
         ("group_by=colour", "group_by", None),
+        ("group_by=colour&format=csv", "group_by", None),
         ("group_by=day&after=3", "after", None),
     ],
 )
@@ -126,6 +131,41 @@ def test_csv_export_streams_every_row_while_the_loop_serves(
         only_b = await h.get("/api/v1/usage?format=csv&key=b&limit=3&order=asc")
         lines = (await only_b.text()).splitlines()
         assert [line.split(",")[0] for line in lines] == ["id", "2", "4", "6"]
+
+    serve(tmp_path, test, config=USAGE_ON)
+
+
+def test_a_client_that_leaves_midway_ends_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(tmp_path / "usage.db", [usage_row(T0 + n, n) for n in range(50_000)])
+    gate = threading.Event()
+    ended: list[str] = []
+    real = ls.export_csv
+
+    def watched(*args: Any) -> Iterator[bytes]:
+        try:
+            for n, chunk in enumerate(real(*args)):
+                if n == 4:
+                    assert gate.wait(60), "the test never let the export go on"
+                yield chunk
+            ended.append("finished")
+        except GeneratorExit:
+            ended.append("closed")  # and with it the export's SQLite connection
+            raise
+
+    monkeypatch.setattr(ls, "export_csv", watched)
+
+    async def test(h: Harness) -> None:
+        try:
+            resp = await h.get("/api/v1/usage?format=csv")
+            assert (await resp.content.readany()).startswith(b"id,time,")
+            resp.close()  # gone, with 49,000 rows still to come
+        finally:
+            gate.set()
+        await until(lambda: bool(ended), "the export to end")
+        assert ended == ["closed"]
+        assert (await json_of(await h.get("/health"))) == {"status": "ok"}
 
     serve(tmp_path, test, config=USAGE_ON)
 
