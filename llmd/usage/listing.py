@@ -253,10 +253,14 @@ def export_csv(path: Path, table: Table, filters: Filters, paging: Paging) -> Ch
 
 
 def export_totals_csv(path: Path, q: UsageQuery, paging: Paging) -> Chunks:
-    """Every group's totals as CSV, EXPORT_CHUNK groups at a time (at most `paging.limit`)."""
+    """Every group's totals as CSV, EXPORT_CHUNK groups at a time (at most `paging.limit`).
+    One statement: SQLite has grouped every row before the first group comes out anyway, and
+    there are far fewer groups than records."""
     paging.check(export=True)
     if paging.after is not None:
-        raise ListingError("Totals (group_by) take no cursor: narrow them with since.", "after")
+        raise ListingError(
+            "Totals (group_by) take no cursor: narrow them with since/until.", "after"
+        )
     sql = _totals_sql(q, paging.order)
     if paging.limit is not None:
         sql += f" LIMIT {paging.limit}"
