@@ -9,6 +9,8 @@ settings (`settings_from_args`).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -56,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output to a pipe closed early (`llmd usage | head`) ends it quietly, with
+    the status of a process killed by SIGPIPE, as with other Unix tools."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # Python's recipe: point stdout at /dev/null so that the flush at exit cannot fail
+        # again. (SIG_DFL for SIGPIPE instead would also kill `llmd serve` on a closed socket.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "models":
         return models.run(args)  # reads settings only for the subcommands that need them

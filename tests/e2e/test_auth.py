@@ -114,7 +114,9 @@ def test_admin_api_add_rotate_revoke_with_audit(keyed: tuple[Daemon, str]) -> No
     assert "revoked" in err["message"]
     shown = httpx.get(d.url + f"/api/v1/keys/{name}", headers=bearer(admin), timeout=10).json()
     assert shown["status"] == "revoked"
-    audit = httpx.get(d.url + "/api/v1/audit", headers=bearer(admin), timeout=10).json()["data"]
+    audit = httpx.get(
+        d.url + "/api/v1/audit", params={"order": "asc"}, headers=bearer(admin), timeout=10
+    ).json()["data"]
     actions = [(e["action"], e["actor"], e["client"]) for e in audit if e["target"] == name]
     assert actions == [
         ("key.added", "key:root", "127.0.0.1"),
