@@ -73,7 +73,8 @@ def load_pair(cert: Path, key: Path) -> Pair:
     try:
         context.load_cert_chain(cert, key, password=no_passphrase)
     except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
+        # A key of the same type as the certificate's but another one, or of another type.
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
             raise TLSError("tls_key", f"{key}: not the private key of {cert}") from None
         raise TLSError("tls_cert", f"{cert}, {key}: cannot be used: {exc.reason or exc}") from None
     der = ssl.PEM_cert_to_DER_cert(first_cert.group().decode("ascii"))

@@ -218,10 +218,11 @@ def test_the_context_speaks_tls_1_2_and_up_with_forward_secret_aead_ciphers(
         (lambda p, t: (p["a"][1], p["a"][1]), "tls_cert", "no PEM certificate in it"),
         (lambda p, t: (p["a"][0], p["a"][0]), "tls_key", "no PEM private key in it"),
         (lambda p, t: (p["a"][0], p["b"][1]), "tls_key", "not the private key of"),
+        (lambda p, t: (p["a"][0], p["rsa"][1]), "tls_key", "not the private key of"),
         (lambda p, t: p["encrypted"], "tls_key", "the key is encrypted; llmd needs it"),
     ],
     ids=["no cert", "no key", "unreadable key", "key as cert", "cert as key", "other key",
-         "encrypted key"],
+         "key of another type", "encrypted key"],
 )  # fmt: skip
 def test_a_pair_that_cannot_be_served_says_which_file_and_why(
     tmp_path: Path,
