@@ -109,6 +109,16 @@ def configured_pair(settings: Settings, config: Path | None) -> Pair | None:
         raise ConfigError(f"{where}: server.{exc.setting}: {exc.reason}") from None
 
 
+def pinned_client_context(cert: Path) -> ssl.SSLContext:
+    """A client context trusting exactly the certificate in `cert`, whatever names it carries:
+    how `llmd models ...` reaches its own daemon on 127.0.0.1 with a certificate made out to the
+    names clients use (the chain is cut at that certificate, so a CA-issued one works too)."""
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False  # pinned: the certificate itself is what is checked
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class RotatingContext:
     """The listener's context (`listening`); each new handshake takes the pair given to `use`
     last (`serving`).

@@ -133,6 +133,18 @@ def test_plain_http_to_the_tls_port_is_refused(served: Daemon) -> None:
     assert _chat(served.client())  # and HTTPS goes on
 
 
+def test_llmd_models_reaches_its_daemon_over_https(served: Daemon) -> None:
+    """The admin commands read the config: HTTPS, trusting the configured certificate."""
+    work = served.log.parent
+    config = work / "cli.toml"  # the daemon's own file plus the port it was given
+    config.write_text(
+        (work / "llmd.toml").read_text().replace("[server]\n", f"[server]\nport = {served.port}\n")
+    )
+    listed = _llmd("models", "list", "--config", str(config), "--json", cwd=work)
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2" in listed.stdout
+
+
 @pytest.mark.parametrize(
     ("key", "expected"),
     [

@@ -16,7 +16,13 @@ import pytest
 from llmd.cli import main
 from llmd.cli.tls import SelfSignedError, self_signed, subject_alt_names
 from llmd.settings import ConfigError, load_settings
-from llmd.tls import RotatingContext, TLSError, configured_pair, load_pair
+from llmd.tls import (
+    RotatingContext,
+    TLSError,
+    configured_pair,
+    load_pair,
+    pinned_client_context,
+)
 
 Pairs = dict[str, tuple[Path, Path]]
 
@@ -268,6 +274,27 @@ def test_rotation_serves_the_new_pair_to_new_connections_and_keeps_open_ones(
             fresh_writer.close()
             with pytest.raises(ssl.SSLCertVerificationError):
                 await _connect(port, _trusting(old_cert))
+
+    asyncio.run(check())
+
+
+def test_the_cli_trusts_its_own_daemon_by_the_certificate_whatever_name_it_carries(
+    tmp_path: Path,
+) -> None:
+    """`llmd models ...` dials 127.0.0.1 with a certificate made out to the office name."""
+    cert, key = self_signed(["llm.office.lan"], tmp_path / "office", 2)
+
+    async def check() -> None:
+        async with _echo_server(load_pair(cert, key).context) as port:
+            with pytest.raises(ssl.SSLCertVerificationError):  # by name: not 127.0.0.1
+                await _connect(port, _trusting(cert), "127.0.0.1")
+            reader, writer = await _connect(port, pinned_client_context(cert), "127.0.0.1")
+            assert await _echoes(reader, writer)
+            writer.close()
+        other, other_key = self_signed(["llm.office.lan"], tmp_path / "other", 2)
+        async with _echo_server(load_pair(other, other_key).context) as port:
+            with pytest.raises(ssl.SSLCertVerificationError):  # pinned: another one is refused
+                await _connect(port, pinned_client_context(cert), "127.0.0.1")
 
     asyncio.run(check())
 
