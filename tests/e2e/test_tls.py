@@ -171,7 +171,9 @@ def test_a_pair_that_cannot_be_used_stops_start_up_with_file_line_and_reason(
     assert served.returncode == 2 and message in served.stderr, served.stderr
 
 
-def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
+def test_plain_http_beyond_loopback_is_warned_about_and_tls_waits_for_a_restart(
+    tmp_path: Path,
+) -> None:
     models = tmp_path / "models"
     models.mkdir()
     d = start_daemon(tmp_path, '[server]\nhost = "0.0.0.0"\n', False, models_dir=models)
@@ -180,6 +182,17 @@ def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
             d.logs()
         )
         assert "server.tls_cert and server.tls_key" in d.logs()
+        # A pair added to the file of a running plain daemon: reloaded, but HTTPS only after a
+        # restart (the port keeps speaking what its clients connected with).
+        _self_signed(tmp_path / "tls")
+        config = tmp_path / "llmd.toml"
+        config.write_text(
+            config.read_text() + 'tls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"\n'
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_until(lambda: "configuration reloaded" in d.logs(), 60)
+        assert "HTTPS is turned on only by a restart" in d.logs()
+        assert d.get_json("/health") == {"status": "ok"}  # still plain HTTP, on the same port
     finally:
         assert d.stop() == 0
 
