@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,10 +79,42 @@ def write_gbnf(grammar: Grammar) -> str:
 
 
 def _schema_gbnf(source: str, what: str) -> str:
+    _check_counts(json.loads(source), what)
     try:
         return str(json_schema_to_gbnf(source))
     except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
         raise GrammarError(f"{what} cannot be followed: {exc}") from None
+
+
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_counts(schema: Any, what: str) -> None:
+    """Refuse repetition counts above MAX_GRAMMAR_NESTING before the converter sees them: it
+    writes a count of N out N times (~5 characters each), so `minLength: 10**9` took the engine
+    thread for over a minute, and the model process with it, before the grammar's size could be
+    checked. Past this bound the grammar would be refused for its nesting anyway."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        counts = [(k, node[k]) for k in _COUNTS if isinstance(node.get(k), int | float)]
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            for match in _PATTERN_COUNT.finditer(pattern):
+                counts += [("pattern", int(n)) for n in match.groups() if n]
+        for key, value in counts:
+            if value > MAX_GRAMMAR_NESTING:
+                raise GrammarError(
+                    f"{what} asks for {key} {value}; at most {MAX_GRAMMAR_NESTING} repetitions "
+                    "can be held to a grammar."
+                )
+        todo.extend(node.values())
 
 
 def _tool_calls_gbnf(grammar: Grammar) -> str:
@@ -121,6 +154,7 @@ def _tool_calls_gbnf(grammar: Grammar) -> str:
 
 def _visit(converter: Any, schema: str, name: str, what: str) -> str:
     """Add a JSON schema's rules to `converter`; the name of its start rule."""
+    _check_counts(json.loads(schema), f"The JSON schema of {what}")
     try:
         resolved = converter.resolve_refs(json.loads(schema), name)
         return str(converter.visit(resolved, name))

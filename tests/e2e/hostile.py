@@ -4,8 +4,9 @@ client or an attacker sends to llmd, one `Row` each, with the answer it must get
 ROWS: bodies for the OpenAI routes (huge strings, deep nesting, NaN and 1e400, invalid UTF-8,
 lone surrogates, 50 MB bodies, wrong content types and encodings, tool-calling and
 response_format junk); WRONG_TYPES: a wrong type in every field of the three request bodies;
-ADMIN_ROWS: the model and usage admin routes' cousins; HANGS, PARSER, KEYS and LISTING: rows
-known to fail today (kept in view, not run: see the test).
+ADMIN_ROWS: the model and usage admin routes' cousins; HANGS and LISTING: rows that once took
+a model process down or gave a 500; PARSER and KEYS: rows known to fail today (kept in view, not
+run: see the test).
 """
 
 from __future__ import annotations

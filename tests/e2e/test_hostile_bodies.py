@@ -48,10 +48,8 @@ a request that holds the engine fails here rather than as a restart seen later."
 KNOWN = [
     pytest.param(row, marks=pytest.mark.xfail(run=False, reason=reason), id=row.name)
     for rows, reason in (
-        (HANGS, "hangs the model process 60 s, until the hang watchdog kills it"),
         (PARSER, "aiohttp's parser refuses it: a text/plain 400, an ERROR traceback in the log"),
         (KEYS, "the keys file cannot be written with a lone surrogate: a 500"),
-        (LISTING, "sqlite's 'datatype mismatch' on LIMIT 10**20: a 500 (the listing bounds' fix)"),
     )
     for row in rows
 ]
@@ -95,7 +93,9 @@ def _param(resp: httpx.Response) -> Any:
 
 
 @pytest.mark.parametrize(
-    "row", [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *KNOWN], ids=lambda row: row.name
+    "row",
+    [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *HANGS, *LISTING, *KNOWN],
+    ids=lambda row: row.name,
 )
 def test_a_hostile_body_is_answered_and_the_model_serves_on(daemon: Daemon, row: Row) -> None:
     before = model_health(daemon)
