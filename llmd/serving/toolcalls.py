@@ -220,10 +220,19 @@ class CallParser:
 
     def finish(self) -> list[Piece]:
         """The end of the answer: held-back content goes out; a call cut short (max_tokens)
-        keeps what was written of it."""
+        keeps what was written of it. After a call, what is held back is the start of the
+        next call's opening (the grammar allows nothing else there), cut short: dropped."""
         out: list[Piece] = []
-        if self.call is None and self.pending:
+        if self.call is None and self.pending and not self.calls:
             out.append(Content(self.pending))
+        elif self.call is not None and self.args_start >= 0:
+            # The tail held back in case it was the call's end goes out, unless it is: the
+            # call object's `}` after whole arguments (and a start of the closing).
+            args = self.call[self.args_start :]
+            end = args[: len(args) - _partial_suffix(args, CLOSING)].rstrip()
+            if end.endswith("}") and _is_json(end[:-1]):
+                args = end[:-1].rstrip()
+            self._send_arguments(self.call, self.args_start + len(args), out)
         self.pending = ""
         return out
 
@@ -252,16 +261,39 @@ class CallParser:
             self.args_start = self.args_sent = head.end()
         while self.args_sent == self.args_start < len(text) and text[self.args_start].isspace():
             self.args_start = self.args_sent = self.args_start + 1  # split from the head
-        end = text.find(CLOSING, self.args_start)
+        end = _call_end(text, self.args_start)
         args = text[self.args_start : end] if end >= 0 else text[self.args_start :]
-        safe = self.args_start + len(_without_tail(args, end >= 0))
-        if safe > self.args_sent:
-            out.append(CallArguments(self.calls, text[self.args_sent : safe]))
-            self.args_sent = safe
+        self._send_arguments(text, self.args_start + len(_without_tail(args, end >= 0)), out)
         if end < 0:
             return ""
         self.call, self.calls = None, self.calls + 1
         return text[end + len(CLOSING) :]
+
+    def _send_arguments(self, text: str, upto: int, out: list[Piece]) -> None:
+        if upto > self.args_sent:
+            out.append(CallArguments(self.calls, text[self.args_sent : upto]))
+            self.args_sent = upto
+
+
+def _call_end(text: str, args_start: int) -> int:
+    """Where the call's closing begins: the first one after its arguments' whole JSON value
+    and the call object's `}` (-1: not written yet). The arguments may hold the markup in a
+    string (a tool that takes text or code)."""
+    end = text.find(CLOSING, args_start)
+    while end >= 0:
+        body = text[args_start:end].rstrip()
+        if body.endswith("}") and _is_json(body[:-1]):
+            return end
+        end = text.find(CLOSING, end + 1)
+    return -1
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
+        return False
+    return True
 
 
 def _partial_suffix(text: str, marker: str) -> int:
