@@ -20,7 +20,7 @@ from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
 
 from llmd.engine.messages import Grammar
 
@@ -80,10 +80,63 @@ def write_gbnf(grammar: Grammar) -> str:
 
 def _schema_gbnf(source: str, what: str) -> str:
     _check_counts(json.loads(source), what)
+    converter = _new_converter()
     try:
-        return str(json_schema_to_gbnf(source))
+        converter.visit(converter.resolve_refs(json.loads(source), "stdin"), "")
+        return str(converter.format_grammar())
     except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
         raise GrammarError(f"{what} cannot be followed: {exc}") from None
+
+
+MAX_ENUMERATED_INTEGERS = 4096
+"""An integer range of at most this many values is written out as their list."""
+
+
+class _Converter(SchemaConverter):
+    """llama.cpp's converter, holding integers to `minimum` / `maximum` too (it ignores them):
+    a range of up to MAX_ENUMERATED_INTEGERS values is written out; a lower bound of 0 alone
+    refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which)."""
+
+    def visit(self, schema: Any, name: str) -> Any:
+        rule = _integer_range(schema) if isinstance(schema, dict) else None
+        if rule is None:
+            return super().visit(schema, name)  # type: ignore[no-untyped-call]
+        return self._add_rule(name or "root", rule)  # type: ignore[no-untyped-call]
+
+
+def _new_converter() -> Any:
+    return _Converter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+
+
+def _integer_range(schema: dict[str, Any]) -> str | None:
+    """A GBNF rule for an integer schema's bounds, or None to leave it to the converter."""
+    if schema.get("type") != "integer":
+        return None
+    lows = [b for b in (_bound(schema, "minimum"), _bound(schema, "exclusiveMinimum")) if b]
+    highs = [b for b in (_bound(schema, "maximum"), _bound(schema, "exclusiveMaximum")) if b]
+    low = max(b[0] for b in lows) if lows else None
+    high = min(b[0] for b in highs) if highs else None
+    if low is not None and high is not None and 0 <= high - low < MAX_ENUMERATED_INTEGERS:
+        return "(" + " | ".join(f'"{n}"' for n in range(low, high + 1)) + ") space"
+    if low == 0 and high is None:
+        return '("0" | [1-9] [0-9]{0,15}) space'
+    return None
+
+
+def _bound(schema: dict[str, Any], key: str) -> tuple[int] | None:
+    """The integer bound `key` sets (exclusive ones moved inward), if it is a number."""
+    value = schema.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    if key == "minimum":
+        return (math.ceil(value),)
+    if key == "maximum":
+        return (math.floor(value),)
+    if key == "exclusiveMinimum":
+        return (math.floor(value) + 1,)
+    return (math.ceil(value) - 1,)
 
 
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
@@ -123,9 +176,7 @@ def _tool_calls_gbnf(grammar: Grammar) -> str:
     `answer` (response_format's JSON). One converter writes every schema, so the rules they
     share (strings, numbers, `space`) are written once; each schema's `$ref`s are resolved
     on their own, so one tool's `#/$defs/...` never meets another's."""
-    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
-        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-    )
+    converter = _new_converter()
     name_key, arguments_key = _literal('"name"'), _literal('"arguments"')
     calls = []
     for i, tool in enumerate(grammar.tools):

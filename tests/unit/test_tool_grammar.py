@@ -14,7 +14,7 @@ import pytest
 
 from bench.daemon import MODELS, SMOL
 from llmd.engine.messages import Grammar
-from llmd.tools import FunctionDefinition, ToolUse
+from llmd.tools import FunctionDefinition, Tool, ToolUse, plan_tools
 
 WEATHER = FunctionDefinition(
     name="get_weather",
@@ -245,3 +245,31 @@ def test_each_tool_resolves_its_own_refs(vocab: Any) -> None:
     assert accepts(vocab, both, call("text", {"v": "3"}))
     assert refuses(vocab, both, call("num", {"v": "3"}))
     assert refuses(vocab, both, call("text", {"v": 3}))
+
+
+def test_integer_bounds_are_held(vocab: Any) -> None:
+    """llama.cpp's converter ignores minimum / maximum; llmd holds an integer range of up to
+    4,096 values, and a lower bound of 0, to them."""
+    seats = FunctionDefinition(
+        name="book",
+        parameters={
+            "type": "object",
+            "properties": {
+                "seats": {"type": "integer", "minimum": 1, "maximum": 9},
+                "floor": {"type": "integer", "minimum": 0},
+                "rating": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 6},
+            },
+            "required": ["seats", "floor", "rating"],
+        },
+    )
+    grammar = plan_tools([Tool(type="function", function=seats)], "required", False, None, None)
+    assert grammar is not None
+    held = grammar.grammar(None)
+    assert held is not None
+
+    def booking(seats: int, floor: int, rating: int) -> str:
+        return call("book", {"seats": seats, "floor": floor, "rating": rating})
+
+    assert accepts(vocab, held, booking(9, 0, 5)) and accepts(vocab, held, booking(1, 12, 1))
+    for bad in (booking(10, 0, 5), booking(0, 0, 5), booking(3, -1, 5), booking(3, 0, 6)):
+        assert refuses(vocab, held, bad), bad
