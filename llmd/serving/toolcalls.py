@@ -203,6 +203,9 @@ class CallParser:
     args_start: int = -1
     args_sent: int = 0
     calls: int = 0
+    text_allowed: bool = True
+    """False when the answer must be calls ("required", a named function): a start of the
+    opening cut short by max_tokens is then not content."""
 
     @property
     def made_calls(self) -> bool:
@@ -223,7 +226,7 @@ class CallParser:
         keeps what was written of it. After a call, what is held back is the start of the
         next call's opening (the grammar allows nothing else there), cut short: dropped."""
         out: list[Piece] = []
-        if self.call is None and self.pending and not self.calls:
+        if self.call is None and self.pending and not self.calls and self.text_allowed:
             out.append(Content(self.pending))
         elif self.call is not None and self.args_start >= 0:
             # The tail held back in case it was the call's end goes out, unless it is: the
@@ -323,8 +326,8 @@ class ParsedAnswer:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
-def parse_answer(text: str) -> ParsedAnswer:
-    parser = CallParser()
+def parse_answer(text: str, text_allowed: bool = True) -> ParsedAnswer:
+    parser = CallParser(text_allowed=text_allowed)
     pieces = parser.feed(text) + parser.finish()
     content = "".join(p.text for p in pieces if isinstance(p, Content))
     calls: list[dict[str, Any]] = []
@@ -372,7 +375,7 @@ def answer_message(text: str, use: ToolUse | None) -> tuple[dict[str, Any], bool
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if use is None or not use.calls_possible:
         return message, False
-    parsed = parse_answer(text)
+    parsed = parse_answer(text, not use.required)
     message["content"] = parsed.content
     if parsed.calls and use.legacy:
         message["function_call"] = parsed.calls[0]["function"]
