@@ -342,9 +342,9 @@ def parse_answer(text: str, text_allowed: bool = True) -> ParsedAnswer:
             )
         elif isinstance(piece, CallArguments):
             calls[piece.index]["function"]["arguments"] += piece.text
-    if calls:
-        content = content.strip()
-    return ParsedAnswer(content or None if calls else content, calls)
+    if calls or not text_allowed:  # text beside calls is trimmed; none at all is null
+        return ParsedAnswer(content.strip() or None, calls)
+    return ParsedAnswer(content, calls)
 
 
 def finish_reason(engine_reason: str | None, has_calls: bool, legacy: bool) -> str | None:

@@ -414,3 +414,29 @@ def test_the_grammar_a_tool_use_asks_for() -> None:
     # "auto" with response_format: a call, or else the answer held to that format.
     auto = use().grammar(answer)
     assert auto is not None and not auto.lazy and auto.answer is answer
+
+
+def test_a_required_answer_cut_inside_the_opening_has_no_content() -> None:
+    required = ToolUse([FunctionDefinition(name="f")], "required", True)
+    message, calls = answer_message("<tool", required)
+    assert message["content"] is None and not calls
+    auto = ToolUse([FunctionDefinition(name="f")], "auto", True)
+    assert answer_message("<tool", auto)[0]["content"] == "<tool"
+
+
+def test_a_model_that_cannot_call_stops_at_a_calls_opening() -> None:
+    from llmd.protocol import ChatCompletionRequest
+
+    tool = {"type": "function", "function": {"name": "f"}}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ask = [{"role": "user", "content": "hi"}]
+    history = [*ask, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history.append({"role": "tool", "tool_call_id": "c1", "content": "ok"})
+
+    def stops(**body: object) -> list[str]:
+        return list(ChatCompletionRequest.parse({"stop": "END", **body}).stop_list())
+
+    assert stops(messages=ask) == ["END"]
+    assert stops(messages=ask, tools=[tool]) == ["END"]  # "auto": calls are read, not stopped
+    assert stops(messages=ask, tools=[tool], tool_choice="none") == ["END", "<tool_call>"]
+    assert stops(messages=history) == ["END", "<tool_call>"]
