@@ -3,12 +3,15 @@ and configure() applied again on a reload."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
 import sys
 from pathlib import Path
+
+import pytest
 
 from llmd.logs import Formatter
 from llmd.record import RequestRecord, current_record
@@ -117,3 +120,43 @@ def test_escaped_through_the_writer_thread() -> None:
     finally:
         logs.shutdown()
     assert out.getvalue().endswith("WARNING llmd.test client sent a\\r\\nb\\x1b\n")
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A NUL in a header (or any request aiohttp refuses to parse) is answered 400 by aiohttp
+    and logged in one line without the header's bytes; aiohttp alone logs a traceback at
+    ERROR."""
+    from aiohttp import web
+
+    from bench.daemon import free_port
+    from llmd.server.app import ServerLog
+
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def main() -> bytes:
+        app = web.Application()
+        app.router.add_get("/health", health)
+        runner = web.AppRunner(app, access_log=None, logger=ServerLog())
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Key: sk-se\x00cret\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    answer = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in records] == [
+        ("INFO", "bad HTTP request from 127.0.0.1 (answered 400): Invalid header value char", None)
+    ]
