@@ -53,6 +53,9 @@ class KeyRecord(BaseModel):
     id: str = Field(pattern=rf"^[0-9a-f]{{{_ID_LEN}}}$", description="Public id (in the secret).")
     hash: str = Field(description="scrypt$N$r$p$salt$hash of the secret (base64).")
     admin: bool = Field(False, description="May manage keys, models, usage and audit.")
+    metrics: bool = Field(
+        False, description="May read /metrics (every key's name and usage): Prometheus' key."
+    )
     models: list[str] | None = Field(
         None, description="Models (names or aliases) the key may use; absent: all."
     )
@@ -182,7 +185,8 @@ _HEADER = """\
 # llmd API keys. Written by `llmd keys` and the admin API; you may edit it by hand (the daemon
 # reloads it on change and on SIGHUP; an invalid edit is refused and the old keys stay).
 # Only salted scrypt hashes of the secrets are stored here. One [keys.NAME] table per key:
-# admin, models, rpm, tpm, concurrency, monthly_tokens, weight, log_content, expires, revoked.
+# admin, metrics, models, rpm, tpm, concurrency, monthly_tokens, weight, log_content, expires,
+# revoked.
 
 """
 

@@ -1,12 +1,13 @@
 """Who may call what: authentication, rights, limits and the usage hooks, in one middleware.
 
 Rules (docs/auth.md):
-- Paths in `app[PUBLIC_PATHS]` (`/health`, `/ready`; the metrics helper adds `/metrics` when
-  its setting leaves it open) need no key.
+- Paths in `app[PUBLIC_PATHS]` (`/health`, `/ready`) need no key.
 - A key is required for every other path when a key exists, when `auth.require_auth` is on,
   or when the daemon listens beyond loopback (unless `auth.allow_unauthenticated_remote`).
 - Every `/api/v1/*` path except `/api/v1/health` is admin-only: keys, usage, audit, and the
   model management endpoints.
+- `/metrics` (every key's name and usage) then needs an admin key or a key with the
+  `metrics` right (Prometheus' key); without keys, `metrics.access` alone decides.
 - A key limited to some models gets 403 for the others (`authorize_model`).
 Runs inside error_middleware, so its errors leave as OpenAI bodies and are recorded.
 """
@@ -37,6 +38,7 @@ log = logging.getLogger("llmd.auth")
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = web.RequestKey("llmd_key", Key)
 _GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+METRICS_PATH = "/metrics"
 
 
 def is_admin_path(path: str) -> bool:
@@ -171,6 +173,12 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             raise PermissionDenied(
                 f"The API key '{key.name}' is not an admin key: {request.path} needs one.",
                 code="admin_key_required",
+            )
+        if request.path == METRICS_PATH and not (key.record.admin or key.record.metrics):
+            raise PermissionDenied(
+                f"The API key '{key.name}' may not read metrics: {METRICS_PATH} needs an "
+                "admin key or a key with the metrics right (`llmd keys add NAME --metrics`).",
+                code="metrics_key_required",
             )
     if request.path.startswith("/v1/"):
         auth.check_store()

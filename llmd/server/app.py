@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
+from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
 from llmd.errors import APIError, ModelNotFound, error_body
@@ -168,7 +168,7 @@ def create_app(
         metrics = Metrics(provider, manager)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
-        app.router.add_get("/metrics", metrics.handle)
+        app.router.add_get(METRICS_PATH, metrics.handle)
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -181,8 +181,7 @@ def create_app(
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.
     usage = open_usage(current)
+    # /metrics is not public: once keys are in force, it needs a key (the auth middleware).
     install_auth(app, provider, usage.store, usage.audit)
-    install_usage(app, usage, skip_paths=app[PUBLIC_PATHS])
-    if current.metrics.enabled and current.metrics.access != "key":
-        app[PUBLIC_PATHS].add("/metrics")  # scraped without a key; metrics.access decides
+    install_usage(app, usage, skip_paths={*app[PUBLIC_PATHS], METRICS_PATH})  # no usage rows
     return app

@@ -134,6 +134,36 @@ def test_health_and_ready_are_open_and_admin_paths_need_an_admin_key(tmp_path: P
     serve(tmp_path, test)
 
 
+def test_metrics_need_an_admin_or_metrics_key_once_keys_exist(tmp_path: Path) -> None:
+    """/metrics names every key and its usage: with keys in force, a local process without a
+    key gets 401 and an inference key 403; an admin key or a --metrics key reads it."""
+    admin = key(tmp_path, "root", admin=True)
+    user = key(tmp_path, "alice")
+    scraper = key(tmp_path, "prometheus", metrics=True)
+
+    async def test(h: Harness) -> None:
+        assert (await complete(h, user)).status == 200
+        await error_of(await h.get("/metrics"), 401, code="missing_api_key")
+        error = await error_of(
+            await h.get("/metrics", bearer(user)), 403, code="metrics_key_required"
+        )
+        assert "needs an admin key or a key with the metrics right" in error["message"]
+        for secret in (admin, scraper):
+            resp = await h.get("/metrics", bearer(secret))
+            assert resp.status == 200
+            assert 'key="alice"' in await resp.text()
+
+    serve(tmp_path, test)
+
+
+def test_metrics_without_keys_stay_open_on_loopback(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        resp = await h.get("/metrics")
+        assert resp.status == 200 and "llmd_requests_total" in await resp.text()
+
+    serve(tmp_path, test)
+
+
 def test_a_key_limited_to_some_models(tmp_path: Path) -> None:
     secret = key(tmp_path, "gemma-only", models=[GEMMA])
     by_alias = key(tmp_path, "smol-only", models=["smol"])
