@@ -75,6 +75,21 @@ def test_hostile_bytes_in_a_request_stay_out_of_the_log(daemon: Daemon) -> None:
     assert not any(c in logs for c in "\x1b\x00\r"), [c for c in "\x1b\x00\r" if c in logs]
 
 
+def test_a_bad_grammars_text_reaches_the_client_not_the_log(daemon: Daemon) -> None:
+    """llama.cpp's GBNF parser prints a bad grammar (request text) to stderr itself: the model
+    process catches it, the reason goes to the client and the log keeps only llama.cpp's
+    'failed to parse grammar' (request text reaches the log only with log_prompts)."""
+    body = chat_body(max_tokens=2, grammar='root ::= "SECRET-GRAMMAR-TEXT" (')
+    error = assert_error(post(daemon, "/v1/chat/completions", body), 400, param="grammar")
+    assert error["message"].startswith("The grammar could not be parsed as GBNF: expecting")
+    deadline = time.monotonic() + 10
+    while "failed to parse grammar" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logs = daemon.logs()
+    assert "failed to parse grammar" in logs
+    assert "SECRET-GRAMMAR-TEXT" not in logs and "error parsing grammar" not in logs
+
+
 def test_still_serving_after_errors(daemon: Daemon) -> None:
     # The errors above left nothing broken: a normal request still works.
     resp = daemon.client().chat.completions.create(model=SMOL, messages=STORY, max_tokens=3)
