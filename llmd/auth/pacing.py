@@ -2,12 +2,14 @@
 
 A key check that is not answered from the cache costs a scrypt (tens of ms of a core and
 16 MiB, llmd/auth/keys.py). An address that has been failing waits *before* its next check,
-not after it: the checks of one address run at least one delay apart, however many
-connections it opens, so parallel guesses cannot each burn a scrypt at once. A check whose
-turn is further off than `auth.failure_delay_max_s` is not made: it is answered 429 with a
-Retry-After, unchecked (no hash, no key named). The delay starts at `auth.failure_delay_s`
-and doubles per consecutive failure up to `auth.failure_delay_max_s`; a success or five
-minutes without a failure forgets the address.
+not after it, and the checks of one address are spaced out however many connections it opens:
+each check books the address's next turn one delay later, the delay doubling per check booked
+(and per failure) from `auth.failure_delay_s` up to `auth.failure_delay_max_s`. So parallel
+guesses cannot each burn a scrypt: a check whose turn is further off than
+`failure_delay_max_s` is not made, it is answered 429 with a Retry-After, unchecked (no hash,
+no key named). From a new address, a burst gets about six checks in its first two seconds
+(defaults), then one per two seconds. A success, or five minutes without a failure, forgets
+the address.
 
 Only the check that would hash waits: a key seen before is recognised from the cache at once,
 whatever its address did (llmd/auth/registry.py).
@@ -37,6 +39,8 @@ MAX_ADDRESSES = 10_000
 class _Address:
     failures: int = 0
     """Consecutive failed authentications."""
+    checks: int = 0
+    """Checks booked since the address was last forgotten (finished or not)."""
     last: float = 0.0
     """When the last failure or check was (monotonic)."""
     next_check: float = 0.0
@@ -66,8 +70,8 @@ class Pacing:
                 if now - max(v.last, v.next_check) < FORGET_S
             }
         entry = self._addresses.setdefault(address, _Address())
-        if entry.failures and now - entry.last > FORGET_S:
-            entry.failures = 0
+        if now - entry.last > FORGET_S:
+            entry.failures = entry.checks = 0
         return entry
 
     async def wait_turn(self, address: str) -> None:
@@ -84,9 +88,10 @@ class Pacing:
                 code="rate_limit_exceeded",
                 retry_after=math.ceil(wait),
             )
-        # The check after this one waits at least the first delay, even before any failure:
-        # a burst of parallel guesses from a new address is spread out too.
-        entry.next_check = start + self.delay(max(entry.failures, 1))
+        # Booked checks count, not only failed ones: a burst of parallel guesses is spread
+        # out before any of them has failed.
+        entry.checks += 1
+        entry.next_check = start + self.delay(max(entry.failures, entry.checks))
         entry.last = now
         if wait > 0:
             await self.sleep(wait)
