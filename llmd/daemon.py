@@ -63,7 +63,7 @@ async def serve(provider: SettingsProvider) -> None:
     from llmd.auth.middleware import is_loopback
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
-    from llmd.server.app import METRICS, create_app
+    from llmd.server.app import METRICS, ServerLog, create_app
     from llmd.usage.recorder import AUDIT
 
     settings = provider.current
@@ -94,6 +94,7 @@ async def serve(provider: SettingsProvider) -> None:
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,
         access_log=None,  # logs.access_log writes one richer line per request instead
+        logger=ServerLog(),  # a request aiohttp cannot parse: one line, no traceback
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port

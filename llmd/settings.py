@@ -114,8 +114,9 @@ class MetricsSettings(_Section):
     access: Literal["loopback", "all", "key", "none"] = Field(
         "loopback",
         description="Who may scrape /metrics: clients on this machine only (the default), any "
-        "client that can reach the port (for a Prometheus on another box), clients sending a "
-        "valid API key (Prometheus' `authorization` setting; needs keys), or nobody (403).",
+        "client that can reach the port (for a Prometheus on another box), or nobody (403). "
+        "Once keys are in force a scrape also needs an admin key or a key with the metrics "
+        "right (Prometheus' `authorization` setting). 'key': the same as 'all'.",
     )
     max_key_labels: int = Field(
         100,

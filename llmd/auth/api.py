@@ -20,6 +20,7 @@ class NewKey(BaseModel):
 
     name: str
     admin: bool = False
+    metrics: bool = False
     models: list[str] | None = None
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)

@@ -29,6 +29,7 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("name")
     add.add_argument("--models", help="comma-separated models the key may use (default: all)")
     add.add_argument("--admin", action="store_true", help="may manage keys, models, usage")
+    add.add_argument("--metrics", action="store_true", help="may read /metrics (Prometheus)")
     add.add_argument("--rpm", type=int, help="requests per minute")
     add.add_argument("--tpm", type=int, help="tokens (prompt + completion) per minute")
     add.add_argument("--concurrency", type=int, help="requests at the same time")
@@ -157,6 +158,7 @@ def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
         if cmd == "add":
             fields = {
                 "admin": args.admin,
+                "metrics": args.metrics,
                 "models": args.models.split(",") if args.models else None,
                 "rpm": args.rpm,
                 "tpm": args.tpm,

@@ -22,6 +22,7 @@ import llama_cpp as lc
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
 
+from llmd.engine.capture import pass_on, stderr_captured
 from llmd.engine.messages import Grammar
 
 GRAMMAR_TRIES = 32
@@ -31,6 +32,11 @@ MAX_GRAMMAR_NESTING = 4096
 """Deepest nesting of parenthesized groups accepted in a grammar (see `compile_grammar`)."""
 MAX_GBNF_CHARS = 8_000_000
 """Longest grammar handed to llama.cpp's parser (a schema written as GBNF grows ~8x)."""
+
+
+_PARSE_ERROR = "error parsing grammar: "
+_REASON_CHARS = 300
+"""The parser's reason quotes the grammar from where it failed: that much goes to the client."""
 
 
 class GrammarError(Exception):
@@ -58,13 +64,37 @@ def compile_grammar(vocab: Any, grammar: Grammar) -> str | None:
             f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
             "that many levels)."
         )
-    sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    # The parser prints its reason and the whole grammar (request text) to stderr itself:
+    # caught, the reason goes to the client alone; the log callback's line says only
+    # "failed to parse grammar".
+    with stderr_captured() as caught:
+        sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    reason, other = _parser_error(caught.text, gbnf)
+    pass_on(other)
     if not sampler:
-        # llama.cpp logged the parser's reason as an error (the daemon's log has it).
+        if reason:
+            return f"The grammar could not be parsed as GBNF: {reason}"
         return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
     lc.llama_sampler_free(sampler)
     grammar.gbnf = gbnf
     return None
+
+
+def _parser_error(text: str, gbnf: str) -> tuple[str, str]:
+    """(the parser's reason, shortened; the rest of `text`) from what llama.cpp's GBNF parser
+    printed: "parse: error parsing grammar: REASON\\n\\nGRAMMAR\\n"."""
+    at = text.find(_PARSE_ERROR)
+    if at < 0:
+        return "", text
+    start = text.rfind("\n", 0, at) + 1
+    tail = f"\n\n{gbnf}\n"
+    end = text.find(tail, at)
+    if end < 0:  # not as printed so far: hold all of it back, it may quote the grammar
+        return "", text[:start]
+    reason = text[at + len(_PARSE_ERROR) : end].strip()
+    if len(reason) > _REASON_CHARS:
+        reason = reason[:_REASON_CHARS] + "..."
+    return reason, text[:start] + text[end + len(tail) :]
 
 
 def write_gbnf(grammar: Grammar) -> str:
