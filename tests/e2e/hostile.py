@@ -418,7 +418,7 @@ WRONG_TYPES = [
 
 # The admin routes' cousins: a query or body the model and usage APIs must refuse or serve.
 ADMIN_ROWS = [
-    Row("usage since=nan", "/api/v1/usage?since=nan", b"", status=200, method="GET"),
+    Row("usage since=nan", "/api/v1/usage?since=nan", b"", param="since", method="GET"),
     Row("usage key not UTF-8", "/api/v1/usage?key=%ED%A0%80", b"", status=200, method="GET"),
     Row("usage group_by injection", "/api/v1/usage?group_by=key;drop", b"", method="GET"),
     Row("audit since not UTF-8", "/api/v1/audit?since=%FF%FE", b"", method="GET"),
