@@ -242,18 +242,20 @@ async def _stream(client: openai.AsyncOpenAI, body: dict[str, Any]) -> dict[str,
     times: list[float] = []
     tokens = prompt = 0
     finish = None
+    called = False
     async for chunk in stream:
         if chunk.usage is not None:
             tokens, prompt = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
         for choice in chunk.choices:
             delta = choice.delta
             calls = delta.tool_calls or []
+            called = called or bool(calls)
             if delta.content or any(c.function and c.function.arguments for c in calls):
                 times.append(time.perf_counter())
             finish = choice.finish_reason or finish
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     return {"tokens": tokens, "prompt": prompt, "gaps": gaps, "chunks": len(times),
-            "length": finish == "length"}  # fmt: skip
+            "length": finish == "length", "called": called}  # fmt: skip
 
 
 async def cost(client: openai.AsyncOpenAI, side: Side, rep: int) -> dict[str, float]:
@@ -275,6 +277,9 @@ async def cost(client: openai.AsyncOpenAI, side: Side, rep: int) -> dict[str, fl
             out[f"{key}.itl_p50_ms"] = statistics.median(g for r in runs for g in r["gaps"]) * 1e3
             out[f"{key}.length_finishes"] = sum(r["length"] for r in runs)
             out[f"{key}.answers"] = len(runs)
+            # Held answers that started a call within max_tokens (llama-server lets text
+            # come before a "required" call: text written under a grammar that allows it).
+            out[f"{key}.answers_calling"] = sum(r["called"] for r in runs)
             out[f"{key}.prompt_tokens"] = statistics.mean(r["prompt"] for r in runs)
             # Deltas per output token: near 1 when every token is streamed as written.
             out[f"{key}.chunks_per_token"] = sum(r["chunks"] for r in runs) / max(tokens, 1)
