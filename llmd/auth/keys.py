@@ -195,7 +195,13 @@ def write_keys_file(path: Path, keys: dict[str, KeyRecord]) -> None:
     """Atomically replace the file (write a temporary file, then rename), mode 0600."""
     data = {
         "keys": {
-            name: {k: v for k, v in rec.model_dump().items() if v is not None and v != ""}
+            name: {
+                k: v
+                for k, v in rec.model_dump().items()
+                # `metrics` only when set: without it the file stays readable by the llmd
+                # versions from before that right (a downgrade keeps its keys).
+                if v is not None and v != "" and not (k == "metrics" and v is False)
+            }
             for name, rec in keys.items()
         }
     }

@@ -241,3 +241,12 @@ def test_repeated_failures_are_logged(
     assert "failed authentication #4 from 127.0.0.1: its next key check waits" in caplog.text
     assert "failed authentication #5 from 127.0.0.1" in caplog.text
     assert len(hashed) == 4
+
+
+def test_the_metrics_right_is_written_only_when_set(tmp_path: Path) -> None:
+    """A keys file without `metrics` stays readable by llmd versions from before that right."""
+    path = tmp_path / "keys.toml"
+    add_key(path, "plain")
+    assert "metrics =" not in path.read_text()
+    add_key(path, "prometheus", metrics=True)
+    assert "metrics = true" in path.read_text()
