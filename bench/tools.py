@@ -4,7 +4,7 @@ threads and OpenMP policy (docs/benchmarks.md, "Tool calling").
 Validity. 200 sampled answers (temperature 0.7, seeds 0-199, 16 clients at once, 160 tokens at
 most) to office questions, with the five tools of bench/toolset.py (enums, nested objects,
 arrays, required fields, a date format, numeric bounds), asked with `tool_choice: "required"`
-and `parallel_tool_calls: false`, then the same with "auto". Each answer is read as the
+and `parallel_tool_calls: false`, then 100 with "auto". Each answer is read as the
 OpenAI SDK reads it and its call checked: a tool that exists, arguments that parse as JSON
 and validate against the tool's schema (jsonschema, formats checked). Reported per side: the
 share valid, why the others are not (no call, bad JSON, the schema keyword broken, several
