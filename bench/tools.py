@@ -4,7 +4,7 @@ threads and OpenMP policy (docs/benchmarks.md, "Tool calling").
 Validity. 200 sampled answers (temperature 0.7, seeds 0-199, 16 clients at once, 160 tokens at
 most) to office questions, with the five tools of bench/toolset.py (enums, nested objects,
 arrays, required fields, a date format, numeric bounds), asked with `tool_choice: "required"`
-and `parallel_tool_calls: false`, then the same with "auto". Each answer is read as the
+and `parallel_tool_calls: false`, then 100 with "auto". Each answer is read as the
 OpenAI SDK reads it and its call checked: a tool that exists, arguments that parse as JSON
 and validate against the tool's schema (jsonschema, formats checked). Reported per side: the
 share valid, why the others are not (no call, bad JSON, the schema keyword broken, several
@@ -181,8 +181,9 @@ async def validity(client: openai.AsyncOpenAI, tool_choice: str, samples: int) -
     finished = [a for a in answers if a["finish"] != "length"]
     kept: Counter[str] = Counter()
     failures = []
-    for a in answers:  # a few of each kind, and every one with markup in its content
+    for a in answers:  # a few of each kind; all with markup in content or not cut short
         keep = kept[a["verdict"]] < FAILURES_KEPT or a["markup_in_content"]
+        keep = keep or a["finish"] != "length"
         if a["verdict"] != "valid" and keep:
             kept[a["verdict"]] += 1
             failures.append(a)
@@ -297,16 +298,17 @@ def _turn(rep: int, side: Side, args: argparse.Namespace, server: Server) -> dic
         client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0)
         out: dict[str, Any] = {}
         try:
-            if side.cost:  # warm up, the grammar path included
-                for body in cost_bodies(side, 99):
-                    await _stream(client, body)
-            if rep == 0:
+            if rep == 0 and args.samples:
                 out["required"] = await validity(client, "required", args.samples)
                 log(f"{side.name}: required {out['required']['valid_share']:.1%} valid")
                 if args.auto_samples:
                     out["auto"] = await validity(client, "auto", args.auto_samples)
                     log(f"{side.name}: auto called {out['auto']['called_share']:.1%}")
             if side.cost:
+                # Warm up, the grammar path included, and the prompt's prefix cached for held
+                # and free alike (the validity answers may have evicted it).
+                for body in cost_bodies(side, 99):
+                    await _stream(client, body)
                 out["cost"] = await cost(client, side, rep)
         finally:
             await client.close()
