@@ -1,7 +1,7 @@
 """What keys, limits and usage records cost, and what fair sharing gives (docs/auth.md).
 
-    scripts/bench-auth                 # all three parts
-    scripts/bench-auth --part overhead # one part: overhead | streams | fairness
+    scripts/bench-auth                 # all four parts
+    scripts/bench-auth --part overhead # one part: overhead | streams | fairness | checks
 
 - overhead: the same app (`create_app`, no model needed) twice in this process: "secured" (a
   key with rpm/tpm/concurrency limits, usage records committed to SQLite before each response)
@@ -12,6 +12,12 @@
 - fairness: a daemon with 2 slots; key A floods 16 requests, then key B sends one. B's latency
   and how many of A's requests finished before it, against the same single request sent with
   A's key (what first-come-first-served would give).
+- checks: what a refused key costs, against a real daemon with one key and no model. Timing:
+  wrong key ids and wrong secrets for the real id, alternating, one at a time (failure delays
+  off, so only the check is timed); the two medians should be within 5%. Burn: 32 parallel
+  connections x 5 wrong secrets each with the default failure delays; the daemon's CPU-seconds
+  (psutil, all its threads) and the statuses. `--checkout DIR` runs another source tree's llmd
+  (e.g. a `git worktree` of the commit before the change) for the "before" numbers.
 
 Numbers on a shared, noisy machine: compare within one run only.
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,16 +225,99 @@ async def fairness(flood: int) -> dict[str, Any]:
     return out
 
 
+# -- refused keys --------------------------------------------------------------------------
+
+
+def _keys_daemon(work: Path, auth: str, checkout: Path) -> tuple[Daemon, str]:
+    """A daemon with no model and one key (in WORK/keys.toml, next to its config); the key's
+    secret."""
+    work.mkdir(parents=True)
+    (work / "models").mkdir()
+    _, secret = add_key(work / "keys.toml", "bench")
+    config = f'models_dir = "{work / "models"}"\n[auth]\n{auth}'
+    return start_daemon(work, config, "/health", 60, checkout=checkout), secret
+
+
+def _wrong(secret: str, n: int, same_id: bool) -> str:
+    """A secret of the same shape: the key's id with another tail, or another id."""
+    key_id, tail = secret.split("_", 1)
+    if not same_id:
+        key_id = f"sk-llmd-{n:012x}"
+    return f"{key_id}_{n:08d}{tail[8:]}"
+
+
+async def checks(attempts: int, checkout: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"checkout": str(checkout)}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        daemon, secret = _keys_daemon(tmp / "t", "failure_delay_s = 0\n", checkout)
+        try:
+            times: dict[str, list[float]] = {"wrong_id": [], "wrong_secret": []}
+            async with aiohttp.ClientSession() as session:
+                for i in range(attempts + 5):
+                    for label in ("wrong_id", "wrong_secret"):
+                        guess = _wrong(secret, i, same_id=label == "wrong_secret")
+                        headers = {"Authorization": f"Bearer {guess}"}
+                        t0 = time.perf_counter()
+                        async with session.get(daemon.url + "/v1/models", headers=headers) as r:
+                            await r.read()
+                            assert r.status == 401, r.status
+                        if i >= 5:  # the first few warm up
+                            times[label].append(time.perf_counter() - t0)
+        finally:
+            daemon.stop()
+        med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        out["timing"] = {
+            "attempts_each": attempts,
+            "median_ms": med,
+            "mean_ms": {k: statistics.fmean(v) * 1000 for k, v in times.items()},
+            "difference_of_medians_pct": 100
+            * abs(med["wrong_id"] - med["wrong_secret"])
+            / med["wrong_secret"],
+        }
+        daemon, secret = _keys_daemon(tmp / "b", "", checkout)
+        try:
+            proc = psutil.Process(daemon.proc.pid)
+            await asyncio.sleep(1.0)  # start-up done
+            statuses: dict[int, int] = {}
+
+            async def connection(session: aiohttp.ClientSession, c: int) -> None:
+                for a in range(5):
+                    headers = {"Authorization": f"Bearer {_wrong(secret, c * 5 + a, True)}"}
+                    async with session.get(daemon.url + "/v1/models", headers=headers) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+
+            cpu0 = sum(proc.cpu_times()[:2])
+            t0 = time.perf_counter()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
+                await asyncio.gather(*(connection(session, c) for c in range(32)))
+            wall = time.perf_counter() - t0
+            cpu = sum(proc.cpu_times()[:2]) - cpu0
+        finally:
+            daemon.stop()
+        out["burn"] = {
+            "connections": 32,
+            "attempts": 160,
+            "statuses": statuses,
+            "wall_s": round(wall, 2),
+            "daemon_cpu_s": round(cpu, 2),
+        }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--part", choices=("overhead", "streams", "fairness"), action="append")
+    p.add_argument("--part", choices=("overhead", "streams", "fairness", "checks"), action="append")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=100)
     p.add_argument("--repeats", type=int, default=4, help="16-stream runs per contender")
     p.add_argument("--flood", type=int, default=16)
+    p.add_argument("--attempts", type=int, default=50, help="timed refusals of each kind")
+    p.add_argument("--checkout", type=Path, default=ROOT, help="the llmd source tree to run")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
-    parts = args.part or ["overhead", "streams", "fairness"]
+    parts = args.part or ["overhead", "streams", "fairness", "checks"]
     omp_policy()
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     if "overhead" in parts:
@@ -239,6 +329,9 @@ def main() -> None:
     if "fairness" in parts:
         results["fairness"] = asyncio.run(fairness(args.flood))
         print(json.dumps(results["fairness"], indent=2), flush=True)
+    if "checks" in parts:
+        results["checks"] = asyncio.run(checks(args.attempts, args.checkout))
+        print(json.dumps(results["checks"], indent=2), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

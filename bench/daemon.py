@@ -2,9 +2,10 @@
 
 `start_daemon` writes a config into a work folder and starts `llmd serve` on a free port, its
 output in WORK/daemon.log, and waits for a path (`/ready`, `/health`) to answer 200;
-`spawn` starts any other server the same way (a benchmark's llama-server). A `Daemon` is
-stopped with SIGTERM, and a start that fails raises with the end of its log, where a crash is
-told. tests/e2e/conftest.py's fixtures and every bench script start their daemons here.
+`spawn` starts any other server the same way (a benchmark's llama-server). A daemon serving
+HTTPS is given the certificate to trust (`ca`): its URL, readiness checks and clients use it.
+A `Daemon` is stopped with SIGTERM, and a start that fails raises with the end of its log, where
+a crash is told. tests/e2e/conftest.py's fixtures and every bench script start their daemons here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,9 +41,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(url: str, timeout: float = 5) -> bytes:
+def get(url: str, timeout: float = 5, context: ssl.SSLContext | None = None) -> bytes:
     """The body of a GET; an error status raises (`urllib.error.HTTPError`, an OSError)."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         return resp.read()  # type: ignore[no-any-return]
 
 
@@ -55,21 +57,34 @@ class Daemon:
     argv: list[str] = field(default_factory=list)
     name: str = "daemon"
     """Who failed, in the errors of a start that failed."""
+    ca: Path | None = None
+    """The certificate to trust when it serves HTTPS; None: plain HTTP."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting `ca`, None for plain HTTP."""
+        return ssl.create_default_context(cafile=self.ca) if self.ca else None
 
     def client(self, **kw: Any) -> openai.OpenAI:
+        if (context := self.ssl_context) and "http_client" not in kw:
+            kw["http_client"] = openai.DefaultHttpxClient(verify=context)
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kw)
 
     def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+        context = self.ssl_context
+        http = openai.DefaultAsyncHttpxClient(verify=context) if context else None
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key="unused", max_retries=0, http_client=http
+        )
 
     def get_json(self, path: str, timeout: float = 10) -> Any:
         """The JSON body of a GET, whatever its status (an error's body too)."""
         try:
-            body = get(self.url + path, timeout)
+            body = get(self.url + path, timeout, self.ssl_context)
         except urllib.error.HTTPError as exc:
             body = exc.read()
         return json.loads(body)
@@ -107,8 +122,10 @@ class Daemon:
     def wait_for(self, path: str, seconds: float = 120) -> None:
         """Until GET `path` answers 200."""
 
+        context = self.ssl_context
+
         def answers() -> bool:
-            with urllib.request.urlopen(self.url + path, timeout=2) as resp:
+            with urllib.request.urlopen(self.url + path, timeout=2, context=context) as resp:
                 return resp.status == 200  # type: ignore[no-any-return]
 
         self.wait_until(answers, seconds)
@@ -155,11 +172,13 @@ def start_daemon(
     seconds: float = 120,
     checkout: Path | None = None,
     env: dict[str, str] | None = None,
+    ca: Path | None = None,
 ) -> Daemon:
     """`llmd serve` with `config` written to WORK/llmd.toml, on a free port, output in
     WORK/daemon.log; back when `ready` answers 200 (None: at once, for the caller to wait).
     `checkout`: run the llmd of another source tree (bench/ab.py compares two); `env`: added
-    to its environment (the systemd tests' NOTIFY_SOCKET)."""
+    to its environment (the systemd tests' NOTIFY_SOCKET); `ca`: the config serves HTTPS with
+    this certificate, which the checks and clients trust."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "llmd.toml"
     path.write_text(config)
@@ -169,6 +188,7 @@ def start_daemon(
     if checkout is not None:
         extra["PYTHONPATH"] = str(checkout.resolve())
     daemon = spawn(argv, port, work / "daemon.log", work, env=extra)
+    daemon.ca = ca
     if ready is not None:
         daemon.wait_for(ready, seconds)
     return daemon

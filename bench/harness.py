@@ -223,16 +223,25 @@ def lcp_python(venv: str | None) -> Path | None:
 # -- a comparison with llama-server alone (bench.embed, bench.structured) ---------------------
 
 
-def parse_peer_args(prog: str, doc: str | None) -> argparse.Namespace:
+def model_arg(value: str) -> Path:
+    """A model named on the command line: one of NAMED_MODELS (`smollm2`, `gemma3`) or a path."""
+    return NAMED_MODELS.get(value, Path(value))
+
+
+def parse_peer_args(
+    prog: str, doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The command line of a comparison with llama-server: model, repeats, its folder,
-    threads, where the JSON goes."""
+    threads, where the JSON goes; `extra` adds a script's own options."""
     parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
-    parser.add_argument("--model", type=Path, default=NAMED_MODELS["smollm2"])
+    parser.add_argument("--model", type=model_arg, default=NAMED_MODELS["smollm2"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bin", type=Path, default=PEER_BIN, help="llama-server's folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--threads-batch", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

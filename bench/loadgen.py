@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import random
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +78,7 @@ class LoadConfig:
     # Merged into every request body: a peer's own knobs (e.g. a logit_bias standing in for
     # ignore_eos on a server that lacks it).
     extra_body: dict[str, Any] = field(default_factory=dict)
+    cafile: str | None = None  # an https URL whose certificate this file holds (self-signed)
 
 
 def make_text(n_words: int, seed: str) -> str:
@@ -235,14 +237,16 @@ async def fetch_model(session: aiohttp.ClientSession, url: str, api_key: str | N
     return str(models[0]["id"])
 
 
-def _new_session(timeout: float) -> aiohttp.ClientSession:
+def _new_session(timeout: float, cafile: str | None = None) -> aiohttp.ClientSession:
     # limit=0: the connector must never be what caps concurrency. The overall
     # per-request deadline is enforced with asyncio.timeout in Client._stream.
     # force_close: one connection per request. llama-server closes a connection after a
     # stream without saying so, and the next request on it failed ("Can not write request
     # body"); a loopback connect costs far less than a millisecond, for every server alike.
+    # With force_close an https run pays a full TLS handshake per request: the worst case.
+    tls = ssl.create_default_context(cafile=cafile) if cafile else True
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
     )
 
@@ -294,7 +298,7 @@ async def run_load(cfg: LoadConfig) -> RunResult:
     """Run warmup then one measured phase; failed requests are recorded, not raised."""
     if cfg.mode not in ("stream", "multiturn") or cfg.endpoint not in ("chat", "completions"):
         raise ValueError(f"bad mode/endpoint: {cfg.mode}/{cfg.endpoint}")
-    async with _new_session(cfg.timeout) as session:
+    async with _new_session(cfg.timeout, cfg.cafile) as session:
         model = cfg.model or await fetch_model(session, cfg.url, cfg.api_key)
         client = Client(session, cfg, model)
         for k in range(cfg.warmup):
@@ -379,6 +383,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", default="http://127.0.0.1:8000/v1", help="base URL including /v1")
     p.add_argument("--model", help="model id (default: first id from GET {url}/models)")
     p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    p.add_argument("--cafile", help="certificate to trust for an https URL (self-signed)")
     p.add_argument("--mode", choices=("stream", "multiturn"), default="stream")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
     p.add_argument("--concurrency", type=_int_list, default=[1], help="N or sweep 1,2,4,8")
@@ -400,7 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _main(args: argparse.Namespace) -> list[RunResult]:
     model: str = args.model
     if not model:
-        async with _new_session(args.timeout) as session:
+        async with _new_session(args.timeout, args.cafile) as session:
             model = await fetch_model(session, args.url, args.api_key)
     sweep: list[int] = args.conversations if args.mode == "multiturn" else args.concurrency
     # Options whose argparse dest matches a LoadConfig field carry over as they are.

@@ -26,6 +26,8 @@ class _Parsed:
     """Where the decoder stopped: " at line L column C"."""
     is_utf8: bool = True
     blank: bool = False
+    unreadable: str | None = None
+    """Why the body could not be read as text at all (its encoding or charset)."""
 
 
 _PARSED = web.RequestKey("llmd_json_body", _Parsed)
@@ -45,6 +47,8 @@ async def read_json(
     if _PARSED not in request:
         request[_PARSED] = await _parse(request)
     parsed = request[_PARSED]
+    if parsed.unreadable is not None:
+        raise InvalidRequest(parsed.unreadable)
     if parsed.blank and empty is not _REQUIRED:
         return empty
     if not parsed.is_utf8:
@@ -61,6 +65,17 @@ async def _parse(request: web.Request) -> _Parsed:
         text = await request.text()
     except UnicodeDecodeError:
         return _Parsed(is_utf8=False)
+    except LookupError:
+        # `Content-Type: application/json; charset=bogus`: Python knows no such codec.
+        return _Parsed(unreadable=f"The request body's charset {request.charset!r} is unknown.")
+    except web.RequestPayloadError:
+        # The bytes of the body are not what the headers say: `Content-Encoding: gzip` (or
+        # deflate) on bytes that do not decompress, chunks that do not frame.
+        _abandon(request)
+        return _Parsed(
+            unreadable="The request body could not be read: its Content-Encoding or its "
+            "chunked framing is broken."
+        )
     blank = not text.strip()
     declared = request.headers.get("Content-Type")
     if declared is not None and not blank and not _is_json_type(request.content_type):
@@ -77,6 +92,16 @@ async def _parse(request: web.Request) -> _Parsed:
     except RecursionError:
         # The decoder recurses once per level and stops near Python's recursion limit.
         return _Parsed(reason="it nests arrays or objects too deeply", blank=blank)
+
+
+def _abandon(request: web.Request) -> None:
+    """Give up on a body that could not be read: the connection ends after the answer.
+
+    aiohttp would otherwise read on through the rest of the body after the handler (its
+    "lingering" read), meet the same error again and log it as an ERROR traceback
+    ("Unhandled exception"); what follows the bad bytes on the connection cannot be trusted."""
+    request.content.feed_eof()
+    request.protocol.close()
 
 
 # What clients send JSON under: JSON itself, and the defaults of tools that post a string or

@@ -1,8 +1,10 @@
 """Run the daemon: listen, start the models, serve until SIGTERM/SIGINT, then stop cleanly.
 
 SIGHUP re-reads the config file: a valid one is applied without dropping in-flight requests, an
-invalid one is refused (file, line, reason in the log) and the running config stays. Under
-systemd the daemon reports its life cycle over sd_notify (llmd/systemd.py).
+invalid one is refused (file, line, reason in the log) and the running config stays. With
+`server.tls_cert`/`tls_key` the listener speaks HTTPS, and SIGHUP reads the pair again too (new
+connections get the new certificate; llmd/tls.py). Under systemd the daemon reports its life
+cycle over sd_notify (llmd/systemd.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from llmd import __version__, logs
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.systemd import Notifier, keep_alive, status_line
+from llmd.tls import RotatingContext, configured_pair
 
 if TYPE_CHECKING:
     from llmd.models import ModelManager
@@ -57,15 +60,19 @@ async def serve(provider: SettingsProvider) -> None:
     # pay for the web server and llama.cpp.
     from aiohttp import web
 
+    from llmd.auth.middleware import is_loopback
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
-    from llmd.server.app import METRICS, create_app
+    from llmd.server.app import METRICS, ServerLog, create_app
     from llmd.usage.recorder import AUDIT
 
     settings = provider.current
     notifier = Notifier()
     if problem := models_dir_problem(settings):
         raise StartupError(problem)
+    # A pair that cannot be used stops start-up as a bad setting does (ConfigError: exit 2).
+    first = configured_pair(settings, provider.path)
+    tls = RotatingContext(first) if first is not None else None
     manager = ModelManager(settings)
     app = create_app(provider, manager, observers=[logs.access_log])
     audit = app[AUDIT]
@@ -87,10 +94,13 @@ async def serve(provider: SettingsProvider) -> None:
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,
         access_log=None,  # logs.access_log writes one richer line per request instead
+        logger=ServerLog(),  # a request aiohttp cannot parse: one line, no traceback
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(
+        runner, host, port, reuse_address=True, ssl_context=tls.listening if tls else None
+    )
     # Listen before the models load: /health answers at once, /ready says when we can serve.
     try:
         await site.start()
@@ -100,7 +110,17 @@ async def serve(provider: SettingsProvider) -> None:
         raise StartupError(
             f"cannot listen on {host}:{port}: {reason or exc} (server.host, server.port)"
         ) from None
-    log.info("llmd %s listening on http://%s:%d", __version__, host, port)
+    scheme = "https" if tls else "http"
+    log.info("llmd %s listening on %s://%s:%d", __version__, scheme, host, port)
+    if tls:
+        log.info("TLS: serving %s", tls.serving)
+    elif not is_loopback(host):
+        log.warning(
+            "listening on %s beyond loopback over plain HTTP: API keys, prompts and answers "
+            "cross the network in clear text. Set server.tls_cert and server.tls_key (`llmd tls "
+            "self-signed` writes a pair) or put a TLS proxy in front (docs/operations.md)",
+            host,
+        )
 
     stop = asyncio.Event()
     hup = asyncio.Event()
@@ -123,7 +143,7 @@ async def serve(provider: SettingsProvider) -> None:
             await asyncio.sleep(RELOAD_COALESCE_S)
             hup.clear()  # a SIGHUP from here on reads the file again afterwards
             notifier.reloading()
-            await _reload(provider, manager)
+            await _reload(provider, manager, tls)
             await reload_keys(app)  # the keys file is re-read on SIGHUP too
             notifier.ready(status_line(manager))
 
@@ -149,7 +169,9 @@ async def serve(provider: SettingsProvider) -> None:
     log.info("stopped")
 
 
-async def _reload(provider: SettingsProvider, manager: ModelManager) -> None:
+async def _reload(
+    provider: SettingsProvider, manager: ModelManager, tls: RotatingContext | None
+) -> None:
     """Apply the config file's new content, or keep the running one if it cannot be used."""
     if not provider.reloadable:
         log.warning("SIGHUP: no config file to reload (started on defaults)")
@@ -158,7 +180,13 @@ async def _reload(provider: SettingsProvider, manager: ModelManager) -> None:
 
     async def apply(new: Settings) -> None:
         _keep_address(provider.current, new)
+        # The pair is read and checked before anything changes: one that cannot be used is a
+        # ConfigError, which refuses the whole reload (the old pair and config stay).
+        pair = configured_pair(new, provider.path) if tls else None
         await manager.apply_settings(new)
+        if tls and pair:
+            tls.use(pair)
+            log.info("TLS: serving %s to new connections", pair)
 
     try:
         reloaded = await provider.reload(check=models_dir_problem, apply=apply)
@@ -172,7 +200,8 @@ async def _reload(provider: SettingsProvider, manager: ModelManager) -> None:
 
 
 def _keep_address(current: Settings, new: Settings) -> None:
-    """The listening address changes only with a restart: keep the running one in `new`."""
+    """The listening address, and whether it speaks TLS, change only with a restart: keep the
+    running ones in `new` (a new pair for a TLS listener is a rotation, applied)."""
     for key in ("host", "port"):
         old_value, new_value = getattr(current.server, key), getattr(new.server, key)
         if new_value != old_value:
@@ -183,6 +212,17 @@ def _keep_address(current: Settings, new: Settings) -> None:
                 new_value,
             )
             setattr(new.server, key, old_value)
+    was_tls, is_tls = current.server.tls_cert is not None, new.server.tls_cert is not None
+    if was_tls != is_tls:
+        log.warning(
+            "server.tls_cert and tls_key %s: HTTPS is turned %s only by a restart",
+            "removed" if was_tls else "set",
+            "off" if was_tls else "on",
+        )
+        # Both at once: one alone would meet the both-or-neither check half done.
+        new.server = new.server.model_copy(
+            update={"tls_cert": current.server.tls_cert, "tls_key": current.server.tls_key}
+        )
 
 
 def run(provider: SettingsProvider) -> None:

@@ -33,6 +33,10 @@ class APIError(Exception):
         self.param = param
         if status is not None:
             self.status = status
+            if status < 500 and self.type == "server_error":
+                # A client's mistake told by status alone (a key not found, a name taken):
+                # its type must not say the server failed.
+                self.type = "invalid_request_error"
         self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:

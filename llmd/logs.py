@@ -13,6 +13,12 @@ the request (before the record crosses to the writer thread).
 `access_log` is the request observer that writes the access lines (one per request, with its
 facts as fields). Prompt and answer text is never logged here; the serving layer logs it only
 when the operator turns on `server.log_prompts`.
+
+No line carries a control character raw, whatever a client sent (a path, a header, a key
+name): CR, LF, ESC, NUL, DEL, C1 controls, Unicode line separators and bidi overrides in a
+message's arguments and in field values are written escaped (`\x1b`, `\r`, `\u2028`), so a
+request cannot forge a log line or drive the terminal that shows the log. Only the message's
+own text (its format string, a traceback) keeps its line breaks.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -44,6 +51,72 @@ _JOURNAL_PRIORITY = {
     logging.CRITICAL: 2,
 }
 _CONTEXT = ("request_id", "model", "key")
+
+
+# What a log line never carries raw: C0 controls, DEL, C1 controls (0x9b is a terminal's CSI
+# too), line and paragraph separators, bidi embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str) -> str:
+    """`text` with every control character written as an escape: one line, inert."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _escape_lines(text: str) -> str:
+    """Like `escape`, but line breaks stay (a message's own, a traceback's)."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+def _json_line(obj: Any) -> str:
+    # json.dumps escapes C0 controls; DEL, C1 and the separators it leaves as they are.
+    line = json.dumps(obj, ensure_ascii=False, default=str)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+class _Escaped:
+    """A message argument shown escaped, for %s and %r alike (a string's repr escapes
+    control characters itself: escaping it first would double its backslashes)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return escape(str(self.value))
+
+    def __repr__(self) -> str:
+        return escape(repr(self.value))
+
+
+def _safe_arg(value: Any) -> Any:
+    if isinstance(value, int | float):  # bool too: %d and %.2f keep working
+        return value
+    return _Escaped(value)
+
+
+def message(record: logging.LogRecord) -> str:
+    """The record's message with its arguments escaped (they may come from a request); the
+    format string is the code's own."""
+    if not record.args:
+        return str(record.msg)
+    args = record.args
+    if isinstance(args, Mapping):
+        safe: Any = {k: _safe_arg(v) for k, v in args.items()}
+    else:
+        safe = tuple(_safe_arg(v) for v in args)
+    try:
+        return str(str(record.msg) % safe)
+    except (TypeError, ValueError):
+        # "%c" of a character that escaping made longer; a format that is wrong anyway
+        # raises here as it would in logging (which reports it).
+        return escape(record.getMessage())
 
 
 def journal_priority(levelno: int) -> int:
@@ -84,8 +157,8 @@ def _kv_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\\\n\t'):
-        return json.dumps(text, ensure_ascii=False)
+    if text == "" or any(c in text for c in ' "=\\') or _UNSAFE.search(text):
+        return _json_line(text)
     return text
 
 
@@ -103,29 +176,30 @@ class Formatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        text = message(record)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            message = f"{message}\n{record.exc_text}"
+            text = f"{text}\n{record.exc_text}"
         fields = _fields(record)
         level = record.levelname.lower()
         if self.style_name == "json":
             obj = {"time": self._time(record), "level": level, "logger": record.name}
             obj.update(fields)
-            obj["msg"] = message
-            line = json.dumps(obj, ensure_ascii=False, default=str)
+            obj["msg"] = text
+            line = _json_line(obj)
         elif self.style_name == "keyvalue":
             pairs = {"time": self._time(record), "level": level, "logger": record.name}
             pairs.update(fields)
-            pairs["msg"] = message
+            pairs["msg"] = text
             line = " ".join(f"{k}={_kv_value(v)}" for k, v in pairs.items())
         else:
             head = record.name if self.journal else f"{self._time(record)} {record.levelname}"
             if not self.journal:
                 head += f" {record.name}"
             rid = fields.pop("request_id", None)
-            parts = [head] + ([f"request_id={rid}"] if rid is not None else []) + [message]
+            parts = [head] + ([f"request_id={escape(str(rid))}"] if rid is not None else [])
+            parts.append(_escape_lines(text))
             parts += [f"{k}={_kv_value(v)}" for k, v in fields.items()]
             line = " ".join(parts)
         if self.journal:
@@ -263,7 +337,7 @@ class _QueueHandler(logging.handlers.QueueHandler):
         # the formatting instead (each in its own format), so only resolve the message's args
         # and render the traceback (traceback objects should not cross threads).
         record = logging.makeLogRecord(record.__dict__)
-        record.msg = record.getMessage()
+        record.msg = message(record)
         record.args = None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

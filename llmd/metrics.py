@@ -186,9 +186,9 @@ class ModelCollector(Collector):
 
 
 def client_allowed(access: str, remote: str | None) -> bool:
-    """`metrics.access`: loopback (default), all, key, or none. A unix-socket client is local.
-
-    With "key" the auth middleware has already checked the key: any address may scrape."""
+    """`metrics.access`: loopback (default), all, key (the same as all), or none. A unix-socket
+    client is local. Once keys are in force the auth middleware has also checked the scrape's
+    key (an admin key or one with the metrics right)."""
     if access in ("all", "key"):
         return True
     if access == "none":

@@ -36,6 +36,7 @@ from llmd.engine.messages import Grammar, SamplingParams, TokenLogprob
 from llmd.errors import InvalidRequest
 from llmd.sampling import resolve
 from llmd.settings import SamplingDefaults
+from llmd.tools import OPENING as TOOL_CALL_OPENING
 from llmd.tools import (
     FunctionCall,
     FunctionCallChoice,
@@ -284,6 +285,16 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidRequest("give either 'grammar' or 'tools', not both", param="grammar")
         check_conversation(self.messages)
         super().check()
+
+    def stop_list(self) -> list[str]:
+        """Where no call is possible but the conversation shows calls (`tool_choice: "none"`,
+        or earlier calls and no tools), a model may imitate one in its text: it ends there."""
+        stops = super().stop_list()
+        use = self.tool_use
+        shown = use is not None or any(m.tool_calls or m.function_call for m in self.messages)
+        if shown and (use is None or not use.calls_possible):
+            stops.append(TOOL_CALL_OPENING)
+        return stops
 
     @cached_property
     def tool_use(self) -> ToolUse | None:

@@ -56,6 +56,26 @@ class ServerSettings(_Section):
     log_prompts: bool = Field(
         False, description="Log prompt and completion text. Off: only sizes and timings are logged."
     )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (with its chain) to serve HTTPS (TLS 1.2+) instead of "
+        "plain HTTP; needs tls_key. Relative to the config file's directory; read again on "
+        "SIGHUP, so a renewed certificate is served without a restart. `llmd tls self-signed` "
+        "writes a pair for a first install.",
+    )
+    tls_key: Path | None = Field(
+        None,
+        description="PEM private key of tls_cert, unencrypted; readable by the daemon's user "
+        "(and nobody else). Relative to the config file's directory; read again on SIGHUP.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)"
+            )
+        return self
 
 
 class LoggingSettings(_Section):
@@ -94,8 +114,9 @@ class MetricsSettings(_Section):
     access: Literal["loopback", "all", "key", "none"] = Field(
         "loopback",
         description="Who may scrape /metrics: clients on this machine only (the default), any "
-        "client that can reach the port (for a Prometheus on another box), clients sending a "
-        "valid API key (Prometheus' `authorization` setting; needs keys), or nobody (403).",
+        "client that can reach the port (for a Prometheus on another box), or nobody (403). "
+        "Once keys are in force a scrape also needs an admin key or a key with the metrics "
+        "right (Prometheus' `authorization` setting). 'key': the same as 'all'.",
     )
     max_key_labels: int = Field(
         100,
@@ -404,6 +425,17 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
         settings.models_dir = (base / settings.models_dir).resolve()
     if not settings.auth.keys_file.is_absolute():
         settings.auth.keys_file = (base / settings.auth.keys_file).resolve()
+    server = settings.server
+    if server.tls_cert is not None and server.tls_key is not None:
+        # Both at once: assigning one alone would meet the both-or-neither check half done.
+        settings.server = server.model_copy(
+            update={
+                # Not resolved: a symlink (certbot's live/NAME/fullchain.pem) is followed
+                # again at each reload, and the messages name the path that was configured.
+                "tls_cert": (base / server.tls_cert).absolute(),
+                "tls_key": (base / server.tls_key).absolute(),
+            }
+        )
     settings.usage.database = _database_path(settings.usage.database, base)
     if settings.logging.dir is not None and not settings.logging.dir.is_absolute():
         settings.logging.dir = (base / settings.logging.dir).resolve()

@@ -8,9 +8,11 @@ their files, the audit log records the reload); nothing is patched in place.
 A reload (SIGHUP) reads the same file with the same overrides again:
 - a file that cannot be used (a `ConfigError` naming file, line and reason, or a problem that
   `check` names) is refused: each problem is logged and the running settings stay, untouched;
-- a usable one goes to `apply` first (the model manager; if it raises, the running settings
-  stay too), then becomes `current`, then every subscriber is told, in the order they
-  subscribed, with no await in between: all of them see the new values at once.
+- a usable one goes to `apply` first (the daemon: the TLS pair, then the model manager; if it
+  raises, the running settings stay too, and a `ConfigError` it raises before changing
+  anything, a TLS pair that cannot be loaded, is a refusal like a bad file), then becomes
+  `current`, then every subscriber is told, in the order they subscribed, with no await in
+  between: all of them see the new values at once.
 """
 
 from __future__ import annotations
@@ -74,19 +76,20 @@ class SettingsProvider:
     ) -> bool:
         """Read the source again and, when the result can be used, make it current and tell
         the subscribers. False (and the running settings stay) when it was refused or there is
-        no source; an exception from `apply` propagates, the running settings staying."""
+        no source; `apply` refuses with ConfigError (before it changes anything), any other
+        exception from it propagates, the running settings staying."""
         if self._source is None:
             return False
         try:
             new = await asyncio.to_thread(self._source)  # file I/O off the event loop
             if check is not None and (problem := check(new)):
                 raise ConfigError(problem)
+            if apply is not None:
+                await apply(new)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 log.error("reload refused, the previous configuration stays: %s", line)
             return False
-        if apply is not None:
-            await apply(new)
         self._current = new
         for listener in list(self._listeners):
             try:

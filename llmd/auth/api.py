@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from llmd.auth import keys as k
 from llmd.auth.middleware import AUTH
@@ -14,21 +15,37 @@ from llmd.body import read_json
 from llmd.errors import APIError, InvalidRequest
 from llmd.usage.recorder import AUDIT
 
+TOML_INT = 2**63 - 1
+"""The largest integer the keys file (TOML) can hold."""
+
+
+def _text(value: str) -> str:
+    """Text the keys file (UTF-8) can hold: JSON lets a lone surrogate ("\\ud800") through."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be text (a lone surrogate is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Text
     admin: bool = False
-    models: list[str] | None = None
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    concurrency: int | None = Field(None, ge=1)
-    monthly_tokens: int | None = Field(None, ge=1)
+    metrics: bool = False
+    models: list[Text] | None = None
+    rpm: int | None = Field(None, ge=1, le=TOML_INT)
+    tpm: int | None = Field(None, ge=1, le=TOML_INT)
+    concurrency: int | None = Field(None, ge=1, le=TOML_INT)
+    monthly_tokens: int | None = Field(None, ge=1, le=TOML_INT)
     weight: int = Field(1, ge=1, le=1000)
     log_content: bool = False
     expires: dt.date | dt.datetime | None = None
-    description: str = ""
+    description: Text = ""
 
 
 def _not_found(name: str) -> APIError:

@@ -5,6 +5,8 @@ verifying a secret is one dict lookup plus one hash check, never a scan. Only a 
 hash of the secret is stored. scrypt is slow on purpose (~30-50 ms); to keep every request
 under a millisecond, a secret that verified once is remembered in memory as an HMAC under a
 random per-process key, so later requests cost one HMAC and a constant-time comparison.
+A secret whose id names no key is checked against `dummy_hash()` (same parameters), so a
+wrong id costs what a wrong secret costs and timing does not tell which ids exist.
 
 The file is meant to be read and edited by IT: one `[keys.NAME]` table per key. A file that
 does not parse or validate is refused with its line and reason, and the keys in force stay.
@@ -51,6 +53,9 @@ class KeyRecord(BaseModel):
     id: str = Field(pattern=rf"^[0-9a-f]{{{_ID_LEN}}}$", description="Public id (in the secret).")
     hash: str = Field(description="scrypt$N$r$p$salt$hash of the secret (base64).")
     admin: bool = Field(False, description="May manage keys, models, usage and audit.")
+    metrics: bool = Field(
+        False, description="May read /metrics (every key's name and usage): Prometheus' key."
+    )
     models: list[str] | None = Field(
         None, description="Models (names or aliases) the key may use; absent: all."
     )
@@ -111,6 +116,13 @@ def hash_secret(secret: str, salt: bytes | None = None) -> str:
     return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+def dummy_hash() -> str:
+    """A stored hash no secret matches, with the parameters of real ones: what an unknown key
+    id is checked against, at the cost of a real check."""
+    b64 = base64.b64encode
+    return f"scrypt${_N}${_R}${_P}${b64(os.urandom(16)).decode()}${b64(os.urandom(64)).decode()}"
+
+
 def check_hash(secret: str, stored: str) -> bool:
     """Slow: scrypt. Constant-time comparison of the digests."""
     try:
@@ -119,7 +131,9 @@ def check_hash(secret: str, stored: str) -> bool:
             return False
         want = base64.b64decode(digest)
         got = hashlib.scrypt(
-            secret.encode(),
+            # Any header text encodes (lone surrogates too): a secret that could not would be
+            # refused at once, faster than a real check.
+            secret.encode("utf-8", "surrogatepass"),
             salt=base64.b64decode(salt),
             n=int(n),
             r=int(r),
@@ -171,7 +185,8 @@ _HEADER = """\
 # llmd API keys. Written by `llmd keys` and the admin API; you may edit it by hand (the daemon
 # reloads it on change and on SIGHUP; an invalid edit is refused and the old keys stay).
 # Only salted scrypt hashes of the secrets are stored here. One [keys.NAME] table per key:
-# admin, models, rpm, tpm, concurrency, monthly_tokens, weight, log_content, expires, revoked.
+# admin, metrics, models, rpm, tpm, concurrency, monthly_tokens, weight, log_content, expires,
+# revoked.
 
 """
 
@@ -180,7 +195,13 @@ def write_keys_file(path: Path, keys: dict[str, KeyRecord]) -> None:
     """Atomically replace the file (write a temporary file, then rename), mode 0600."""
     data = {
         "keys": {
-            name: {k: v for k, v in rec.model_dump().items() if v is not None and v != ""}
+            name: {
+                k: v
+                for k, v in rec.model_dump().items()
+                # `metrics` only when set: without it the file stays readable by the llmd
+                # versions from before that right (a downgrade keeps its keys).
+                if v is not None and v != "" and not (k == "metrics" and v is False)
+            }
             for name, rec in keys.items()
         }
     }

@@ -1,23 +1,22 @@
 """Who may call what: authentication, rights, limits and the usage hooks, in one middleware.
 
 Rules (docs/auth.md):
-- Paths in `app[PUBLIC_PATHS]` (`/health`, `/ready`; the metrics helper adds `/metrics` when
-  its setting leaves it open) need no key.
+- Paths in `app[PUBLIC_PATHS]` (`/health`, `/ready`) need no key.
 - A key is required for every other path when a key exists, when `auth.require_auth` is on,
   or when the daemon listens beyond loopback (unless `auth.allow_unauthenticated_remote`).
 - Every `/api/v1/*` path except `/api/v1/health` is admin-only: keys, usage, audit, and the
   model management endpoints.
+- `/metrics` (every key's name and usage) then needs an admin key or a key with the
+  `metrics` right (Prometheus' key); without keys, `metrics.access` alone decides.
 - A key limited to some models gets 403 for the others (`authorize_model`).
 Runs inside error_middleware, so its errors leave as OpenAI bodies and are recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from llmd.auth.keys import Key
 from llmd.auth.limits import Limiter
+from llmd.auth.pacing import Pacing
 from llmd.auth.registry import KeyRegistry
 from llmd.body import read_json
 from llmd.errors import AuthenticationError, InvalidRequest, PermissionDenied, ServiceUnavailable
@@ -38,6 +38,7 @@ log = logging.getLogger("llmd.auth")
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = web.RequestKey("llmd_key", Key)
 _GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+METRICS_PATH = "/metrics"
 
 
 def is_admin_path(path: str) -> bool:
@@ -54,18 +55,15 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass
-class _Failures:
-    count: int = 0
-    last: float = 0.0
-
-
-@dataclass
 class Auth:
     provider: SettingsProvider
     registry: KeyRegistry
     limiter: Limiter
     store: UsageStore | None
-    _failures: dict[str, _Failures] = field(default_factory=dict)
+    pacing: Pacing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pacing = Pacing(lambda: self.settings.auth)
 
     @property
     def settings(self) -> Settings:
@@ -103,40 +101,23 @@ class Auth:
             )
 
     async def authenticate(self, request: web.Request) -> Key:
+        """The request's key, or AuthenticationError (401). A check that costs a hash waits
+        for the address's turn first (RateLimited, 429, when that is too far off)."""
+        address = request.remote or ""
         secret = _secret(request)
         if not secret:
-            await self._failed(request)
+            self.pacing.failed(address)
             raise AuthenticationError(
                 "You didn't provide an API key. Provide it in an Authorization header "
                 "(Authorization: Bearer YOUR_KEY) or an x-api-key header.",
                 code="missing_api_key",
             )
-        key, reason = await self.registry.verify(secret)
+        key, reason = await self.registry.verify(secret, lambda: self.pacing.wait_turn(address))
         if key is None:
-            await self._failed(request)
+            self.pacing.failed(address)
             raise AuthenticationError(reason, code="invalid_api_key")
-        self._failures.pop(request.remote or "", None)
+        self.pacing.succeeded(address)
         return key
-
-    async def _failed(self, request: web.Request) -> None:
-        """Answer repeated failures from one address more and more slowly (guessing gets slow;
-        other clients are not held up: this only delays this response)."""
-        now = time.monotonic()
-        address = request.remote or ""
-        if len(self._failures) > 10_000:
-            self._failures = {a: f for a, f in self._failures.items() if now - f.last < 300}
-        entry = self._failures.setdefault(address, _Failures())
-        if now - entry.last > 300:
-            entry.count = 0
-        entry.count += 1
-        entry.last = now
-        if entry.count >= 2:
-            a = self.settings.auth
-            delay = min(a.failure_delay_max_s, a.failure_delay_s * 2 ** (entry.count - 2))
-            log.info(
-                "failed authentication #%d from %s: delayed %.2fs", entry.count, address, delay
-            )
-            await asyncio.sleep(delay)
 
     def check_store(self) -> None:
         store = self.store
@@ -192,6 +173,12 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             raise PermissionDenied(
                 f"The API key '{key.name}' is not an admin key: {request.path} needs one.",
                 code="admin_key_required",
+            )
+        if request.path == METRICS_PATH and not (key.record.admin or key.record.metrics):
+            raise PermissionDenied(
+                f"The API key '{key.name}' may not read metrics: {METRICS_PATH} needs an "
+                "admin key or a key with the metrics right (`llmd keys add NAME --metrics`).",
+                code="metrics_key_required",
             )
     if request.path.startswith("/v1/"):
         auth.check_store()

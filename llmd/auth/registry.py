@@ -1,8 +1,13 @@
 """The keys in force in the daemon: loaded from the keys file, reloaded when it changes.
 
 Verification is O(1): the secret's id finds the record; a secret seen and verified before is
-recognised by an HMAC under a per-process random key (one hash, constant-time comparison);
-only a first sight costs scrypt, run in a thread so the event loop never waits for it.
+recognised by an HMAC under a per-process random key (one hash, constant-time comparison).
+Any other secret costs exactly one scrypt, whatever is wrong with it: a wrong secret is checked
+against its key's hash, an unknown id or a malformed secret against a dummy hash with the same
+parameters, so the time of a refusal does not tell which key ids exist. The scrypt runs in a
+thread (the event loop never waits for it), at most `HASHES_AT_ONCE` at a time, after the
+caller's `before_hash` (the client address's turn, llmd/auth/pacing.py); several requests with
+the same unverified secret at once share one check.
 """
 
 from __future__ import annotations
@@ -14,12 +19,27 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from llmd.auth.keys import Key, KeyRecord, KeysFileError, check_hash, parse_secret, read_keys_file
+from llmd.auth.keys import (
+    Key,
+    KeyRecord,
+    KeysFileError,
+    check_hash,
+    dummy_hash,
+    parse_secret,
+    read_keys_file,
+)
 
 log = logging.getLogger("llmd.auth")
+
+INCORRECT = "Incorrect API key provided."
+
+# scrypt takes a core and 16 MiB for tens of ms: a flood of wrong secrets (from many
+# addresses: one address is paced) runs at most this many at a time, so it cannot take every
+# core or much memory. Half the cores, at least one, at most two.
+HASHES_AT_ONCE = max(1, min(2, (os.cpu_count() or 2) // 2))
 
 
 class KeyRegistry:
@@ -38,9 +58,10 @@ class KeyRegistry:
         self._verified: dict[str, bytes] = {}
         """key id -> HMAC of the secret that verified for it (forgotten when the key changes)."""
         self._stamp: tuple[float, int, int] | None = None
-        # scrypt costs 16 MiB and tens of ms: a flood of wrong secrets for a real key id runs
-        # at most two at a time, so it cannot take every core or much memory.
-        self._slow_checks = asyncio.Semaphore(2)
+        self._dummy = dummy_hash()
+        self._slow_checks = asyncio.Semaphore(HASHES_AT_ONCE)
+        self._checking: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
+        """(HMAC of a secret, the hash it is checked against) -> the check under way."""
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -110,22 +131,28 @@ class KeyRegistry:
                 await self._watcher
 
     def _mac(self, secret: str) -> bytes:
-        return hmac.new(self._pepper, secret.encode(), hashlib.sha256).digest()
+        data = secret.encode("utf-8", "surrogatepass")  # any header text, lone surrogates too
+        return hmac.new(self._pepper, data, hashlib.sha256).digest()
 
-    async def verify(self, secret: str) -> tuple[Key | None, str]:
-        """(key, "") when the secret is valid and the key usable, else (None, reason)."""
+    async def verify(
+        self, secret: str, before_hash: Callable[[], Awaitable[None]] | None = None
+    ) -> tuple[Key | None, str]:
+        """(key, "") when the secret is valid and the key usable, else (None, reason).
+
+        `before_hash` is awaited before a check that costs a scrypt (not for a secret verified
+        before); it may raise to refuse the check."""
         key_id = parse_secret(secret)
         name = self.by_id.get(key_id) if key_id is not None else None
-        if key_id is None or name is None:
-            return None, "Incorrect API key provided."
-        record = self.keys[name]
         mac = self._mac(secret)
+        if key_id is None or name is None:
+            # An unknown id or a malformed secret costs the same check as a wrong secret.
+            await self._check(mac, secret, self._dummy, before_hash)
+            return None, INCORRECT
+        record = self.keys[name]
         known = self._verified.get(key_id)
         if known is None or not hmac.compare_digest(known, mac):
-            async with self._slow_checks:
-                valid = await asyncio.to_thread(check_hash, secret, record.hash)
-            if not valid:
-                return None, "Incorrect API key provided."
+            if not await self._check(mac, secret, record.hash, before_hash):
+                return None, INCORRECT
             if self.keys.get(name) is record:  # still the same record after the await
                 self._verified[key_id] = mac
         if record.revoked is not None:
@@ -133,3 +160,33 @@ class KeyRegistry:
         if record.expired(self.clock()):
             return None, f"The API key '{name}' has expired."
         return Key(name, record), ""
+
+    async def _check(
+        self,
+        mac: bytes,
+        secret: str,
+        stored: str,
+        before_hash: Callable[[], Awaitable[None]] | None,
+    ) -> bool:
+        """One scrypt per secret at a time: requests with the same secret arriving while it
+        is checked wait for that check (a client's parallel first requests cost one)."""
+        slot = (mac, stored)
+        task = self._checking.get(slot)
+        if task is None:
+
+            async def check() -> bool:
+                if before_hash is not None:
+                    await before_hash()
+                async with self._slow_checks:
+                    return await asyncio.to_thread(check_hash, secret, stored)
+
+            task = self._checking[slot] = asyncio.ensure_future(check())
+
+            def done(task: asyncio.Future[bool]) -> None:
+                self._checking.pop(slot, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved: every waiter may have gone
+
+            task.add_done_callback(done)
+        # Shielded: a client that hangs up does not cancel a check others wait for.
+        return await asyncio.shield(task)

@@ -1,19 +1,21 @@
-"""The `llmd` command: serve, check-config, keys, usage, audit and models.
+"""The `llmd` command: serve, check-config, keys, usage, audit, models and tls.
 
 `llmd serve --help` lists every setting of the TOML file, generated from the settings model.
 One module per group of subcommands: serve.py (`serve`, `check-config`), keys.py (`keys`,
-`usage`, `audit`), models.py (`models ...`); config.py turns any of their arguments into
-settings (`settings_from_args`).
+`usage`, `audit`), models.py (`models ...`), tls.py (`tls self-signed`); config.py turns any
+of their arguments into settings (`settings_from_args`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 
 from llmd import __version__
-from llmd.cli import keys, models, serve
+from llmd.cli import keys, models, serve, tls
 from llmd.cli.config import settings_from_args
 from llmd.settings import ConfigError
 from llmd.settings_provider import SettingsProvider
@@ -37,6 +39,8 @@ running llmd as a service (the Debian package; details in docs/operations.md):
   uninstall   apt remove llmd  (keeps config and models)
               apt purge llmd   (also deletes /etc/llmd, /var/lib/llmd with the models, the user)
   API         http://127.0.0.1:8000/v1 (OpenAI-compatible), /health, /ready, /api/v1/health
+  HTTPS       llmd tls self-signed --host NAME --out DIR (as user llmd), then server.tls_cert
+              and server.tls_key; or a TLS proxy in front (docs/operations.md)
 """
 
 
@@ -52,13 +56,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_parsers(sub)
     keys.add_parsers(sub)
     models.add_parser(sub)
+    tls.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output to a pipe closed early (`llmd usage | head`) ends it quietly, with
+    the status of a process killed by SIGPIPE, as with other Unix tools."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # Python's recipe: point stdout at /dev/null so that the flush at exit cannot fail
+        # again. (SIG_DFL for SIGPIPE instead would also kill `llmd serve` on a closed socket.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "models":
         return models.run(args)  # reads settings only for the subcommands that need them
+    if args.command == "tls":
+        return tls.run(args)  # reads no settings: it makes the files they will name
     try:
         provider = settings_from_args(args)
     except ConfigError as exc:

@@ -12,11 +12,13 @@ import datetime as dt
 import getpass
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from llmd.auth import keys as k
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
+from llmd.usage import listing as ls
 from llmd.usage import store as s
 
 
@@ -27,6 +29,7 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("name")
     add.add_argument("--models", help="comma-separated models the key may use (default: all)")
     add.add_argument("--admin", action="store_true", help="may manage keys, models, usage")
+    add.add_argument("--metrics", action="store_true", help="may read /metrics (Prometheus)")
     add.add_argument("--rpm", type=int, help="requests per minute")
     add.add_argument("--tpm", type=int, help="tokens (prompt + completion) per minute")
     add.add_argument("--concurrency", type=int, help="requests at the same time")
@@ -54,8 +57,7 @@ def add_parsers(sub: Any) -> None:
     usage.add_argument("--since", help="YYYY-MM-DD or ISO time (UTC)")
     usage.add_argument("--until", help="YYYY-MM-DD (inclusive) or ISO time")
     usage.add_argument("--group-by", default="", help="day,key,model (comma-separated)")
-    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    usage.add_argument("--limit", type=int, default=1000)
+    _paging_arguments(usage, "records")
     usub = usage.add_subparsers(dest="usage_command")
     purge = usub.add_parser("purge", help="delete usage records older than a date")
     purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
@@ -66,10 +68,32 @@ def add_parsers(sub: Any) -> None:
     audit = sub.add_parser("audit", help="the audit log")
     audit.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
     audit.add_argument("--since", help="YYYY-MM-DD or ISO time (UTC)")
+    audit.add_argument("--until", help="YYYY-MM-DD (inclusive) or ISO time")
     audit.add_argument("--actor")
-    audit.add_argument("--limit", type=int, default=1000)
-    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    _paging_arguments(audit, "entries")
     audit.set_defaults(run=run_audit)
+
+
+def _paging_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help=f"table and json: one page of {what}; csv: every matching one, streamed",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help=f"{what} per page (default {ls.DEFAULT_LIMIT}, at most {ls.MAX_LIMIT}); "
+        "with csv, at most this many",
+    )
+    parser.add_argument("--after", type=int, metavar="ID", help="the page after this id")
+    parser.add_argument("--before", type=int, metavar="ID", help="the page before this id")
+    parser.add_argument("--order", choices=ls.ORDERS, default="desc", help="desc: newest first")
+
+
+def _paging(args: argparse.Namespace) -> ls.Paging:
+    return ls.Paging(limit=args.limit, after=args.after, before=args.before, order=args.order)
 
 
 def _actor() -> str:
@@ -85,12 +109,29 @@ def _audit(settings: Settings, action: str, target: str, detail: dict[str, Any] 
         s.write_audit_now(settings.usage.database, row)
 
 
-def _print(rows: list[dict[str, Any]], fmt: str) -> None:
+def _show(page: ls.Page, fmt: str) -> None:
+    """A page as JSON (the API's list object) or a table, with a hint to the next page."""
     if fmt == "json":
-        print(json.dumps(rows, indent=2, default=str))
-    elif fmt == "csv":
-        sys.stdout.write(s.to_csv(rows))
-    elif not rows:
+        print(json.dumps(page.body(), indent=2, default=str))
+        return
+    _print(page.data)
+    if page.has_more:
+        body = page.body()
+        if body["last_id"] is not None:
+            print(f"(more: --after {body['last_id']})", file=sys.stderr)
+        else:
+            print("(more: narrow with --since/--until, or --format csv)", file=sys.stderr)
+
+
+def _export(chunks: Iterator[bytes]) -> None:
+    out = sys.stdout.buffer
+    for chunk in chunks:
+        out.write(chunk)
+    out.flush()
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    if not rows:
         print("(none)")
     else:
         cols = list(rows[0])
@@ -117,6 +158,7 @@ def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
         if cmd == "add":
             fields = {
                 "admin": args.admin,
+                "metrics": args.metrics,
                 "models": args.models.split(",") if args.models else None,
                 "rpm": args.rpm,
                 "tpm": args.tpm,
@@ -137,8 +179,7 @@ def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
                 [
                     {c: row.get(c) for c in ("name", "status", "prefix", "admin", "models")}
                     for row in rows
-                ],
-                "table",
+                ]
             )
         elif cmd == "show":
             keys = k.read_keys_file(path)
@@ -169,15 +210,22 @@ def run_usage(args: argparse.Namespace, provider: SettingsProvider) -> int:
             _audit(settings, "usage.purged", args.purge_key or "*", {"before": args.before})
             print(f"deleted {count} usage record(s) before {args.before}")
             return 0
-        q = s.UsageQuery(
+        q = ls.UsageQuery(
             key=args.key,
             model=args.model,
             since=s.parse_time(args.since) if args.since else None,
             until=s.parse_time(args.until, end=True) if args.until else None,
             group_by=[g for g in args.group_by.split(",") if g],
-            limit=args.limit,
         )
-        _print(s.query_usage(db, q), args.format)
+        paging = _paging(args)
+        if args.format == "csv" and q.group_by:
+            _export(ls.export_totals_csv(db, q, paging))
+        elif args.format == "csv":
+            _export(ls.export_csv(db, ls.USAGE, q.filters(), paging))
+        elif q.group_by:
+            _show(ls.totals(db, q, paging), args.format)
+        else:
+            _show(ls.page(db, ls.USAGE, q.filters(), paging), args.format)
     except ValueError as exc:
         print(f"llmd usage: {exc}", file=sys.stderr)
         return 2
@@ -188,9 +236,16 @@ def run_audit(args: argparse.Namespace, provider: SettingsProvider) -> int:
     db = provider.current.usage.database
     assert db is not None
     try:
-        since = s.parse_time(args.since) if args.since else None
+        q = ls.AuditQuery(
+            since=s.parse_time(args.since) if args.since else None,
+            until=s.parse_time(args.until, end=True) if args.until else None,
+            actor=args.actor,
+        )
+        if args.format == "csv":
+            _export(ls.export_csv(db, ls.AUDIT, q.filters(), _paging(args)))
+        else:
+            _show(ls.page(db, ls.AUDIT, q.filters(), _paging(args)), args.format)
     except ValueError as exc:
         print(f"llmd audit: {exc}", file=sys.stderr)
         return 2
-    _print(s.query_audit(db, since, args.actor, args.limit), args.format)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -52,21 +53,31 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--threads", type=int, default=0, help="0 = all cores")
 
 
-def _url(args: argparse.Namespace) -> str:
+def _url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
+    """The daemon's URL, and for HTTPS from the config the context trusting its certificate."""
     if args.url:
-        return str(args.url).rstrip("/")
+        return str(args.url).rstrip("/"), None
     server = settings_from_args(args).current.server
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    return f"http://{host}:{server.port}"
+    if server.tls_cert is None:
+        return f"http://{host}:{server.port}", None
+    from llmd.tls import pinned_client_context
+
+    try:
+        return f"https://{host}:{server.port}", pinned_client_context(server.tls_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"llmd: cannot read {server.tls_cert} (server.tls_cert): {exc}") from None
 
 
-def _call(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
+def _call(
+    url: str, method: str, body: dict[str, Any] | None = None, tls: ssl.SSLContext | None = None
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=600) as resp:
+        with urllib.request.urlopen(req, timeout=600, context=tls) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -130,9 +141,10 @@ def run(args: argparse.Namespace) -> int:
             )
             print(json.dumps(plan, indent=2) if args.json else render(plan))
             return 0
-        base = _url(args) + "/api/v1/models"
+        url, tls = _url(args)
+        base = url + "/api/v1/models"
         if cmd == "list":
-            answer = _call(base, "GET")
+            answer = _call(base, "GET", tls=tls)
             if args.json:
                 print(json.dumps(answer, indent=2))
             else:
@@ -141,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {}
         if cmd == "load" and args.keep_alive is not None:
             body["keep_alive"] = args.keep_alive
-        answer = _call(f"{base}/{args.model}/{cmd}", "POST", body)
+        answer = _call(f"{base}/{args.model}/{cmd}", "POST", body, tls)
         if args.json:
             print(json.dumps(answer, indent=2))
         else:

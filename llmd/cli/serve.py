@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmd.cli.config import settings_reference
+from llmd.settings import ConfigError
 from llmd.settings_provider import SettingsProvider
 
 
@@ -40,13 +41,21 @@ def add_parsers(sub: Any) -> None:
 
 def run_check(args: argparse.Namespace, provider: SettingsProvider) -> int:
     from llmd.daemon import models_dir_problem
+    from llmd.tls import configured_pair
 
     settings, path = provider.current, provider.path
     if problem := models_dir_problem(settings):
         print(f"llmd: {path or 'defaults'}: {problem}", file=sys.stderr)
         return 1
+    try:
+        pair = configured_pair(settings, path)  # read and loaded as `llmd serve` would
+    except ConfigError as exc:
+        print(f"llmd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     where = path or "(no file: defaults)"
     print(f"{where}: OK, {len(settings.models)} model(s): {', '.join(settings.models)}")
+    if pair is not None:
+        print(f"  TLS: {pair}")
     for name in settings.models:
         model_path = settings.model_path(name)
         if not model_path.is_file():
@@ -65,6 +74,9 @@ def run_serve(args: argparse.Namespace, provider: SettingsProvider) -> int:
         log.warning("no config file found: running on defaults")
     try:
         run(provider)  # SIGHUP reloads through the provider (when there is a file)
+    except ConfigError as exc:  # the TLS pair, read when the daemon starts
+        log.error("invalid configuration: %s", exc)
+        return 2
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

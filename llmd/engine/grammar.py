@@ -13,14 +13,16 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
 
+from llmd.engine.capture import pass_on, stderr_captured
 from llmd.engine.messages import Grammar
 
 GRAMMAR_TRIES = 32
@@ -30,6 +32,11 @@ MAX_GRAMMAR_NESTING = 4096
 """Deepest nesting of parenthesized groups accepted in a grammar (see `compile_grammar`)."""
 MAX_GBNF_CHARS = 8_000_000
 """Longest grammar handed to llama.cpp's parser (a schema written as GBNF grows ~8x)."""
+
+
+_PARSE_ERROR = "error parsing grammar: "
+_REASON_CHARS = 300
+"""The parser's reason quotes the grammar from where it failed: that much goes to the client."""
 
 
 class GrammarError(Exception):
@@ -57,13 +64,37 @@ def compile_grammar(vocab: Any, grammar: Grammar) -> str | None:
             f"{MAX_GRAMMAR_NESTING} are supported (a JSON schema's maxLength counts as "
             "that many levels)."
         )
-    sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    # The parser prints its reason and the whole grammar (request text) to stderr itself:
+    # caught, the reason goes to the client alone; the log callback's line says only
+    # "failed to parse grammar".
+    with stderr_captured() as caught:
+        sampler = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    reason, other = _parser_error(caught.text, gbnf)
+    pass_on(other)
     if not sampler:
-        # llama.cpp logged the parser's reason as an error (the daemon's log has it).
+        if reason:
+            return f"The grammar could not be parsed as GBNF: {reason}"
         return "The grammar could not be parsed as GBNF, or its rule 'root' is missing."
     lc.llama_sampler_free(sampler)
     grammar.gbnf = gbnf
     return None
+
+
+def _parser_error(text: str, gbnf: str) -> tuple[str, str]:
+    """(the parser's reason, shortened; the rest of `text`) from what llama.cpp's GBNF parser
+    printed: "parse: error parsing grammar: REASON\\n\\nGRAMMAR\\n"."""
+    at = text.find(_PARSE_ERROR)
+    if at < 0:
+        return "", text
+    start = text.rfind("\n", 0, at) + 1
+    tail = f"\n\n{gbnf}\n"
+    end = text.find(tail, at)
+    if end < 0:  # not as printed so far: hold all of it back, it may quote the grammar
+        return "", text[:start]
+    reason = text[at + len(_PARSE_ERROR) : end].strip()
+    if len(reason) > _REASON_CHARS:
+        reason = reason[:_REASON_CHARS] + "..."
+    return reason, text[:start] + text[end + len(tail) :]
 
 
 def write_gbnf(grammar: Grammar) -> str:
@@ -78,10 +109,95 @@ def write_gbnf(grammar: Grammar) -> str:
 
 
 def _schema_gbnf(source: str, what: str) -> str:
+    _check_counts(json.loads(source), what)
+    converter = _new_converter()
     try:
-        return str(json_schema_to_gbnf(source))
+        converter.visit(converter.resolve_refs(json.loads(source), "stdin"), "")
+        return str(converter.format_grammar())
     except Exception as exc:  # noqa: BLE001 - the converter raises assertions too
         raise GrammarError(f"{what} cannot be followed: {exc}") from None
+
+
+MAX_ENUMERATED_INTEGERS = 4096
+"""An integer range of at most this many values is written out as their list."""
+
+
+class _Converter(SchemaConverter):
+    """llama.cpp's converter, holding integers to `minimum` / `maximum` too (it ignores them):
+    a range of up to MAX_ENUMERATED_INTEGERS values is written out; a lower bound of 0 alone
+    refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which)."""
+
+    def visit(self, schema: Any, name: str) -> Any:
+        rule = _integer_range(schema) if isinstance(schema, dict) else None
+        if rule is None:
+            return super().visit(schema, name)  # type: ignore[no-untyped-call]
+        return self._add_rule(name or "root", rule)  # type: ignore[no-untyped-call]
+
+
+def _new_converter() -> Any:
+    return _Converter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+
+
+def _integer_range(schema: dict[str, Any]) -> str | None:
+    """A GBNF rule for an integer schema's bounds, or None to leave it to the converter."""
+    if schema.get("type") != "integer":
+        return None
+    lows = [b for b in (_bound(schema, "minimum"), _bound(schema, "exclusiveMinimum")) if b]
+    highs = [b for b in (_bound(schema, "maximum"), _bound(schema, "exclusiveMaximum")) if b]
+    low = max(b[0] for b in lows) if lows else None
+    high = min(b[0] for b in highs) if highs else None
+    if low is not None and high is not None and 0 <= high - low < MAX_ENUMERATED_INTEGERS:
+        return "(" + " | ".join(f'"{n}"' for n in range(low, high + 1)) + ") space"
+    if low == 0 and high is None:
+        return '("0" | [1-9] [0-9]{0,15}) space'
+    return None
+
+
+def _bound(schema: dict[str, Any], key: str) -> tuple[int] | None:
+    """The integer bound `key` sets (exclusive ones moved inward), if it is a number."""
+    value = schema.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    if key == "minimum":
+        return (math.ceil(value),)
+    if key == "maximum":
+        return (math.floor(value),)
+    if key == "exclusiveMinimum":
+        return (math.floor(value) + 1,)
+    return (math.ceil(value) - 1,)
+
+
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_counts(schema: Any, what: str) -> None:
+    """Refuse repetition counts above MAX_GRAMMAR_NESTING before the converter sees them: it
+    writes a count of N out N times (~5 characters each), so `minLength: 10**9` took the engine
+    thread for over a minute, and the model process with it, before the grammar's size could be
+    checked. Past this bound the grammar would be refused for its nesting anyway."""
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        counts = [(k, node[k]) for k in _COUNTS if isinstance(node.get(k), int | float)]
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            for match in _PATTERN_COUNT.finditer(pattern):
+                counts += [("pattern", int(n)) for n in match.groups() if n]
+        for key, value in counts:
+            if value > MAX_GRAMMAR_NESTING:
+                raise GrammarError(
+                    f"{what} asks for {key} {value}; at most {MAX_GRAMMAR_NESTING} repetitions "
+                    "can be held to a grammar."
+                )
+        todo.extend(node.values())
 
 
 def _tool_calls_gbnf(grammar: Grammar) -> str:
@@ -90,9 +206,7 @@ def _tool_calls_gbnf(grammar: Grammar) -> str:
     `answer` (response_format's JSON). One converter writes every schema, so the rules they
     share (strings, numbers, `space`) are written once; each schema's `$ref`s are resolved
     on their own, so one tool's `#/$defs/...` never meets another's."""
-    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
-        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-    )
+    converter = _new_converter()
     name_key, arguments_key = _literal('"name"'), _literal('"arguments"')
     calls = []
     for i, tool in enumerate(grammar.tools):
@@ -121,6 +235,7 @@ def _tool_calls_gbnf(grammar: Grammar) -> str:
 
 def _visit(converter: Any, schema: str, name: str, what: str) -> str:
     """Add a JSON schema's rules to `converter`; the name of its start rule."""
+    _check_counts(json.loads(schema), f"The JSON schema of {what}")
     try:
         resolved = converter.resolve_refs(json.loads(schema), name)
         return str(converter.visit(resolved, name))

@@ -95,6 +95,8 @@ class GenerateRequest:
     """The tenant's share: weight 2 gets two admissions per turn when others wait too."""
     embed: bool = False
     """Read the prompt for its embedding (one `Embedding` event) instead of generating."""
+    prompt_param: str = "messages"
+    """The request parameter a prompt too long for the context is blamed on."""
     text_spans: list[tuple[int, int]] = field(default_factory=list)
     """Character ranges of a text prompt that the client wrote (a chat's messages): read as
     text, so that special-token text in them never becomes a control token. The rest (the

@@ -116,7 +116,7 @@ class Scheduler:
                 f"the prompt has {len(req.prompt)} characters, more than {limit} "
                 f"({MAX_CHARS_PER_TOKEN} a token) could ever fit. Please reduce its length."
             )
-            return self._too_long(req, why, "input" if req.embed else "messages")
+            return self._too_long(req, why, "input" if req.embed else req.prompt_param)
         # Chat templates usually write the BOS themselves; do not add a second one.
         written = bool(self.bos_text) and req.prompt.startswith(self.bos_text)
         add_bos = self.add_bos and not written
@@ -169,7 +169,7 @@ class Scheduler:
                 f"you requested {asked} tokens ({len(prompt)} in the prompt, {max_tokens} for "
                 "the completion). Please reduce the prompt or the completion length."
             )
-            return [self._too_long(req, why, "messages")]
+            return [self._too_long(req, why, req.prompt_param)]
         self.waiting.append(RequestState(req, prompt, max_tokens))
         prompt_text = None
         if req.return_prompt_text:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from llmd.auth.middleware import PUBLIC_PATHS, may_use_model
+from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
 from llmd.errors import APIError, ModelNotFound, error_body
@@ -116,6 +118,31 @@ async def get_model(request: web.Request) -> web.Response:
     raise ModelNotFound(name)
 
 
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger of aiohttp's connection handler (`web.AppRunner(logger=...)`).
+
+    aiohttp logs a request it cannot parse (a NUL or another bad byte in a header, a bad
+    request line, broken chunked encoding) with a traceback at ERROR, and answers 400 itself.
+    That is the client's fault, not the server's: one INFO line with the first line of the
+    reason (never the header's bytes, which may hold a key). Anything else is logged as
+    aiohttp logs it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, BaseException):
+            exc = sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            reason = next((ln.strip() for ln in exc.message.splitlines() if ln.strip()), "")
+            reason = reason.rstrip(":")
+            client = args[0] if args else "?"
+            self.logger.info("bad HTTP request from %s (answered %d): %s", client, exc.code, reason)
+            return
+        super().exception(msg, *args, **kwargs)
+
+
 def create_app(
     settings: Settings | SettingsProvider,
     manager: ModelManager,
@@ -141,7 +168,7 @@ def create_app(
         metrics = Metrics(provider, manager)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
-        app.router.add_get("/metrics", metrics.handle)
+        app.router.add_get(METRICS_PATH, metrics.handle)
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -154,8 +181,7 @@ def create_app(
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.
     usage = open_usage(current)
+    # /metrics is not public: once keys are in force, it needs a key (the auth middleware).
     install_auth(app, provider, usage.store, usage.audit)
-    install_usage(app, usage, skip_paths=app[PUBLIC_PATHS])
-    if current.metrics.enabled and current.metrics.access != "key":
-        app[PUBLIC_PATHS].add("/metrics")  # scraped without a key; metrics.access decides
+    install_usage(app, usage, skip_paths={*app[PUBLIC_PATHS], METRICS_PATH})  # no usage rows
     return app

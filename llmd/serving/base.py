@@ -151,6 +151,7 @@ class ServingBase(Generic[R]):
         return m.GenerateRequest(
             id=uuid.uuid4().hex,
             prompt=prompt,
+            prompt_param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
             text_spans=spans,
             sampling=req.to_sampling_params(model.settings.sampling),
             n=req.n,

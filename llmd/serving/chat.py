@@ -69,7 +69,9 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
         use = req.tool_use
         legacy = use is not None and use.legacy
         # Calls are read out of the text as it comes, per choice.
-        parsers = [CallParser() for _ in range(req.n)] if use and use.calls_possible else None
+        parsers = None
+        if use is not None and use.calls_possible:
+            parsers = [CallParser(text_allowed=not use.required) for _ in range(req.n)]
 
         def chunk(choice: dict[str, Any]) -> dict[str, Any]:
             return envelope(CHAT_CHUNK, id_, name, created, [choice], with_usage)

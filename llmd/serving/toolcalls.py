@@ -113,7 +113,7 @@ def _arguments_object(arguments: str) -> Any:
     """Templates write arguments with `tojson`: an object, as Hugging Face passes them."""
     try:
         return json.loads(arguments)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
         return arguments
 
 
@@ -203,6 +203,9 @@ class CallParser:
     args_start: int = -1
     args_sent: int = 0
     calls: int = 0
+    text_allowed: bool = True
+    """False when the answer must be calls ("required", a named function): a start of the
+    opening cut short by max_tokens is then not content."""
 
     @property
     def made_calls(self) -> bool:
@@ -220,10 +223,19 @@ class CallParser:
 
     def finish(self) -> list[Piece]:
         """The end of the answer: held-back content goes out; a call cut short (max_tokens)
-        keeps what was written of it."""
+        keeps what was written of it. After a call, what is held back is the start of the
+        next call's opening (the grammar allows nothing else there), cut short: dropped."""
         out: list[Piece] = []
-        if self.call is None and self.pending:
+        if self.call is None and self.pending and not self.calls and self.text_allowed:
             out.append(Content(self.pending))
+        elif self.call is not None and self.args_start >= 0:
+            # The tail held back in case it was the call's end goes out, unless it is: the
+            # call object's `}` after whole arguments (and a start of the closing).
+            args = self.call[self.args_start :]
+            end = args[: len(args) - _partial_suffix(args, CLOSING)].rstrip()
+            if end.endswith("}") and _is_json(end[:-1]):
+                args = end[:-1].rstrip()
+            self._send_arguments(self.call, self.args_start + len(args), out)
         self.pending = ""
         return out
 
@@ -252,16 +264,39 @@ class CallParser:
             self.args_start = self.args_sent = head.end()
         while self.args_sent == self.args_start < len(text) and text[self.args_start].isspace():
             self.args_start = self.args_sent = self.args_start + 1  # split from the head
-        end = text.find(CLOSING, self.args_start)
+        end = _call_end(text, self.args_start)
         args = text[self.args_start : end] if end >= 0 else text[self.args_start :]
-        safe = self.args_start + len(_without_tail(args, end >= 0))
-        if safe > self.args_sent:
-            out.append(CallArguments(self.calls, text[self.args_sent : safe]))
-            self.args_sent = safe
+        self._send_arguments(text, self.args_start + len(_without_tail(args, end >= 0)), out)
         if end < 0:
             return ""
         self.call, self.calls = None, self.calls + 1
         return text[end + len(CLOSING) :]
+
+    def _send_arguments(self, text: str, upto: int, out: list[Piece]) -> None:
+        if upto > self.args_sent:
+            out.append(CallArguments(self.calls, text[self.args_sent : upto]))
+            self.args_sent = upto
+
+
+def _call_end(text: str, args_start: int) -> int:
+    """Where the call's closing begins: the first one after its arguments' whole JSON value
+    and the call object's `}` (-1: not written yet). The arguments may hold the markup in a
+    string (a tool that takes text or code)."""
+    end = text.find(CLOSING, args_start)
+    while end >= 0:
+        body = text[args_start:end].rstrip()
+        if body.endswith("}") and _is_json(body[:-1]):
+            return end
+        end = text.find(CLOSING, end + 1)
+    return -1
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
+        return False
+    return True
 
 
 def _partial_suffix(text: str, marker: str) -> int:
@@ -291,8 +326,8 @@ class ParsedAnswer:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
-def parse_answer(text: str) -> ParsedAnswer:
-    parser = CallParser()
+def parse_answer(text: str, text_allowed: bool = True) -> ParsedAnswer:
+    parser = CallParser(text_allowed=text_allowed)
     pieces = parser.feed(text) + parser.finish()
     content = "".join(p.text for p in pieces if isinstance(p, Content))
     calls: list[dict[str, Any]] = []
@@ -307,9 +342,9 @@ def parse_answer(text: str) -> ParsedAnswer:
             )
         elif isinstance(piece, CallArguments):
             calls[piece.index]["function"]["arguments"] += piece.text
-    if calls:
-        content = content.strip()
-    return ParsedAnswer(content or None if calls else content, calls)
+    if calls or not text_allowed:  # text beside calls is trimmed; none at all is null
+        return ParsedAnswer(content.strip() or None, calls)
+    return ParsedAnswer(content, calls)
 
 
 def finish_reason(engine_reason: str | None, has_calls: bool, legacy: bool) -> str | None:
@@ -340,7 +375,7 @@ def answer_message(text: str, use: ToolUse | None) -> tuple[dict[str, Any], bool
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if use is None or not use.calls_possible:
         return message, False
-    parsed = parse_answer(text)
+    parsed = parse_answer(text, not use.required)
     message["content"] = parsed.content
     if parsed.calls and use.legacy:
         message["function_call"] = parsed.calls[0]["function"]

@@ -6,17 +6,17 @@ SIGKILL after a response loses nothing). When the file cannot be written (permis
 disk) the rows stay in memory and are retried every second; `healthy` says so, and the
 daemon keeps serving or refuses new requests according to `usage.on_db_failure`. Rows still
 unwritten at exit go to a JSON-lines file next to the database (or to the log): never lost
-silently. Reads (the API, the CLI) open their own connection in a thread.
+silently. Reads (the API, the CLI) open their own connection in a thread; the bounded
+listings and CSV exports are in listing.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
-import io
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -274,7 +274,7 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
         pass
 
 
-# -- reading (the API and the CLI; run these in a thread from the event loop) ----------------
+# -- reading (listings are in listing.py; from the event loop, run these in a thread) ---------
 
 
 def parse_time(value: str, end: bool = False) -> float:
@@ -282,9 +282,13 @@ def parse_time(value: str, end: bool = False) -> float:
     number. Dates and times without a zone are UTC."""
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # NaN compares with nothing: a silently empty list
+            raise ValueError(f"{value!r} is not a time")
+        return seconds
     try:
         if len(value) == 10:
             day = dt.date.fromisoformat(value)
@@ -299,62 +303,6 @@ def parse_time(value: str, end: bool = False) -> float:
     return when.timestamp()
 
 
-GROUPS = {
-    "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
-    "key": "key",
-    "model": "model",
-}
-_SUMS = (
-    "COUNT(*) AS requests, SUM(status >= 400) AS errors, "
-    "SUM(prompt_tokens) AS prompt_tokens, SUM(cached_tokens) AS cached_tokens, "
-    "SUM(completion_tokens) AS completion_tokens, "
-    "SUM(prompt_tokens + completion_tokens) AS total_tokens, "
-    "ROUND(AVG(latency_ms), 3) AS avg_latency_ms"
-)
-
-
-@dataclass
-class UsageQuery:
-    key: str | None = None
-    model: str | None = None
-    since: float | None = None
-    until: float | None = None
-    group_by: list[str] = field(default_factory=list)
-    limit: int = 1000
-
-    def where(self) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        for column, value in (("key", self.key), ("model", self.model)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if self.since is not None:
-            clauses.append("time >= ?")
-            args.append(self.since)
-        if self.until is not None:
-            clauses.append("time < ?")
-            args.append(self.until)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-
-def query_usage(path: Path, q: UsageQuery) -> list[dict[str, Any]]:
-    for group in q.group_by:
-        if group not in GROUPS:
-            raise ValueError(f"group_by {group!r}: use day, key or model")
-    where, args = q.where()
-    if q.group_by:
-        cols = ", ".join(f"{GROUPS[g]} AS {g}" for g in q.group_by)
-        order = ", ".join(q.group_by)
-        sql = f"SELECT {cols}, {_SUMS} FROM usage{where} GROUP BY {order} ORDER BY {order}"
-    else:
-        sql = (
-            f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage{where} ORDER BY time, id "
-            f"LIMIT {int(q.limit)}"
-        )
-    return _select(path, sql, args)
-
-
 def totals_since(path: Path, since: float) -> dict[str, int]:
     """Tokens (prompt + completion) per key since a time: the monthly quotas' starting point."""
     sql = (
@@ -362,25 +310,6 @@ def totals_since(path: Path, since: float) -> dict[str, int]:
         "WHERE time >= ? AND key IS NOT NULL GROUP BY key"
     )
     return {row["key"]: int(row["tokens"] or 0) for row in _select(path, sql, [since])}
-
-
-def query_audit(
-    path: Path, since: float | None = None, actor: str | None = None, limit: int = 1000
-) -> list[dict[str, Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        clauses.append("time >= ?")
-        args.append(since)
-    if actor is not None:
-        clauses.append("actor = ?")
-        args.append(actor)
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    sql = f"SELECT id, {', '.join(AUDIT_COLUMNS)} FROM audit{where} ORDER BY id LIMIT {int(limit)}"
-    rows = _select(path, sql, args)
-    for row in rows:
-        row["detail"] = json.loads(row["detail"]) if row["detail"] else None
-    return rows
 
 
 def purge(path: Path, before: float, key: str | None = None) -> int:
@@ -436,12 +365,3 @@ def _select(path: Path, sql: str, args: Iterable[Any]) -> list[dict[str, Any]]:
         return [dict(row) for row in conn.execute(sql, list(args))]
     finally:
         conn.close()
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()

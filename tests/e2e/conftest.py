@@ -20,12 +20,17 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 def start_daemon(
-    tmp: Path, config: str, wait_ready: bool = True, models_dir: Path = MODELS
+    tmp: Path,
+    config: str,
+    wait_ready: bool = True,
+    models_dir: Path = MODELS,
+    ca: Path | None = None,
 ) -> Daemon:
     """The daemon (bench.daemon.start_daemon) on `config` and the models in `models_dir`;
-    back when /ready answers, or only /health with `wait_ready=False`."""
+    back when /ready answers, or only /health with `wait_ready=False`; over HTTPS trusting
+    `ca` when the config sets a TLS pair."""
     config = f'models_dir = "{models_dir}"\n' + config
-    return launcher.start_daemon(tmp, config, "/ready" if wait_ready else "/health")
+    return launcher.start_daemon(tmp, config, "/ready" if wait_ready else "/health", ca=ca)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

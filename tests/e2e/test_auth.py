@@ -114,7 +114,9 @@ def test_admin_api_add_rotate_revoke_with_audit(keyed: tuple[Daemon, str]) -> No
     assert "revoked" in err["message"]
     shown = httpx.get(d.url + f"/api/v1/keys/{name}", headers=bearer(admin), timeout=10).json()
     assert shown["status"] == "revoked"
-    audit = httpx.get(d.url + "/api/v1/audit", headers=bearer(admin), timeout=10).json()["data"]
+    audit = httpx.get(
+        d.url + "/api/v1/audit", params={"order": "asc"}, headers=bearer(admin), timeout=10
+    ).json()["data"]
     actions = [(e["action"], e["actor"], e["client"]) for e in audit if e["target"] == name]
     assert actions == [
         ("key.added", "key:root", "127.0.0.1"),
@@ -142,6 +144,26 @@ def _wait(check: Callable[[], bool], seconds: float = 20) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def test_prometheus_scrapes_with_a_metrics_key(keyed: tuple[Daemon, str]) -> None:
+    """With keys in force /metrics (every key's name and usage) is not open to any local
+    process: a key with the metrics right, as Prometheus' `authorization` sends it, reads it."""
+    d, admin = keyed
+    scraper = new_key(d, admin, name="prometheus", metrics=True)
+    user = new_key(d, admin, name="metrics-user")
+    assert complete(d, user, 1).status_code == 200
+    error_of(httpx.get(d.url + "/metrics", timeout=10), 401, "missing_api_key")
+    error_of(
+        httpx.get(d.url + "/metrics", headers=bearer(user), timeout=10),
+        403,
+        "metrics_key_required",
+    )
+    scraped = httpx.get(d.url + "/metrics", headers=bearer(scraper), timeout=10)
+    assert scraped.status_code == 200, scraped.text
+    assert 'key="metrics-user"' in scraped.text
+    listed = httpx.get(d.url + "/api/v1/keys/prometheus", headers=bearer(admin), timeout=10)
+    assert listed.json()["metrics"] is True
 
 
 def test_cli_keys_and_hand_edits(keyed: tuple[Daemon, str]) -> None:

@@ -1,9 +1,12 @@
 """OpenAI-shaped errors that need the real daemon: `n` beyond a model's slots (the engine's
-refusal), a lone surrogate that must not crash the model, and the daemon still serving after
-them. Errors refused before the engine are tested in-process (tests/unit/test_serving_*.py)."""
+refusal), a lone surrogate that must not crash the model, hostile bytes in a request line or a
+header (the log stays clean), and the daemon still serving after them. Errors refused before
+the engine are tested in-process (tests/unit/test_serving_*.py)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,52 @@ def test_completion_invalid_params(
         del body["prompt"]
     error = assert_error(post(daemon, "/v1/completions", body), 400, param=param)
     assert error["type"] == "invalid_request_error"
+
+
+def _raw(daemon: Daemon, request: bytes) -> bytes:
+    """Send bytes no HTTP client would, read the whole answer."""
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_hostile_bytes_in_a_request_stay_out_of_the_log(daemon: Daemon) -> None:
+    """CR, LF, ESC and NUL in a URL reach the access line escaped; a NUL in a header is a 400
+    and one INFO line (aiohttp alone logs an ERROR traceback, which test_health.py's last test
+    would catch)."""
+    answer = _raw(
+        daemon,
+        b"GET /probe%1b[31m%0d%0aFAKE%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    answer = _raw(daemon, b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    deadline = time.monotonic() + 10
+    while "bad HTTP request" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logs = daemon.logs()
+    assert 'path="/probe\\u001b[31m\\r\\nFAKE\\u0000" status=404' in logs
+    assert "bad HTTP request from 127.0.0.1 (answered 400): Invalid header value char" in logs
+    assert "Error handling request" not in logs
+    assert not any(c in logs for c in "\x1b\x00\r"), [c for c in "\x1b\x00\r" if c in logs]
+
+
+def test_a_bad_grammars_text_reaches_the_client_not_the_log(daemon: Daemon) -> None:
+    """llama.cpp's GBNF parser prints a bad grammar (request text) to stderr itself: the model
+    process catches it, the reason goes to the client and the log keeps only llama.cpp's
+    'failed to parse grammar' (request text reaches the log only with log_prompts)."""
+    body = chat_body(max_tokens=2, grammar='root ::= "SECRET-GRAMMAR-TEXT" (')
+    error = assert_error(post(daemon, "/v1/chat/completions", body), 400, param="grammar")
+    assert error["message"].startswith("The grammar could not be parsed as GBNF: expecting")
+    deadline = time.monotonic() + 10
+    while "failed to parse grammar" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logs = daemon.logs()
+    assert "failed to parse grammar" in logs
+    assert "SECRET-GRAMMAR-TEXT" not in logs and "error parsing grammar" not in logs
 
 
 def test_still_serving_after_errors(daemon: Daemon) -> None:

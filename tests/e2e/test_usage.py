@@ -107,9 +107,11 @@ def test_usage_totals_equal_the_usage_fields(usage_daemon: tuple[Daemon, str]) -
     for field, total in sums.items():
         assert row[field] == total, field
     assert row["total_tokens"] == sums["prompt_tokens"] + sums["completion_tokens"]
-    records = httpx.get(
+    listed = httpx.get(
         d.url + "/api/v1/usage", params={"key": name}, headers=bearer(admin), timeout=10
-    ).json()["data"]
+    ).json()
+    assert not listed["has_more"]
+    records = listed["data"][::-1]  # newest first: turned round into the order they were sent
     assert [r["request_id"] for r in records][:3] == ids
     for r in records:
         assert r["model"] == "smollm2" and r["status"] == 200 and r["client"] == "127.0.0.1"
@@ -155,7 +157,7 @@ def test_filters_grouping_and_csv(usage_daemon: tuple[Daemon, str]) -> None:
     )
     assert csv_resp.headers["content-type"].startswith("text/csv")
     lines = csv_resp.text.strip().splitlines()
-    assert lines[0].startswith("time,request_id,key,model,endpoint,status,error")
+    assert lines[0].startswith("id,time,request_id,key,model,endpoint,status,error")
     assert len(lines) == 4 and sum(",400," in line for line in lines) == 1
     yesterday = (dt.date.fromisoformat(today) - dt.timedelta(days=1)).isoformat()
     none = httpx.get(

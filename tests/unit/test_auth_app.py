@@ -99,20 +99,6 @@ def test_expired_and_revoked_keys_are_401_saying_so(tmp_path: Path) -> None:
     serve(tmp_path, test)
 
 
-def test_repeated_failures_are_logged_and_slowed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    key(tmp_path, "root", admin=True)
-    caplog.set_level(logging.INFO, logger="llmd.auth")
-
-    async def test(h: Harness) -> None:
-        for _ in range(4):
-            await h.get("/v1/models", bearer("sk-llmd-000000000000_" + "x" * 40))
-
-    serve(tmp_path, test)
-    assert "failed authentication #4 from 127.0.0.1: delay" in caplog.text
-
-
 def test_health_and_ready_are_open_and_admin_paths_need_an_admin_key(tmp_path: Path) -> None:
     admin = key(tmp_path, "root", admin=True)
     user = key(tmp_path, "user")
@@ -144,6 +130,36 @@ def test_health_and_ready_are_open_and_admin_paths_need_an_admin_key(tmp_path: P
         assert h.manager.entries[SMOL].current is not None  # still loaded
         listed = await json_of(await h.get("/api/v1/keys", bearer(admin)))
         assert sorted(k["name"] for k in listed["data"]) == ["root", "user"]
+
+    serve(tmp_path, test)
+
+
+def test_metrics_need_an_admin_or_metrics_key_once_keys_exist(tmp_path: Path) -> None:
+    """/metrics names every key and its usage: with keys in force, a local process without a
+    key gets 401 and an inference key 403; an admin key or a --metrics key reads it."""
+    admin = key(tmp_path, "root", admin=True)
+    user = key(tmp_path, "alice")
+    scraper = key(tmp_path, "prometheus", metrics=True)
+
+    async def test(h: Harness) -> None:
+        assert (await complete(h, user)).status == 200
+        await error_of(await h.get("/metrics"), 401, code="missing_api_key")
+        error = await error_of(
+            await h.get("/metrics", bearer(user)), 403, code="metrics_key_required"
+        )
+        assert "needs an admin key or a key with the metrics right" in error["message"]
+        for secret in (admin, scraper):
+            resp = await h.get("/metrics", bearer(secret))
+            assert resp.status == 200
+            assert 'key="alice"' in await resp.text()
+
+    serve(tmp_path, test)
+
+
+def test_metrics_without_keys_stay_open_on_loopback(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        resp = await h.get("/metrics")
+        assert resp.status == 200 and "llmd_requests_total" in await resp.text()
 
     serve(tmp_path, test)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -128,3 +131,41 @@ def test_nan_infinity_and_deep_nesting_are_400s_not_500s() -> None:
     for _ in range(49):
         nested = [nested]
     assert _post(b"[" * 50 + b"]" * 50)["first"] == nested  # deep, but not too deep
+
+
+def _post_with(body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async def run() -> tuple[int, dict[str, Any]]:
+        app = web.Application()
+        app.router.add_post("/", _echo)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/", data=body, headers=headers)
+            result: dict[str, Any] = await resp.json()
+            return resp.status, result
+
+    return asyncio.run(run())
+
+
+def test_an_unknown_charset_is_a_400_not_a_500() -> None:
+    """Python has no codec 'bogus': request.text() raised LookupError, a 500 in the daemon."""
+    headers = {"Content-Type": "application/json; charset=bogus"}
+    _, result = _post_with(b'{"a": 1}', headers)
+    assert result["first"] == {"error": "The request body's charset 'bogus' is unknown."}
+    # A charset Python knows reads as it says.
+    headers = {"Content-Type": "application/json; charset=latin-1"}
+    assert _post_with('{"a": "é"}'.encode("latin-1"), headers)[1]["first"] == {"a": "é"}
+
+
+def test_a_body_that_does_not_decompress_is_a_400_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`Content-Encoding: gzip` on bytes that are not gzip: aiohttp raised RequestPayloadError
+    from request.text() (a 500 in the daemon), and its lingering read of the rest logged an
+    ERROR traceback; now a 400, the connection closed after it, nothing logged."""
+    for encoding in ("gzip", "deflate"):
+        with caplog.at_level(logging.ERROR):
+            status, result = _post_with(b"not compressed" * 1000, {"Content-Encoding": encoding})
+        assert status == 200, result  # _echo answers what read_json said
+        assert "Content-Encoding" in result["first"]["error"], result
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    body = gzip.compress(b'{"a": 1}')
+    assert _post_with(body, {"Content-Encoding": "gzip"})[1]["first"] == {"a": 1}

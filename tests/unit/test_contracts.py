@@ -1,6 +1,7 @@
 """tests/contracts: OpenAI's schemas accept the bodies and chunks OpenAI sends (text or tool
 calls) and reject what the SDK would trip on: a body without choices, a made-up finish_reason,
-a tool call without its function's name; openai.json is exactly the schemas extract.py cuts."""
+a tool call without its function's name; openai.json and openai-routes.json are exactly what
+extract.py cuts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from tests.contracts import (
     validate_chat_stream,
     validate_completion_stream,
 )
-from tests.contracts.extract import PREFIX, ROOTS, closure, refs
+from tests.contracts.extract import (
+    PREFIX,
+    ROOTS,
+    ROUTES,
+    ROUTES_OUT,
+    closure,
+    component_refs,
+    dump,
+    refs,
+)
 
 CALL: dict[str, Any] = {
     "id": "call_abc123",
@@ -186,3 +196,20 @@ def test_openai_json_is_what_extract_cuts() -> None:
     assert closure(schemas, ROOTS) == schemas
     assert {r.removeprefix(PREFIX) for r in refs(schemas)} <= set(schemas)
     Draft202012Validator.check_schema({"$defs": schemas})
+
+
+def test_openai_routes_json_is_what_extract_cuts() -> None:
+    """The fuzz suite's description: llmd's routes and nothing else, every operation's schemas
+    and responses present, none left over, and written as extract.py writes it."""
+    text = ROUTES_OUT.read_text(encoding="utf-8")
+    document = json.loads(text)
+    assert dump(document) == text
+    operations = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert operations == set(ROUTES)
+    components = document["components"]
+    names, responses = component_refs(document["paths"])
+    assert set(components["responses"]) == responses
+    names |= component_refs(components["responses"])[0]
+    assert closure(components["schemas"], tuple(names)) == components["schemas"]
+    assert not any("x-oaiMeta" in op for item in document["paths"].values() for op in item.values())
+    Draft202012Validator.check_schema({"$defs": components["schemas"]})

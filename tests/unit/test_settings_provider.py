@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmd.settings import Settings
+from llmd.settings import ConfigError, Settings
 from llmd.settings_provider import SettingsProvider
 
 
@@ -111,6 +111,25 @@ def test_a_failed_apply_propagates_and_keeps_the_running_settings(tmp_path: Path
     with pytest.raises(RuntimeError, match="could not apply"):
         asyncio.run(provider.reload(apply=apply))
     assert provider.current is before and told == []
+
+
+def test_apply_refusing_with_a_config_error_is_a_refused_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's apply loads the TLS pair first and refuses the reload when it cannot."""
+    _, provider, told = _followed(tmp_path)
+    before = provider.current
+
+    async def apply(new: Settings) -> None:
+        raise ConfigError("llmd.toml:3: server.tls_key: not the private key of cert.pem")
+
+    with caplog.at_level(logging.ERROR, logger="llmd"):
+        assert asyncio.run(provider.reload(apply=apply)) is False
+    assert provider.current is before and told == []
+    assert (
+        "reload refused, the previous configuration stays: llmd.toml:3: server.tls_key: "
+        "not the private key"
+    ) in caplog.text
 
 
 def test_a_failing_follower_does_not_keep_the_others_on_old_settings(

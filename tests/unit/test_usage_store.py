@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from llmd.auth.limits import Limiter, RateLimited, month_start
-from llmd.usage.store import UsageQuery, UsageStore, query_usage, totals_since
+from llmd.usage import listing as ls
+from llmd.usage.store import UsageStore, totals_since
 
 
 class Clock:
@@ -89,4 +90,6 @@ def test_content_retention(tmp_path: Path) -> None:
     assert conn.execute("SELECT COUNT(*) FROM content").fetchone() == (0,)
     conn.close()
     # The usage record itself stays (only the text expires).
-    assert len(query_usage(store.path, UsageQuery(key="k"))) == 1
+    assert (
+        len(ls.page(store.path, ls.USAGE, ls.UsageQuery(key="k").filters(), ls.Paging()).data) == 1
+    )
