@@ -107,16 +107,9 @@ class ServingBase(Generic[R]):
         template (which may refuse them); client text holding special-token text marked to be
         read as text."""
         info = model.process.info
-        limit = (info.ctx_per_seq if info else 0) * m.MAX_CHARS_PER_TOKEN
+        # Before the template runs: it would only spend time on what cannot fit.
         size = sum(len(msg.text()) for msg in req.messages)
-        if info and size > limit:  # the engine would refuse it; spare the template the work
-            raise InvalidRequest(
-                f"This model's maximum context length is {info.ctx_per_seq} tokens. However, "
-                f"the messages have {size} characters, more than {limit} "
-                f"({m.MAX_CHARS_PER_TOKEN} a token) could ever fit. Please reduce their length.",
-                code="context_length_exceeded",
-                param="messages",
-            )
+        check_characters(model, size, "the messages have", "messages")
         template = model.chat_template()
         aware = knows_tools(template.source)
         messages, tools = template_messages(req.messages, req.tool_use, aware)
@@ -148,6 +141,10 @@ class ServingBase(Generic[R]):
         spans = prompt.text_spans if isinstance(prompt, Prompt) else []
         prompt = prompt.text if isinstance(prompt, Prompt) else prompt
         self.check_tokens(prompt, n_vocab, "prompt")
+        if isinstance(prompt, str) and not isinstance(req, ChatCompletionRequest):
+            # Refused here rather than in the engine: a 30 MB prompt shipped to the model
+            # process held up every stream the daemon writes (docs/benchmarks.md).
+            check_characters(model, len(prompt), "the prompt has", "prompt")
         return m.GenerateRequest(
             id=uuid.uuid4().hex,
             prompt=prompt,
@@ -212,6 +209,21 @@ class ServingBase(Generic[R]):
         except APIError as exc:
             return await sse.fail(exc)
         return await sse.done(usage_chunk() if usage_chunk is not None else None)
+
+
+def check_characters(model: Model, size: int, what: str, param: str) -> None:
+    """A 400 for text longer than the model's context could hold at MAX_CHARS_PER_TOKEN
+    characters a token: the bound the engine applies before tokenizing, applied early."""
+    info = model.process.info
+    limit = (info.ctx_per_seq if info else 0) * m.MAX_CHARS_PER_TOKEN
+    if info and size > limit:
+        raise InvalidRequest(
+            f"This model's maximum context length is {info.ctx_per_seq} tokens. However, "
+            f"{what} {size} characters, more than {limit} ({m.MAX_CHARS_PER_TOKEN} a token) "
+            "could ever fit. Please reduce the length.",
+            code="context_length_exceeded",
+            param=param,
+        )
 
 
 def tenant(record: RequestRecord) -> str:

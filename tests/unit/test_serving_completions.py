@@ -133,6 +133,9 @@ INVALID = [
     ({"prompt": [[1, 2], [999, 1000]]}, "prompt"),  # the fake's vocabulary is 1000
     # Each fits the fake's 2 slots + 8 queued; together they never would (issue 19).
     ({"prompt": ["a", "b", "c"], "n": 4}, "prompt"),
+    # More characters than the harness's 256-token context could hold at 32 a token: refused
+    # before it reaches the model process (issue 19's 30 MB completions prompt).
+    ({"prompt": "x" * (256 * 32 + 1)}, "prompt"),
     ({"prompt": [[1], []]}, "prompt"),
     ({"logprobs": 50}, "logprobs"),
     ({"suffix": "tail"}, "suffix"),
