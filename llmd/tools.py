@@ -30,7 +30,7 @@ OPENING = "<tool_call>"
 CLOSING = "</tool_call>"
 MAX_TOOLS_CHARS = 1_000_000
 """The tools' schemas are compiled on the model's engine thread, as a JSON schema is
-(llmd/protocol.py, MAX_GRAMMAR_CHARS)."""
+(llmd/protocol/, MAX_GRAMMAR_CHARS)."""
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 """OpenAI: "Omitting parameters defines a function with an empty parameter list"."""
 

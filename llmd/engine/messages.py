@@ -179,6 +179,8 @@ class Delta:
     """Tokens generated for this choice since the previous delta."""
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None
+    """With finish_reason "stop": the stop string that ended the text (None: end of turn)."""
 
 
 @dataclass

@@ -351,7 +351,7 @@ class Scheduler:
                 finish = "length"
             else:
                 seq.pending = token
-        events.append(Delta(state.req.id, seq.index, text, 1, logprobs, finish))
+        events.append(Delta(state.req.id, seq.index, text, 1, logprobs, finish, seq.text.matched))
         if finish is not None:
             self._finish(seq)
 

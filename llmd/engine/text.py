@@ -16,6 +16,8 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None
+        """The stop string that ended the text (Anthropic's `stop_sequence` names it)."""
 
     def push(self, piece: bytes) -> str:
         """Add one token's bytes; returns the text that is now safe to send."""
@@ -25,8 +27,9 @@ class TextStream:
         if not self._stops:
             out, self._held = self._held, ""
             return out
-        cut = min((i for s in self._stops if (i := self._held.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stops if (i := self._held.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found)
             out, self._held = self._held[:cut], ""
             self.stopped = True
             return out

@@ -3,7 +3,7 @@ model's facts, engine requests, and following their events.
 
 A request is checked in three places, each holding what it alone can know:
 
-- The protocol types (llmd/protocol.py), when the body is parsed: everything that needs no
+- The protocol types (llmd/protocol/), when the body is parsed: everything that needs no
   facts about the model. Types, bounds, fields that exclude each other, options we do not
   support, a JSON schema too long to use.
 - Here, with the model leased: the model exists and the key may use it (`serve`); token ids

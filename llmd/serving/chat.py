@@ -3,6 +3,7 @@ choices; one JSON body, or a stream of `chat.completion.chunk`s."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from llmd.engine import messages as m
 from llmd.models import Model
 from llmd.protocol import ChatCompletionRequest, chat_logprobs, envelope, now
 from llmd.record import RequestRecord
+from llmd.serving.answer import Answer
 from llmd.serving.base import Choice, Run, ServingBase
 from llmd.serving.toolcalls import CallParser, answer_message, finish_reason, piece_delta
 
@@ -25,14 +27,10 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
         model: Model,
         record: RequestRecord,
     ) -> web.StreamResponse:
-        record.model, record.stream = model.name, bool(req.stream)
-        prompt = self.chat_prompt(req, model)
-        self.log_prompts("chat prompt", prompt.text)
         logprobs = req.logprobs_asked()
-        ereq = self.engine_request(req, model, prompt, logprobs, record)
         name = req.model or model.name
-        id_, created = f"chatcmpl-{ereq.id}", now()
-        run = await self.submit(model, [ereq], req.n, record)
+        id_, created = f"chatcmpl-{uuid.uuid4().hex}", now()
+        run = await self.start(req, model, record)
         try:
             if req.stream:
                 return await self._stream(request, req, run, id_, name, created)
@@ -55,6 +53,23 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
         return web.json_response(
             envelope("chat.completion", id_, name, created, body_choices, True, run.usage())
         )
+
+    async def start(self, req: ChatCompletionRequest, model: Model, record: RequestRecord) -> Run:
+        """The conversation written by the model's template and handed to the engine: the
+        one way to the model for chat completions and the APIs translated onto it."""
+        record.model, record.stream = model.name, bool(req.stream)
+        prompt = self.chat_prompt(req, model)
+        self.log_prompts("chat prompt", prompt.text)
+        ereq = self.engine_request(req, model, prompt, req.logprobs_asked(), record)
+        return await self.submit(model, [ereq], req.n, record)
+
+    async def answer(
+        self, req: ChatCompletionRequest, model: Model, record: RequestRecord
+    ) -> Answer:
+        """A chat request with one answer (`n` = 1), started and read as pieces: for the APIs
+        translated onto chat completions. The caller closes `answer.run`."""
+        run = await self.start(req, model, record)
+        return Answer(run, req.tool_use, client_stops=req.client_stops())
 
     async def _stream(
         self,

@@ -26,3 +26,14 @@ def test_utf8_split_across_tokens() -> None:
     parts = [stream.push(data[i : i + 1]) for i in range(len(data))]
     assert "".join(parts) + stream.flush() == "é€"
     assert parts[0] == ""
+
+
+def test_the_stop_string_that_ended_the_text_is_named() -> None:
+    """Anthropic's `stop_sequence` names it; the earliest in the text wins."""
+    stream = TextStream(["END", "x"])
+    assert stream.matched is None
+    assert stream.push(b"ab") == "ab"
+    assert stream.push(b"cEN") == "c"
+    assert stream.matched is None
+    assert stream.push(b"Dx") == ""
+    assert stream.stopped and stream.matched == "END"

@@ -1,4 +1,5 @@
-"""OpenAI API types: the requests we accept and the shapes of what we send back.
+"""OpenAI API types (chat completions, completions, embeddings): the requests we accept and
+the shapes of what we send back.
 
 Requests are pydantic models; fields follow the order of OpenAI's reference, our extensions
 (llama.cpp sampling knobs) come last and say so. Unknown fields are accepted and logged, as
@@ -295,6 +296,10 @@ class ChatCompletionRequest(SamplingRequest):
         if shown and (use is None or not use.calls_possible):
             stops.append(TOOL_CALL_OPENING)
         return stops
+
+    def client_stops(self) -> list[str]:
+        """The stop strings the client gave (not the server's own)."""
+        return super().stop_list()
 
     @cached_property
     def tool_use(self) -> ToolUse | None:
