@@ -11,7 +11,10 @@ back:
 - `plain-30MB-completions`: a 30 MB plain prompt to /v1/completions (under the 32 MiB body
   limit, so it reaches the prompt checks);
 - `under-bound-chat` / `under-bound-completions`: just under the character bound (ctx_per_seq x
-  32 characters), so tokenized: `<|im_start|>` text in a chat, plain words as a prompt.
+  32 characters), so tokenized: `<|im_start|>` text in a chat, plain words as a prompt;
+- `objects-14MB-chat`: 400,000 tiny messages, a body whose parsing and validation (2.5 s on the
+  event loop) llmd/body.py now refuses by its count of values;
+- `ids-under-bound-completions`: a prompt of token ids just under body.py's bound on values.
 Turns alternate quiet / attack, `--repeats` of each. Reported: each hostile kind's statuses,
 error codes and latency (p50, max); the clients' inter-token latency (ITL) p50/p99 in each turn
 and attack / quiet (the issue's target: p99 within 2x); the peak RSS of the daemon and of the
@@ -71,12 +74,20 @@ def config(work: Path, threads: int, threads_batch: int) -> str:
 def hostile_bodies() -> list[tuple[str, str, bytes]]:
     """(kind, route, body): the hostile requests, encoded once."""
 
-    def chat(content: str) -> bytes:
-        msg = {"role": "user", "content": content}
-        return json.dumps({"model": MODEL, "max_tokens": 1, "messages": [msg]}).encode()
+    def msg(content: str) -> dict[str, str]:
+        return {"role": "user", "content": content}
 
-    def completion(prompt: str) -> bytes:
+    def chats(messages: list[dict[str, str]]) -> bytes:
+        return json.dumps({"model": MODEL, "max_tokens": 1, "messages": messages}).encode()
+
+    def chat(content: str) -> bytes:
+        return chats([msg(content)])
+
+    def completion(prompt: str | list[int]) -> bytes:
         return json.dumps({"model": MODEL, "max_tokens": 1, "prompt": prompt}).encode()
+
+    def completion_ids(n: int) -> bytes:
+        return completion([(i * 7919) % 40_000 + 100 for i in range(n)])
 
     marker = "<|im_start|>"
     # Room for the chat template's markup (and a default system prompt) under the bound.
@@ -89,6 +100,8 @@ def hostile_bodies() -> list[tuple[str, str, bytes]]:
         ("plain-30MB-completions", "/v1/completions", completion(plain[:30_000_000])),
         ("under-bound-chat", "/v1/chat/completions", chat(under_chat)),
         ("under-bound-completions", "/v1/completions", completion(words)),
+        ("objects-14MB-chat", "/v1/chat/completions", chats([msg("hi")] * 400_000)),
+        ("ids-under-bound-completions", "/v1/completions", completion_ids(499_000)),
     ]
 
 
@@ -114,6 +127,8 @@ KINDS = (
     "plain-30MB-completions",
     "under-bound-chat",
     "under-bound-completions",
+    "objects-14MB-chat",
+    "ids-under-bound-completions",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import logging
 from typing import Any
@@ -31,10 +32,11 @@ async def _echo(request: web.Request) -> web.Response:
 
 def _post(body: bytes) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        app = web.Application()
+        app = web.Application(client_max_size=32 << 20)  # as the daemon's
         app.router.add_post("/", _echo)
         async with TestClient(TestServer(app)) as client:
-            resp = await client.post("/", data=body)
+            # A stream: aiohttp warns (an error here) of large bytes sent at once.
+            resp = await client.post("/", data=io.BytesIO(body))
             result: dict[str, Any] = await resp.json()
             return result
 
@@ -169,3 +171,19 @@ def test_a_body_that_does_not_decompress_is_a_400_and_logs_no_error(
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     body = gzip.compress(b'{"a": 1}')
     assert _post_with(body, {"Content-Encoding": "gzip"})[1]["first"] == {"a": 1}
+
+
+def test_a_body_of_too_many_values_is_refused_before_it_is_validated() -> None:
+    """Parsing and validating hold the event loop: a body is bounded by what it holds."""
+    from llmd.body import MAX_OBJECTS, MAX_SCALARS
+
+    many_objects = json.dumps([{"role": "user"}] * (MAX_OBJECTS + 1) + ["x" * (1 << 20)])
+    assert f"more than {MAX_OBJECTS} JSON objects" in _post(many_objects.encode())["first"]["error"]
+    for many in (list(range(MAX_SCALARS + 1)), ["a"] * (MAX_SCALARS + 1)):
+        error = _post(json.dumps(many).encode())["first"]["error"]
+        assert f"more than {MAX_SCALARS} strings and numbers" in error
+    # At the bounds, and a long text that is one string: parsed as ever.
+    at_bounds = [{"n": 1.5}] * (MAX_OBJECTS - 1) + list(range(MAX_SCALARS - MAX_OBJECTS * 2))
+    assert len(_post(json.dumps(at_bounds).encode())["first"]) == len(at_bounds)
+    text = "a, b: {c} [d] 1 2 3 " * 200_000
+    assert _post(json.dumps({"text": text}).encode())["first"] == {"text": text}
