@@ -206,9 +206,17 @@ def run_usage(args: argparse.Namespace, provider: SettingsProvider) -> int:
     assert db is not None
     try:
         if args.usage_command == "purge":
-            count = s.purge(db, s.parse_time(args.before), args.purge_key)
-            _audit(settings, "usage.purged", args.purge_key or "*", {"before": args.before})
-            print(f"deleted {count} usage record(s) before {args.before}")
+            purged = s.purge(db, s.parse_time(args.before), args.purge_key)
+            detail = {
+                "before": args.before,
+                "records": purged.records,
+                "responses": purged.responses,
+            }
+            _audit(settings, "usage.purged", args.purge_key or "*", detail)
+            print(
+                f"deleted {purged.records} usage record(s) and {purged.responses} stored "
+                f"response(s) before {args.before}"
+            )
             return 0
         q = ls.UsageQuery(
             key=args.key,
