@@ -20,6 +20,7 @@ from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.usage import listing as ls
 from llmd.usage import store as s
+from llmd.usage.responses import delete_key
 
 
 def add_parsers(sub: Any) -> None:
@@ -188,8 +189,13 @@ def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
             print(json.dumps(k.describe(args.name, keys[args.name]), indent=2))
         elif cmd == "revoke":
             k.revoke_key(path, args.name)
-            _audit(settings, "key.revoked", args.name, None)
-            print(f"key {args.name!r} revoked")
+            # Its stored Responses go with it (docs/responses.md); a daemon's in-memory ones
+            # (usage off) are not reachable from here: they go at its restart.
+            forgotten = 0
+            if settings.usage.enabled and settings.usage.database is not None:
+                forgotten = delete_key(settings.usage.database, args.name)
+            _audit(settings, "key.revoked", args.name, {"responses": forgotten})
+            print(f"key {args.name!r} revoked; {forgotten} stored response(s) deleted")
         elif cmd == "rotate":
             _, secret = k.rotate_key(path, args.name)
             _audit(settings, "key.rotated", args.name, None)
