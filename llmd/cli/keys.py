@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
     ksub.add_parser("list", help="list keys (never the secrets)")
     for name, text in (
         ("show", "show one key"),
-        ("revoke", "revoke a key (it stays listed)"),
+        ("revoke", "revoke a key (it stays listed; its stored responses are deleted)"),
         ("rotate", "give a key a new secret; the old one stops working"),
     ):
         p = ksub.add_parser(name, help=text)
@@ -60,7 +60,9 @@ def add_parsers(sub: Any) -> None:
     usage.add_argument("--group-by", default="", help="day,key,model (comma-separated)")
     _paging_arguments(usage, "records")
     usub = usage.add_subparsers(dest="usage_command")
-    purge = usub.add_parser("purge", help="delete usage records older than a date")
+    purge = usub.add_parser(
+        "purge", help="delete usage records and stored responses older than a date"
+    )
     purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
     purge.add_argument("--key", dest="purge_key")
     purge.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
