@@ -32,6 +32,8 @@ from llmd.usage.responses import StoredResponse, encode_row
 from llmd.usage.store import connect
 from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
 
+MODEL = "smollm2"
+
 CONFIG = f"""
 [server]
 default_model = "smollm2"
@@ -110,7 +112,7 @@ def stored(key: str, items: int, created: float | None = None) -> StoredResponse
         "object": "response",
         "created_at": int(now),
         "status": "completed",
-        "model": SMOL,
+        "model": MODEL,
         "output": [output],
         "parallel_tool_calls": True,
         "tool_choice": "auto",
@@ -123,7 +125,7 @@ def stored(key: str, items: int, created: float | None = None) -> StoredResponse
             "total_tokens": 10,
         },
     }
-    return StoredResponse(rid, key, now, SMOL, body, inputs, [*inputs, output])
+    return StoredResponse(rid, key, now, MODEL, body, inputs, [*inputs, output])
 
 
 def write(d: Daemon, *responses: StoredResponse) -> None:
@@ -237,7 +239,7 @@ def needs_post(keyed: tuple[Daemon, str]) -> None:
 
 
 def create(api: openai.OpenAI, text: str, **kw: Any) -> Any:
-    return api.responses.create(model=SMOL, input=text, max_output_tokens=8, temperature=0, **kw)
+    return api.responses.create(model=MODEL, input=text, max_output_tokens=8, temperature=0, **kw)
 
 
 @pytest.mark.usefixtures("needs_post")
@@ -285,7 +287,9 @@ def test_a_streamed_response_is_stored_before_the_stream_ends(keyed: tuple[Daemo
     d, admin = keyed
     _, secret = new_key(d, admin)
     ours = client(d, secret)
-    with ours.responses.stream(model=SMOL, input="Say hi.", max_output_tokens=8) as stream:
-        final = stream.get_final_response()
+    ends = ("response.completed", "response.incomplete")
+    with ours.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=8) as stream:
+        final = [event.response for event in stream if event.type in ends]
+    assert len(final) == 1
     # Right after the last event: no wait, no retry.
-    assert ours.responses.retrieve(final.id).id == final.id
+    assert ours.responses.retrieve(final[0].id).model_dump() == final[0].model_dump()
