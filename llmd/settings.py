@@ -350,6 +350,12 @@ class UsageSettings(_Section):
     content_retention_days: float = Field(
         30.0, gt=0, description="Stored prompt and answer text is deleted after this many days."
     )
+    responses_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Stored Responses (POST /v1/responses with store: true) are deleted after "
+        "this many days, as OpenAI keeps them (docs/responses.md).",
+    )
 
 
 class Settings(_Section):

@@ -17,15 +17,18 @@ from llmd.record import FINISHERS, OBSERVERS
 from llmd.settings import Settings
 from llmd.usage import api as usage_api
 from llmd.usage.recorder import AUDIT, Audit, UsageRecorder
+from llmd.usage.responses import RESPONSE_STORE, ResponseStore
 from llmd.usage.store import UsageStore
 
 
 @dataclass
 class Usage:
-    """The usage database's writer (None when usage is off) and the audit log over it."""
+    """The usage database's writer (None when usage is off), the audit log over it and the
+    stored Responses (in the database, or in memory when usage is off)."""
 
     store: UsageStore | None
     audit: Audit
+    responses: ResponseStore
 
 
 def open_usage(settings: Settings, clock: Callable[[], float] = time.time) -> Usage:
@@ -37,17 +40,20 @@ def open_usage(settings: Settings, clock: Callable[[], float] = time.time) -> Us
             settings.usage.database,
             buffer_max=settings.usage.buffer_max,
             retention_days=settings.usage.content_retention_days,
+            responses_retention_days=settings.usage.responses_retention_days,
             clock=clock,
         )
-    return Usage(store, Audit(store))
+    responses = ResponseStore(store, settings.usage.responses_retention_days, clock)
+    return Usage(store, Audit(store), responses)
 
 
 def install_usage(app: web.Application, usage: Usage, skip_paths: set[str]) -> None:
-    """Call before the app starts: `app[AUDIT]`, the recorder (an observer, a finisher and a
-    prepare hook; requests to `skip_paths` are not recorded), the usage API, and start-up and
-    clean-up of the writer thread."""
+    """Call before the app starts: `app[AUDIT]`, `app[RESPONSE_STORE]`, the recorder (an
+    observer, a finisher and a prepare hook; requests to `skip_paths` are not recorded), the
+    usage API, and start-up and clean-up of the writer thread."""
     store = usage.store
     app[AUDIT] = usage.audit
+    app[RESPONSE_STORE] = usage.responses
     if store is not None:
         app[usage_api.DATABASE] = store.path
         recorder = UsageRecorder(store, skip_paths)

@@ -69,6 +69,17 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    key TEXT,
+    model TEXT NOT NULL,
+    body TEXT NOT NULL,
+    input_items TEXT NOT NULL,
+    conversation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_time ON responses (time);
+CREATE INDEX IF NOT EXISTS responses_key ON responses (key);
 """
 
 USAGE_COLUMNS = (
@@ -93,6 +104,9 @@ _INSERT = {
     f"VALUES ({', '.join('?' * len(USAGE_COLUMNS))})",
     "content": "INSERT INTO content (request_id, time, key, prompt, answer) VALUES (?,?,?,?,?)",
     "audit": f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES (?,?,?,?,?,?)",
+    # A stored response (llmd/usage/responses.py); ids are the server's own, never reused.
+    "responses": "INSERT OR REPLACE INTO responses "
+    "(id, time, key, model, body, input_items, conversation) VALUES (?,?,?,?,?,?,?)",
 }
 
 
@@ -120,6 +134,7 @@ class UsageStore:
     path: Path
     buffer_max: int = 100_000
     retention_days: float = 30.0
+    responses_retention_days: float = 30.0
     clock: Callable[[], float] = time.time
     healthy: bool = True
     error: str | None = None
@@ -219,8 +234,9 @@ class UsageStore:
                 last_retention = self.clock()
                 try:
                     self.expire_content(conn)
+                    self.expire_responses(conn)
                 except sqlite3.Error as exc:
-                    log.error("usage database: content retention failed: %s", exc)
+                    log.error("usage database: retention failed: %s", exc)
             if stopping:
                 if conn is not None:
                     _close_quietly(conn)
@@ -241,6 +257,14 @@ class UsageStore:
         cur = conn.execute("DELETE FROM content WHERE time < ?", (cutoff,))
         if cur.rowcount:
             log.info("deleted %d stored prompt/answer record(s) past retention", cur.rowcount)
+        return int(cur.rowcount)
+
+    def expire_responses(self, conn: sqlite3.Connection) -> int:
+        """Stored responses past `responses_retention_days` (reads never return them anyway)."""
+        cutoff = self.clock() - self.responses_retention_days * 86400
+        cur = conn.execute("DELETE FROM responses WHERE time < ?", (cutoff,))
+        if cur.rowcount:
+            log.info("deleted %d stored response(s) past retention", cur.rowcount)
         return int(cur.rowcount)
 
     def _spill(self) -> None:
@@ -312,8 +336,17 @@ def totals_since(path: Path, since: float) -> dict[str, int]:
     return {row["key"]: int(row["tokens"] or 0) for row in _select(path, sql, [since])}
 
 
-def purge(path: Path, before: float, key: str | None = None) -> int:
-    """Delete usage records (and stored text) older than `before`; how many records went."""
+@dataclass
+class Purged:
+    """What a purge deleted: usage records (their stored text with them) and stored responses."""
+
+    records: int
+    responses: int
+
+
+def purge(path: Path, before: float, key: str | None = None) -> Purged:
+    """Delete usage records, stored text and stored responses older than `before` (of one key,
+    or of all); how many records and responses went."""
     conn = connect(path)
     try:
         args: list[Any] = [before] if key is None else [before, key]
@@ -321,8 +354,9 @@ def purge(path: Path, before: float, key: str | None = None) -> int:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(f"DELETE FROM content WHERE time < ?{extra}", args)
         count = conn.execute(f"DELETE FROM usage WHERE time < ?{extra}", args).rowcount
+        responses = conn.execute(f"DELETE FROM responses WHERE time < ?{extra}", args).rowcount
         conn.execute("COMMIT")
-        return int(count)
+        return Purged(int(count), int(responses))
     finally:
         conn.close()
 
