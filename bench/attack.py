@@ -101,7 +101,7 @@ def hostile_bodies() -> list[tuple[str, str, bytes]]:
         ("under-bound-chat", "/v1/chat/completions", chat(under_chat)),
         ("under-bound-completions", "/v1/completions", completion(words)),
         ("objects-14MB-chat", "/v1/chat/completions", chats([msg("hi")] * 400_000)),
-        ("ids-under-bound-completions", "/v1/completions", completion_ids(499_000)),
+        ("ids-under-bound-completions", "/v1/completions", completion_ids(299_000)),
     ]
 
 

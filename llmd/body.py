@@ -7,9 +7,9 @@ Parsing and validating run on the event loop, and neither the JSON decoder nor p
 go of the GIL, so a thread would not spare the other streams: a body is bounded instead by
 how many values it holds, the cost of both. 14 MB of small objects (400,000 messages) took
 2.5 s to parse and validate, 3,000,000 token ids 1.9 s, every stream on the daemon stalled
-meanwhile; at the bounds below the worst costs a few tenths of a second, and the largest body
-a client has reason to send (OpenAI caps an embeddings request at 300,000 tokens) is under
-them.
+meanwhile. Near the bounds the worst still costs a few tenths of a second (499,000 token
+ids sent back to back took the other streams' inter-token p99 to 8.5x: docs/benchmarks.md),
+which the per-key request limits are for.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from llmd.errors import InvalidRequest
 _REQUIRED: Any = object()
 MAX_OBJECTS = 20_000
 """JSON objects in one body (messages, content parts, tools' schemas)."""
-MAX_SCALARS = 500_000
-"""Numbers and strings in one body (token ids, inputs)."""
+MAX_SCALARS = 300_000
+"""Numbers and strings in one body (token ids, inputs): OpenAI caps an embeddings request at
+300,000 tokens, the largest body a client has reason to send."""
 _COUNT_FROM = 1 << 20
 """Bodies under 1 MiB cannot reach the bounds' cost: parsed without counting."""
 
