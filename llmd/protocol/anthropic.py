@@ -44,7 +44,6 @@ from llmd.tools import (
 
 log = logging.getLogger("llmd.api")
 
-_TEXT_ONLY = "only 'text' blocks are supported"
 _CONTENT_TYPES = {"text", "tool_use", "tool_result"}
 _DROPPED_TYPES = {"thinking", "redacted_thinking"}
 """Blocks a client replays from a thinking model's answer: no model here reads them."""
@@ -176,9 +175,7 @@ class CountTokensRequest(ModelRequest):
 
     def to_chat(self) -> ChatCompletionRequest:
         """This request as a chat completions request: the one way to the model."""
-        if self._chat is None:
-            self._chat = self._build_chat()
-        return self._chat
+        return self._chat if self._chat is not None else self._build_chat()
 
     # -- the translation -------------------------------------------------------------------
 
@@ -385,19 +382,15 @@ def _result_text(block: ToolResultBlock, at: str) -> str:
     for k, item in enumerate(block.content):
         kind = item.get("type") if isinstance(item, dict) else None
         if kind != "text":
-            raise _invalid(f"{at}.content.{k}.type", f"{_TEXT_ONLY} in a tool_result")
+            raise _invalid(f"{at}.content.{k}.type", "a tool_result holds text blocks only")
         parts.append(_validate(TextBlock, item, f"{at}.content.{k}").text)
     return "".join(parts)
 
 
 _PARAMS = {
-    "messages": "messages",
-    "max_tokens": "max_tokens",
     "max_completion_tokens": "max_tokens",
     "stop": "stop_sequences",
     "user": "metadata.user_id",
-    "tool_choice": "tool_choice",
-    "response_format": "output_config.format",
 }
 
 
@@ -486,23 +479,3 @@ def tool_input(arguments: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def message_body(
-    id_: str,
-    model: str,
-    content: list[dict[str, Any]],
-    reason: str | None,
-    stop_sequence: str | None,
-    usage_: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "id": id_,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": reason,
-        "stop_sequence": stop_sequence,
-        "usage": usage_,
-    }

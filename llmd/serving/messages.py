@@ -27,7 +27,6 @@ from llmd.models import Model
 from llmd.protocol.anthropic import (
     CountTokensRequest,
     MessagesRequest,
-    message_body,
     message_id,
     renamed,
     stop_reason,
@@ -153,12 +152,22 @@ def _message(
     """The message: as `message_start` sends it (no stop reason yet; the prompt's tokens, its
     cache reads not known before it is admitted), or once the answer is over."""
     run = answer.run
-    if not final:
-        return message_body(id_, name, content, None, None, usage(run.prompt_tokens, 0, 0))
-    reason = stop_reason(answer.finish_reason, answer.made_calls, answer.stop_sequence)
-    stop = answer.stop_sequence if reason == "stop_sequence" else None
-    counts = usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
-    return message_body(id_, name, content, reason, stop, counts)
+    reason = stop = None
+    counts = usage(run.prompt_tokens, 0, 0)
+    if final:
+        reason = stop_reason(answer.finish_reason, answer.made_calls, answer.stop_sequence)
+        stop = answer.stop_sequence if reason == "stop_sequence" else None
+        counts = usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
+    return {
+        "id": id_,
+        "type": "message",
+        "role": "assistant",
+        "model": name,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": stop,
+        "usage": counts,
+    }
 
 
 class _Blocks:

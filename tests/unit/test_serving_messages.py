@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 
 from llmd.auth.keys import add_key
 from llmd.errors import InvalidRequest
-from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest
+from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest, renamed
+from llmd.serving import messages as serving_messages
 from tests.unit.app_harness import SMOL, Harness, json_of, keys_file, serve, until
 from tests.unit.fake_process import FakeProcesses
 
@@ -400,3 +401,42 @@ def test_a_bad_x_api_key_is_anthropics_401(tmp_path: Path) -> None:
         assert (await json_of(resp))["type"] == "message"
 
     serve(tmp_path, test)
+
+
+def test_pings_keep_a_stream_alive_until_the_first_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving_messages, "PING_S", 0.01)
+
+    async def test(h: Harness) -> None:
+        h.process().gate.clear()  # the prompt is "still being read"
+        resp = await h.post(MESSAGES, body_of(stream=True))
+        seen: list[str] = []
+        while seen.count("event: ping") < 3:
+            line = (await resp.content.readline()).decode().strip()
+            if line.startswith("event: "):
+                seen.append(line)
+        h.process().gate.set()
+        rest = [n for n, _ in await events_of_rest(resp)]
+        assert seen == ["event: message_start", *["event: ping"] * 3]
+        assert rest[0] == "content_block_start" and rest[-1] == "message_stop"
+
+    serve(tmp_path, test)
+
+
+async def events_of_rest(resp: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The events still to come on a stream read part way (from an event's start)."""
+    text = (await resp.content.read()).decode().strip()
+    chunks = [c for c in text.split("\n\n") if c.startswith("event: ") and "ping" not in c]
+    return [
+        (c.split("\n")[0].removeprefix("event: "), json.loads(c.split("\n")[1][6:])) for c in chunks
+    ]
+
+
+def test_a_chat_requests_400_names_this_apis_field() -> None:
+    schema_error = InvalidRequest("bad schema", param="response_format.json_schema.schema")
+    assert renamed(schema_error).message == "output_config.format.schema: bad schema"
+    assert renamed(InvalidRequest("too many", param="stop")).param == "stop_sequences"
+    assert renamed(InvalidRequest("x", param="tools[0].function.parameters")).param == "tools"
+    long = renamed(InvalidRequest("too long", param="messages", code="context_length_exceeded"))
+    assert (long.message, long.code) == ("messages: too long", "context_length_exceeded")
