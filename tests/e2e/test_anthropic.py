@@ -19,6 +19,7 @@ import anthropic
 import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
 
 from llmd.auth.keys import add_key
 from tests.e2e.api import GEMMA, SMOL, SMOL_FILE
@@ -193,6 +194,22 @@ def test_a_streamed_tool_use_sends_input_json_deltas(daemon: Daemon) -> None:
     call = final.content[-1]
     assert call.type == "tool_use" and call.id.startswith("toolu_")
     assert len(partial) > 1 and json.loads("".join(partial)) == call.input
+
+
+class Cat(BaseModel):
+    name: str = Field(max_length=20)
+    age: int
+
+
+def test_parse_holds_the_answer_to_the_output_format(daemon: Daemon) -> None:
+    parsed = client(daemon).messages.parse(
+        model=SMOL,
+        max_tokens=60,
+        messages=ask("Describe a cat as a JSON object with its name and age."),
+        output_format=Cat,
+    )
+    assert parsed.stop_reason == "end_turn"
+    assert isinstance(parsed.parsed_output, Cat)
 
 
 def test_errors_as_the_sdk_raises_them(daemon: Daemon) -> None:
