@@ -1,4 +1,5 @@
-"""Typed errors, turned into OpenAI-shaped bodies in one place (the app's error middleware).
+"""Typed errors, turned into OpenAI-shaped bodies in one place (the app's error middleware),
+or Anthropic-shaped ones on Anthropic's routes (`anthropic_error`).
 
 APIError                    any error a client should see, with its HTTP status
 ├── InvalidRequest          400 invalid_request_error: the request itself is wrong
@@ -85,3 +86,46 @@ def error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+ANTHROPIC_ROUTES = "/v1/messages"
+"""Paths under this one answer errors in Anthropic's shape (`anthropic_error`)."""
+OVERLOADED = 529
+"""Anthropic's status for "overloaded": what llmd's 503s (busy, loading, restarting) are
+there; the SDK retries it, honouring Retry-After, as it does a 503."""
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    OVERLOADED: "overloaded_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_ROUTES or path.startswith(ANTHROPIC_ROUTES + "/")
+
+
+def anthropic_error(
+    status: int, message: str, param: str | None = None, request_id: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """An error as Anthropic's API answers it: its status and
+    `{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`. Anthropic's
+    body has no `param`: a 4xx's message starts with the field it is about (as Anthropic's
+    own do: "max_tokens: Field required")."""
+    if status == 503:
+        status = OVERLOADED
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    if param and status < 500 and not message.startswith(f"{param}:"):
+        message = f"{param}: {message}"
+    body: dict[str, Any] = {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(status, default), "message": message},
+    }
+    if request_id is not None:
+        body["request_id"] = request_id
+    return status, body

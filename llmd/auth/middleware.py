@@ -9,7 +9,9 @@ Rules (docs/auth.md):
 - `/metrics` (every key's name and usage) then needs an admin key or a key with the
   `metrics` right (Prometheus' key); without keys, `metrics.access` alone decides.
 - A key limited to some models gets 403 for the others (`authorize_model`).
-Runs inside error_middleware, so its errors leave as OpenAI bodies and are recorded.
+Runs inside error_middleware, so its errors leave as OpenAI bodies (Anthropic's on its routes)
+and are recorded. A key comes as `Authorization: Bearer` or, as Anthropic's SDK sends it,
+`x-api-key`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ log = logging.getLogger("llmd.auth")
 
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = web.RequestKey("llmd_key", Key)
-_GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+_GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"}
 METRICS_PATH = "/metrics"
 
 

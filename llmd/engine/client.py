@@ -43,6 +43,8 @@ class RequestHandle:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     finished: int = 0
     """Choices that ended, counted as their final events arrive from the engine."""
+    count_only: bool = False
+    """The request only counts its prompt: `Started` is its last event."""
 
     async def events(self) -> AsyncIterator[Any]:
         """Engine events until the request ends; a failure is raised as an APIError."""
@@ -52,6 +54,9 @@ class RequestHandle:
             if isinstance(event, m.Failed):
                 cls = InvalidRequest if event.status == 400 else APIError
                 raise cls(event.message, code=event.code, param=event.param, status=event.status)
+            if self.count_only and isinstance(event, m.Started):
+                yield event
+                return
             if isinstance(event, m.Embedding) or (
                 isinstance(event, m.Delta) and event.finish_reason is not None
             ):
@@ -231,7 +236,7 @@ class ModelProcess:
         connected = self._writer is not None
         check_admission(self.name, self.state, self.error, self.options, held, req, connected)
         assert self._writer is not None  # refused above otherwise
-        handle = RequestHandle(req.id, req.n)
+        handle = RequestHandle(req.id, req.n, count_only=req.count_only)
         self._inflight[req.id] = handle
         self._writer.write(m.pack(req))
         return handle
@@ -250,7 +255,8 @@ class ModelProcess:
         if handle is None:
             return  # cancelled while the event was on its way
         handle.queue.put_nowait(event)
-        if isinstance(event, (m.Failed, m.Embedding)):
+        counted = handle.count_only and isinstance(event, m.Started)
+        if counted or isinstance(event, (m.Failed, m.Embedding)):
             self._inflight.pop(event.id, None)
         elif isinstance(event, m.Delta) and event.finish_reason is not None:
             handle.finished += 1

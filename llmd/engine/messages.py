@@ -95,6 +95,9 @@ class GenerateRequest:
     """The tenant's share: weight 2 gets two admissions per turn when others wait too."""
     embed: bool = False
     """Read the prompt for its embedding (one `Embedding` event) instead of generating."""
+    count_only: bool = False
+    """Only tokenize the prompt: answered with one `Started` (its token count) and never
+    admitted (Anthropic's count_tokens)."""
     prompt_param: str = "messages"
     """The request parameter a prompt too long for the context is blamed on."""
     text_spans: list[tuple[int, int]] = field(default_factory=list)
@@ -154,7 +157,8 @@ class TokenLogprob:
 
 @dataclass
 class Started:
-    """The prompt was tokenized and fits; its tokens are counted and waiting to run."""
+    """The prompt was tokenized and fits; its tokens are counted and waiting to run. For a
+    `count_only` request, the last event: the prompt was counted, nothing runs."""
 
     id: str
     prompt_tokens: int

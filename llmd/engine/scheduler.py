@@ -136,6 +136,8 @@ class Scheduler:
         prompt = self.tokenize(req) if tokens is None else tokens
         if isinstance(prompt, Failed):
             return [prompt]
+        if req.count_only:  # counted, not queued: no slot, no context check
+            return [Started(req.id, len(prompt), 0)]
         if self.encoder_only and not req.embed:
             return [
                 Failed(

@@ -13,10 +13,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
-from llmd.errors import APIError, ModelNotFound, error_body
+from llmd.errors import APIError, ModelNotFound, anthropic_error, error_body, is_anthropic
 from llmd.metrics import Metrics
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
+from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin, health, stored_responses
 from llmd.server.accounting import on_prepare, record_middleware
@@ -47,36 +48,57 @@ _STATUS_TYPES = {
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error leaves in OpenAI's shape; nothing a client sends can cause a 500."""
+    """Every error leaves in OpenAI's shape (Anthropic's on its routes); nothing a client
+    sends can cause a 500."""
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except APIError as exc:
         get_record(request).error_code = exc.code or exc.type
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+        return _error(request, exc.status, exc.body(), exc.message, exc.param, exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.reason if exc.status != 404 else f"No route for {request.path}"
-        return web.json_response(
-            error_body(message, _STATUS_TYPES.get(exc.status, "server_error")),
-            status=exc.status,
-        )
+        body = error_body(message, _STATUS_TYPES.get(exc.status, "server_error"))
+        return _error(request, exc.status, body, message)
     except (ConnectionResetError, OSError) as exc:
         log.info("%s %s: client went away (%s)", request.method, request.path, exc)
         raise
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
-        return web.json_response(
-            error_body("The server had an error while processing your request.", "server_error"),
-            status=500,
-        )
+        message = "The server had an error while processing your request."
+        return _error(request, 500, error_body(message, "server_error"), message)
+
+
+def _error(
+    request: web.Request,
+    status: int,
+    body: dict[str, Any],
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """The error response: OpenAI's `body`, or on Anthropic's routes Anthropic's shape."""
+    if is_anthropic(request.path):
+        status, body = anthropic_error(status, message, param, get_record(request).request_id)
+    return web.json_response(body, status=status, headers=headers)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = ChatCompletionRequest.parse(await read_json(request))
     return await request.app[SERVING].chat.serve(request, req, request.app[MODELS])
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    req = MessagesRequest.parse(await read_json(request))
+    return await request.app[SERVING].messages.serve(request, req, request.app[MODELS])
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    req = CountTokensRequest.parse(await read_json(request))
+    return await request.app[SERVING].count_tokens.serve(request, req, request.app[MODELS])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -172,6 +194,8 @@ def create_app(
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/embeddings", create_embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

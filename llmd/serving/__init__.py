@@ -12,6 +12,7 @@ from __future__ import annotations
 from llmd.serving.chat import ServingChat
 from llmd.serving.completions import ServingCompletions
 from llmd.serving.embeddings import ServingEmbeddings
+from llmd.serving.messages import ServingCountTokens, ServingMessages
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 
@@ -25,6 +26,8 @@ class Serving:
         self.chat = ServingChat(provider)
         self.completions = ServingCompletions(provider)
         self.embeddings = ServingEmbeddings(provider)
+        self.messages = ServingMessages(provider, self.chat)
+        self.count_tokens = ServingCountTokens(provider)
 
     @property
     def settings(self) -> Settings:

@@ -4,9 +4,10 @@ client or an attacker sends to llmd, one `Row` each, with the answer it must get
 ROWS: bodies for the OpenAI routes (huge strings, deep nesting, NaN and 1e400, invalid UTF-8,
 lone surrogates, 50 MB bodies, wrong content types and encodings, tool-calling and
 response_format junk); WRONG_TYPES: a wrong type in every field of the three request bodies;
-ADMIN_ROWS: the model and usage admin routes' cousins; HANGS and LISTING: rows that once took
-a model process down or gave a 500; PARSER and KEYS: rows known to fail today (kept in view, not
-run: see the test).
+ADMIN_ROWS: the model and usage admin routes' cousins; ANTHROPIC_ROWS: the Messages API's
+(answered in Anthropic's error shape, its message starting with the field); HANGS and LISTING:
+rows that once took a model process down or gave a 500; PARSER and KEYS: rows known to fail
+today (kept in view, not run: see the test).
 """
 
 from __future__ import annotations
@@ -448,4 +449,122 @@ KEYS = [
 LISTING = [
     Row("usage limit 10**20", f"/api/v1/usage?limit={10**20}", b"", method="GET"),
     Row("audit limit 10**20", f"/api/v1/audit?limit={10**20}", b"", method="GET"),
+]
+
+
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    return {**body, **fields}
+
+
+def user(*blocks: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+def raw_message(fields: bytes) -> bytes:
+    head = b'{"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]'
+    return head + b", " + fields + b"}"
+
+
+ANTHROPIC_ROWS = [
+    Row("messages: JSON array", MESSAGES, b"[]"),
+    Row("messages: truncated JSON", MESSAGES, b'{"model":'),
+    Row("messages: nesting x 100,000", MESSAGES, b'{"a":' * 100_000),
+    Row("messages: 40 MB system", MESSAGES, lambda: js(message(system="x" * 40 * MB)), 413),
+    Row(
+        "messages: no max_tokens",
+        MESSAGES,
+        js({"model": SMOL, "messages": [{"role": "user", "content": "hi"}]}),
+        param="max_tokens",
+    ),
+    Row("messages: NaN temperature", MESSAGES, raw_message(b'"temperature": NaN')),
+    Row(
+        "messages: temperature 1e400",
+        MESSAGES,
+        raw_message(b'"temperature": 1e400'),
+        param="temperature",
+    ),
+    Row("messages: temperature 2", MESSAGES, js(message(temperature=2)), param="temperature"),
+    Row("messages: max_tokens 10**30", MESSAGES, js(message(max_tokens=10**30))),
+    Row("messages: messages a string", MESSAGES, js(message(messages="hi")), param="messages"),
+    Row("messages: empty content", MESSAGES, js(message(messages=user())), param="messages.0"),
+    Row(
+        "messages: image block",
+        MESSAGES,
+        js(message(messages=user({"type": "image", "source": {"type": "url", "url": "x"}}))),
+        param="messages.0.content.0.type",
+    ),
+    Row(
+        "messages: block without a type",
+        MESSAGES,
+        js(message(messages=user({"text": "hi"}))),
+        param="messages.0.content.0.type",
+    ),
+    Row(
+        "messages: tool_result answering nothing",
+        MESSAGES,
+        js(message(messages=user({"type": "tool_result", "tool_use_id": "x", "content": "y"}))),
+        param="messages.0.content.0.tool_use_id",
+    ),
+    Row(
+        "messages: tool_use from the user",
+        MESSAGES,
+        js(message(messages=user({"type": "tool_use", "id": "x", "name": "f", "input": {}}))),
+        param="messages.0.content.0.type",
+    ),
+    Row(
+        "messages: server tool",
+        MESSAGES,
+        js(message(tools=[{"type": "web_search_20250305", "name": "web_search"}])),
+        param="tools.0.type",
+    ),
+    Row("messages: tools an object", MESSAGES, js(message(tools={})), param="tools"),
+    Row(
+        "messages: tool input_schema an array",
+        MESSAGES,
+        js(message(tools=[{"name": "f", "input_schema": {"type": "array"}}])),
+        param="tools.0.input_schema",
+    ),
+    Row(
+        "messages: tool schema maxLength 10**9",
+        MESSAGES,
+        js(
+            message(
+                tools=[
+                    {
+                        "name": "f",
+                        "input_schema": {
+                            "type": "object",
+                            "properties": {"a": {"type": "string", "maxLength": 10**9}},
+                        },
+                    }
+                ],
+                tool_choice={"type": "any"},
+            )
+        ),
+        param="tools",
+    ),
+    Row(
+        "messages: tool_choice a string",
+        MESSAGES,
+        js(message(tool_choice="auto")),
+        param="tool_choice",
+    ),
+    Row(
+        "messages: 1,000 stop sequences",
+        MESSAGES,
+        js(message(stop_sequences=["x"] * 1000)),
+        param="stop_sequences",
+    ),
+    Row("count_tokens: no messages", COUNT_TOKENS, js({"model": SMOL}), param="messages"),
+    Row(
+        "count_tokens: a 10 MB message",
+        COUNT_TOKENS,
+        lambda: js({"model": SMOL, "messages": [{"role": "user", "content": "word " * 2 * MB}]}),
+        param="messages",
+    ),
 ]

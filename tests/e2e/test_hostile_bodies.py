@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.api import assert_error, model_health
 from tests.e2e.hostile import (
     ADMIN_ROWS,
+    ANTHROPIC_ROWS,
     CHAT,
     HANGS,
     KEYS,
@@ -78,6 +79,13 @@ def check(resp: httpx.Response, row: Row) -> None:
     if row.status < 400:
         assert resp.status_code == row.status, resp.text[:2000]
         return
+    if row.route.startswith("/v1/messages"):  # Anthropic's shape: the message names the field
+        assert resp.status_code == row.status, resp.text[:2000]
+        body = resp.json()
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+        assert body["error"]["type"] not in ("api_error", "overloaded_error"), body
+        assert body["error"]["message"].startswith(row.param or ""), body
+        return
     error = assert_error(resp, row.status)
     assert error["type"] != "server_error", error  # a client's mistake, not the server's
     if row.param is not None:
@@ -86,14 +94,15 @@ def check(resp: httpx.Response, row: Row) -> None:
 
 def _param(resp: httpx.Response) -> Any:
     try:
-        return resp.json()["error"]["param"]
+        error = resp.json()["error"]
+        return error.get("param", error.get("message", "").partition(":")[0])
     except (ValueError, KeyError, TypeError):
         return None
 
 
 @pytest.mark.parametrize(
     "row",
-    [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *HANGS, *LISTING, *KEYS, *KNOWN],
+    [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *HANGS, *LISTING, *KEYS, *KNOWN, *ANTHROPIC_ROWS],
     ids=lambda row: row.name,
 )
 def test_a_hostile_body_is_answered_and_the_model_serves_on(daemon: Daemon, row: Row) -> None:

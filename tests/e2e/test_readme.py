@@ -35,3 +35,11 @@ def test_the_tool_calling_example(daemon: Daemon) -> None:
     assert '"Paris"' in arguments and '"celsius"' in arguments
     answer = "\n".join(printed[1:])
     assert answer.strip() and "<tool_" not in answer
+
+
+def test_the_anthropic_example(daemon: Daemon) -> None:
+    printed = run_block(daemon, "anthropic.Anthropic(")
+    reason, answer = printed[0].split(" ", 1)
+    assert reason in ("end_turn", "max_tokens") and "Paris" in answer
+    assert printed[1].strip()  # the streamed answer
+    assert int(printed[-1]) > 0  # the prompt's tokens

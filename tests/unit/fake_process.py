@@ -18,8 +18,8 @@ come from real GGUF files: `write_models` writes tiny ones). What a `FakeProcess
   `m.Started` (prompt tokens: the prompt's token ids, or its words), `m.Admitted`, then per
   choice one `m.Delta` per token of `tokens` (at most max_tokens; the last carries
   finish_reason "stop", or "length" when max_tokens cut it short); an embed request gets
-  `m.Embedding` instead. It refuses like the real one: model_not_ready when not ready,
-  server_busy beyond parallel + max_queue sequences.
+  `m.Embedding` instead, a `count_only` one `m.Started` alone. It refuses like the real one:
+  model_not_ready when not ready, server_busy beyond parallel + max_queue sequences.
 - `gate` (an asyncio.Event, open by default) holds every request after `m.Admitted` while it
   is clear: a way to keep requests running (busy model, saturation, draining).
 - `cancel(handle)`, `stop()` (fails what is in flight, as the real one does), `crash()`
@@ -146,7 +146,7 @@ class FakeProcess:
         held = sum(h.n for h in self._inflight.values())
         check_admission(self.name, self.state, self.error, self.options, held, req)
         self.submitted.append(req)
-        handle = RequestHandle(req.id, req.n)
+        handle = RequestHandle(req.id, req.n, count_only=req.count_only)
         self._inflight[req.id] = handle
         self._tasks[req.id] = asyncio.create_task(self._run(req))
         self._report()
@@ -165,6 +165,11 @@ class FakeProcess:
 
     async def _run(self, req: m.GenerateRequest) -> None:
         prompt = req.prompt if isinstance(req.prompt, list) else req.prompt.split()
+        if req.count_only:
+            self._emit(m.Started(req.id, len(prompt), 0))
+            self._inflight.pop(req.id, None)
+            self._tasks.pop(req.id, None)
+            return
         limit = req.sampling.max_tokens if req.sampling.max_tokens is not None else len(self.tokens)
         self._emit(m.Started(req.id, len(prompt), 0 if req.embed else limit))
         self._emit(m.Admitted(req.id, 0))

@@ -43,6 +43,14 @@ def test_context_overflow_is_refused_with_numbers() -> None:
     assert isinstance(started, Started) and started.max_tokens == 3
 
 
+def test_a_count_only_request_is_counted_and_never_queued() -> None:
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    # Past the context with its max_tokens: counted all the same, as count_tokens answers.
+    (counted,) = s.submit(request("a", "hello", max_tokens=10, count_only=True))
+    assert counted == Started("a", 5, 0)
+    assert not s.has_work()
+
+
 def test_client_text_spans_are_tokenized_as_text_and_the_markup_with_specials() -> None:
     b = FakeBackend()
     s = Scheduler(b, ctx_per_seq=64, add_bos=False, bos=1)
