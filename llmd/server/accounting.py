@@ -70,7 +70,9 @@ async def record_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response carries the request id; a signal, as streams send headers early."""
+    """Every response carries the request id; a signal, as streams send headers early. The
+    anthropic SDK reads it from `request-id` (`message._request_id`): sent there too."""
     record = find_record(request)
     if record is not None:
         response.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
+        response.headers.setdefault("request-id", record.request_id)

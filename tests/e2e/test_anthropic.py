@@ -70,6 +70,7 @@ def test_create_and_stream_give_the_same_message(daemon: Daemon) -> None:
     )
     created = c.messages.create(**kw)
     assert created.id.startswith("msg_") and created.type == "message"
+    assert (created._request_id or "").startswith("req-")  # the SDK reads `request-id`
     assert created.role == "assistant" and created.model == "smol"
     assert created.stop_reason in ("end_turn", "max_tokens")
     (block,) = created.content
