@@ -17,6 +17,7 @@ from llmd.errors import APIError, ModelNotFound, error_body
 from llmd.metrics import Metrics
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
+from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin, health
 from llmd.server.accounting import on_prepare, record_middleware
@@ -87,6 +88,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
     req = EmbeddingRequest.parse(await read_json(request))
     return await request.app[SERVING].embeddings.serve(request, req, request.app[MODELS])
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    req = ResponsesRequest.parse(await read_json(request))
+    return await request.app[SERVING].responses.serve(request, req, request.app[MODELS])
 
 
 def _cards(request: web.Request) -> list[dict[str, Any]]:
@@ -173,6 +179,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     health.add_routes(app, manager, app[STARTED])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from llmd.serving.chat import ServingChat
 from llmd.serving.completions import ServingCompletions
 from llmd.serving.embeddings import ServingEmbeddings
+from llmd.serving.responses import ServingResponses
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 
@@ -25,6 +26,7 @@ class Serving:
         self.chat = ServingChat(provider)
         self.completions = ServingCompletions(provider)
         self.embeddings = ServingEmbeddings(provider)
+        self.responses = ServingResponses(provider, self.chat)
 
     @property
     def settings(self) -> Settings:
