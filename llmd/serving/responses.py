@@ -68,7 +68,9 @@ class ResponseWriter:
     _open: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
-        return {
+        """The Response now. OpenAI's schema has `usage` and `user` as objects and strings,
+        never null: they are left out until known (the SDK reads them as None)."""
+        body = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -89,6 +91,7 @@ class ResponseWriter:
             "usage": self.usage,
             **self.echo,
         }
+        return {k: v for k, v in body.items() if v is not None or k not in ("usage", "user")}
 
     def start(self) -> list[Event]:
         return [
