@@ -225,13 +225,10 @@ class TextFormat(BaseModel):
     def echo(self) -> dict[str, Any]:
         if self.type != "json_schema":
             return {"type": self.type}
-        return {
-            "type": "json_schema",
-            "name": self.name,
-            "schema": self.schema_,
-            "description": self.description,
-            "strict": self.strict,
-        }
+        out = {"type": "json_schema", "name": self.name, "schema": self.schema_}
+        if self.description is not None:  # a string in OpenAI's schema, never null
+            out["description"] = self.description
+        return out | {"strict": self.strict}
 
 
 class TextConfig(BaseModel):
@@ -403,6 +400,7 @@ class ResponsesRequest(ModelRequest):
             "top_p": self.top_p,
             "user": self.user,
             "parallel_tool_calls": self.parallel_tool_calls,
+            "stream": self.stream,  # the request's record says how it was answered
         }
         if self.function_tools:
             body["tools"] = [
