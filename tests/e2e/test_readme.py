@@ -35,3 +35,11 @@ def test_the_tool_calling_example(daemon: Daemon) -> None:
     assert '"Paris"' in arguments and '"celsius"' in arguments
     answer = "\n".join(printed[1:])
     assert answer.strip() and "<tool_" not in answer
+
+
+def test_the_responses_example(daemon: Daemon) -> None:
+    printed = run_block(daemon, "previous_response_id=")
+    first, follow, *counted = printed
+    assert "Paris" in first and "Rome" in follow
+    streamed = "\n".join(counted)
+    assert all(str(n) in streamed for n in range(1, 6)), streamed
