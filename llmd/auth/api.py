@@ -14,6 +14,7 @@ from llmd.auth.middleware import AUTH
 from llmd.body import read_json
 from llmd.errors import APIError, InvalidRequest
 from llmd.usage.recorder import AUDIT
+from llmd.usage.responses import RESPONSE_STORE
 
 TOML_INT = 2**63 - 1
 """The largest integer the keys file (TOML) can hold."""
@@ -97,7 +98,10 @@ async def revoke_key(request: web.Request) -> web.Response:
     except k.KeyError_:
         raise _not_found(name) from None
     await auth.registry.reload(quiet=True)
-    request.app[AUDIT].record_request(request, "key.revoked", name)
+    # A revoked key's stored Responses go with it (docs/responses.md).
+    stored = request.app.get(RESPONSE_STORE)
+    forgotten = await stored.forget_key(name) if stored is not None else 0
+    request.app[AUDIT].record_request(request, "key.revoked", name, {"responses": forgotten})
     return web.json_response(k.describe(name, rec))
 
 

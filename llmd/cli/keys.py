@@ -20,6 +20,7 @@ from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.usage import listing as ls
 from llmd.usage import store as s
+from llmd.usage.responses import delete_key
 
 
 def add_parsers(sub: Any) -> None:
@@ -41,7 +42,7 @@ def add_parsers(sub: Any) -> None:
     ksub.add_parser("list", help="list keys (never the secrets)")
     for name, text in (
         ("show", "show one key"),
-        ("revoke", "revoke a key (it stays listed)"),
+        ("revoke", "revoke a key (it stays listed; its stored responses are deleted)"),
         ("rotate", "give a key a new secret; the old one stops working"),
     ):
         p = ksub.add_parser(name, help=text)
@@ -59,7 +60,9 @@ def add_parsers(sub: Any) -> None:
     usage.add_argument("--group-by", default="", help="day,key,model (comma-separated)")
     _paging_arguments(usage, "records")
     usub = usage.add_subparsers(dest="usage_command")
-    purge = usub.add_parser("purge", help="delete usage records older than a date")
+    purge = usub.add_parser(
+        "purge", help="delete usage records and stored responses older than a date"
+    )
     purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
     purge.add_argument("--key", dest="purge_key")
     purge.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
@@ -188,8 +191,13 @@ def run_keys(args: argparse.Namespace, provider: SettingsProvider) -> int:
             print(json.dumps(k.describe(args.name, keys[args.name]), indent=2))
         elif cmd == "revoke":
             k.revoke_key(path, args.name)
-            _audit(settings, "key.revoked", args.name, None)
-            print(f"key {args.name!r} revoked")
+            # Its stored Responses go with it (docs/responses.md); a daemon's in-memory ones
+            # (usage off) are not reachable from here: they go at its restart.
+            forgotten = 0
+            if settings.usage.enabled and settings.usage.database is not None:
+                forgotten = delete_key(settings.usage.database, args.name)
+            _audit(settings, "key.revoked", args.name, {"responses": forgotten})
+            print(f"key {args.name!r} revoked; {forgotten} stored response(s) deleted")
         elif cmd == "rotate":
             _, secret = k.rotate_key(path, args.name)
             _audit(settings, "key.rotated", args.name, None)

@@ -19,7 +19,7 @@ from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
-from llmd.server import admin, health
+from llmd.server import admin, health, stored_responses
 from llmd.server.accounting import on_prepare, record_middleware
 from llmd.serving import Serving
 from llmd.settings import Settings
@@ -182,6 +182,7 @@ def create_app(
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
+    stored_responses.add_routes(app)  # GET, DELETE /v1/responses/{id}, .../input_items
     health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
     # Auth and usage, side by side. Auth goes first: its middleware runs after

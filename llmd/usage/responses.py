@@ -89,7 +89,8 @@ class ResponseTooLarge(InvalidRequest):
 Row = tuple[str, float, str | None, str, str, str, str]
 
 
-def _encode(stored: StoredResponse) -> Row:
+def encode_row(stored: StoredResponse) -> Row:
+    """A response as the database holds it; ResponseTooLarge over MAX_STORED_CHARS."""
     body = json.dumps(stored.body, ensure_ascii=False, separators=(",", ":"))
     items = json.dumps(stored.input_items, ensure_ascii=False, separators=(",", ":"))
     conversation = json.dumps(stored.conversation, ensure_ascii=False, separators=(",", ":"))
@@ -99,7 +100,8 @@ def _encode(stored: StoredResponse) -> Row:
     return (stored.id, stored.created, stored.key, stored.model, body, items, conversation)
 
 
-def _decode(row: Row) -> StoredResponse:
+def decode_row(row: Row) -> StoredResponse:
+    """A row back into the response it stores."""
     rid, created, key, model, body, items, conversation = row
     return StoredResponse(
         id=rid,
@@ -144,7 +146,7 @@ class ResponseStore:
     async def save(self, stored: StoredResponse) -> None:
         """Store a response; returns once a follow-up can find it (committed, with a
         database). Raises ResponseTooLarge over MAX_STORED_CHARS."""
-        row = await asyncio.to_thread(_encode, stored)
+        row = await asyncio.to_thread(encode_row, stored)
         if self.usage is not None:
             await self.usage.put_and_wait("responses", row)
             return
@@ -167,7 +169,7 @@ class ResponseStore:
             row = self._memory.get(response_id)
             if row is None or row[2] != key or row[1] < self._cutoff():
                 return None
-            return await asyncio.to_thread(_decode, row)
+            return await asyncio.to_thread(decode_row, row)
         return await asyncio.to_thread(load_row, self.usage.path, response_id, key, self._cutoff())
 
     async def delete(self, response_id: str, key: str | None) -> bool:
@@ -212,7 +214,7 @@ def load_row(path: Path, response_id: str, key: str | None, cutoff: float) -> St
         return None
     finally:
         conn.close()
-    return None if found is None else _decode(found)
+    return None if found is None else decode_row(found)
 
 
 def delete_row(path: Path, response_id: str, key: str | None, cutoff: float) -> bool:

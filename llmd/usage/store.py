@@ -236,7 +236,7 @@ class UsageStore:
                     self.expire_content(conn)
                     self.expire_responses(conn)
                 except sqlite3.Error as exc:
-                    log.error("usage database: content retention failed: %s", exc)
+                    log.error("usage database: retention failed: %s", exc)
             if stopping:
                 if conn is not None:
                     _close_quietly(conn)
