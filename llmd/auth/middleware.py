@@ -39,7 +39,13 @@ log = logging.getLogger("llmd.auth")
 
 PUBLIC_PATHS = web.AppKey("public_paths", set[str])
 KEY = web.RequestKey("llmd_key", Key)
-_GENERATION = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"}
+_GENERATION = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/responses",
+}
 METRICS_PATH = "/metrics"
 
 

@@ -18,6 +18,7 @@ from llmd.metrics import Metrics
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest
+from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin, health, stored_responses
 from llmd.server.accounting import on_prepare, record_middleware
@@ -111,6 +112,11 @@ async def create_embeddings(request: web.Request) -> web.StreamResponse:
     return await request.app[SERVING].embeddings.serve(request, req, request.app[MODELS])
 
 
+async def create_response(request: web.Request) -> web.StreamResponse:
+    req = ResponsesRequest.parse(await read_json(request))
+    return await request.app[SERVING].responses.serve(request, req, request.app[MODELS])
+
+
 def _cards(request: web.Request) -> list[dict[str, Any]]:
     """Every servable model and alias the request's key may use (all of them without keys).
 
@@ -197,6 +203,7 @@ def create_app(
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     stored_responses.add_routes(app)  # GET, DELETE /v1/responses/{id}, .../input_items

@@ -13,6 +13,7 @@ from llmd.serving.chat import ServingChat
 from llmd.serving.completions import ServingCompletions
 from llmd.serving.embeddings import ServingEmbeddings
 from llmd.serving.messages import ServingCountTokens, ServingMessages
+from llmd.serving.responses import ServingResponses
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 
@@ -28,6 +29,7 @@ class Serving:
         self.embeddings = ServingEmbeddings(provider)
         self.messages = ServingMessages(provider, self.chat)
         self.count_tokens = ServingCountTokens(provider)
+        self.responses = ServingResponses(provider, self.chat)
 
     @property
     def settings(self) -> Settings:

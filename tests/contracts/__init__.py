@@ -6,6 +6,11 @@ extract.py. OpenAPI 3.1 schemas are JSON Schema 2020-12, except that a few of Op
 say `nullable: true` (the 3.0 spelling, which 2020-12 ignores); they are read here as "or null",
 as the SDKs generated from them do, so that null passes where OpenAI sends null and nowhere else.
 
+One schema (CompoundFilter, the file search tool's filters, reached from the Response's
+`tools`, which llmd never sends) keeps draft 2019-09's `$recursiveAnchor: true` and
+`$recursiveRef`; 2020-12 ignores `$recursiveRef` and its meta-schema wants `$recursiveAnchor` a
+string, so `without_recursive_anchor` drops that flag for the meta-schema check.
+
 One schema is ours, derived, not OpenAI's: COMPLETION_CHUNK. OpenAI's description says a
 completions stream chunk has CreateCompletionResponse's shape, but that schema forbids the
 `finish_reason: null` every chunk before the last carries (and the `usage: null` with
@@ -53,6 +58,19 @@ def nullable_to_2020(node: Any) -> Any:
             out["enum"] = [*out["enum"], None]
         return out
     return {"anyOf": [out, {"type": "null"}]}
+
+
+def without_recursive_anchor(node: Any) -> Any:
+    """The schema without draft 2019-09's boolean `$recursiveAnchor` (see the docstring)."""
+    if isinstance(node, list):
+        return [without_recursive_anchor(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        key: without_recursive_anchor(value)
+        for key, value in node.items()
+        if not (key == "$recursiveAnchor" and isinstance(value, bool))
+    }
 
 
 def completion_chunk(response: dict[str, Any]) -> dict[str, Any]:
@@ -132,3 +150,33 @@ def validate_completion_stream(chunks: list[dict[str, Any]]) -> None:
     """Every chunk of a (legacy) completions stream (the data lines before [DONE])."""
     assert chunks, "an empty stream"
     validate_each(COMPLETION_CHUNK, chunks)
+
+
+RESPONSE_EVENTS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent",
+}
+"""The Responses stream events llmd sends, by `type`, and their schemas."""
+
+
+def validate_responses_stream(events: list[dict[str, Any]]) -> None:
+    """Every event of a Responses stream, each against its type's schema."""
+    assert events, "an empty stream"
+    for i, event in enumerate(events):
+        name = RESPONSE_EVENTS.get(event.get("type", ""))
+        assert name is not None, f"event {i}: a type llmd does not send: {event.get('type')}"
+        try:
+            validate(name, event)
+        except AssertionError as e:
+            raise AssertionError(f"event {i}: {e}") from None

@@ -41,6 +41,21 @@ ROOTS = (
     "ChatCompletionMessageToolCall",
     "ChatCompletionMessageToolCallChunk",
     "ListModelsResponse",
+    # The Responses API: the Response, and the stream events llmd sends.
+    "Response",
+    "ResponseCreatedEvent",
+    "ResponseInProgressEvent",
+    "ResponseOutputItemAddedEvent",
+    "ResponseContentPartAddedEvent",
+    "ResponseTextDeltaEvent",
+    "ResponseTextDoneEvent",
+    "ResponseContentPartDoneEvent",
+    "ResponseFunctionCallArgumentsDeltaEvent",
+    "ResponseFunctionCallArgumentsDoneEvent",
+    "ResponseOutputItemDoneEvent",
+    "ResponseCompletedEvent",
+    "ResponseIncompleteEvent",
+    "ResponseFailedEvent",
 )
 
 # The operations llmd serves, by OpenAI's path (llmd serves them under the same /v1 base).

@@ -3,7 +3,7 @@ client or an attacker sends to llmd, one `Row` each, with the answer it must get
 
 ROWS: bodies for the OpenAI routes (huge strings, deep nesting, NaN and 1e400, invalid UTF-8,
 lone surrogates, 50 MB bodies, wrong content types and encodings, tool-calling and
-response_format junk); WRONG_TYPES: a wrong type in every field of the three request bodies;
+response_format junk); WRONG_TYPES: a wrong type in every field of the four request bodies;
 ADMIN_ROWS: the model and usage admin routes' cousins; ANTHROPIC_ROWS: the Messages API's
 (answered in Anthropic's error shape, its message starting with the field); HANGS and LISTING:
 rows that once took a model process down or gave a 500; PARSER and KEYS: rows known to fail
@@ -23,6 +23,7 @@ from tests.e2e.api import SMOL
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
 MB = 1_000_000
 
 
@@ -59,6 +60,10 @@ def completion(**fields: Any) -> dict[str, Any]:
 
 def embedding(**fields: Any) -> dict[str, Any]:
     return {"model": SMOL, "input": "hi", **fields}
+
+
+def response(**fields: Any) -> dict[str, Any]:
+    return {"model": SMOL, "input": "hi", "max_output_tokens": 1, **fields}
 
 
 def raw_chat(fields: bytes = b"", content: bytes = b'"hi"') -> bytes:
@@ -371,6 +376,62 @@ ROWS = [
         js(embedding(encoding_format="hex")),
         param="encoding_format",
     ),
+    # -- the Responses API ---------------------------------------------------------------------
+    Row(
+        "responses input 6 MB", RESPONSES, lambda: js(response(input="a " * 3 * MB)), param="input"
+    ),
+    Row(
+        "responses input nested x 100,000",
+        RESPONSES,
+        b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ),
+    Row(
+        "responses items of junk",
+        RESPONSES,
+        js(response(input=[1, None, "x"])),
+        param="input[0]",
+    ),
+    Row(
+        "responses item type unknown",
+        RESPONSES,
+        js(response(input=[{"type": "item_reference", "id": "x"}])),
+        param="input[0].type",
+    ),
+    Row(
+        "responses output answering no call",
+        RESPONSES,
+        js(response(input=[{"type": "function_call_output", "call_id": "c", "output": "o"}])),
+        param="input[0].call_id",
+    ),
+    Row(
+        "responses image part",
+        RESPONSES,
+        js(response(input=[{"role": "user", "content": [{"type": "input_image"}]}])),
+        param="input[0].content[0].type",
+    ),
+    Row(
+        "responses built-in tool",
+        RESPONSES,
+        js(response(tools=[{"type": "web_search"}])),
+        param="tools[0].type",
+    ),
+    Row("responses background", RESPONSES, js(response(background=True)), param="background"),
+    Row(
+        "responses schema $ref to nothing",
+        RESPONSES,
+        js(
+            response(
+                text={"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/x"}}}
+            )
+        ),
+    ),
+    Row(
+        "responses previous id unknown",
+        RESPONSES,
+        js(response(previous_response_id="resp_" + "9" * 10_000)),
+        status=404,
+        param="previous_response_id",
+    ),
 ]
 
 # A JSON schema whose repetition counts the converter writes out one by one: 10**9 takes
@@ -382,11 +443,15 @@ HANGS = [
 ]
 
 # -- a wrong type in every field ---------------------------------------------------------------
-# Each field of the three request bodies with a value of a type it never takes: an object (a
+# Each field of the four request bodies with a value of a type it never takes: an object (a
 # list for the fields that take objects), and a scalar of the wrong kind.
 OBJECT: Any = {"x": [1]}
-TEXT_FIELDS = ("model", "user", "grammar", "suffix", "encoding_format", "stop", "prompt", "input")
-TAKES_OBJECTS = ("logit_bias", "response_format", "stream_options", "tool_choice", "function_call")
+TEXT_FIELDS = (
+    "model user grammar suffix encoding_format stop prompt input instructions previous_response_id"
+).split()
+TAKES_OBJECTS = (
+    "logit_bias response_format stream_options tool_choice function_call text metadata"
+).split()
 CHAT_FIELDS = (
     "model messages frequency_penalty logit_bias logprobs top_logprobs max_tokens "
     "max_completion_tokens n presence_penalty response_format seed stop stream stream_options "
@@ -395,6 +460,10 @@ CHAT_FIELDS = (
 ).split()
 COMPLETION_FIELDS = "prompt echo logprobs suffix max_tokens n stop stream seed".split()
 EMBEDDING_FIELDS = "model input encoding_format dimensions user keep_alive".split()
+RESPONSES_FIELDS = (
+    "model input instructions max_output_tokens temperature top_p tools tool_choice "
+    "parallel_tool_calls text metadata user stream store previous_response_id keep_alive"
+).split()
 
 
 def wrong_values(name: str) -> list[Any]:
@@ -412,6 +481,7 @@ WRONG_TYPES = [
         ("chat", CHAT, chat, CHAT_FIELDS),
         ("completions", COMPLETIONS, completion, COMPLETION_FIELDS),
         ("embeddings", EMBEDDINGS, embedding, EMBEDDING_FIELDS),
+        ("responses", RESPONSES, response, RESPONSES_FIELDS),
     )
     for name in fields
     for value in wrong_values(name)

@@ -43,3 +43,11 @@ def test_the_anthropic_example(daemon: Daemon) -> None:
     assert reason in ("end_turn", "max_tokens") and "Paris" in answer
     assert printed[1].strip()  # the streamed answer
     assert int(printed[-1]) > 0  # the prompt's tokens
+
+
+def test_the_responses_example(daemon: Daemon) -> None:
+    printed = run_block(daemon, "previous_response_id=")
+    first, follow, *counted = printed
+    assert "Paris" in first and "Rome" in follow
+    streamed = "\n".join(counted)
+    assert all(str(n) in streamed for n in range(1, 6)), streamed
