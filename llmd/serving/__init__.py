@@ -1,10 +1,12 @@
-"""The serving layer: an API request in, engine requests out, OpenAI shapes back.
+"""The serving layer: an API request in, engine requests out, the API's shapes back.
 
 Route → serving → engine client, as in vLLM's `entrypoints/openai`: the route handlers
 (llmd/server/app.py) parse the body into a protocol type and hand it to the endpoint's
-serving object; one module per endpoint (`chat`, `completions`, `embeddings`) on a shared
-base (`base`: the model lease, the checks that need model facts, following the engine's
-events), and one SSE writer (`sse`) for every stream.
+serving object; one module per endpoint (`chat`, `completions`, `embeddings`, and the APIs
+translated onto chat: `responses` for OpenAI's Responses, `messages` for Anthropic's
+Messages and count_tokens) on a shared base (`base`: the model lease, the checks that need
+model facts, following the engine's events), one answer reader for the translated APIs
+(`answer`), and one SSE writer (`sse`) for every stream.
 """
 
 from __future__ import annotations

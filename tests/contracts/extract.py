@@ -65,6 +65,10 @@ ROUTES = (
     ("/embeddings", "post"),
     ("/models", "get"),
     ("/models/{model}", "get"),
+    ("/responses", "post"),
+    ("/responses/{response_id}", "get"),
+    ("/responses/{response_id}", "delete"),
+    ("/responses/{response_id}/input_items", "get"),
 )
 
 

@@ -203,11 +203,14 @@ class Cat(BaseModel):
 
 
 def test_parse_holds_the_answer_to_the_output_format(daemon: Daemon) -> None:
+    # Greedy: the SDK moves `maxLength` into the schema's description (Anthropic's structured
+    # outputs take no length bounds), so a sampled name may run past max_tokens.
     parsed = client(daemon).messages.parse(
         model=SMOL,
-        max_tokens=60,
+        max_tokens=200,
         messages=ask("Describe a cat as a JSON object with its name and age."),
         output_format=Cat,
+        extra_body=GREEDY,
     )
     assert parsed.stop_reason == "end_turn"
     assert isinstance(parsed.parsed_output, Cat)
