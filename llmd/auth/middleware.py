@@ -162,7 +162,13 @@ async def _capture_prompt(request: web.Request) -> str | None:
     if not isinstance(body, dict):
         return None
     prompt = body.get("messages", body.get("prompt", body.get("input")))
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+    # The Responses API's instructions and the Messages API's system prompt are prompt too.
+    system = body.get("instructions", body.get("system"))
+    if system is not None:
+        written = system if isinstance(system, str) else json.dumps(system, ensure_ascii=False)
+        text = json.dumps({"system": written, "prompt": text}, ensure_ascii=False)
+    return text
 
 
 @web.middleware

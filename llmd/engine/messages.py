@@ -98,6 +98,9 @@ class GenerateRequest:
     count_only: bool = False
     """Only tokenize the prompt: answered with one `Started` (its token count) and never
     admitted (Anthropic's count_tokens)."""
+    max_tokens_up_to_room: bool = False
+    """`sampling.max_tokens` is a ceiling: fewer when the context has less room after the
+    prompt (Anthropic's `max_tokens`, which agent clients set far above a small context)."""
     prompt_param: str = "messages"
     """The request parameter a prompt too long for the context is blamed on."""
     text_spans: list[tuple[int, int]] = field(default_factory=list)

@@ -165,6 +165,8 @@ class Scheduler:
         # No limit asked: as many tokens as the context leaves after the prompt.
         asked_max = req.sampling.max_tokens
         max_tokens = asked_max if asked_max is not None else room
+        if req.max_tokens_up_to_room and room >= 1:
+            max_tokens = min(max_tokens, room)
         if room < 1 or max_tokens > room:
             asked = len(prompt) + max(max_tokens, 1 if room < 1 else max_tokens)
             why = (

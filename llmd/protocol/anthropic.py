@@ -305,6 +305,8 @@ def _merge_turns(messages: list[InputMessage]) -> list[tuple[str, list[tuple[str
 
 def _block(item: Any, at: str, role: str) -> Block | None:
     kind = item.get("type") if isinstance(item, dict) else None
+    if not isinstance(kind, str):  # a list or object is no type (nor hashable, for the sets)
+        kind = None
     if kind in _DROPPED_TYPES and role == "assistant":
         return None
     if kind not in _CONTENT_TYPES:

@@ -39,6 +39,9 @@ REFUSED_FIELDS = {
 }
 
 
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -155,7 +158,7 @@ def stored_item(item: Item) -> dict[str, Any]:
         kind = "output_text" if item.role == "assistant" else "input_text"
         text = _text_of(item.content, "content")
         out: dict[str, Any] = {
-            "id": item.id or new_id("msg"),
+            "id": item.id or new_id(_ID_PREFIXES["message"]),
             "type": "message",
             "role": item.role,
             "content": [{"type": kind, "text": text}],
@@ -350,8 +353,16 @@ class ResponsesRequest(ModelRequest):
             raise _model_error(exc, "tool_choice") from None
 
     def stored_input(self) -> list[dict[str, Any]]:
-        """This request's input items as stored with its response, each with an id."""
-        return [stored_item(item) for item in self.items]
+        """This request's input items as stored with its response, each with an id of its
+        own: a client's id given twice would page input_items' `after` in a circle."""
+        items, seen = [], set()
+        for item in self.items:
+            stored = stored_item(item)
+            if stored["id"] in seen:
+                stored["id"] = new_id(_ID_PREFIXES[stored["type"]])
+            seen.add(stored["id"])
+            items.append(stored)
+        return items
 
     def echo(self) -> dict[str, Any]:
         """The request's settings as every Response repeats them (the sampling values are

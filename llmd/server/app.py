@@ -13,7 +13,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
-from llmd.errors import APIError, ModelNotFound, anthropic_error, error_body, is_anthropic
+from llmd.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotFound,
+    anthropic_error,
+    error_body,
+    is_anthropic,
+)
 from llmd.metrics import Metrics
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
@@ -67,6 +74,13 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except (ConnectionResetError, OSError) as exc:
         log.info("%s %s: client went away (%s)", request.method, request.path, exc)
         raise
+    except RecursionError:
+        # A body nested just under the JSON decoder's limit parses, and a later walk over it
+        # (a schema's conversion, json.dumps of a tool's input) runs a few frames deeper.
+        message = "The request nests arrays or objects too deeply."
+        error = InvalidRequest(message)
+        get_record(request).error_code = error.type
+        return _error(request, 400, error.body(), message)
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         message = "The server had an error while processing your request."

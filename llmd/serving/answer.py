@@ -38,9 +38,24 @@ class Answer:
     client_stops: list[str] = field(default_factory=list)
     """The stop strings the client gave (others, such as an imitated call's opening, are
     the server's own: an answer they end is an end of turn)."""
+    asked_max_tokens: int | None = None
+    """The token limit the request gave (None: as many as fit)."""
     text: str = ""
     calls: list[Call] = field(default_factory=list)
-    """Filled as the pieces go by: the whole answer once `pieces` is exhausted."""
+    """Filled as the pieces go by: the whole answer once `pieces` is exhausted (text beside
+    calls untrimmed: each API trims it as its own answers do)."""
+
+    @property
+    def out_of_room(self) -> bool:
+        """Ended by the context's room, short of the limit asked (a limit the engine cut to
+        the room: `up_to_room`)."""
+        started, asked = self.run.started, self.asked_max_tokens
+        return (
+            self.finish_reason == "length"
+            and asked is not None
+            and bool(started)
+            and started[0].max_tokens < asked
+        )
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """The answer a piece at a time, as the model writes it."""
@@ -62,14 +77,6 @@ class Answer:
                 self.made_calls = parser is not None and parser.made_calls
                 if delta.stop_sequence is not None and delta.stop_sequence in self.client_stops:
                     self.stop_sequence = delta.stop_sequence
-
-    async def collect(self) -> Answer:
-        """The whole answer (for a response that is not streamed)."""
-        async for _ in self.pieces():
-            pass
-        if self.calls:  # text beside calls is trimmed, as in chat completions' answers
-            self.text = self.text.strip()
-        return self
 
     def _keep(self, piece: Piece) -> None:
         if isinstance(piece, Content):

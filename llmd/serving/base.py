@@ -134,6 +134,7 @@ class ServingBase(Generic[R]):
         logprobs: int | None,
         record: RequestRecord,
         echo: bool = False,
+        up_to_room: bool = False,
     ) -> m.GenerateRequest:
         """One prompt's request to the engine, its sampling complete."""
         n_vocab = self.vocabulary(model)
@@ -156,6 +157,7 @@ class ServingBase(Generic[R]):
             logprobs=logprobs,
             ignore_eos=req.ignore_eos,
             return_prompt_text=echo and isinstance(prompt, list),
+            max_tokens_up_to_room=up_to_room,
             tenant=tenant(record),
             weight=record.weight,
         )

@@ -54,22 +54,39 @@ class ServingChat(ServingBase[ChatCompletionRequest]):
             envelope("chat.completion", id_, name, created, body_choices, True, run.usage())
         )
 
-    async def start(self, req: ChatCompletionRequest, model: Model, record: RequestRecord) -> Run:
+    async def start(
+        self,
+        req: ChatCompletionRequest,
+        model: Model,
+        record: RequestRecord,
+        up_to_room: bool = False,
+    ) -> Run:
         """The conversation written by the model's template and handed to the engine: the
-        one way to the model for chat completions and the APIs translated onto it."""
+        one way to the model for chat completions and the APIs translated onto it.
+        `up_to_room`: the token limit is a ceiling, cut to the context's room."""
         record.model, record.stream = model.name, bool(req.stream)
         prompt = self.chat_prompt(req, model)
         self.log_prompts("chat prompt", prompt.text)
-        ereq = self.engine_request(req, model, prompt, req.logprobs_asked(), record)
+        logprobs = req.logprobs_asked()
+        ereq = self.engine_request(req, model, prompt, logprobs, record, up_to_room=up_to_room)
         return await self.submit(model, [ereq], req.n, record)
 
     async def answer(
-        self, req: ChatCompletionRequest, model: Model, record: RequestRecord
+        self,
+        req: ChatCompletionRequest,
+        model: Model,
+        record: RequestRecord,
+        up_to_room: bool = False,
     ) -> Answer:
         """A chat request with one answer (`n` = 1), started and read as pieces: for the APIs
         translated onto chat completions. The caller closes `answer.run`."""
-        run = await self.start(req, model, record)
-        return Answer(run, req.tool_use, client_stops=req.client_stops())
+        run = await self.start(req, model, record, up_to_room)
+        return Answer(
+            run,
+            req.tool_use,
+            client_stops=req.client_stops(),
+            asked_max_tokens=req.completion_limit(),
+        )
 
     async def _stream(
         self,

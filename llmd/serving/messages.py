@@ -59,7 +59,9 @@ class ServingMessages(ServingBase[MessagesRequest]):
     ) -> web.StreamResponse:
         name = req.model or model.name
         try:
-            answer = await self.chat.answer(req.to_chat(), model, record)
+            # Anthropic's max_tokens is a ceiling: the room the context has is used instead
+            # of refusing (stop_reason "model_context_window_exceeded" when it runs out).
+            answer = await self.chat.answer(req.to_chat(), model, record, up_to_room=True)
         except InvalidRequest as exc:  # named in the chat request's terms: in ours instead
             raise renamed(exc) from None
         try:
@@ -156,6 +158,8 @@ def _message(
     counts = usage(run.prompt_tokens, 0, 0)
     if final:
         reason = stop_reason(answer.finish_reason, answer.made_calls, answer.stop_sequence)
+        if answer.out_of_room:
+            reason = "model_context_window_exceeded"
         stop = answer.stop_sequence if reason == "stop_sequence" else None
         counts = usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)
     return {

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from llmd.errors import APIError, InvalidRequest
 from llmd.models import Model, ModelManager
+from llmd.protocol import ChatCompletionRequest
 from llmd.protocol.responses import ResponsesRequest, new_id, responses_error
 from llmd.record import RequestRecord, get_record
 from llmd.serving.answer import Answer
@@ -33,8 +34,14 @@ from llmd.settings_provider import SettingsProvider
 from llmd.usage.responses import RESPONSE_STORE, ResponseStore, StoredResponse
 
 Event = dict[str, Any]
-_EARLIER: web.RequestKey[list[dict[str, Any]]] = web.RequestKey("llmd_responses_earlier")
-"""The previous response's conversation, loaded before the model is leased."""
+_EARLIER: web.RequestKey[tuple[list[dict[str, Any]], ChatCompletionRequest]] = web.RequestKey(
+    "llmd_responses_earlier"
+)
+"""The previous response's conversation, loaded before the model is leased, and the request
+translated with it."""
+MAX_CONVERSATION_ITEMS = 10_000
+"""Items a conversation may hold across follow-ups (as a body holds at most 20,000 objects:
+llmd/body.py)."""
 
 
 def error_code(exc: APIError) -> str:
@@ -245,8 +252,14 @@ class ServingResponses(ServingBase[ResponsesRequest]):
         if req.previous_response_id is not None:
             stored = await self._load(request, req.previous_response_id)
             earlier = stored.conversation
-        req.to_chat(earlier)
-        request[_EARLIER] = earlier
+            if len(earlier) + len(req.items) > MAX_CONVERSATION_ITEMS:
+                # Each follow-up validates the whole conversation on the event loop.
+                raise InvalidRequest(
+                    f"The conversation would hold more than {MAX_CONVERSATION_ITEMS} items. "
+                    "Start a new one, sending what matters as input.",
+                    param="previous_response_id",
+                )
+        request[_EARLIER] = earlier, req.to_chat(earlier)  # translated once, here
         return await super().serve(request, req, manager)
 
     async def respond(
@@ -256,8 +269,7 @@ class ServingResponses(ServingBase[ResponsesRequest]):
         model: Model,
         record: RequestRecord,
     ) -> web.StreamResponse:
-        earlier = request[_EARLIER]
-        chat = req.to_chat(earlier)
+        earlier, chat = request[_EARLIER]
         sampling = chat.to_sampling_params(model.settings.sampling)
         echo = req.echo() | {"temperature": sampling.temperature, "top_p": sampling.top_p}
         writer = ResponseWriter(new_id("resp"), req.model or model.name, int(time.time()), echo)
@@ -300,11 +312,11 @@ class ServingResponses(ServingBase[ResponsesRequest]):
             async for piece in answer.pieces():
                 await send(writer.feed(piece))
             await send(writer.finish(answer))
+            await self._save(request, req, writer, earlier)  # its failure ends the stream too
         except APIError as exc:
             get_record(request).error_code = exc.code or exc.type
             (failed,) = numbered([writer.fail(exc)], sent)
             return await sse.close(failed, event=failed["type"])
-        await self._save(request, req, writer, earlier)
         (last,) = numbered([writer.last()], sent)
         return await sse.close(last, event=last["type"])
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2 as httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
@@ -46,8 +47,22 @@ WEATHER: dict[str, Any] = {
 ONE_CALL: Any = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
 
 
+_OPEN: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Each test's clients closed at its end: a socket left to the garbage collector warns
+    (an error under this suite's filterwarnings) in whichever test runs then."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def client(d: Daemon, key: str = "unused") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=d.url, api_key=key, max_retries=0)
+    made = anthropic.Anthropic(base_url=d.url, api_key=key, max_retries=0)
+    _OPEN.append(made)
+    return made
 
 
 def blocks(message: Any) -> list[dict[str, Any]]:
@@ -300,3 +315,28 @@ def scrape_with(d: Daemon, admin: str) -> Samples:
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out
+
+
+def test_max_tokens_beyond_the_context_runs_to_the_window(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Agent clients send max_tokens far above a small model's context: the answer uses the
+    room there is (Anthropic's "model_context_window_exceeded"), where chat completions
+    refuses such a request with a 400."""
+    d = make_daemon(CONFIG.replace("ctx_per_seq = 512", "ctx_per_seq = 64"))
+    kw: dict[str, Any] = dict(
+        model=SMOL, messages=ask("Count from one to five hundred, in words."), extra_body=GREEDY
+    )
+    counted = client(d).messages.count_tokens(**kw).input_tokens
+    # 16,000: the SDK refuses a call it expects to run past 10 minutes without streaming.
+    message = client(d).messages.create(max_tokens=16_000, **kw)
+    assert message.stop_reason == "model_context_window_exceeded", message
+    assert message.usage.output_tokens == 64 - counted
+    with client(d).messages.stream(max_tokens=16_000, **kw) as stream:
+        assert stream.get_final_message().stop_reason == "model_context_window_exceeded"
+    small = client(d).messages.create(max_tokens=5, **kw)
+    assert small.stop_reason == "max_tokens"  # the client's own limit, reached first
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        d.client().chat.completions.create(
+            model=SMOL, max_tokens=100_000, messages=kw["messages"], temperature=0
+        )

@@ -315,3 +315,11 @@ def test_echo_repeats_the_settings_a_response_shows() -> None:
         True,
     )
     assert echo["text"] == {"format": {"type": "text"}}
+
+
+def test_stored_input_items_have_ids_of_their_own() -> None:
+    """A client's id given twice would page input_items' `after` in a circle."""
+    said = {"type": "message", "role": "user", "content": "hi", "id": "dup"}
+    req = ResponsesRequest.parse({"model": "m", "input": [said, said, {**said, "id": None}]})
+    ids = [item["id"] for item in req.stored_input()]
+    assert ids[0] == "dup" and len(set(ids)) == 3 and ids[1].startswith("msg_")

@@ -43,6 +43,17 @@ def test_context_overflow_is_refused_with_numbers() -> None:
     assert isinstance(started, Started) and started.max_tokens == 3
 
 
+def test_a_limit_up_to_the_room_is_cut_to_the_room() -> None:
+    """Anthropic's max_tokens is a ceiling: what the context leaves, not a refusal."""
+    s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
+    (started,) = s.submit(request("a", "hello", max_tokens=10, max_tokens_up_to_room=True))
+    assert isinstance(started, Started) and started.max_tokens == 3
+    (started,) = s.submit(request("b", "hello", max_tokens=2, max_tokens_up_to_room=True))
+    assert isinstance(started, Started) and started.max_tokens == 2
+    (failed,) = s.submit(request("c", "helloabc", max_tokens=2, max_tokens_up_to_room=True))
+    assert isinstance(failed, Failed) and failed.code == "context_length_exceeded"  # no room
+
+
 def test_a_count_only_request_is_counted_and_never_queued() -> None:
     s = Scheduler(FakeBackend(), ctx_per_seq=8, add_bos=False, bos=1)
     # Past the context with its max_tokens: counted all the same, as count_tokens answers.

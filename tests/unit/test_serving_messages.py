@@ -193,6 +193,14 @@ def test_tool_choice_and_output_format_translate() -> None:
             {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
             "messages.0.content.0.text: ",
         ),
+        (  # a type that is no string (unhashable, once a 500)
+            {"messages": [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}]},
+            "messages.0.content.0.type: a block without a type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": {}, "text": "x"}]}]},
+            "messages.0.content.0.type: ",
+        ),
         (
             {"messages": [*HI, {"role": "assistant", "content": "The answer is"}]},
             "messages: the last message must be a user message",
