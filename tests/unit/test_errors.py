@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from llmd.errors import APIError, InvalidRequest, ServiceUnavailable
 
 
@@ -15,3 +17,31 @@ def test_an_error_given_a_4xx_status_is_not_a_server_error() -> None:
     assert APIError("boom").body()["error"]["type"] == "server_error"
     assert ServiceUnavailable("busy").body()["error"]["type"] == "server_error"
     assert InvalidRequest("bad", status=413).type == "invalid_request_error"
+
+
+def test_a_recursion_error_is_the_clients_400_in_the_routes_shape() -> None:
+    """A body nested just under the JSON decoder's limit parses; a later walk over it (a
+    schema's conversion, json.dumps of a tool's input) may run deeper than Python allows."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from llmd.record import RECORD, RequestRecord
+    from llmd.server.app import error_middleware
+
+    async def too_deep(request: web.Request) -> web.StreamResponse:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    async def answer(path: str) -> tuple[int, dict[str, object]]:
+        request = make_mocked_request("POST", path)
+        request[RECORD] = RequestRecord("r", "POST", path, path, "", 0.0, 0.0)
+        response = await error_middleware(request, too_deep)
+        assert isinstance(response, web.Response) and response.text is not None
+        return response.status, json.loads(response.text)
+
+    status, body = asyncio.run(answer("/v1/chat/completions"))
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    status, body = asyncio.run(answer("/v1/messages"))
+    assert status == 400 and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
