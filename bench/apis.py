@@ -10,8 +10,10 @@ prompt and a user message that differs per request and per round (so no API find
 answer in the prefix cache beyond the shared system prompt). Every API reads the same SSE stream
 shape it would in use: chat completions' chunks, the Responses API's typed events, the Messages
 API's named events. Per run: aggregate output tokens/s (output tokens from each API's own usage
-over the run's wall time), TTFT p50 (first text delta) and the tokens per request; the result is
-the ratio of each API's median to chat completions'.
+over the run's wall time), TTFT p50 (first text delta), the tokens per request, and the CPU time
+the daemon process itself spent per request, and its model process's: what a translation costs
+is in the daemon's, measured apart from the model's work, which is the same for every API. The
+results are the ratios of each API's medians to chat completions'.
 
 Numbers on a shared, noisy machine: compare within one run only; the load average at start and
 end is recorded with them.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: import bench.* and llmd.* from the checkout
@@ -135,10 +138,29 @@ async def _one(
     return Result(ttft, output)
 
 
+def _daemon_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the daemon process alone, not its model processes."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _model_cpu(pid: int) -> float:
+    """CPU seconds of the daemon's model processes (its children, running)."""
+    total = 0.0
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 async def _run(
-    url: str, api: str, round_: int, clients: int, per_client: int, tokens: int
+    url: str, pid: int, api: str, round_: int, clients: int, per_client: int, tokens: int
 ) -> dict[str, Any]:
     results: list[Result] = []
+    cpu0, model0 = _daemon_cpu(pid), _model_cpu(pid)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
@@ -151,9 +173,12 @@ async def _run(
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(clients)))
         wall = time.perf_counter() - t0
+    cpu, model_cpu = _daemon_cpu(pid) - cpu0, _model_cpu(pid) - model0
     out = sum(r.output_tokens for r in results)
     return {
         "tok_s": round(out / wall, 1),
+        "daemon_cpu_ms_per_request": round(cpu / len(results) * 1000, 2),
+        "model_cpu_ms_per_request": round(model_cpu / len(results) * 1000, 1),
         "ttft_p50_ms": round(statistics.median(r.ttft_s for r in results) * 1000, 1),
         "tokens_per_request": round(out / len(results), 1),
     }
@@ -165,11 +190,11 @@ async def compare(
     runs: dict[str, list[dict[str, Any]]] = {api: [] for api in APIS}
     # One warm-up request per API: the first request on a model pays for its load.
     for api in APIS:
-        await _run(daemon.url, api, -1, 1, 1, 8)
+        await _run(daemon.url, daemon.proc.pid, api, -1, 1, 1, 8)
     for i in range(repeats):
         order = APIS[i % 3 :] + APIS[: i % 3]
         for api in order:
-            run = await _run(daemon.url, api, i, clients, per_client, tokens)
+            run = await _run(daemon.url, daemon.proc.pid, api, i, clients, per_client, tokens)
             runs[api].append(run)
             print(f"  round {i} {api}: {run}", flush=True)
     median: Callable[[str, str], float] = lambda api, f: statistics.median(r[f] for r in runs[api])  # noqa: E731
@@ -180,11 +205,34 @@ async def compare(
         "runs": runs,
         "median_tok_s": {api: median(api, "tok_s") for api in APIS},
         "median_ttft_p50_ms": {api: median(api, "ttft_p50_ms") for api in APIS},
+        "median_daemon_cpu_ms_per_request": {
+            api: median(api, "daemon_cpu_ms_per_request") for api in APIS
+        },
+        "median_model_cpu_ms_per_request": {
+            api: median(api, "model_cpu_ms_per_request") for api in APIS
+        },
     }
     for api in APIS[1:]:
         out[f"{api}_over_chat"] = {
             "tok_s": round(median(api, "tok_s") / median("chat", "tok_s"), 3),
             "ttft_p50": round(median(api, "ttft_p50_ms") / median("chat", "ttft_p50_ms"), 3),
+            "daemon_cpu": round(
+                median(api, "daemon_cpu_ms_per_request")
+                / median("chat", "daemon_cpu_ms_per_request"),
+                3,
+            ),
+            # What the translation adds to all the CPU a request costs (daemon and model).
+            "added_share_of_request_cpu": round(
+                (
+                    median(api, "daemon_cpu_ms_per_request")
+                    - median("chat", "daemon_cpu_ms_per_request")
+                )
+                / (
+                    median("chat", "daemon_cpu_ms_per_request")
+                    + median("chat", "model_cpu_ms_per_request")
+                ),
+                5,
+            ),
         }
     return out
 

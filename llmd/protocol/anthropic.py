@@ -29,6 +29,7 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic_core import ErrorDetails
 
 from llmd.errors import InvalidRequest
 from llmd.protocol.openai import MAX_STOP, ChatCompletionRequest, ChatMessage, ModelRequest
@@ -156,19 +157,9 @@ class CountTokensRequest(ModelRequest):
     _chat: ChatCompletionRequest | None = PrivateAttr(None)
 
     @classmethod
-    def parse(cls, body: Any) -> Any:
-        """A JSON body validated; a mistake is a 400 naming the field, as Anthropic does."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.")
-        try:
-            parsed = cls.model_validate(body)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise _invalid(dotted(err["loc"]), err["msg"].removeprefix("Value error, ")) from None
-        if parsed.model_extra:
-            log.debug("ignoring unsupported fields: %s", ", ".join(sorted(parsed.model_extra)))
-        parsed.check()
-        return parsed
+    def validation_error(cls, err: ErrorDetails) -> InvalidRequest:
+        """A mistake is a 400 naming the field first, as Anthropic does."""
+        return _invalid(dotted(err["loc"]), err["msg"].removeprefix("Value error, "))
 
     def check(self) -> None:
         self._chat = self._build_chat()  # every check that can fail, made now

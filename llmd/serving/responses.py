@@ -23,7 +23,8 @@ from aiohttp import web
 from llmd.errors import APIError, InvalidRequest
 from llmd.models import Model, ModelManager
 from llmd.protocol import ChatCompletionRequest
-from llmd.protocol.responses import ResponsesRequest, new_id, responses_error
+from llmd.protocol.response_items import new_id
+from llmd.protocol.responses import ResponsesRequest, responses_error
 from llmd.record import RequestRecord, get_record
 from llmd.serving.answer import Answer
 from llmd.serving.base import ServingBase

@@ -14,13 +14,16 @@ and deletes run in a thread on a connection of their own. JSON is encoded and de
 thread too: a row may be megabytes.
 
 A row is bounded at MAX_STORED_CHARS characters of JSON (body, input items and conversation
-together): twice the largest request body the server takes (32 MiB), so a request's whole
-input fits both as its input items and in the conversation. A save over it raises
+together): twice the largest request body the server takes (32 MiB). That holds a request's
+whole input as its input items and in the conversation, but not always with a long earlier
+conversation and the echoed request beside them: such a follow-up is refused (below) and the
+client starts a new conversation. A save over it raises
 `ResponseTooLarge` (a 400 naming `store`: send `store: false`).
 
 With usage recording off (`usage.enabled = false`) nothing is written to disk: responses are
-kept in memory instead (lost at a restart), at most MEMORY_MAX_BYTES of them, the oldest
-dropped first, with the same key scoping and retention.
+kept in memory instead (lost at a restart), at most MEMORY_MAX_CHARS characters of their JSON
+(up to 4 bytes each in memory for text outside Latin-1), the oldest dropped first, with the
+same key scoping and retention.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from llmd.usage.store import UsageStore, connect
 MAX_STORED_CHARS = 64 * 1024 * 1024
 """The most characters of JSON one stored response may hold (body, input items and
 conversation together)."""
-MEMORY_MAX_BYTES = 256 * 1024 * 1024
-"""Without a usage database: the most the in-memory store holds before dropping the oldest."""
+MEMORY_MAX_CHARS = 256 * 1024 * 1024
+"""Without a usage database: the most the in-memory store holds (characters of JSON) before
+dropping the oldest."""
 
 
 @dataclass
@@ -126,14 +130,14 @@ class ResponseStore:
         usage: UsageStore | None,
         retention_days: float = 30.0,
         clock: Callable[[], float] = time.time,
-        memory_max_bytes: int = MEMORY_MAX_BYTES,
+        memory_max_chars: int = MEMORY_MAX_CHARS,
     ) -> None:
         self.usage = usage
         self.retention_days = retention_days
         self.clock = clock
-        self.memory_max_bytes = memory_max_bytes
+        self.memory_max_chars = memory_max_chars
         self._memory: OrderedDict[str, Row] = OrderedDict()
-        self._memory_bytes = 0
+        self._memory_chars = 0
 
     @property
     def persistent(self) -> bool:
@@ -152,15 +156,15 @@ class ResponseStore:
             return
         self._forget(stored.id)
         self._memory[stored.id] = row
-        self._memory_bytes += _size(row)
-        while self._memory_bytes > self.memory_max_bytes and self._memory:
+        self._memory_chars += _size(row)
+        while self._memory_chars > self.memory_max_chars and self._memory:
             self._forget(next(iter(self._memory)))
 
     def _forget(self, response_id: str) -> bool:
         row = self._memory.pop(response_id, None)
         if row is None:
             return False
-        self._memory_bytes -= _size(row)
+        self._memory_chars -= _size(row)
         return True
 
     async def load(self, response_id: str, key: str | None) -> StoredResponse | None:

@@ -46,7 +46,7 @@ def run_on(
     *,
     database: bool,
     retention_days: float = 30.0,
-    memory_max_bytes: int = r.MEMORY_MAX_BYTES,
+    memory_max_chars: int = r.MEMORY_MAX_CHARS,
 ) -> None:
     """`test` on a ResponseStore over a started usage writer (`database`), or in memory."""
     clock = Clock(T0)
@@ -58,7 +58,7 @@ def run_on(
                 tmp_path / "usage.db", responses_retention_days=retention_days, clock=clock
             )
             usage.start()
-        store = ResponseStore(usage, retention_days, clock, memory_max_bytes)
+        store = ResponseStore(usage, retention_days, clock, memory_max_chars)
         try:
             await test(store, clock)
         finally:
@@ -163,7 +163,7 @@ def test_in_memory_the_oldest_go_first_past_the_bound(tmp_path: Path) -> None:
         found = [n for n in range(5) if await store.load(f"resp_{n}", "k") is not None]
         assert found == [2, 3, 4]
 
-    run_on(tmp_path, test, database=False, memory_max_bytes=3 * size + 1)
+    run_on(tmp_path, test, database=False, memory_max_chars=3 * size + 1)
 
 
 @pytest.mark.parametrize("database", [True, False], ids=["sqlite", "memory"])
