@@ -106,7 +106,11 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def is_anthropic(path: str) -> bool:
+def is_anthropic(path: str, anthropic_version: bool = False) -> bool:
+    """Whether a request is answered in Anthropic's shapes: the Messages routes, and the model
+    list asked by Anthropic's SDK (which sends an `anthropic-version` header)."""
+    if anthropic_version and (path == "/v1/models" or path.startswith("/v1/models/")):
+        return True
     return path == ANTHROPIC_ROUTES or path.startswith(ANTHROPIC_ROUTES + "/")
 
 

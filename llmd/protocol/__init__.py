@@ -5,7 +5,8 @@
   sent back;
 - `responses`: OpenAI's Responses API, translated onto a chat request (its input items in
   `response_items`);
-- `anthropic`: Anthropic's Messages API, translated onto a chat request.
+- `anthropic`: Anthropic's Messages API, translated onto a chat request (`anthropic_models`:
+  the model list as Anthropic's SDK reads it).
 
 The Responses and Messages types turn into a `ChatCompletionRequest` in one method each, so
 every API runs through the same serving code (llmd/serving/).

@@ -25,6 +25,11 @@ from llmd.metrics import Metrics
 from llmd.models import ModelManager
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest
+from llmd.protocol.anthropic_models import (
+    ANTHROPIC_VERSION,
+    anthropic_model_info,
+    anthropic_models_page,
+)
 from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
 from llmd.server import admin, health, stored_responses
@@ -96,7 +101,7 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """The error response: OpenAI's `body`, or on Anthropic's routes Anthropic's shape."""
-    if is_anthropic(request.path):
+    if is_anthropic(request.path, ANTHROPIC_VERSION in request.headers):
         status, body = anthropic_error(status, message, param, get_record(request).request_id)
     return web.json_response(body, status=status, headers=headers)
 
@@ -149,13 +154,19 @@ def _cards(request: web.Request) -> list[dict[str, Any]]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": _cards(request)})
+    """OpenAI's list; Anthropic's page when Anthropic's SDK asks (`client.models.list()`)."""
+    cards = _cards(request)
+    if ANTHROPIC_VERSION in request.headers:
+        return web.json_response(anthropic_models_page(cards, request.query))
+    return web.json_response({"object": "list", "data": cards})
 
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     for card in _cards(request):
         if card["id"] == name:
+            if ANTHROPIC_VERSION in request.headers:
+                return web.json_response(anthropic_model_info(card))
             return web.json_response(card)
     raise ModelNotFound(name)
 

@@ -340,3 +340,21 @@ def test_max_tokens_beyond_the_context_runs_to_the_window(
         d.client().chat.completions.create(
             model=SMOL, max_tokens=100_000, messages=kw["messages"], temperature=0
         )
+
+
+def test_the_model_list_as_the_sdk_reads_it(daemon: Daemon) -> None:
+    """Anthropic's SDK sends `anthropic-version`: /v1/models answers it in Anthropic's shape
+    (and in OpenAI's to everyone else)."""
+    c = client(daemon)
+    listed = c.models.list()
+    ids = [m.id for m in listed.data]
+    assert {SMOL, GEMMA} <= set(ids) and all(m.type == "model" for m in listed.data)
+    first = c.models.list(limit=1)
+    assert [m.id for m in first.data] == ids[:1] and first.has_more
+    assert [m.id for m in c.models.list(after_id=ids[0]).data] == ids[1:]
+    retrieved = c.models.retrieve(SMOL)
+    assert retrieved.id == SMOL and retrieved.display_name == SMOL
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        c.models.retrieve("no-such-model")
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert daemon.client().models.list().data[0].object == "model"  # OpenAI's, unchanged
