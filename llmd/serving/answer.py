@@ -42,8 +42,8 @@ class Answer:
     """The token limit the request gave (None: as many as fit)."""
     text: str = ""
     calls: list[Call] = field(default_factory=list)
-    """Filled as the pieces go by: the whole answer once `pieces` is exhausted (text beside
-    calls untrimmed: each API trims it as its own answers do)."""
+    """Filled as the pieces go by: the whole answer once `pieces` is exhausted."""
+    _held: str = ""
 
     @property
     def out_of_room(self) -> bool:
@@ -69,6 +69,8 @@ class Answer:
                 pieces = parser.feed(delta.text)
                 if delta.finish_reason is not None:
                     pieces += parser.finish()
+            if parser is not None:
+                pieces = self._trimmed(pieces, delta.finish_reason is not None)
             for piece in pieces:
                 self._keep(piece)
                 yield piece
@@ -77,6 +79,26 @@ class Answer:
                 self.made_calls = parser is not None and parser.made_calls
                 if delta.stop_sequence is not None and delta.stop_sequence in self.client_stops:
                     self.stop_sequence = delta.stop_sequence
+
+    def _trimmed(self, pieces: list[Piece], last: bool) -> list[Piece]:
+        """Text's trailing whitespace held back while a call may follow: dropped if one does
+        (chat completions trims text beside calls too), sent with what comes next otherwise."""
+        out: list[Piece] = []
+        for piece in pieces:
+            if isinstance(piece, Content):
+                text = self._held + piece.text
+                body = text.rstrip()
+                self._held = text[len(body) :]
+                if body:
+                    out.append(Content(body))
+                continue
+            if isinstance(piece, CallStart):
+                self._held = ""
+            out.append(piece)
+        if last and self._held:
+            out.append(Content(self._held))
+            self._held = ""
+        return out
 
     def _keep(self, piece: Piece) -> None:
         if isinstance(piece, Content):

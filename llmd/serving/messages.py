@@ -8,14 +8,13 @@ for a tool_use block's input) and `content_block_stop`, then `message_delta` (st
 stop_sequence, the final usage) and `message_stop`. While the prompt is still being read,
 a `ping` goes out every PING_S seconds; an error after the headers is an `error` event in
 Anthropic's error shape. Blocks are the same as the whole answer's: a text block only for
-text that is not empty, its trailing whitespace dropped when a tool_use block follows (held
-back while streaming until that is known).
+text that is not empty (its trailing whitespace dropped when a tool_use block follows:
+llmd/serving/answer.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -41,8 +40,6 @@ from llmd.serving.chat import ServingChat
 from llmd.serving.sse import EventStream
 from llmd.serving.toolcalls import CallArguments, CallStart, Content, Piece
 from llmd.settings_provider import SettingsProvider
-
-log = logging.getLogger("llmd.api")
 
 PING_S = 10.0
 """A `ping` this often while the prompt is read (a long one can take a while), so proxies and
@@ -72,7 +69,7 @@ class ServingMessages(ServingBase[MessagesRequest]):
         finally:
             answer.run.close()
         content: list[dict[str, Any]] = []
-        text = answer.text.rstrip() if answer.calls else answer.text
+        text = answer.text
         if text:
             content.append({"type": "text", "text": text})
         for call in answer.calls:
@@ -92,7 +89,7 @@ class ServingMessages(ServingBase[MessagesRequest]):
         start = _message(answer, id_, name, [], final=False)
         await sse.send({"type": "message_start", "message": start}, event="message_start")
         await sse.send({"type": "ping"}, event="ping")
-        blocks = _Blocks(sse, answer.use is not None and answer.use.calls_possible)
+        blocks = _Blocks(sse)
         pieces = answer.pieces()
         first: asyncio.Future[Piece | None] = asyncio.ensure_future(anext(pieces, None))
         try:
@@ -177,38 +174,21 @@ def _message(
 class _Blocks:
     """An answer's pieces as content block events, each block started, fed and stopped."""
 
-    def __init__(self, sse: EventStream, calls_possible: bool) -> None:
+    def __init__(self, sse: EventStream) -> None:
         self.sse = sse
-        self.hold_space = calls_possible
-        """Trailing whitespace of text is held back: dropped if a call follows."""
         self.index = -1
         self.open: str | None = None
-        self.held = ""
 
     async def add(self, piece: Piece) -> None:
         if isinstance(piece, Content):
-            await self._text(piece.text)
+            await self._text_out(piece.text)
         elif isinstance(piece, CallStart):
-            self.held = ""
             await self._start({"type": "tool_use", "id": tool_use_id(), "name": piece.name})
         elif isinstance(piece, CallArguments) and piece.text:
             await self._delta({"type": "input_json_delta", "partial_json": piece.text})
 
     async def end(self) -> None:
-        if self.held:  # no call followed: the text's end goes out after all
-            await self._text_out(self.held)
-            self.held = ""
         await self._stop()
-
-    async def _text(self, text: str) -> None:
-        if not self.hold_space:
-            await self._text_out(text)
-            return
-        text = self.held + text
-        body = text.rstrip()
-        self.held = text[len(body) :]
-        if body:
-            await self._text_out(body)
 
     async def _text_out(self, text: str) -> None:
         if self.open != "text":
@@ -237,8 +217,6 @@ class _Blocks:
 
 async def _fail(sse: EventStream, exc: APIError) -> web.StreamResponse:
     """Headers are gone: the error is an `error` event, in Anthropic's shape."""
-    record = get_record(sse.request)
-    record.error_code = exc.code or exc.type
-    log.warning("stream ended by error: %s", exc.message)
-    _, body = anthropic_error(exc.status, exc.message, exc.param, record.request_id)
-    return await sse.close(body, "error")
+    request_id = get_record(sse.request).request_id
+    _, body = anthropic_error(exc.status, exc.message, exc.param, request_id)
+    return await sse.fail(exc, "error", body)

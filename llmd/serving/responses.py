@@ -70,9 +70,6 @@ class ResponseWriter:
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     completed_at: int | None = None
-    held: str = ""
-    """Whitespace not yet written: at the end of the text before a call it is dropped (as
-    chat completions trim text beside calls); otherwise it goes out with what follows."""
     _open: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
@@ -110,16 +107,11 @@ class ResponseWriter:
     def feed(self, piece: Piece) -> list[Event]:
         events: list[Event] = []
         if isinstance(piece, Content):
-            text = self.held + piece.text
-            body = text.rstrip()
-            self.held = text[len(body) :]
-            if body:
-                if self._open is None or self._open["type"] != "message":
-                    events += self._close()
-                    events += self._open_message()
-                events += self._text(body)
+            if self._open is None or self._open["type"] != "message":
+                events += self._close()
+                events += self._open_message()
+            events += self._text(piece.text)
         elif isinstance(piece, CallStart):
-            self.held = ""
             events += self._close()
             item = {
                 "id": new_id("fc"),
@@ -139,11 +131,6 @@ class ResponseWriter:
         """The end of the answer: the open item closed, the Response complete (or
         incomplete: the output reached max_output_tokens, or the context's end)."""
         events: list[Event] = []
-        if self.held and not answer.made_calls:
-            if self._open is None:
-                events += self._open_message()
-            events += self._text(self.held)
-        self.held = ""
         if not self.output:  # an empty answer is still a message, with empty text
             events += self._open_message()
         length = answer.finish_reason == "length"

@@ -59,8 +59,11 @@ class EventStream:
             await self.send(usage_chunk)
         return await self.close("[DONE]")
 
-    async def fail(self, exc: APIError, event: str | None = None) -> web.StreamResponse:
-        """Headers are gone already: report the failure in the stream, as OpenAI does."""
+    async def fail(
+        self, exc: APIError, event: str | None = None, body: Payload | None = None
+    ) -> web.StreamResponse:
+        """Headers are gone already: report the failure in the stream, as OpenAI does (or in
+        the API's own `body` for it: Anthropic's `error` event)."""
         get_record(self.request).error_code = exc.code or exc.type
         log.warning("stream ended by error: %s", exc.message)
-        return await self.close(exc.body(), event)
+        return await self.close(exc.body() if body is None else body, event)

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 SMOL = "smollm2"
 GEMMA = "gemma3-270m"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEATHER_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+"""The weather tool's parameters, which the tool tests of every API (chat completions,
+Responses, Messages) wrap in their own tool shape."""
 STORY = [{"role": "user", "content": "Tell me a long story about a dragon who lives in a castle."}]
 
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
 from llmd.auth.keys import add_key
-from tests.e2e.api import GEMMA, SMOL, SMOL_FILE
+from tests.e2e.api import GEMMA, SMOL, SMOL_FILE, WEATHER_PARAMETERS
 from tests.e2e.conftest import bearer
 from tests.e2e.test_metrics import Samples, delta
 
@@ -34,15 +34,7 @@ GREEDY = {"temperature": 0}
 WEATHER: dict[str, Any] = {
     "name": "get_weather",
     "description": "The current weather in a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 20},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
+    "input_schema": WEATHER_PARAMETERS,
 }
 ONE_CALL: Any = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
 

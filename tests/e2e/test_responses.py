@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from llmd.auth.keys import add_key
 from tests.contracts import validate, validate_responses_stream
-from tests.e2e.api import SMOL
+from tests.e2e.api import SMOL, WEATHER_PARAMETERS
 from tests.e2e.conftest import SMOL as SMOL_FILE
 from tests.e2e.conftest import Daemon, bearer, start_daemon
 
@@ -40,15 +40,7 @@ WEATHER: dict[str, Any] = {
     "type": "function",
     "name": "get_weather",
     "description": "The current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 20},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
+    "parameters": WEATHER_PARAMETERS,
     "strict": True,
 }
 

@@ -23,7 +23,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.e2e.api import GEMMA, SMOL
+from tests.e2e.api import GEMMA, SMOL, WEATHER_PARAMETERS
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Daemon
@@ -38,15 +38,7 @@ WEATHER: dict[str, Any] = {
     "function": {
         "name": "get_weather",
         "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 20},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
+        "parameters": WEATHER_PARAMETERS,
     },
 }
 ORDER: dict[str, Any] = {
