@@ -66,6 +66,13 @@ class RequestRecord:
     """The prompt, kept only when content logging is on for the request (usage records)."""
     answer_parts: list[str] | None = None
     """Set to [] when content logging is on: serving appends the answer text to it."""
+    cache: str | None = None
+    """The response cache's part: "hit" (answered from it), "miss" (computed, and kept if
+    the client allows), "bypass" (not determined by the request, or the client said not to
+    read it); None for requests it has no part in. Sent as `x-llmd-cache`."""
+    cache_read: bool = True
+    cache_write: bool = True
+    """The client's Cache-Control: `no-cache` forbids reading an answer, `no-store` keeping it."""
 
     @property
     def is_generation(self) -> bool:

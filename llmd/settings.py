@@ -22,6 +22,10 @@ from llmd.units import parse_size as parse_size
 DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
 
 
+CacheMode = Literal["on", "shared", "off"]
+"""A model's or key's use of the response cache: its own entries, the shared ones, none."""
+
+
 class _Section(BaseModel):
     # A misspelt key must stop start-up, not be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -242,6 +246,11 @@ class ModelSettings(_Section):
         description="Load at start. Models named in this file preload unless false; files "
         "found only in models_dir load on their first request.",
     )
+    cache: CacheMode = Field(
+        "on",
+        description="Response cache for this model: on (each key its own entries), shared "
+        "(every key reads every key's entries), off (never cached).",
+    )
 
 
 class MemorySettings(_Section):
@@ -358,6 +367,55 @@ class UsageSettings(_Section):
     )
 
 
+class CacheSettings(_Section):
+    """[cache]: answers a request determines (greedy, or a given seed) kept and given again
+    without model work (docs/cache.md)."""
+
+    enabled: bool = Field(True, description="Keep and reuse determined answers.")
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory (this daemon, bounded by max_bytes) or redis (redis_url: several "
+        "daemons on a site share entries).",
+    )
+    max_bytes: Size = Field(
+        "256MiB",
+        description="Memory backend: bytes the entries may take (least recently used "
+        "out); bytes, '64MiB' or a share of RAM ('2%').",
+    )
+    ttl: Duration = Field(
+        "24h", description="How long an entry is kept: seconds, '10m', '24h'; -1: until evicted."
+    )
+    max_entry_bytes: Size = Field(
+        "4MiB", description="An answer larger than this (encoded) is not kept."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis backend: redis://[:password@]host:port/db, rediss:// for TLS, "
+        "unix:///path.sock.",
+    )
+    redis_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="A Redis call slower than this is given up: the request is computed as "
+        "if there were no cache.",
+    )
+    count_hit_tokens: bool = Field(
+        False,
+        description="Charge a hit's tokens to its key's token limits (TPM, monthly) as if "
+        "the model had run; requests per minute always count.",
+    )
+    keys: dict[str, CacheMode] = Field(
+        default_factory=dict,
+        description="Per API key: on (its own entries, the default), shared (reads and "
+        'writes the shared scope), off (never cached). E.g. keys = { batch = "off" }.',
+    )
+
+    def ttl_s(self) -> float | None:
+        """Seconds an entry lives; None: until evicted (a negative or zero ttl)."""
+        return parse_duration(self.ttl) or None
+
+
 class Settings(_Section):
     models_dir: Path = Field(
         Path("/var/lib/llmd/models"),
@@ -371,6 +429,7 @@ class Settings(_Section):
     loading: LoadingSettings = Field(default_factory=LoadingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )

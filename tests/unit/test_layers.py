@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("engine", ["llmd.engine"]),
     ("protocol", ["llmd.sampling", "llmd.tools", "llmd.protocol", "llmd.plan", "llmd.quantize"]),
     ("models", ["llmd.models"]),
-    ("observers", ["llmd.auth", "llmd.usage", "llmd.metrics", "llmd.logs"]),
+    ("observers", ["llmd.auth", "llmd.usage", "llmd.metrics", "llmd.logs", "llmd.cache"]),
     ("serving", ["llmd.serving"]),
     ("server", ["llmd.server"]),
     ("process", ["llmd.daemon", "llmd.systemd", "llmd.cli", "llmd.__main__"]),

@@ -1,0 +1,251 @@
+"""The response cache as the serving layer sees it: which requests it may answer, under
+which scope and key, and the backend behind it, kept from ever failing a request.
+
+A request is answered from the cache only when its answer is determined (greedy, a seed, an
+embedding), the model and the key allow it (`cache` in [models.X], [cache] keys) and the
+client did not say `Cache-Control: no-cache`; a computed answer is kept unless it said
+`no-store`. A backend that fails or is slower than `redis_timeout_s` makes the request
+computed as if there were no cache: a warning, a count in `llmd_cache_errors`, and the
+backend is left alone for a while (1 s, doubling to 30 s) before it is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psutil
+
+from llmd.cache.entry import Events, decode_runs, encode_runs
+from llmd.cache.keys import Identities, determined, request_key
+from llmd.cache.store import MemoryStore, Store, StoreStats
+from llmd.engine import messages as m
+from llmd.models import Model
+from llmd.record import RequestRecord
+from llmd.settings import CacheSettings, Settings
+from llmd.settings_provider import SettingsProvider
+from llmd.units import parse_size
+
+log = logging.getLogger("llmd.cache")
+_T = TypeVar("_T")
+
+SHARED = "shared"
+ANONYMOUS = "anonymous"
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+def key_scope(name: str) -> str:
+    """The scope holding an API key's own entries."""
+    return f"key:{name}"
+
+
+@dataclass
+class Plan:
+    """Where one API request's answer is filed (or looked for)."""
+
+    scope: str
+    key: str
+
+
+@dataclass
+class Counts:
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    errors: int = 0
+    """Backend calls that failed or timed out."""
+    stored: int = 0
+    too_large: int = 0
+
+
+class ResponseCache:
+    def __init__(self, provider: SettingsProvider) -> None:
+        self._provider = provider
+        self.identities = Identities()
+        self.counts = Counts()
+        self._store: Store | None = None
+        self._built_for: tuple[Any, ...] | None = None
+        self._down_until = 0.0
+        self._backoff_s = BACKOFF_MIN_S
+        self.last_error: str | None = None
+
+    @property
+    def config(self) -> CacheSettings:
+        return self._provider.current.cache
+
+    # -- the backend ------------------------------------------------------------------------
+
+    def store(self) -> Store:
+        """The backend the settings in force name (rebuilt when a reload changes it)."""
+        cfg = self.config
+        want = (cfg.backend, cfg.redis_url) if cfg.backend == "redis" else ("memory",)
+        if self._store is None or self._built_for != want:
+            old = self._store
+            if old is not None:
+                asyncio.ensure_future(old.close())
+            self._store = self._build(cfg)
+            self._built_for = want
+            self._down_until, self._backoff_s = 0.0, BACKOFF_MIN_S
+        if isinstance(self._store, MemoryStore):
+            limit = max_bytes(self._provider.current)
+            if limit != self._store.max_bytes:
+                self._store.max_bytes = limit
+                self._store.resize(limit)
+        return self._store
+
+    def _build(self, cfg: CacheSettings) -> Store:
+        if cfg.backend == "redis":
+            from llmd.cache.redis import RedisStore  # only a Redis user needs the client
+
+            return RedisStore(cfg.redis_url, cfg.redis_timeout_s)
+        return MemoryStore(max_bytes(self._provider.current))
+
+    async def _call(self, what: str, call: Awaitable[_T]) -> tuple[bool, _T | None]:
+        """(ok, result) of a backend call; a failure or a timeout is logged and counted, and
+        the backend is rested before the next try."""
+        store = self._store
+        if store is None or time.monotonic() < self._down_until:
+            if asyncio.iscoroutine(call):
+                call.close()
+            return False, None
+        try:
+            if isinstance(store, MemoryStore):
+                return True, await call
+            return True, await asyncio.wait_for(call, self.config.redis_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a cache never fails a request
+            self.counts.errors += 1
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            self.last_error = f"{what}: {reason}"
+            log.warning(
+                "cache: %s backend %s failed (%s); answering without the cache for %.0f s",
+                store.name,
+                what,
+                reason,
+                self._backoff_s,
+            )
+            self._down_until = time.monotonic() + self._backoff_s
+            self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
+            return False, None
+
+    def _healthy(self) -> None:
+        self._backoff_s = BACKOFF_MIN_S
+        self.last_error = None
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def scope(self, record: RequestRecord, model: Model) -> str | None:
+        """Whose entries the request reads and writes; None when it is not to be cached."""
+        cfg = self.config
+        if not cfg.enabled or model.settings.cache == "off":
+            return None
+        key_mode = cfg.keys.get(record.key_name, "on") if record.key_name else "on"
+        if key_mode == "off":
+            return None
+        if SHARED in (model.settings.cache, key_mode):
+            return SHARED
+        return key_scope(record.key_name) if record.key_name else ANONYMOUS
+
+    async def plan(
+        self, record: RequestRecord, model: Model, reqs: list[m.GenerateRequest]
+    ) -> Plan | None:
+        """Where the request's answer is filed, or None: it is not the cache's to answer."""
+        scope = self.scope(record, model)
+        if scope is None or not all(determined(r) for r in reqs):
+            return None
+        identity = await self.identities.of(model)
+        if identity is None:
+            return None
+        return Plan(scope, request_key(identity, reqs))
+
+    async def get_many(self, scope: str, keys: list[str]) -> list[bytes | None] | None:
+        """Entries, or None when the backend could not be asked."""
+        store = self.store()
+        ok, found = await self._call("read", store.get_many(scope, keys))
+        if ok:
+            self._healthy()
+        return found if ok else None
+
+    async def put(self, scope: str, key: str, value: bytes) -> None:
+        cfg = self.config
+        if len(value) > parse_size(cfg.max_entry_bytes, _ram()):
+            self.counts.too_large += 1
+            return
+        store = self.store()
+        ok, _ = await self._call("write", store.put(scope, key, value, cfg.ttl_s()))
+        if ok:
+            self.counts.stored += 1
+
+    async def lookup(self, plan: Plan, ids: list[str]) -> list[Events] | None:
+        """A generation's stored engine events, given the ids they now answer; None: miss."""
+        found = await self.get_many(plan.scope, [plan.key])
+        if not found or found[0] is None:
+            return None
+        try:
+            return decode_runs(found[0], ids)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("cache: unreadable entry %s ignored: %s", plan.key[:16], exc)
+            return None
+
+    async def keep(self, plan: Plan, runs: list[Events]) -> None:
+        await self.put(plan.scope, plan.key, encode_runs(runs))
+
+    def count(self, record: RequestRecord, result: str) -> None:
+        record.cache = result
+        if result == "hit":
+            self.counts.hits += 1
+        elif result == "miss":
+            self.counts.misses += 1
+        else:
+            self.counts.bypasses += 1
+
+    # -- operators --------------------------------------------------------------------------
+
+    async def clear(self, key_name: str | None = None, shared: bool = False) -> int:
+        """Delete a key's entries (or the shared ones, or every entry); how many went."""
+        scope = SHARED if shared else key_scope(key_name) if key_name else None
+        store = self.store()
+        ok, gone = await self._call("clear", store.clear(scope))
+        if not ok:
+            raise RuntimeError(f"the cache's {store.name} backend failed: {self.last_error}")
+        return gone or 0
+
+    async def stats(self) -> dict[str, Any]:
+        store = self.store()
+        ok, st = await self._call("stats", store.stats())
+        if ok:
+            self._healthy()
+        backend: StoreStats | None = st if ok else None
+        return {
+            "enabled": self.config.enabled,
+            "backend": store.name,
+            "healthy": ok,
+            "error": self.last_error,
+            "entries": backend.entries if backend else None,
+            "bytes": backend.bytes if backend else None,
+            "max_bytes": backend.max_bytes if backend else None,
+            "evictions": backend.evictions if backend else None,
+            "ttl_s": self.config.ttl_s(),
+            "hits": self.counts.hits,
+            "misses": self.counts.misses,
+            "bypasses": self.counts.bypasses,
+            "errors": self.counts.errors,
+            "stored": self.counts.stored,
+            "too_large": self.counts.too_large,
+        }
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def _ram() -> int:
+    return int(psutil.virtual_memory().total)
+
+
+def max_bytes(settings: Settings) -> int:
+    return parse_size(settings.cache.max_bytes, _ram())
