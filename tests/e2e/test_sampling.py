@@ -13,6 +13,10 @@ from tests.e2e.api import SMOL, STORY, chunk_text, stream_chat, warm_chat
 if TYPE_CHECKING:
     from tests.e2e.conftest import Daemon
 
+NO_CACHE = {"Cache-Control": "no-cache"}
+"""A seed's answer is kept by the response cache: the repeats that test the engine's
+reproducibility ask it to compute them again."""
+
 
 def test_logit_bias_forces_token(daemon: Daemon) -> None:
     resp = daemon.client().completions.create(
@@ -108,7 +112,12 @@ def test_seed_determinism(daemon: Daemon) -> None:
 
     def sample(seed: int) -> str:
         resp = client.chat.completions.create(
-            model=SMOL, messages=STORY, max_tokens=16, temperature=1.0, seed=seed
+            model=SMOL,
+            messages=STORY,
+            max_tokens=16,
+            temperature=1.0,
+            seed=seed,
+            extra_headers=NO_CACHE,
         )
         return resp.choices[0].message.content or ""
 
@@ -126,7 +135,13 @@ def test_n_seeded_choices_are_reproducible(daemon: Daemon) -> None:
 
     def texts() -> list[str]:
         resp = client.chat.completions.create(
-            model=SMOL, messages=STORY, max_tokens=12, temperature=1.0, n=2, seed=99
+            model=SMOL,
+            messages=STORY,
+            max_tokens=12,
+            temperature=1.0,
+            n=2,
+            seed=99,
+            extra_headers=NO_CACHE,
         )
         return [c.message.content or "" for c in resp.choices]
 
