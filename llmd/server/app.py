@@ -225,7 +225,7 @@ def create_app(
     app.on_cleanup.append(close_cache)
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
-        metrics = Metrics(provider, manager)
+        metrics = Metrics(provider, manager, cache)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
         app.router.add_get(METRICS_PATH, metrics.handle)
