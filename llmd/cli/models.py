@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 
 
 def add_parser(sub: Any) -> None:
