@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
 
 from llmd.cache.front import ResponseCache
 from llmd.cache.redis import PREFIX, RedisStore, RedisStoreError, safe_url
@@ -230,6 +231,35 @@ def test_a_password_never_shows(tmp_path: Path) -> None:
                     assert piece not in message, message
 
         asyncio.run(main())
+
+
+ACL = (
+    "llmd on >pw resetkeys ~llmd:cache:* -@all +mget +set +scan +unlink +info +client|setname +ping"
+)
+"""The ACL user docs/cache.md gives: llmd's keys only, and the commands RedisStore sends."""
+
+
+def test_an_acl_user_limited_to_llmds_keys_is_enough(redis_server: RedisServer) -> None:
+    async def test(admin: RedisStore, raw: Redis) -> None:
+        await raw.execute_command("ACL", "SETUSER", *ACL.split())
+        await raw.set("not-ours", b"x")
+        store = RedisStore(f"redis://llmd:pw@127.0.0.1:{redis_server.port}/0", TIMEOUT_S)
+        try:
+            await store.put("key:a", "k", b"v", 60.0)
+            assert await store.get_many("key:a", ["k"]) == [b"v"]
+            assert (await store.stats()).entries == 1
+            assert await store.clear("key:a") == 1
+            assert await store.clear(None) == 0
+        finally:
+            await store.close()
+        user = Redis.from_url(f"redis://llmd:pw@127.0.0.1:{redis_server.port}/0")
+        try:
+            with pytest.raises(NoPermissionError):
+                await user.mget(["not-ours"])  # the ACL does bind: the test can fail
+        finally:
+            await user.aclose()
+
+    on_store(redis_server, test)
 
 
 def redis_cache(url: str) -> ResponseCache:
