@@ -9,6 +9,7 @@ serving layer asks, which never lets a backend fail a request.
 
 from __future__ import annotations
 
-from llmd.cache.front import SHARED, Plan, ResponseCache, key_scope
+from llmd.cache.entry import Events
+from llmd.cache.front import CACHE, SHARED, Plan, ResponseCache, cache_control, key_scope
 
-__all__ = ["SHARED", "Plan", "ResponseCache", "key_scope"]
+__all__ = ["CACHE", "SHARED", "Events", "Plan", "ResponseCache", "cache_control", "key_scope"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psutil
+from aiohttp import web
 
 from llmd.cache.entry import Events, decode_runs, encode_runs
 from llmd.cache.keys import Identities, determined, request_key
@@ -64,6 +65,8 @@ class Counts:
 
 
 class ResponseCache:
+    """The daemon's one cache (`app[CACHE]`), its backend chosen by the settings in force."""
+
     def __init__(self, provider: SettingsProvider) -> None:
         self._provider = provider
         self.identities = Identities()
@@ -180,16 +183,19 @@ class ResponseCache:
         if ok:
             self.counts.stored += 1
 
-    async def lookup(self, plan: Plan, ids: list[str]) -> list[Events] | None:
-        """A generation's stored engine events, given the ids they now answer; None: miss."""
+    async def lookup(self, plan: Plan, ids: list[str]) -> tuple[str, list[Events] | None]:
+        """("hit", a generation's stored engine events, given the ids they now answer),
+        ("miss", None), or ("bypass", None) when the backend could not be asked."""
         found = await self.get_many(plan.scope, [plan.key])
-        if not found or found[0] is None:
-            return None
+        if found is None:
+            return "bypass", None
+        if found[0] is None:
+            return "miss", None
         try:
-            return decode_runs(found[0], ids)
+            return "hit", decode_runs(found[0], ids)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("cache: unreadable entry %s ignored: %s", plan.key[:16], exc)
-            return None
+            return "miss", None
 
     async def keep(self, plan: Plan, runs: list[Events]) -> None:
         await self.put(plan.scope, plan.key, encode_runs(runs))
@@ -243,9 +249,18 @@ class ResponseCache:
             await self._store.close()
 
 
+def cache_control(header: str) -> tuple[bool, bool]:
+    """(may read, may write) from a request's Cache-Control: `no-cache` and `no-store`."""
+    directives = {d.strip().split("=", 1)[0].lower() for d in header.split(",")}
+    return "no-cache" not in directives, "no-store" not in directives
+
+
 def _ram() -> int:
     return int(psutil.virtual_memory().total)
 
 
 def max_bytes(settings: Settings) -> int:
     return parse_size(settings.cache.max_bytes, _ram())
+
+
+CACHE = web.AppKey("cache", ResponseCache)

@@ -2,7 +2,8 @@
 
 `record_middleware` gives every request its id and `RequestRecord` (llmd/record.py) and, when
 the request ends, hands the record to the observers in `app[OBSERVERS]`; `finish_stream` runs
-the finishers before a stream's final bytes; `on_prepare` puts the request id on every response.
+the finishers before a stream's final bytes; `on_prepare` puts the request id on every response
+(and the response cache's part, `x-llmd-cache`, on those it had one in).
 """
 
 from __future__ import annotations
@@ -76,3 +77,5 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     if record is not None:
         response.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
         response.headers.setdefault("request-id", record.request_id)
+        if record.cache is not None and response.status < 400:
+            response.headers["x-llmd-cache"] = record.cache

@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
+from llmd.cache import CACHE, ResponseCache
 from llmd.errors import (
     APIError,
     InvalidRequest,
@@ -215,7 +216,13 @@ def create_app(
     app[FINISHERS] = []
     app[SETTINGS] = provider
     app[MODELS] = manager
-    app[SERVING] = Serving(provider)  # serving and metrics read provider.current each time
+    app[CACHE] = cache = ResponseCache(provider)
+    app[SERVING] = Serving(provider, cache)  # serving and metrics read provider.current each time
+
+    async def close_cache(_app: web.Application) -> None:
+        await cache.close()
+
+    app.on_cleanup.append(close_cache)
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
         metrics = Metrics(provider, manager)

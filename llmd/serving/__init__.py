@@ -11,6 +11,7 @@ model facts, following the engine's events), one answer reader for the translate
 
 from __future__ import annotations
 
+from llmd.cache import ResponseCache
 from llmd.serving.chat import ServingChat
 from llmd.serving.completions import ServingCompletions
 from llmd.serving.embeddings import ServingEmbeddings
@@ -24,13 +25,14 @@ class Serving:
     """Every endpoint's serving object, built once per app; each reads the settings in
     force from the one provider, so a reload reaches them all at once."""
 
-    def __init__(self, provider: SettingsProvider) -> None:
+    def __init__(self, provider: SettingsProvider, cache: ResponseCache) -> None:
         self._provider = provider
-        self.chat = ServingChat(provider)
-        self.completions = ServingCompletions(provider)
-        self.embeddings = ServingEmbeddings(provider)
+        self.cache = cache
+        self.chat = ServingChat(provider, cache)
+        self.completions = ServingCompletions(provider, cache)
+        self.embeddings = ServingEmbeddings(provider, cache)
         self.messages = ServingMessages(provider, self.chat)
-        self.count_tokens = ServingCountTokens(provider)
+        self.count_tokens = ServingCountTokens(provider, cache)
         self.responses = ServingResponses(provider, self.chat)
 
     @property

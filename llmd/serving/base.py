@@ -22,6 +22,7 @@ a request ends (done, error, client gone, timeout), its engine sequences are can
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 
 from llmd.auth.middleware import authorize_model
+from llmd.cache import Events, ResponseCache, cache_control
 from llmd.engine import messages as m
 from llmd.engine.client import RequestHandle
 from llmd.errors import APIError, InvalidRequest
@@ -53,8 +55,9 @@ class ServingBase(Generic[R]):
     """One endpoint's serving: `serve` leases the model, `respond` (each endpoint's own)
     answers with it."""
 
-    def __init__(self, provider: SettingsProvider) -> None:
+    def __init__(self, provider: SettingsProvider, cache: ResponseCache) -> None:
         self._provider = provider
+        self.cache = cache
 
     @property
     def settings(self) -> Settings:
@@ -68,8 +71,12 @@ class ServingBase(Generic[R]):
         be) until the response's last byte, answering the request with it."""
         entry = manager.resolve(req.model)
         authorize_model(request, entry.name, entry.settings.aliases)
+        record = get_record(request)
+        record.cache_read, record.cache_write = cache_control(
+            request.headers.get("Cache-Control", "")
+        )
         async with manager.use(req.model, req.keep_alive_s()) as model:
-            return await self.respond(request, req, model, get_record(request))
+            return await self.respond(request, req, model, record)
 
     async def respond(
         self, request: web.Request, req: R, model: Model, record: RequestRecord
@@ -165,7 +172,8 @@ class ServingBase(Generic[R]):
     async def submit(
         self, model: Model, reqs: list[m.GenerateRequest], n: int, record: RequestRecord
     ) -> Run:
-        """Hand the prompts to the engine; once all are accepted, follow them as one run."""
+        """Hand the prompts to the engine (or find their answer in the response cache); once
+        all are accepted, follow them as one run."""
         options = model.process.options
         capacity = options.load.parallel + options.max_queue
         if len(reqs) > 1 and sum(r.n for r in reqs) > capacity:
@@ -175,6 +183,18 @@ class ServingBase(Generic[R]):
                 f"holds at once ({capacity}, its slots and queue)",
                 param="prompt",
             )
+        timeout_s = self.settings.server.request_timeout_s
+        plan = await self.cache.plan(record, model, reqs)
+        result = "bypass"
+        if plan is not None and record.cache_read:
+            result, found = await self.cache.lookup(plan, [r.id for r in reqs])
+            if found is not None:
+                self.cache.count(record, "hit")
+                replays = [_replayed(req, events) for req, events in zip(reqs, found, strict=True)]
+                run = Run(model, replays, n, timeout_s, record)
+                await run.start()
+                return run
+        self.cache.count(record, result)
         handles: list[RequestHandle] = []
         try:
             for req in reqs:
@@ -183,7 +203,9 @@ class ServingBase(Generic[R]):
             for handle in handles:
                 model.process.cancel(handle)
             raise
-        run = Run(model, handles, n, self.settings.server.request_timeout_s, record)
+        run = Run(model, handles, n, timeout_s, record)
+        if plan is not None and record.cache_write:
+            run.keep = functools.partial(self.cache.keep, plan)
         try:
             await run.start()
         except BaseException:
@@ -226,6 +248,15 @@ def check_characters(model: Model, size: int, what: str, param: str) -> None:
             code="context_length_exceeded",
             param=param,
         )
+
+
+def _replayed(req: m.GenerateRequest, events: Events) -> RequestHandle:
+    """A request answered from the cache: its stored events, waiting to be read as the
+    engine's would be (the model process never hears of it)."""
+    handle = RequestHandle(req.id, req.n)
+    for event in events:
+        handle.queue.put_nowait(event)
+    return handle
 
 
 def tenant(record: RequestRecord) -> str:
@@ -279,12 +310,17 @@ class Run:
         self.cached_tokens = 0
         self.completion_tokens = 0
         self._streams = [h.events() for h in handles]
+        self.keep: Callable[[list[Events]], Awaitable[None]] | None = None
+        """Given every prompt's events once all ended (for the response cache)."""
+        self._events: list[Events] = [[] for _ in handles]
 
     async def start(self) -> None:
         """Wait until every prompt is tokenized and accepted (or raise its 4xx/5xx)."""
-        for stream in self._streams:
+        for i, stream in enumerate(self._streams):
             first = await self._within_deadline(anext(stream))
             assert isinstance(first, m.Started)
+            if self.keep is not None:
+                self._events[i].append(first)
             self.started.append(first)
             self.prompt_tokens += first.prompt_tokens
         self.record.prompt_tokens = self.prompt_tokens
@@ -308,9 +344,12 @@ class Run:
                 i, event = await self._within_deadline(queue.get())
                 if event is None:
                     open_streams -= 1
-                elif isinstance(event, Exception):
+                    continue
+                if isinstance(event, Exception):
                     raise event
-                elif isinstance(event, m.Admitted):
+                if self.keep is not None:
+                    self._events[i].append(event)
+                if isinstance(event, m.Admitted):
                     self.cached_tokens += event.cached_tokens
                     self.record.cached_tokens = self.cached_tokens
                     self.record.admitted = self.record.admitted or time.monotonic()
@@ -322,6 +361,8 @@ class Run:
                     if event.tokens and self.record.first_token is None:
                         self.record.first_token = time.monotonic()
                     yield i * self.n + event.index, event
+            if self.keep is not None:
+                await self.keep(self._events)
         finally:
             for task in tasks:
                 task.cancel()

@@ -9,6 +9,7 @@ import uuid
 
 from aiohttp import web
 
+from llmd.cache.entry import decode_embedding, encode_embedding
 from llmd.engine import messages as m
 from llmd.engine.client import RequestHandle
 from llmd.errors import ServiceUnavailable
@@ -45,7 +46,7 @@ class ServingEmbeddings(ServingBase[EmbeddingRequest]):
                     weight=record.weight,
                 )
             )
-        results = await _embed_all(model, reqs, self.settings.server.request_timeout_s)
+        results = await self._cached(record, model, reqs)
         record.prompt_tokens = sum(tokens for tokens, _ in results)
         body = embeddings_body(
             [vector for _, vector in results],
@@ -55,6 +56,36 @@ class ServingEmbeddings(ServingBase[EmbeddingRequest]):
             req.dimensions,
         )
         return web.json_response(body)
+
+    async def _cached(
+        self, record: RequestRecord, model: Model, reqs: list[m.GenerateRequest]
+    ) -> list[tuple[int, bytes]]:
+        """Every input's (prompt tokens, vector): those the response cache holds from it, the
+        rest from the engine (and kept). Inputs are filed one by one, so a document embedded
+        again in another batch is found too; the request is a hit when every input was."""
+        plans = [await self.cache.plan(record, model, [req]) for req in reqs]
+        usable = [p for p in plans if p is not None]
+        found: list[bytes | None] | None = None
+        if usable and len(usable) == len(reqs) and record.cache_read:
+            found = await self.cache.get_many(usable[0].scope, [p.key for p in usable])
+        known: dict[int, tuple[int, bytes]] = {}
+        for i, data in enumerate(found or []):
+            if data is not None:
+                try:
+                    known[i] = decode_embedding(data)
+                except (ValueError, KeyError, TypeError):
+                    pass  # unreadable: computed again, and replaced
+        result = "bypass" if found is None else "hit" if len(known) == len(reqs) else "miss"
+        self.cache.count(record, result)
+        missing = [i for i in range(len(reqs)) if i not in known]
+        timeout_s = self.settings.server.request_timeout_s
+        computed = await _embed_all(model, [reqs[i] for i in missing], timeout_s)
+        for i, (tokens, vector) in zip(missing, computed, strict=True):
+            known[i] = (tokens, vector)
+            plan = plans[i]
+            if plan is not None and record.cache_write:
+                await self.cache.put(plan.scope, plan.key, encode_embedding(tokens, vector))
+        return [known[i] for i in range(len(reqs))]
 
 
 # An embedding samples nothing; its request still carries complete parameters (the built-ins).

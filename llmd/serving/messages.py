@@ -48,7 +48,7 @@ clients that time out an idle stream keep it."""
 
 class ServingMessages(ServingBase[MessagesRequest]):
     def __init__(self, provider: SettingsProvider, chat: ServingChat) -> None:
-        super().__init__(provider)
+        super().__init__(provider, chat.cache)
         self.chat = chat
 
     async def respond(

@@ -228,7 +228,7 @@ def numbered(events: list[Event], start: int) -> Iterator[Event]:
 
 class ServingResponses(ServingBase[ResponsesRequest]):
     def __init__(self, provider: SettingsProvider, chat: ServingChat) -> None:
-        super().__init__(provider)
+        super().__init__(provider, chat.cache)
         self.chat = chat
 
     async def serve(
