@@ -241,7 +241,7 @@ ACL = (
 
 def test_an_acl_user_limited_to_llmds_keys_is_enough(redis_server: RedisServer) -> None:
     async def test(admin: RedisStore, raw: Redis) -> None:
-        await raw.execute_command("ACL", "SETUSER", *ACL.split())
+        await raw.execute_command("ACL", "SETUSER", *ACL.split())  # type: ignore[no-untyped-call]
         await raw.set("not-ours", b"x")
         store = RedisStore(f"redis://llmd:pw@127.0.0.1:{redis_server.port}/0", TIMEOUT_S)
         try:
