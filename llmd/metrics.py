@@ -393,7 +393,7 @@ class Metrics:
                 "Metrics are not open to this client (see metrics.access in the config).",
                 code="metrics_forbidden",
             )
-        self.cache_collector.stats = await self.cache.stats()
+        self.cache_collector.stats = await self.cache.stats(count=False)
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -22,7 +22,9 @@ from urllib.parse import unquote
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from llmd.cache.store import StoreStats
@@ -33,7 +35,13 @@ BATCH = 500
 
 
 class RedisStoreError(Exception):
-    """A Redis call failed; the message names what failed, never the URL's password."""
+    """A Redis call failed; the message names what failed, never the URL's password.
+    `unreachable`: Redis could not be reached (down, slow); else it answered with an error
+    (a write refused at maxmemory), which says nothing about the next read."""
+
+    def __init__(self, message: str, unreachable: bool = True) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def _split_userinfo(url: str) -> tuple[str, str, str] | None:
@@ -113,7 +121,8 @@ class RedisStore:
 
     def _fail(self, exc: Exception) -> RedisStoreError:
         message = self._clean(str(exc) or type(exc).__name__)
-        return RedisStoreError(f"redis at {self.url}: {message}")
+        unreachable = isinstance(exc, OSError | RedisConnectionError | RedisTimeoutError)
+        return RedisStoreError(f"redis at {self.url}: {message}", unreachable)
 
     @staticmethod
     def _name(scope: str, key: str) -> str:
@@ -158,11 +167,13 @@ class RedisStore:
             raise self._fail(exc) from None
         return gone
 
-    async def stats(self) -> StoreStats:
+    async def stats(self, count: bool = True) -> StoreStats:
         try:
-            entries = 0
-            async for names in self._scan(PREFIX + "*"):
-                entries += len(names)
+            entries: int | None = None
+            if count:  # a SCAN of every entry: for the operator, not for each metrics scrape
+                entries = 0
+                async for names in self._scan(PREFIX + "*"):
+                    entries += len(names)
             memory: dict[str, Any] = await self._redis().info("memory")
             counters: dict[str, Any] = await self._redis().info("stats")
         except (RedisError, OSError) as exc:
