@@ -12,6 +12,7 @@ backend is left alone for a while (1 s, doubling to 30 s) before it is tried aga
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -213,6 +214,9 @@ class ResponseCache:
         await self.put(plan.scope, plan.key, encode_runs(runs))
 
     def count(self, record: RequestRecord, result: str) -> None:
+        """The request's part (`x-llmd-cache`); none at all while the cache is disabled."""
+        if not self.config.enabled:
+            return
         record.cache = result
         if result == "hit":
             self.counts.hits += 1
@@ -269,7 +273,10 @@ def cache_control(header: str) -> tuple[bool, bool]:
     return "no-cache" not in directives, "no-store" not in directives
 
 
+@functools.cache
 def _ram() -> int:
+    """The machine's RAM, for sizes given as a share of it (read once: a request's path must
+    not read /proc/meminfo again and again)."""
     return int(psutil.virtual_memory().total)
 
 
