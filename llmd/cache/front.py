@@ -26,7 +26,7 @@ from llmd.cache.entry import Events, decode_runs, encode_runs
 from llmd.cache.keys import Identities, determined, request_key
 from llmd.cache.store import MemoryStore, Store, StoreStats
 from llmd.engine import messages as m
-from llmd.models import Model
+from llmd.models import Model, ModelManager
 from llmd.record import RequestRecord
 from llmd.settings import CacheSettings, Settings
 from llmd.settings_provider import SettingsProvider
@@ -78,6 +78,21 @@ class ResponseCache:
         self._down_until = 0.0
         self._backoff_s = BACKOFF_MIN_S
         self.last_error: str | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def follow(self, manager: ModelManager) -> None:
+        """Identify each model as soon as it is loaded: hashing a 5 GB file takes seconds,
+        better spent before a request waits for it than on the first cacheable one."""
+
+        def loaded(name: str, event: str, why: str) -> None:
+            entry = manager.entries.get(name)
+            model = entry.current if entry is not None else None
+            if event in ("load", "swap") and model is not None and self.config.enabled:
+                task = asyncio.ensure_future(self.identities.of(model))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        manager.listeners.append(loaded)
 
     @property
     def config(self) -> CacheSettings:

@@ -217,6 +217,7 @@ def create_app(
     app[SETTINGS] = provider
     app[MODELS] = manager
     app[CACHE] = cache = ResponseCache(provider)
+    cache.follow(manager)
     app[SERVING] = Serving(provider, cache)  # serving and metrics read provider.current each time
 
     async def close_cache(_app: web.Application) -> None:
