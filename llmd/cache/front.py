@@ -211,8 +211,10 @@ class ResponseCache:
         if ok:
             self.counts.stored += 1
 
-    async def lookup(self, plan: Plan, ids: list[str]) -> tuple[str, list[Events] | None]:
-        """("hit", a generation's stored engine events, given the ids they now answer),
+    async def lookup(
+        self, plan: Plan, reqs: list[m.GenerateRequest]
+    ) -> tuple[str, list[Events] | None]:
+        """("hit", a generation's stored engine events, given the requests they now answer),
         ("miss", None), or ("bypass", None) when the backend could not be asked."""
         found = await self.get_many(plan.scope, [plan.key])
         if found is None:
@@ -220,7 +222,7 @@ class ResponseCache:
         if found[0] is None:
             return "miss", None
         try:
-            return "hit", decode_runs(found[0], ids)
+            return "hit", decode_runs(found[0], [r.id for r in reqs], [r.n for r in reqs])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("cache: unreadable entry %s ignored: %s", plan.key[:16], exc)
             return "miss", None

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from llmd.auth.keys import add_key
+from llmd.cache import CACHE
+from llmd.cache.store import MemoryStore
 from tests.unit.app_harness import (
     GEMMA,
     HI,
@@ -157,3 +159,26 @@ def _value(metrics: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{series} not in the metrics")
+
+
+def test_an_unreadable_entry_is_a_miss_and_is_replaced(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        _, first = await ask(h, GREEDY)
+        store = h.client.app[CACHE].store()
+        assert isinstance(store, MemoryStore)
+        slots = list(store._entries)  # noqa: SLF001 - what a shared Redis could hold
+        assert len(slots) == 1
+        scope, key = slots[0]
+        for bad in (
+            b'{"runs": [[["d", "not what it seems"]]]}',
+            b'{"runs": [[["s", "1", 8, null]]]}',
+            b'{"runs": [[["s", 1, 8, null], ["d", 0, "Hi", 1, null, null, null]]]}',  # no end
+            b'{"runs": [[["s", 1, 8, null], ["d", 3, "Hi", 1, "stop", null, null]]]}',
+        ):
+            await store.put(scope, key, bad, None)
+            cache, again = await ask(h, GREEDY)
+            assert cache == "miss" and again["choices"] == first["choices"]
+        assert (await ask(h, GREEDY))[0] == "hit"
+        assert len(h.submitted()) == 5
+
+    serve(tmp_path, test)
