@@ -87,7 +87,9 @@ class ResponseCache:
         def loaded(name: str, event: str, why: str) -> None:
             entry = manager.entries.get(name)
             model = entry.current if entry is not None else None
-            if event in ("load", "swap") and model is not None and self.config.enabled:
+            if model is None or event not in ("load", "swap"):
+                return
+            if self.config.enabled and model.settings.cache != "off":
                 task = asyncio.ensure_future(self.identities.of(model))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
