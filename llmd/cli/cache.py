@@ -71,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(answer, indent=2))
         else:
-            whose = f"key {args.key!r}'s " if keyed else "shared " if args.shared else ""
-            print(f"deleted {answer['deleted']} {whose}cache entr{_plural(answer['deleted'])}")
+            n = answer["deleted"]
+            entries = f"cache entr{'y' if n == 1 else 'ies'}"
+            if keyed:
+                print(f"deleted {n} {entries} of key {args.key!r}")
+            else:
+                print(f"deleted {n} {'shared ' if args.shared else ''}{entries}")
         return 0
     except DaemonError as exc:
         print(f"llmd: {exc}", file=sys.stderr)
@@ -80,7 +84,3 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llmd: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-
-
-def _plural(n: int) -> str:
-    return "y" if n == 1 else "ies"
