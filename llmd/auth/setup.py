@@ -73,7 +73,8 @@ def install_auth(
             # Read before the usage writer starts (its start-up hook comes after this one).
             month = month_start(clock())
             try:
-                auth.limiter.set_month_totals(totals_since(store.path, month), month)
+                hits = provider.current.cache.count_hit_tokens
+                auth.limiter.set_month_totals(totals_since(store.path, month, hits), month)
             except Exception as exc:  # noqa: BLE001 - an unreadable database is reported below
                 log.error("usage database %s unreadable at start: %s", store.path, exc)
 

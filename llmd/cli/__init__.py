@@ -18,7 +18,7 @@ from collections.abc import Callable
 from llmd import __version__
 from llmd.cli import cache, keys, models, serve, tls
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 from llmd.settings_provider import SettingsProvider
 
 Command = Callable[[argparse.Namespace, SettingsProvider], int]

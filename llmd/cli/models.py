@@ -14,7 +14,7 @@ import psutil
 
 from llmd.cli.client import Daemon, DaemonError, daemon_at
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 
 
 def add_parser(sub: Any) -> None:

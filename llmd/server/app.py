@@ -217,6 +217,7 @@ def create_app(
     app[SETTINGS] = provider
     app[MODELS] = manager
     app[CACHE] = cache = ResponseCache(provider)
+    cache.follow(manager)
     app[SERVING] = Serving(provider, cache)  # serving and metrics read provider.current each time
 
     async def close_cache(_app: web.Application) -> None:
@@ -225,7 +226,7 @@ def create_app(
     app.on_cleanup.append(close_cache)
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
-        metrics = Metrics(provider, manager)
+        metrics = Metrics(provider, manager, cache)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
         app.router.add_get(METRICS_PATH, metrics.handle)
