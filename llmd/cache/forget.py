@@ -23,7 +23,7 @@ CLEARED = "cache.cleared"
 async def forget_key(cache: ResponseCache | None, name: str) -> dict[str, Any]:
     """Delete an API key's cached answers; the audit entry's detail: `{"deleted": N}`, or
     `{"error": why}` when the backend failed."""
-    if cache is None:
+    if cache is None or not name:  # no name would be every entry: never meant here
         return {"deleted": 0}
     try:
         deleted = await cache.clear(key_name=name)

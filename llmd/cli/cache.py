@@ -11,7 +11,7 @@ from typing import Any
 
 from llmd.cli.client import DaemonError, daemon_at
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 
 
 def add_parser(sub: Any) -> None:
