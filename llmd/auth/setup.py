@@ -18,6 +18,8 @@ from llmd.auth import api as keys_api
 from llmd.auth import middleware as mw
 from llmd.auth.limits import Limiter, month_start
 from llmd.auth.registry import KeyRegistry
+from llmd.cache import CACHE, key_scope
+from llmd.cache.forget import CLEARED, forget_key
 from llmd.settings_provider import SettingsProvider
 from llmd.usage.recorder import Audit
 from llmd.usage.store import UsageStore, totals_since
@@ -48,6 +50,17 @@ def install_auth(
     registry.on_reload.append(
         lambda changed: audit.record("system", "keys.reloaded", ",".join(changed), None)
     )
+
+    async def forget(names: list[str]) -> None:
+        """A key revoked or deleted in the file (`llmd keys revoke`, an edit) loses its
+        cached answers, as through the admin API (llmd/auth/api.py)."""
+        for name in names:
+            detail = await forget_key(app.get(CACHE), name)
+            audit.record(
+                "system", CLEARED, key_scope(name), None, {**detail, "reason": "keys.reloaded"}
+            )
+
+    registry.on_gone.append(forget)
     keys_api.add_routes(app)
 
     async def startup(app: web.Application) -> None:
