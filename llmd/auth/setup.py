@@ -22,6 +22,7 @@ from llmd.cache import CACHE, key_scope
 from llmd.cache.forget import CLEARED, forget_key
 from llmd.settings_provider import SettingsProvider
 from llmd.usage.recorder import Audit
+from llmd.usage.responses import RESPONSE_STORE
 from llmd.usage.store import UsageStore, totals_since
 
 log = logging.getLogger("llmd.auth")
@@ -53,8 +54,13 @@ def install_auth(
 
     async def forget(names: list[str]) -> None:
         """A key revoked or deleted in the file (`llmd keys revoke`, an edit) loses its
-        cached answers, as through the admin API (llmd/auth/api.py)."""
+        cached answers and stored Responses, as through the admin API (llmd/auth/api.py):
+        `llmd keys revoke` deleted the stored ones from the database, but not those a
+        daemon without a usage database holds in memory."""
+        stored = app.get(RESPONSE_STORE)
         for name in names:
+            if stored is not None:
+                await stored.forget_key(name)
             detail = await forget_key(app.get(CACHE), name)
             audit.record(
                 "system", CLEARED, key_scope(name), None, {**detail, "reason": "keys.reloaded"}
