@@ -50,7 +50,7 @@ from bench.loadgen import LoadConfig, run_load  # noqa: E402
 from llmd.auth.keys import add_key  # noqa: E402
 from llmd.models import ModelManager  # noqa: E402
 from llmd.server.app import create_app  # noqa: E402
-from llmd.settings import load_settings  # noqa: E402
+from llmd.settings_file import load_settings  # noqa: E402
 
 
 def _config_text(extra: str = "", parallel: int = 16) -> str:

@@ -271,6 +271,8 @@ def access_log(record: RequestRecord) -> None:
             ttft_s=_seconds(record.ttft_s),
             tpot_s=_seconds(record.tpot_s),
         )
+    if record.cache is not None:
+        fields["cache"] = record.cache
     if record.error_code is not None:
         fields["error"] = record.error_code
     logging.getLogger(ACCESS_LOGGER).info("request", extra={"fields": fields})

@@ -9,6 +9,9 @@ several apps in one process, as in tests, never collide):
 * `ModelCollector` renders the models' status view (`llmd.models.status`) at scrape time (no
   background polling): model states, running and waiting sequences, KV cells, memory,
   restarts.
+* `CacheCollector` renders the response cache's stats, read (from Redis, perhaps) by the
+  scrape's handler just before. An answer from the cache counts in `llmd_cache_requests` but
+  not in the token counters and latency histograms, which describe the models' work.
 
 Names start with `llmd_` and carry their unit. Label values are bounded: `model` is a
 configured model (requests for unknown models carry model=""), `endpoint` a route pattern,
@@ -24,6 +27,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -38,6 +42,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from llmd import __version__
+from llmd.cache import ResponseCache
 from llmd.engine.client import ModelState
 from llmd.errors import PermissionDenied
 from llmd.models import ModelManager
@@ -185,6 +190,37 @@ class ModelCollector(Collector):
                 yield g
 
 
+class CacheCollector(Collector):
+    """The response cache's size and counters, from the stats its scrape read last."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats
+        for name, doc, field_ in (
+            ("llmd_cache_entries", "Answers held by the response cache.", "entries"),
+            ("llmd_cache_bytes", "Bytes the response cache holds (Redis: its memory).", "bytes"),
+            ("llmd_cache_max_bytes", "The response cache's bound in bytes.", "max_bytes"),
+        ):
+            if st.get(field_) is not None:
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], st[field_])
+                yield g
+        for name, doc, field_ in (
+            ("llmd_cache_evictions", "Entries dropped to stay within the bound.", "evictions"),
+            ("llmd_cache_errors", "Cache backend calls that failed or timed out.", "errors"),
+            ("llmd_cache_stored", "Answers written to the response cache.", "stored"),
+        ):
+            if st.get(field_) is not None:
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], st[field_])
+                yield c
+        up = GaugeMetricFamily("llmd_cache_up", "1 when the cache's backend answers.")
+        up.add_metric([], 1 if st.get("healthy") else 0)
+        yield up
+
+
 def client_allowed(access: str, remote: str | None) -> bool:
     """`metrics.access`: loopback (default), all, key (the same as all), or none. A unix-socket
     client is local. Once keys are in force the auth middleware has also checked the scrape's
@@ -204,8 +240,11 @@ def client_allowed(access: str, remote: str | None) -> bool:
 class Metrics:
     """The per-app registry, the request observer and the /metrics handler."""
 
-    def __init__(self, provider: SettingsProvider, manager: ModelManager) -> None:
+    def __init__(
+        self, provider: SettingsProvider, manager: ModelManager, cache: ResponseCache
+    ) -> None:
         self._provider = provider
+        self.cache = cache
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self._keys: set[str] = set()
@@ -281,7 +320,15 @@ class Metrics:
                 registry=r,
             ),
         }
+        self.cache_requests = Counter(
+            "llmd_cache_requests",
+            "Generation and embedding requests by the response cache's part: hit, miss, bypass.",
+            ["model", "result"],
+            registry=r,
+        )
         r.register(ModelCollector(manager))
+        self.cache_collector = CacheCollector()
+        r.register(self.cache_collector)
         # Series exist at 0 from the start for every configured model: Prometheus' rate() and
         # increase() cannot see a counter's first step when its series appears already at 1+
         # (a first burst of refusals would read as zero).
@@ -292,6 +339,8 @@ class Metrics:
                 counter.labels(name, "")
             for event in self.events.values():
                 event.labels(name)
+            for result in ("hit", "miss", "bypass"):
+                self.cache_requests.labels(name, result)
 
     @property
     def settings(self) -> Settings:
@@ -315,7 +364,9 @@ class Metrics:
         self.requests.labels(record.endpoint, str(record.status), model, key).inc()
         if record.error_code in REFUSAL_CODES:
             self.refusals.labels(model, record.error_code, key).inc()
-        if not record.is_generation:
+        if record.cache is not None:
+            self.cache_requests.labels(model, record.cache).inc()
+        if not record.is_generation or record.cache == "hit":
             return
         self.prompt_tokens.labels(model, key).inc(record.prompt_tokens)
         self.cached_tokens.labels(model, key).inc(record.cached_tokens)
@@ -342,6 +393,7 @@ class Metrics:
                 "Metrics are not open to this client (see metrics.access in the config).",
                 code="metrics_forbidden",
             )
+        self.cache_collector.stats = await self.cache.stats(count=False)
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -1,4 +1,4 @@
-"""The one settings model for llmd's TOML file, and the loader that explains bad files.
+"""The one settings model for llmd's TOML file (llmd/settings_file.py reads the file into it).
 
 Every field carries its type, bounds and a description: `llmd serve --help` and
 `llmd check-config` are generated from these, so the docs and the code never disagree.
@@ -7,20 +7,15 @@ Durations and byte sizes are parsed in llmd/units.py.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmd.explain import explain, read_toml
 from llmd.units import Duration, Size
 from llmd.units import parse_duration as parse_duration  # re-exported: tests import them here
 from llmd.units import parse_size as parse_size
-
-DEFAULT_CONFIG_PATHS = (Path("etc/llmd.toml"), Path("/etc/llmd/llmd.toml"))
-
 
 CacheMode = Literal["on", "shared", "off"]
 """A model's or key's use of the response cache: its own entries, the shared ones, none."""
@@ -458,83 +453,3 @@ class Settings(_Section):
     def model_path(self, name: str) -> Path:
         path = self.models[name].path
         return path if path.is_absolute() else self.models_dir / path
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message names file, line, key and reason."""
-
-
-def find_config(explicit: str | Path | None) -> Path | None:
-    """The config file to use: an explicit path, $LLMD_CONFIG, ./etc/llmd.toml, /etc/llmd."""
-    if explicit is not None:
-        return Path(explicit)
-    if env := os.environ.get("LLMD_CONFIG"):
-        return Path(env)
-    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
-
-
-def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Read and validate a TOML file; relative paths in it are made relative to its directory."""
-    data: dict[str, Any] = {}
-    text = ""
-    if path is not None:
-        text, data = read_toml(path, ConfigError)
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(explain(path, text, exc)) from exc
-    base = path.parent if path is not None else Path.cwd()
-    if not settings.models_dir.is_absolute():
-        settings.models_dir = (base / settings.models_dir).resolve()
-    if not settings.auth.keys_file.is_absolute():
-        settings.auth.keys_file = (base / settings.auth.keys_file).resolve()
-    server = settings.server
-    if server.tls_cert is not None and server.tls_key is not None:
-        # Both at once: assigning one alone would meet the both-or-neither check half done.
-        settings.server = server.model_copy(
-            update={
-                # Not resolved: a symlink (certbot's live/NAME/fullchain.pem) is followed
-                # again at each reload, and the messages name the path that was configured.
-                "tls_cert": (base / server.tls_cert).absolute(),
-                "tls_key": (base / server.tls_key).absolute(),
-            }
-        )
-    settings.usage.database = _database_path(settings.usage.database, base)
-    if settings.logging.dir is not None and not settings.logging.dir.is_absolute():
-        settings.logging.dir = (base / settings.logging.dir).resolve()
-    for model in settings.models.values():
-        model.chat_template = _read_template(model.chat_template, path)
-    return settings
-
-
-def _database_path(given: Path | None, base: Path) -> Path:
-    if given is not None:
-        return given if given.is_absolute() else (base / given).resolve()
-    if state := os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
-        return Path(state.split(":")[0]) / "usage.db"
-    installed = Path("/var/lib/llmd")
-    if installed.is_dir() and os.access(installed, os.W_OK):
-        return installed / "usage.db"
-    return (base / "usage.db").resolve()
-
-
-def _read_template(value: str | None, config_path: Path | None) -> str | None:
-    if value is None or "{" in value or "\n" in value:
-        return value
-    candidate = Path(value)
-    if not candidate.is_absolute() and config_path is not None:
-        candidate = config_path.parent / candidate
-    try:
-        return candidate.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"chat_template file {candidate}: cannot read: {exc.strerror}") from exc
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self
 
-from llmd.settings import ConfigError, Settings, load_settings
+from llmd.settings import Settings
+from llmd.settings_file import ConfigError, load_settings
 
 # The daemon's logger: a refused reload reads as the daemon's own line in the journal.
 log = logging.getLogger("llmd")

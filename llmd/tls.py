@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from llmd.explain import find_line
-from llmd.settings import ConfigError, Settings
+from llmd.settings import Settings
+from llmd.settings_file import ConfigError
 
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")

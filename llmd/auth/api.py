@@ -12,6 +12,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from llmd.auth import keys as k
 from llmd.auth.middleware import AUTH
 from llmd.body import read_json
+from llmd.cache import CACHE, key_scope
+from llmd.cache.forget import CLEARED, forget_key
 from llmd.errors import APIError, InvalidRequest
 from llmd.usage.recorder import AUDIT
 from llmd.usage.responses import RESPONSE_STORE
@@ -102,6 +104,11 @@ async def revoke_key(request: web.Request) -> web.Response:
     stored = request.app.get(RESPONSE_STORE)
     forgotten = await stored.forget_key(name) if stored is not None else 0
     request.app[AUDIT].record_request(request, "key.revoked", name, {"responses": forgotten})
+    # And its cached answers (llmd/cache/forget.py), as when the keys file is edited.
+    detail = await forget_key(request.app.get(CACHE), name)
+    request.app[AUDIT].record_request(
+        request, CLEARED, key_scope(name), {**detail, "reason": "key.revoked"}
+    )
     return web.json_response(k.describe(name, rec))
 
 

@@ -30,7 +30,7 @@ from llmd.auth.pacing import Pacing
 from llmd.auth.registry import KeyRegistry
 from llmd.body import read_json
 from llmd.errors import AuthenticationError, InvalidRequest, PermissionDenied, ServiceUnavailable
-from llmd.record import get_record
+from llmd.record import RequestRecord, get_record
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.usage.store import UsageStore
@@ -205,7 +205,15 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)  # type: ignore[no-any-return]
     finally:
         if key is not None:
-            auth.limiter.release(key.name, record.prompt_tokens + record.completion_tokens)
+            auth.limiter.release(key.name, charged_tokens(record, auth.settings))
+
+
+def charged_tokens(record: RequestRecord, settings: Settings) -> int:
+    """The tokens a request counts against its key's token limits: none for an answer from
+    the response cache (no model work was done), unless the operator says otherwise."""
+    if record.cache == "hit" and not settings.cache.count_hit_tokens:
+        return 0
+    return record.prompt_tokens + record.completion_tokens
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -54,6 +54,12 @@ class KeyRegistry:
         self.by_id: dict[str, str] = {}
         self.error: str | None = None
         self.on_reload: list[Callable[[list[str]], None]] = []
+        """Called (in the reading thread) with the names of the keys a reload changed."""
+        self.on_gone: list[Callable[[list[str]], Awaitable[None]]] = []
+        """Awaited after a reload with the names of the keys that were in force (not revoked)
+        before it and are revoked or deleted now: their data goes (llmd/auth/setup.py). A
+        rotated key (same name, new secret) is not gone. Neither is called for a quiet reload:
+        the admin API does that work itself."""
         self._pepper = os.urandom(32)
         self._verified: dict[str, bytes] = {}
         """key id -> HMAC of the secret that verified for it (forgotten when the key changes)."""
@@ -111,8 +117,20 @@ class KeyRegistry:
                 callback(changed)
         return True
 
+    def _in_force(self) -> set[str]:
+        return {name for name, rec in self.keys.items() if rec.revoked is None}
+
     async def reload(self, quiet: bool = False) -> bool:
-        return await asyncio.to_thread(self.load, quiet)
+        before = self._in_force()
+        loaded = await asyncio.to_thread(self.load, quiet)
+        gone = sorted(before - self._in_force())
+        if gone and not quiet:
+            for listener in self.on_gone:
+                try:
+                    await listener(gone)
+                except Exception:  # the watcher must survive a listener's failure
+                    log.exception("after keys %s were revoked or deleted", ", ".join(gone))
+        return loaded
 
     def start_watching(self, interval_s: float = 1.0) -> None:
         async def watch() -> None:

@@ -18,8 +18,11 @@ from llmd.auth import api as keys_api
 from llmd.auth import middleware as mw
 from llmd.auth.limits import Limiter, month_start
 from llmd.auth.registry import KeyRegistry
+from llmd.cache import CACHE, key_scope
+from llmd.cache.forget import CLEARED, forget_key
 from llmd.settings_provider import SettingsProvider
 from llmd.usage.recorder import Audit
+from llmd.usage.responses import RESPONSE_STORE
 from llmd.usage.store import UsageStore, totals_since
 
 log = logging.getLogger("llmd.auth")
@@ -48,6 +51,22 @@ def install_auth(
     registry.on_reload.append(
         lambda changed: audit.record("system", "keys.reloaded", ",".join(changed), None)
     )
+
+    async def forget(names: list[str]) -> None:
+        """A key revoked or deleted in the file (`llmd keys revoke`, an edit) loses its
+        cached answers and stored Responses, as through the admin API (llmd/auth/api.py):
+        `llmd keys revoke` deleted the stored ones from the database, but not those a
+        daemon without a usage database holds in memory."""
+        stored = app.get(RESPONSE_STORE)
+        for name in names:
+            if stored is not None:
+                await stored.forget_key(name)
+            detail = await forget_key(app.get(CACHE), name)
+            audit.record(
+                "system", CLEARED, key_scope(name), None, {**detail, "reason": "keys.reloaded"}
+            )
+
+    registry.on_gone.append(forget)
     keys_api.add_routes(app)
 
     async def startup(app: web.Application) -> None:
@@ -60,7 +79,8 @@ def install_auth(
             # Read before the usage writer starts (its start-up hook comes after this one).
             month = month_start(clock())
             try:
-                auth.limiter.set_month_totals(totals_since(store.path, month), month)
+                hits = provider.current.cache.count_hit_tokens
+                auth.limiter.set_month_totals(totals_since(store.path, month, hits), month)
             except Exception as exc:  # noqa: BLE001 - an unreadable database is reported below
                 log.error("usage database %s unreadable at start: %s", store.path, exc)
 

@@ -26,12 +26,36 @@ def _logprobs(lps: list[m.TokenLogprob] | None) -> Any:
     ]
 
 
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    """`value`, if it has the type an entry written by llmd gives it: an entry read back from
+    a shared Redis is checked, so that one someone else wrote is a miss, never a 500."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"cached value {value!r:.40} is not {kind}")
+    return value
+
+
+def _opt(value: Any, kind: type) -> Any:
+    return None if value is None else _typed(value, kind)
+
+
+def _byte_list(value: Any) -> list[int]:
+    return [_typed(b, int) for b in _typed(value, list)]
+
+
 def _read_logprobs(data: Any) -> list[m.TokenLogprob] | None:
     if data is None:
         return None
     return [
-        m.TokenLogprob(t, lp, b, [m.TopLogprob(ot, olp, ob) for ot, olp, ob in top])
-        for t, lp, b, top in data
+        m.TokenLogprob(
+            _typed(t, str),
+            float(_typed(lp, (int, float))),
+            _byte_list(b),
+            [
+                m.TopLogprob(_typed(ot, str), float(_typed(olp, (int, float))), _byte_list(ob))
+                for ot, olp, ob in _typed(top, list)
+            ],
+        )
+        for t, lp, b, top in _typed(data, list)
     ]
 
 
@@ -53,15 +77,28 @@ def _event(event: Any) -> list[Any]:
     raise TypeError(f"not a cached event: {type(event).__name__}")
 
 
-def _read_event(id_: str, data: list[Any]) -> Any:
-    kind = data[0]
+def _read_event(id_: str, data: Any) -> Any:
+    kind = _typed(data, list)[0]
     if kind == "s":
-        return m.Started(id_, data[1], data[2], data[3])
+        _, prompt_tokens, max_tokens, prompt_text = data
+        return m.Started(
+            id_, _typed(prompt_tokens, int), _typed(max_tokens, int), _opt(prompt_text, str)
+        )
     if kind == "a":
-        return m.Admitted(id_, data[1])
+        _, cached = data
+        return m.Admitted(id_, _typed(cached, int))
     if kind == "d":
-        return m.Delta(id_, data[1], data[2], data[3], _read_logprobs(data[6]), data[4], data[5])
-    raise ValueError(f"unknown cached event {kind!r}")
+        _, index, text, tokens, finish, stop, logprobs = data
+        return m.Delta(
+            id_,
+            _typed(index, int),
+            _typed(text, str),
+            _typed(tokens, int),
+            _read_logprobs(logprobs),
+            _opt(finish, str),
+            _opt(stop, str),
+        )
+    raise ValueError(f"unknown cached event {kind!r:.20}")
 
 
 def encode_runs(runs: list[Events]) -> bytes:
@@ -69,12 +106,23 @@ def encode_runs(runs: list[Events]) -> bytes:
     return encode({"runs": [[_event(e) for e in events] for events in runs]})
 
 
-def decode_runs(data: bytes, ids: list[str]) -> list[Events]:
-    """The events back, given the ids of the requests they now answer."""
-    runs = decode(data)["runs"]
+def decode_runs(data: bytes, ids: list[str], ns: list[int]) -> list[Events]:
+    """The events back, given the ids of the requests they now answer and their `n`; an
+    entry that would not end each choice exactly once is refused (ValueError)."""
+    runs = _typed(_typed(decode(data), dict)["runs"], list)
     if len(runs) != len(ids):
         raise ValueError("cached entry holds another number of requests")
-    return [[_read_event(id_, e) for e in events] for id_, events in zip(ids, runs, strict=True)]
+    out = []
+    for id_, n, stored in zip(ids, ns, runs, strict=True):
+        events = [_read_event(id_, e) for e in _typed(stored, list)]
+        if not events or not isinstance(events[0], m.Started):
+            raise ValueError("cached run does not start with its prompt")
+        ended = [e.index for e in events if isinstance(e, m.Delta) and e.finish_reason]
+        indices = {e.index for e in events if isinstance(e, m.Delta)}
+        if sorted(ended) != list(range(n)) or not indices <= set(range(n)):
+            raise ValueError("cached run does not end each of its choices once")
+        out.append(events)
+    return out
 
 
 def encode_embedding(tokens: int, vector: bytes) -> bytes:
@@ -82,5 +130,8 @@ def encode_embedding(tokens: int, vector: bytes) -> bytes:
 
 
 def decode_embedding(data: bytes) -> tuple[int, bytes]:
-    value = decode(data)
-    return int(value["tokens"]), base64.b64decode(value["vector"])
+    value = _typed(decode(data), dict)
+    vector = base64.b64decode(_typed(value["vector"], str), validate=True)
+    if len(vector) % 4:
+        raise ValueError("cached vector is not float32s")
+    return _typed(value["tokens"], int), vector

@@ -12,6 +12,7 @@ backend is left alone for a while (1 s, doubling to 30 s) before it is tried aga
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -25,7 +26,7 @@ from llmd.cache.entry import Events, decode_runs, encode_runs
 from llmd.cache.keys import Identities, determined, request_key
 from llmd.cache.store import MemoryStore, Store, StoreStats
 from llmd.engine import messages as m
-from llmd.models import Model
+from llmd.models import Model, ModelManager
 from llmd.record import RequestRecord
 from llmd.settings import CacheSettings, Settings
 from llmd.settings_provider import SettingsProvider
@@ -38,6 +39,7 @@ SHARED = "shared"
 ANONYMOUS = "anonymous"
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
+OPERATOR_TIMEOUT_S = 30.0
 
 
 def key_scope(name: str) -> str:
@@ -76,6 +78,23 @@ class ResponseCache:
         self._down_until = 0.0
         self._backoff_s = BACKOFF_MIN_S
         self.last_error: str | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def follow(self, manager: ModelManager) -> None:
+        """Identify each model as soon as it is loaded: hashing a 5 GB file takes seconds,
+        better spent before a request waits for it than on the first cacheable one."""
+
+        def loaded(name: str, event: str, why: str) -> None:
+            entry = manager.entries.get(name)
+            model = entry.current if entry is not None else None
+            if model is None or event not in ("load", "swap"):
+                return
+            if self.config.enabled and model.settings.cache != "off":
+                task = asyncio.ensure_future(self.identities.of(model))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        manager.listeners.append(loaded)
 
     @property
     def config(self) -> CacheSettings:
@@ -108,31 +127,42 @@ class ResponseCache:
             return RedisStore(cfg.redis_url, cfg.redis_timeout_s)
         return MemoryStore(max_bytes(self._provider.current))
 
-    async def _call(self, what: str, call: Awaitable[_T]) -> tuple[bool, _T | None]:
+    async def _call(
+        self, what: str, call: Awaitable[_T], operator: bool = False
+    ) -> tuple[bool, _T | None]:
         """(ok, result) of a backend call; a failure or a timeout is logged and counted, and
-        the backend is rested before the next try."""
+        a backend that could not be reached is rested before the next try. `operator`: a
+        clear or a count of every entry, given OPERATOR_TIMEOUT_S (a SCAN of 100,000 Redis
+        entries takes about a second) and never rested for."""
         store = self._store
-        if store is None or time.monotonic() < self._down_until:
+        if store is None or (not operator and time.monotonic() < self._down_until):
             if asyncio.iscoroutine(call):
                 call.close()
             return False, None
+        timeout_s = self.config.redis_timeout_s
+        if operator:
+            timeout_s = max(timeout_s, OPERATOR_TIMEOUT_S)
         try:
             if isinstance(store, MemoryStore):
                 return True, await call
-            return True, await asyncio.wait_for(call, self.config.redis_timeout_s)
+            return True, await asyncio.wait_for(call, timeout_s)
         except Exception as exc:  # noqa: BLE001 - a cache never fails a request
             self.counts.errors += 1
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             self.last_error = f"{what}: {reason}"
+            # Redis answering with an error (a write refused at maxmemory) is no reason to
+            # stop reading from it; one that cannot be reached is rested.
+            rest = getattr(exc, "unreachable", True) and not operator
             log.warning(
-                "cache: %s backend %s failed (%s); answering without the cache for %.0f s",
+                "cache: %s backend %s failed (%s)%s",
                 store.name,
                 what,
                 reason,
-                self._backoff_s,
+                f"; answering without the cache for {self._backoff_s:.0f} s" if rest else "",
             )
-            self._down_until = time.monotonic() + self._backoff_s
-            self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
+            if rest:
+                self._down_until = time.monotonic() + self._backoff_s
+                self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
             return False, None
 
     def _healthy(self) -> None:
@@ -183,8 +213,10 @@ class ResponseCache:
         if ok:
             self.counts.stored += 1
 
-    async def lookup(self, plan: Plan, ids: list[str]) -> tuple[str, list[Events] | None]:
-        """("hit", a generation's stored engine events, given the ids they now answer),
+    async def lookup(
+        self, plan: Plan, reqs: list[m.GenerateRequest]
+    ) -> tuple[str, list[Events] | None]:
+        """("hit", a generation's stored engine events, given the requests they now answer),
         ("miss", None), or ("bypass", None) when the backend could not be asked."""
         found = await self.get_many(plan.scope, [plan.key])
         if found is None:
@@ -192,7 +224,7 @@ class ResponseCache:
         if found[0] is None:
             return "miss", None
         try:
-            return "hit", decode_runs(found[0], ids)
+            return "hit", decode_runs(found[0], [r.id for r in reqs], [r.n for r in reqs])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("cache: unreadable entry %s ignored: %s", plan.key[:16], exc)
             return "miss", None
@@ -201,6 +233,9 @@ class ResponseCache:
         await self.put(plan.scope, plan.key, encode_runs(runs))
 
     def count(self, record: RequestRecord, result: str) -> None:
+        """The request's part (`x-llmd-cache`); none at all while the cache is disabled."""
+        if not self.config.enabled:
+            return
         record.cache = result
         if result == "hit":
             self.counts.hits += 1
@@ -215,14 +250,16 @@ class ResponseCache:
         """Delete a key's entries (or the shared ones, or every entry); how many went."""
         scope = SHARED if shared else key_scope(key_name) if key_name else None
         store = self.store()
-        ok, gone = await self._call("clear", store.clear(scope))
+        ok, gone = await self._call("clear", store.clear(scope), operator=True)
         if not ok:
             raise RuntimeError(f"the cache's {store.name} backend failed: {self.last_error}")
         return gone or 0
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, count: bool = True) -> dict[str, Any]:
+        """The backend's size and this daemon's counters; `count`: entries counted too (a
+        SCAN on Redis: `llmd cache stats`, not each metrics scrape)."""
         store = self.store()
-        ok, st = await self._call("stats", store.stats())
+        ok, st = await self._call("stats", store.stats(count), operator=count)
         if ok:
             self._healthy()
         backend: StoreStats | None = st if ok else None
@@ -255,7 +292,10 @@ def cache_control(header: str) -> tuple[bool, bool]:
     return "no-cache" not in directives, "no-store" not in directives
 
 
+@functools.cache
 def _ram() -> int:
+    """The machine's RAM, for sizes given as a share of it (read once: a request's path must
+    not read /proc/meminfo again and again)."""
     return int(psutil.virtual_memory().total)
 
 

@@ -84,7 +84,11 @@ class Identities:
             future = asyncio.ensure_future(asyncio.to_thread(_digest, paths, loaded))
             self._digests = {k: v for k, v in self._digests.items() if k[0] != slot[0]}
             self._digests[slot] = future
-        digest = await asyncio.shield(future)
+        try:
+            digest = await asyncio.shield(future)
+        except Exception as exc:  # noqa: BLE001 - an unknown identity only means no caching
+            log.warning("cache: cannot identify model %s: %s", model.name, exc)
+            return None
         if digest is None:
             return None
         load = model.process.options.load

@@ -22,7 +22,8 @@ headers), counted so that 10,000 tiny entries cannot exceed the bound either."""
 @dataclass
 class StoreStats:
     backend: str
-    entries: int
+    entries: int | None
+    """None: not counted (Redis, for a metrics scrape: counting takes a SCAN)."""
     bytes: int
     max_bytes: int | None
     """None: bounded by the backend's own configuration (Redis' maxmemory)."""
@@ -43,7 +44,8 @@ class Store(Protocol):
     async def clear(self, scope: str | None = None) -> int:
         """Delete one scope's entries (None: all of llmd's); how many went."""
 
-    async def stats(self) -> StoreStats: ...
+    async def stats(self, count: bool = True) -> StoreStats:
+        """Size and evictions; `count`: the entries counted too, however long it takes."""
 
     async def close(self) -> None: ...
 
@@ -106,7 +108,7 @@ class MemoryStore:
             self._drop(slot)
         return len(gone)
 
-    async def stats(self) -> StoreStats:
+    async def stats(self, count: bool = True) -> StoreStats:
         return StoreStats(
             self.name, len(self._entries), self._bytes, self.max_bytes, self.evictions
         )

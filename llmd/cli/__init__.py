@@ -1,9 +1,10 @@
-"""The `llmd` command: serve, check-config, keys, usage, audit, models and tls.
+"""The `llmd` command: serve, check-config, keys, usage, audit, models, cache and tls.
 
 `llmd serve --help` lists every setting of the TOML file, generated from the settings model.
 One module per group of subcommands: serve.py (`serve`, `check-config`), keys.py (`keys`,
-`usage`, `audit`), models.py (`models ...`), tls.py (`tls self-signed`); config.py turns any
-of their arguments into settings (`settings_from_args`).
+`usage`, `audit`), models.py (`models ...`), cache.py (`cache stats|clear`), tls.py (`tls
+self-signed`); config.py turns any of their arguments into settings (`settings_from_args`),
+client.py calls the running daemon's admin API.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from collections.abc import Callable
 
 from llmd import __version__
-from llmd.cli import keys, models, serve, tls
+from llmd.cli import cache, keys, models, serve, tls
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 from llmd.settings_provider import SettingsProvider
 
 Command = Callable[[argparse.Namespace, SettingsProvider], int]
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_parsers(sub)
     keys.add_parsers(sub)
     models.add_parser(sub)
+    cache.add_parser(sub)
     tls.add_parser(sub)
     return parser
 
@@ -79,6 +81,8 @@ def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "models":
         return models.run(args)  # reads settings only for the subcommands that need them
+    if args.command == "cache":
+        return cache.run(args)  # only without --url, for the daemon's address
     if args.command == "tls":
         return tls.run(args)  # reads no settings: it makes the files they will name
     try:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from llmd.settings import (
     AuthSettings,
-    ConfigError,
+    CacheSettings,
     EngineSettings,
     LoadingSettings,
     LoggingSettings,
@@ -25,8 +25,8 @@ from llmd.settings import (
     ServerSettings,
     Settings,
     UsageSettings,
-    find_config,
 )
+from llmd.settings_file import ConfigError, find_config
 from llmd.settings_provider import SettingsProvider
 
 
@@ -85,6 +85,7 @@ def settings_reference() -> str:
         ("loading.", LoadingSettings),
         ("logging.", LoggingSettings),
         ("metrics.", MetricsSettings),
+        ("cache.", CacheSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]

@@ -1,8 +1,10 @@
 """`llmd keys add|list|show|revoke|rotate`, `llmd usage [purge]`, `llmd audit`.
 
 They work on the files directly (the keys file, the usage database), so they work whether the
-daemon runs or not; a running daemon picks up key changes within a second. Each change is
-written to the audit log as done by `cli:<user>`.
+daemon runs or not; a running daemon picks up key changes within a second (a revoked key's
+cached answers go then). Each change is written to the audit log as done by `cli:<user>`.
+The response cache lives in the daemon (or its Redis): `usage purge --key` asks the running
+daemon to delete the key's entries (llmd/cli/client.py), and says so when it cannot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmd.auth import keys as k
+from llmd.cli.client import DaemonError, daemon_at
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.usage import listing as ls
@@ -42,7 +45,10 @@ def add_parsers(sub: Any) -> None:
     ksub.add_parser("list", help="list keys (never the secrets)")
     for name, text in (
         ("show", "show one key"),
-        ("revoke", "revoke a key (it stays listed; its stored responses are deleted)"),
+        (
+            "revoke",
+            "revoke a key (it stays listed; its stored responses and cached answers are deleted)",
+        ),
         ("rotate", "give a key a new secret; the old one stops working"),
     ):
         p = ksub.add_parser(name, help=text)
@@ -64,8 +70,13 @@ def add_parsers(sub: Any) -> None:
         "purge", help="delete usage records and stored responses older than a date"
     )
     purge.add_argument("--before", required=True, help="YYYY-MM-DD or ISO time (UTC)")
-    purge.add_argument("--key", dest="purge_key")
+    purge.add_argument(
+        "--key", dest="purge_key", help="only this key's (and all its cached answers)"
+    )
     purge.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
+    purge.add_argument(
+        "--url", help="the running daemon, whose cache is cleared with --key (default: config)"
+    )
     usage.set_defaults(run=run_usage)
 
     audit = sub.add_parser("audit", help="the audit log")
@@ -225,6 +236,8 @@ def run_usage(args: argparse.Namespace, provider: SettingsProvider) -> int:
                 f"deleted {purged.records} usage record(s) and {purged.responses} stored "
                 f"response(s) before {args.before}"
             )
+            if args.purge_key is not None:
+                _forget_cached(settings, args.url, args.purge_key)
             return 0
         q = ls.UsageQuery(
             key=args.key,
@@ -246,6 +259,23 @@ def run_usage(args: argparse.Namespace, provider: SettingsProvider) -> int:
         print(f"llmd usage: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _forget_cached(settings: Settings, url: str | None, name: str) -> None:
+    """A purged key's cached answers go too: they are in the daemon's memory (or its Redis),
+    so the running daemon deletes them (`DELETE /api/v1/cache?key=NAME`, audited there)."""
+    try:
+        daemon = daemon_at(url, lambda: settings)
+        answer = daemon.call("/api/v1/cache", "DELETE", query={"key": name}, timeout=30)
+        deleted = int(answer["deleted"])
+    except (DaemonError, KeyError, TypeError, ValueError) as exc:
+        print(
+            f"llmd usage: key {name!r}'s cached answers were not deleted ({exc}): they remain "
+            f"until their TTL, or `llmd cache clear --key {name}` while the daemon runs",
+            file=sys.stderr,
+        )
+        return
+    print(f"deleted {deleted} cache entr{'y' if deleted == 1 else 'ies'} of key {name!r}")
 
 
 def run_audit(args: argparse.Namespace, provider: SettingsProvider) -> int:

@@ -1,21 +1,20 @@
-"""`llmd models ...`: list, load, unload, reload (through the running daemon's admin API),
+"""`llmd models ...`: list, load, unload, reload (through the running daemon's admin API,
+llmd/cli/client.py),
 plan (offline, from the config and the files), quantize (offline, llama.cpp's quantizer)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from llmd.cli.client import Daemon, DaemonError, daemon_at
 from llmd.cli.config import settings_from_args
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 
 
 def add_parser(sub: Any) -> None:
@@ -53,40 +52,8 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--threads", type=int, default=0, help="0 = all cores")
 
 
-def _url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
-    """The daemon's URL, and for HTTPS from the config the context trusting its certificate."""
-    if args.url:
-        return str(args.url).rstrip("/"), None
-    server = settings_from_args(args).current.server
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    if server.tls_cert is None:
-        return f"http://{host}:{server.port}", None
-    from llmd.tls import pinned_client_context
-
-    try:
-        return f"https://{host}:{server.port}", pinned_client_context(server.tls_cert)
-    except (OSError, ssl.SSLError) as exc:
-        raise SystemExit(f"llmd: cannot read {server.tls_cert} (server.tls_cert): {exc}") from None
-
-
-def _call(
-    url: str, method: str, body: dict[str, Any] | None = None, tls: ssl.SSLContext | None = None
-) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=600, context=tls) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except Exception:  # noqa: BLE001 - not our error shape: show the status
-            message = exc.reason
-        raise SystemExit(f"llmd: {exc.code}: {message}") from None
-    except urllib.error.URLError as exc:
-        raise SystemExit(f"llmd: cannot reach the daemon at {url}: {exc.reason}") from None
+def _daemon(args: argparse.Namespace) -> Daemon:
+    return daemon_at(args.url, lambda: settings_from_args(args).current)
 
 
 def _mib(n: int | None) -> str:
@@ -141,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
             )
             print(json.dumps(plan, indent=2) if args.json else render(plan))
             return 0
-        url, tls = _url(args)
-        base = url + "/api/v1/models"
+        daemon = _daemon(args)
         if cmd == "list":
-            answer = _call(base, "GET", tls=tls)
+            answer = daemon.call("/api/v1/models")
             if args.json:
                 print(json.dumps(answer, indent=2))
             else:
@@ -153,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {}
         if cmd == "load" and args.keep_alive is not None:
             body["keep_alive"] = args.keep_alive
-        answer = _call(f"{base}/{args.model}/{cmd}", "POST", body, tls)
+        answer = daemon.call(f"/api/v1/models/{args.model}/{cmd}", "POST", body)
         if args.json:
             print(json.dumps(answer, indent=2))
         else:
             print(f"{answer['name']}: {answer['state']}")
         return 0
+    except DaemonError as exc:
+        print(f"llmd: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"llmd: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmd.cli.config import settings_reference
-from llmd.settings import ConfigError
+from llmd.settings_file import ConfigError
 from llmd.settings_provider import SettingsProvider
 
 

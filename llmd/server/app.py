@@ -33,7 +33,7 @@ from llmd.protocol.anthropic_models import (
 )
 from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
-from llmd.server import admin, health, stored_responses
+from llmd.server import admin, cache_admin, health, stored_responses
 from llmd.server.accounting import on_prepare, record_middleware
 from llmd.serving import Serving
 from llmd.settings import Settings
@@ -217,6 +217,7 @@ def create_app(
     app[SETTINGS] = provider
     app[MODELS] = manager
     app[CACHE] = cache = ResponseCache(provider)
+    cache.follow(manager)
     app[SERVING] = Serving(provider, cache)  # serving and metrics read provider.current each time
 
     async def close_cache(_app: web.Application) -> None:
@@ -225,7 +226,7 @@ def create_app(
     app.on_cleanup.append(close_cache)
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
-        metrics = Metrics(provider, manager)
+        metrics = Metrics(provider, manager, cache)
         app[METRICS] = metrics
         app[OBSERVERS].append(metrics.observe)
         app.router.add_get(METRICS_PATH, metrics.handle)
@@ -241,6 +242,7 @@ def create_app(
     stored_responses.add_routes(app)  # GET, DELETE /v1/responses/{id}, .../input_items
     health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
+    cache_admin.add_routes(app)  # GET, DELETE /api/v1/cache
     # Auth and usage, side by side. Auth goes first: its middleware runs after
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.

@@ -187,7 +187,7 @@ class ServingBase(Generic[R]):
         plan = await self.cache.plan(record, model, reqs)
         result = "bypass"
         if plan is not None and record.cache_read:
-            result, found = await self.cache.lookup(plan, [r.id for r in reqs])
+            result, found = await self.cache.lookup(plan, reqs)
             if found is not None:
                 self.cache.count(record, "hit")
                 replays = [_replayed(req, events) for req, events in zip(reqs, found, strict=True)]

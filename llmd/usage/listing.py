@@ -180,6 +180,7 @@ SUMS = (
     ("completion_tokens", "SUM(completion_tokens)"),
     ("total_tokens", "SUM(prompt_tokens + completion_tokens)"),
     ("avg_latency_ms", "ROUND(AVG(latency_ms), 3)"),
+    ("cache_hits", "SUM(cache IS 'hit')"),
 )
 """The columns of a totals row after its group columns: (name, SQL)."""
 

@@ -51,6 +51,7 @@ class UsageRecorder:
             _ms(record.ttft_s),
             _ms(record.latency_s),
             record.client,
+            record.cache,
         )
 
     def _content(self, record: RequestRecord) -> tuple[Any, ...] | None:

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     ttft_ms REAL,
     latency_ms REAL,
-    client TEXT
+    client TEXT,
+    cache TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_time ON usage (time);
 CREATE INDEX IF NOT EXISTS usage_key_time ON usage (key, time);
@@ -97,6 +98,7 @@ USAGE_COLUMNS = (
     "ttft_ms",
     "latency_ms",
     "client",
+    "cache",
 )
 AUDIT_COLUMNS = ("time", "actor", "action", "target", "client", "detail")
 _INSERT = {
@@ -119,6 +121,9 @@ def connect(path: Path) -> sqlite3.Connection:
     # a power cut can lose the last commits. FULL would fsync every group, for little.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "cache" not in columns:  # a database from before the response cache
+        conn.execute("ALTER TABLE usage ADD COLUMN cache TEXT")
     return conn
 
 
@@ -159,7 +164,10 @@ class UsageStore:
 
     def put(self, table: str, row: tuple[Any, ...], done: Callable[[], None] | None = None) -> None:
         """Queue one row; `done` is called (in the writer thread) once it is committed, or once
-        it is safely buffered because the database is failing."""
+        it is safely buffered because the database is failing. A usage row from before the
+        newest columns (a saved unwritten file) is written with them empty."""
+        if table == "usage" and len(row) < len(USAGE_COLUMNS):
+            row = row + (None,) * (len(USAGE_COLUMNS) - len(row))
         self._queue.put(_Item(table, row, done))
 
     async def put_and_wait(self, table: str, row: tuple[Any, ...]) -> None:
@@ -327,11 +335,13 @@ def parse_time(value: str, end: bool = False) -> float:
     return when.timestamp()
 
 
-def totals_since(path: Path, since: float) -> dict[str, int]:
-    """Tokens (prompt + completion) per key since a time: the monthly quotas' starting point."""
+def totals_since(path: Path, since: float, count_hits: bool = False) -> dict[str, int]:
+    """Tokens (prompt + completion) per key since a time: the monthly quotas' starting point.
+    Answers from the response cache count only when `count_hits` (cache.count_hit_tokens)."""
+    hits = "" if count_hits else " AND cache IS NOT 'hit'"
     sql = (
         "SELECT key, SUM(prompt_tokens + completion_tokens) AS tokens FROM usage "
-        "WHERE time >= ? AND key IS NOT NULL GROUP BY key"
+        f"WHERE time >= ? AND key IS NOT NULL{hits} GROUP BY key"
     )
     return {row["key"]: int(row["tokens"] or 0) for row in _select(path, sql, [since])}
 

@@ -471,7 +471,7 @@ def test_apply_settings_adds_retunes_and_removes_without_dropping_requests(
 
     from llmd.models import ModelManager
     from llmd.models.status import overview
-    from llmd.settings import load_settings
+    from llmd.settings_file import load_settings
 
     models_dir = models_dir_with(tmp_path, SMOL, GEMMA)
     common = {"models_dir": str(models_dir), "engine.ctx_per_seq": 512, "engine.parallel": 2}

@@ -51,3 +51,10 @@ def test_the_responses_example(daemon: Daemon) -> None:
     assert "Paris" in first and "Rome" in follow
     streamed = "\n".join(counted)
     assert all(str(n) in streamed for n in range(1, 6)), streamed
+
+
+def test_the_cache_example(daemon: Daemon) -> None:
+    printed = run_block(daemon, "x-llmd-cache")
+    first, again = (line.split(" ", 1) for line in printed)
+    assert first[0] in ("miss", "hit") and again[0] == "hit"
+    assert again[1] == first[1] and first[1].strip()

@@ -40,7 +40,8 @@ from llmd.engine import messages as m
 from llmd.models import ModelManager
 from llmd.record import RequestRecord
 from llmd.server.app import create_app
-from llmd.settings import Settings, load_settings
+from llmd.settings import Settings
+from llmd.settings_file import load_settings
 from tests.unit.fake_process import FakeProcess, FakeProcesses, until, write_models
 
 SMOL = "smollm2"

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "llmd.explain",
             "llmd.units",
             "llmd.settings",
+            "llmd.settings_file",
             "llmd.settings_provider",
             "llmd.gguf",
             "llmd.templates",

@@ -15,7 +15,8 @@ from llmd.errors import ServiceUnavailable
 from llmd.models import InsufficientMemory, ModelManager
 from llmd.models.status import model_status, overview
 from llmd.sampling import resolve
-from llmd.settings import Settings, load_settings
+from llmd.settings import Settings
+from llmd.settings_file import load_settings
 from tests.unit.fake_process import FakeProcesses, MiB, until, write_models
 
 

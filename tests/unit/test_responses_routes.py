@@ -6,13 +6,15 @@ is in memory."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmd.auth.keys import add_key
+from llmd.auth.keys import add_key, revoke_key
+from llmd.auth.middleware import AUTH
 from llmd.usage.responses import RESPONSE_STORE, ResponseStore, StoredResponse
 from tests.unit.app_harness import Harness, error_of, json_of, keys_file, serve
 
@@ -170,6 +172,25 @@ def test_revoking_a_key_in_the_admin_api_deletes_its_stored_responses(tmp_path: 
         assert entry["target"] == "alice" and entry["detail"] == {"responses": 2}
 
     serve(tmp_path, test, config=USAGE_ON)
+
+
+def test_a_key_revoked_in_the_file_loses_the_responses_held_in_memory(tmp_path: Path) -> None:
+    """`llmd keys revoke` deletes stored responses from the database; a daemon without one
+    holds them in memory, and deletes them when it reads the changed keys file."""
+    key(tmp_path, "alice")
+    key(tmp_path, "bob")
+
+    async def test(h: Harness) -> None:
+        store = store_of(h)
+        assert not store.persistent
+        await store.save(response("resp_1", "alice"))
+        await store.save(response("resp_2", "bob"))
+        await asyncio.to_thread(revoke_key, keys_file(tmp_path), "alice")
+        await h.client.server.app[AUTH].registry.reload()
+        assert await store.load("resp_1", "alice") is None
+        assert await store.load("resp_2", "bob") is not None
+
+    serve(tmp_path, test)
 
 
 def test_with_usage_off_responses_are_kept_in_memory(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmd.settings import ConfigError, Settings
+from llmd.settings import Settings
+from llmd.settings_file import ConfigError
 from llmd.settings_provider import SettingsProvider
 
 

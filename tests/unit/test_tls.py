@@ -15,7 +15,7 @@ import pytest
 
 from llmd.cli import main
 from llmd.cli.tls import SelfSignedError, self_signed, subject_alt_names
-from llmd.settings import ConfigError, load_settings
+from llmd.settings_file import ConfigError, load_settings
 from llmd.tls import (
     RotatingContext,
     TLSError,

@@ -19,7 +19,7 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00Z
 
 
 def usage_row(when: float, n: int, key: str = "k", model: str = "m") -> tuple[Any, ...]:
-    return (when, f"r{n}", key, model, "/v1/completions", 200, None, 0, n, 0, 1, 1.0, 2.0, "")
+    return (when, f"r{n}", key, model, "/v1/completions", 200, None, 0, n, 0, 1, 1.0, 2.0, "", None)
 
 
 def fill(path: Path, rows: list[tuple[Any, ...]]) -> None:
