@@ -26,11 +26,12 @@ import anthropic
 import httpx2 as httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmd.auth.keys import add_key
 from tests.e2e.api import GEMMA, SMOL, WEATHER_PARAMETERS, chunk_text
 from tests.e2e.conftest import GEMMA as GEMMA_FILE
-from tests.e2e.conftest import MODELS, start_daemon
+from tests.e2e.conftest import MODELS, bearer, start_daemon
 from tests.e2e.conftest import SMOL as SMOL_FILE
 
 if TYPE_CHECKING:
@@ -363,11 +364,13 @@ cache = "off"
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, dict[str, str]]]:
-    """A daemon with the keys alice, bob, offkey (cache off) and pooled (shared scope)."""
+    """A daemon with the keys alice, bob, offkey (cache off), pooled (shared scope) and root
+    (admin)."""
     tmp = tmp_path_factory.mktemp("cache-keys")
     secrets = {
         name: add_key(tmp / "keys.toml", name)[1] for name in ("alice", "bob", "offkey", "pooled")
     }
+    secrets["root"] = add_key(tmp / "keys.toml", "root", admin=True)[1]
     d = start_daemon(tmp, KEYED_CONFIG)
     yield d, secrets
     assert d.stop() == 0, d.logs()
@@ -417,6 +420,40 @@ def test_a_shared_model_and_a_shared_key(keyed: tuple[Daemon, dict[str, str]]) -
     assert chat(bob, other, model="common")[0] == "hit"
     # Bob's own scope on smollm2 is still his alone.
     assert chat(bob, other)[0] == "miss"
+
+
+def test_a_hit_is_a_usage_record_marked_hit(keyed: tuple[Daemon, dict[str, str]]) -> None:
+    d, secrets = keyed
+    alice = keyed_client(d, secrets["alice"])
+    prompt = fresh()
+    sent = []
+    for _ in range(2):
+        raw = alice.chat.completions.with_raw_response.create(
+            model=SMOL, messages=ask(prompt), max_tokens=12, **GREEDY
+        )
+        sent.append((raw.headers["x-request-id"], raw.headers[HEADER], raw.parse().usage))
+    rows = httpx.get(
+        d.url + "/api/v1/usage",
+        params={"key": "alice", "limit": 1000},
+        headers=bearer(secrets["root"]),
+        timeout=10,
+    ).json()["data"]
+    by_id = {row["request_id"]: row for row in rows}
+    for request_id, header, usage in sent:
+        row = by_id[request_id]
+        assert (row["cache"], row["status"]) == (header, 200)
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+    assert [header for _, header, _ in sent] == ["miss", "hit"]
+    grouped = httpx.get(
+        d.url + "/api/v1/usage",
+        params={"key": "alice", "group_by": "key"},
+        headers=bearer(secrets["root"]),
+        timeout=10,
+    ).json()["data"]
+    assert grouped[0]["cache_hits"] == sum(1 for row in rows if row["cache"] == "hit") > 0
 
 
 # -- a replaced model file -----------------------------------------------------------------
@@ -483,6 +520,17 @@ def test_a_replaced_model_file_misses(tmp_path: Path) -> None:
         d.stop()
 
 
+def metrics(d: Daemon) -> dict[str, float]:
+    """The daemon's unlabelled samples (the cache's gauges and counters) by name."""
+    text = httpx.get(d.url + "/metrics", timeout=10).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
 # -- the byte bound ------------------------------------------------------------------------
 
 
@@ -517,7 +565,17 @@ path = "{SMOL_FILE}"
 
     assert embed(texts[:32]) == "miss"
     assert embed(texts[32:]) == "miss"
+    stats = httpx.get(d.url + "/api/v1/cache", timeout=10).json()
+    assert stats["backend"] == "memory" and stats["max_bytes"] == 32 * 1024
+    assert 0 < stats["bytes"] <= stats["max_bytes"]
+    assert stats["stored"] == 64 and stats["misses"] == 2
+    assert 0 < stats["entries"] < 16
+    assert stats["evictions"] == 64 - stats["entries"]
+    # Prometheus reads the same.
+    scraped = metrics(d)
+    assert scraped["llmd_cache_bytes"] == stats["bytes"]
+    assert scraped["llmd_cache_max_bytes"] == 32 * 1024
+    assert scraped["llmd_cache_evictions_total"] == stats["evictions"]
     assert embed(texts[-4:]) == "hit", "the newest entries stay"
     assert embed(texts[:1]) == "miss", "the oldest entries went"
-    assert embed(texts[32:33]) == "miss", "the bound holds ~9 entries, not 32"
-    # TODO(issue 20): the store's bytes and evictions, once the daemon reports them.
+    assert embed(texts[32:33]) == "miss", "the bound holds a few entries, not 32"

@@ -133,25 +133,40 @@ def test_entry_round_trip_with_logprobs() -> None:
             m.Started("old-2", 3, 8),
             m.Admitted("old-2", 0),
             m.Delta("old-2", 1, "x", 1, None, "length"),
+            m.Delta("old-2", 0, "y", 1, None, "stop"),
         ],
     ]
     data = encode_runs(runs)
     assert isinstance(data, bytes)
-    back = decode_runs(data, ["new-1", "new-2"])
+    back = decode_runs(data, ["new-1", "new-2"], [1, 2])
     renamed = [
         [dataclasses.replace(e, id=new) for e in events]
         for new, events in zip(["new-1", "new-2"], runs, strict=True)
     ]
     assert back == renamed
     with pytest.raises(ValueError):
-        decode_runs(data, ["new-1"])
+        decode_runs(data, ["new-1"], [1])
 
 
-def test_entry_refuses_what_it_cannot_replay() -> None:
+@pytest.mark.parametrize(
+    ("data", "ns"),
+    [
+        (b'{"runs":[[["z",1]]]}', [1]),  # an unknown event
+        (b'{"runs":[[["a",0],["s",1,8,null],["d",0,"x",1,"stop",null,null]]]}', [1]),
+        (b'{"runs":[[["s",1,8,null],["d",0,"x",1,null,null,null]]]}', [1]),  # never ends
+        (b'{"runs":[[["s",1,8,null],["d",0,"x",1,"stop",null,null]]]}', [2]),  # n=2: one ends
+        (b'{"runs":[[["s",1,8,null],["d",3,"x",1,"stop",null,null]]]}', [1]),  # index 3 of 1
+        (b'{"runs":[[["s","1",8,null]]]}', [1]),  # a count that is no number
+    ],
+)
+def test_entry_refuses_what_it_cannot_replay(data: bytes, ns: list[int]) -> None:
+    with pytest.raises(ValueError):
+        decode_runs(data, ["r"], ns)
+
+
+def test_entry_keeps_only_replayable_events() -> None:
     with pytest.raises(TypeError):
         encode_runs([[m.Embedding("r", b"\x00" * 4)]])
-    with pytest.raises(ValueError):
-        decode_runs(b'{"runs":[[["z",1]]]}', ["r"])
 
 
 def test_embedding_round_trip() -> None:
@@ -355,4 +370,4 @@ def test_request_key_of_a_lone_surrogate() -> None:
 @pytest.mark.xfail(raises=UnicodeEncodeError, strict=True, reason=SURROGATE_BUG)
 def test_entry_of_a_lone_surrogate() -> None:
     runs = [[m.Started("r", 1, 8, "\ud800"), m.Delta("r", 0, "x", 1, None, "stop")]]
-    assert decode_runs(encode_runs(runs), ["r"]) == runs
+    assert decode_runs(encode_runs(runs), ["r"], [1]) == runs
