@@ -48,7 +48,8 @@ def request_key(identity: str, reqs: list[m.GenerateRequest]) -> str:
     h = hashlib.sha256(f"llmd-cache/{FORMAT}\n{identity}\n".encode())
     for req in reqs:
         fields = {k: v for k, v in dataclasses.asdict(req).items() if k not in _UNKEYED}
-        h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str).encode())
+        text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+        h.update(text.encode("utf-8", "surrogatepass"))
         h.update(b"\n")
     return h.hexdigest()
 
@@ -115,8 +116,11 @@ def _digest(paths: list[Path], loaded: FileKey) -> str | None:
 
 
 def encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    # surrogatepass: a lone surrogate (JSON's "\ud800", which Python keeps in a str) is in
+    # a request's text as the client sent it; it must be keyed and kept, not a 500.
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "surrogatepass")
 
 
 def decode(data: bytes) -> Any:
-    return json.loads(data)
+    return json.loads(data.decode("utf-8", "surrogatepass"))
