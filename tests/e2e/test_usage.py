@@ -147,6 +147,7 @@ def test_filters_grouping_and_csv(usage_daemon: tuple[Daemon, str]) -> None:
             "completion_tokens": 4,
             "total_tokens": rows[0]["prompt_tokens"] + 4,
             "avg_latency_ms": rows[0]["avg_latency_ms"],
+            "cache_hits": 0,  # sampled requests: never answered from the cache
         }
     ]
     csv_resp = httpx.get(

@@ -354,20 +354,15 @@ def test_cache_control() -> None:
     assert cache_control("private") == (True, True)
 
 
-# A lone surrogate ("\ud800", which JSON may carry) reaches the key and the entry: JSON with
-# ensure_ascii=False keeps it, and str.encode() refuses it, so an embedding of such an input is
-# a 500 (tests/e2e/test_hostile_bodies.py's "lone surrogate in an input"). Kept in view until
-# llmd/cache/keys.py encodes it (ensure_ascii=True, or "surrogatepass"): then drop the marks.
-SURROGATE_BUG = "llmd/cache/keys.py: a lone surrogate cannot be encoded to UTF-8 (issue 20)"
+# A lone surrogate ("\ud800", which JSON may carry) reaches the key and the entry: once a 500
+# (tests/e2e/test_hostile_bodies.py's "lone surrogate in an input").
 
 
-@pytest.mark.xfail(raises=UnicodeEncodeError, strict=True, reason=SURROGATE_BUG)
 def test_request_key_of_a_lone_surrogate() -> None:
     key = request_key(IDENTITY, [request(prompt="\ud800", embed=True)])
     assert key != request_key(IDENTITY, [request(prompt="\ud801", embed=True)])
 
 
-@pytest.mark.xfail(raises=UnicodeEncodeError, strict=True, reason=SURROGATE_BUG)
 def test_entry_of_a_lone_surrogate() -> None:
     runs = [[m.Started("r", 1, 8, "\ud800"), m.Delta("r", 0, "x", 1, None, "stop")]]
     assert decode_runs(encode_runs(runs), ["r"], [1]) == runs
