@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmd.auth.keys import add_key
+from tests import tinybert
 from tests.e2e.api import GEMMA, SMOL, WEATHER_PARAMETERS, chunk_text
 from tests.e2e.conftest import GEMMA as GEMMA_FILE
 from tests.e2e.conftest import MODELS, bearer, start_daemon
@@ -539,8 +540,7 @@ def test_the_byte_bound_evicts_the_least_recently_used(
 ) -> None:
     """64 distinct embeddings (each input one entry of ~3.4 KB: 576 floats in base64, its
     key, its overhead) through a 32 KiB cache: the newest stay, the oldest went. Ten thousand
-    entries go through the same bound in tests/unit/test_cache.py: here each costs an engine
-    request (a few a second on this box)."""
+    go through a bound in the next test, on a model whose embeddings cost less."""
     d = make_daemon(
         f"""
 [engine]
@@ -579,3 +579,42 @@ path = "{SMOL_FILE}"
     assert embed(texts[-4:]) == "hit", "the newest entries stay"
     assert embed(texts[:1]) == "miss", "the oldest entries went"
     assert embed(texts[32:33]) == "miss", "the bound holds a few entries, not 32"
+
+
+def test_the_byte_bound_holds_under_ten_thousand_entries(
+    tmp_path: Path, make_daemon: Callable[..., Daemon]
+) -> None:
+    """10,000 distinct answers through a 256 KiB cache, with the real daemon and llama.cpp:
+    embeddings of a tiny BERT model (tests/tinybert.py, 32 dimensions), each input an entry of
+    its own and cheap to compute (SmolLM2's embeddings cost ~50 ms each on this box, as
+    llama.cpp computes its 49k-word output layer for every input token)."""
+    model = tinybert.write(tmp_path / "tiny-bert.gguf")
+    d = make_daemon(
+        f"""
+[engine]
+ctx_per_seq = 64
+parallel = 16
+[cache]
+max_bytes = "256KiB"
+[models.tinybert]
+path = "{model}"
+"""
+    )
+    words, w = tinybert.WORDS, len(tinybert.WORDS)
+    texts = [f"{words[i % w]} {words[i // w % w]} {words[i // w // w]}" for i in range(10_000)]
+    assert len(set(texts)) == 10_000
+    client = d.client(timeout=600)
+    for at in range(0, 10_000, 2_000):
+        raw = client.embeddings.with_raw_response.create(
+            model="tinybert", input=texts[at : at + 2_000]
+        )
+        assert len(raw.parse().data) == 2_000 and raw.headers[HEADER] == "miss"
+        stats = httpx.get(d.url + "/api/v1/cache", timeout=10).json()
+        assert 0 < stats["bytes"] <= 256 * 1024, stats
+    assert stats["stored"] == 10_000
+    assert 100 < stats["entries"] < 2_000
+    assert stats["evictions"] == 10_000 - stats["entries"]
+    newest = client.embeddings.with_raw_response.create(model="tinybert", input=texts[-50:])
+    assert newest.headers[HEADER] == "hit"
+    oldest = client.embeddings.with_raw_response.create(model="tinybert", input=texts[:1])
+    assert oldest.headers[HEADER] == "miss"
