@@ -205,7 +205,7 @@ class ResponseCache:
 
     async def put(self, scope: str, key: str, value: bytes) -> None:
         cfg = self.config
-        if len(value) > parse_size(cfg.max_entry_bytes, _ram()):
+        if len(value) > _bytes(cfg.max_entry_bytes):
             self.counts.too_large += 1
             return
         store = self.store()
@@ -299,8 +299,14 @@ def _ram() -> int:
     return int(psutil.virtual_memory().total)
 
 
+@functools.lru_cache(maxsize=16)
+def _bytes(size: str | int) -> int:
+    """A size setting in bytes, parsed once per value (not at each request)."""
+    return parse_size(size, _ram())
+
+
 def max_bytes(settings: Settings) -> int:
-    return parse_size(settings.cache.max_bytes, _ram())
+    return _bytes(settings.cache.max_bytes)
 
 
 CACHE = web.AppKey("cache", ResponseCache)

@@ -47,7 +47,13 @@ def request_key(identity: str, reqs: list[m.GenerateRequest]) -> str:
     """The digest the answer to these engine requests (of one API request) is filed under."""
     h = hashlib.sha256(f"llmd-cache/{FORMAT}\n{identity}\n".encode())
     for req in reqs:
-        fields = {k: v for k, v in dataclasses.asdict(req).items() if k not in _UNKEYED}
+        # Field by field rather than dataclasses.asdict, whose deep copy of every value was
+        # most of a miss's cost in the daemon (bench/cache.py, miss_path).
+        fields = {k: v for k, v in vars(req).items() if k not in _UNKEYED}
+        sampling = dict(vars(req.sampling))
+        if req.sampling.grammar is not None:
+            sampling["grammar"] = dataclasses.asdict(req.sampling.grammar)
+        fields["sampling"] = sampling
         text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
         h.update(text.encode("utf-8", "surrogatepass"))
         h.update(b"\n")
