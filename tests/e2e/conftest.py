@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +11,21 @@ import pytest
 
 from bench import daemon as launcher
 from bench.daemon import GEMMA, MODELS, ROOT, SMOL, Daemon, free_port
+
+
+@pytest.fixture(autouse=True)
+def _collect_clients() -> Iterator[None]:
+    """The official clients a test made and did not close are collected when it ends, their
+    sockets' ResourceWarnings ignored: an `openai.OpenAI` is a reference cycle (its resources
+    point back at it), so the cyclic collector finalizes it in an arbitrary order, a socket
+    before the client that would have closed it, at an arbitrary later moment, where the
+    warning (an error under the suite's filter) failed whichever test was running then. These
+    are the test process's own sockets; the daemon under test is another process."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
 
 # Names the test modules import from here.
 __all__ = ["GEMMA", "MODELS", "ROOT", "SMOL", "Daemon", "bearer", "free_port", "start_daemon"]
