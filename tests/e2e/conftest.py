@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,21 +9,6 @@ import pytest
 
 from bench import daemon as launcher
 from bench.daemon import GEMMA, MODELS, ROOT, SMOL, Daemon, free_port
-
-
-@pytest.fixture(autouse=True)
-def _collect_clients() -> Iterator[None]:
-    """The official clients a test made and did not close are collected when it ends, their
-    sockets' ResourceWarnings ignored: an `openai.OpenAI` is a reference cycle (its resources
-    point back at it), so the cyclic collector finalizes it in an arbitrary order, a socket
-    before the client that would have closed it, at an arbitrary later moment, where the
-    warning (an error under the suite's filter) failed whichever test was running then. These
-    are the test process's own sockets; the daemon under test is another process."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
 
 # Names the test modules import from here.
 __all__ = ["GEMMA", "MODELS", "ROOT", "SMOL", "Daemon", "bearer", "free_port", "start_daemon"]
@@ -52,8 +35,19 @@ def start_daemon(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_health.py's check of the shared daemon's log runs after every test, wherever its
-    file sorts: it is to see what all the tests that used that daemon sent it."""
+    file sorts: it is to see what all the tests that used that daemon sent it.
+
+    And the end-to-end tests ignore ResourceWarnings of their own sockets: an official client
+    a test made and did not close (`openai.OpenAI` is a reference cycle, its resources
+    pointing back at it) is finalized by the cyclic collector in any order, a socket before
+    the client that would have closed it, at any later moment, where the warning (an error
+    under the suite's filter) failed whichever test was running then. The daemon under test
+    is another process; the unit tests, which run llmd in-process, keep the warning an error."""
     items.sort(key=lambda item: item.name == "test_no_server_errors_logged")
+    e2e = Path(__file__).parent
+    for item in items:
+        if e2e in item.path.parents:
+            item.add_marker(pytest.mark.filterwarnings("ignore::ResourceWarning"))
 
 
 BASE_CONFIG = f"""
