@@ -30,6 +30,15 @@ WEATHER_PARAMETERS: dict[str, Any] = {
 }
 """The weather tool's parameters, which the tool tests of every API (chat completions,
 Responses, Messages) wrap in their own tool shape."""
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": WEATHER_PARAMETERS,
+    },
+}
+"""The weather tool as chat completions take it."""
 STORY = [{"role": "user", "content": "Tell me a long story about a dragon who lives in a castle."}]
 
 

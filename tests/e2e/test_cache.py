@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmd.auth.keys import add_key
 from tests import tinybert
-from tests.e2e.api import GEMMA, SMOL, WEATHER_PARAMETERS, chunk_text
+from tests.e2e.api import GEMMA, SMOL, WEATHER, chunk_text
 from tests.e2e.conftest import GEMMA as GEMMA_FILE
 from tests.e2e.conftest import MODELS, bearer, start_daemon
 from tests.e2e.conftest import SMOL as SMOL_FILE
@@ -42,14 +42,6 @@ HEADER = "x-llmd-cache"
 GREEDY: dict[str, Any] = {"temperature": 0}
 NO_CACHE = {"Cache-Control": "no-cache"}
 NO_STORE = {"Cache-Control": "no-store"}
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": WEATHER_PARAMETERS,
-    },
-}
 
 
 def fresh(text: str = "Say hello to") -> str:

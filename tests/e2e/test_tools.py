@@ -23,7 +23,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.e2e.api import GEMMA, SMOL, WEATHER_PARAMETERS
+from tests.e2e.api import GEMMA, SMOL, WEATHER
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Daemon
@@ -33,14 +33,6 @@ MAX = 100
 """max_tokens for calls: the schemas' strings are bounded, so one call always fits."""
 MARKUP = ("<tool_call>", "</tool_call>")
 
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": WEATHER_PARAMETERS,
-    },
-}
 ORDER: dict[str, Any] = {
     "type": "function",
     "function": {
