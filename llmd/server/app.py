@@ -14,6 +14,7 @@ from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
 from llmd.body import read_json
 from llmd.cache import CACHE, ResponseCache
+from llmd.console import add_routes as add_console_routes
 from llmd.errors import (
     APIError,
     InvalidRequest,
@@ -243,6 +244,7 @@ def create_app(
     health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
     cache_admin.add_routes(app)  # GET, DELETE /api/v1/cache
+    add_console_routes(app)  # /, /ui/: public files; their data come from the API
     # Auth and usage, side by side. Auth goes first: its middleware runs after
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("models", ["llmd.models"]),
     ("observers", ["llmd.auth", "llmd.usage", "llmd.metrics", "llmd.logs", "llmd.cache"]),
     ("serving", ["llmd.serving"]),
-    ("server", ["llmd.server"]),
+    ("server", ["llmd.server", "llmd.console"]),
     ("process", ["llmd.daemon", "llmd.systemd", "llmd.cli", "llmd.__main__"]),
 ]
 
