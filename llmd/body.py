@@ -3,24 +3,28 @@
 Every handler that takes a JSON body reads it here, and so does the auth middleware (which
 keeps the prompt of keys that log content): the body is parsed once and kept on the request.
 
-Parsing and validating run on the event loop, and neither the JSON decoder nor pydantic lets
-go of the GIL, so a thread would not spare the other streams: a body is bounded instead by
-how many values it holds, the cost of both. 14 MB of small objects (400,000 messages) took
-2.5 s to parse and validate, 3,000,000 token ids 1.9 s, every stream on the daemon stalled
-meanwhile. Near the bounds the worst still costs a few tenths of a second (499,000 token
-ids sent back to back took the other streams' inter-token p99 to 8.5x: docs/benchmarks.md),
-which the per-key request limits are for.
+Neither the JSON decoder nor pydantic lets go of the GIL, so a thread would not spare the
+other streams: 299,000 token ids cost the event loop ~0.4 s to parse and validate, a 30 MB
+prompt ~0.35 s, and sent back to back they took every other stream's inter-token p99 to 7x
+and 2.3x (docs/benchmarks.md). So a body of 1 MiB or more is decoded, parsed and validated in
+the parser process (llmd/parser_process.py), started at the first such body, and only the
+validated request comes back; smaller bodies cost the loop a few milliseconds and stay here.
+A body is also bounded by how many values it holds, wherever it is parsed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from llmd.errors import InvalidRequest
+from llmd.parser_process import ParserProcess
+
+T = TypeVar("T")
 
 _REQUIRED: Any = object()
 MAX_OBJECTS = 20_000
@@ -30,6 +34,8 @@ MAX_SCALARS = 300_000
 300,000 tokens, the largest body a client has reason to send."""
 _COUNT_FROM = 1 << 20
 """Bodies under 1 MiB cannot reach the bounds' cost: parsed without counting."""
+PARSE_APART_FROM = 1 << 20
+"""Bodies of this many bytes or more are parsed and validated in the parser process."""
 
 
 class _TooMany(Exception):
@@ -64,8 +70,32 @@ async def read_json(
     message of a body that is not JSON, and `with_position=False` leaves out where the
     decoder stopped: the keys and model admin APIs keep the messages they always gave."""
     if _PARSED not in request:
-        request[_PARSED] = await _parse(request)
-    parsed = request[_PARSED]
+        raw = await _read(request)
+        request[_PARSED] = raw if isinstance(raw, _Parsed) else _decode(raw, *_declared(request))
+    return _value(request[_PARSED], empty, not_json, with_position)
+
+
+async def read_request(request: web.Request, parse: Callable[[Any], T]) -> T:
+    """The body as the request `parse` makes of it (a request model's `parse`), or the 400
+    saying why it is not one. A large body is parsed and validated in the parser process
+    (`app[PARSER]`), so the event loop only reads its bytes and takes the result back."""
+    if _PARSED not in request:
+        raw = await _read(request)
+        parser = request.app.get(PARSER)
+        if isinstance(raw, bytes) and len(raw) >= PARSE_APART_FROM and parser is not None:
+            return await parser.run(_parse_apart, raw, *_declared(request), parse)
+        request[_PARSED] = raw if isinstance(raw, _Parsed) else _decode(raw, *_declared(request))
+    return parse(await read_json(request))
+
+
+def _parse_apart(
+    raw: bytes, charset: str | None, content_type: str | None, parse: Callable[[Any], T]
+) -> T:
+    """In the parser process: the body decoded, parsed and validated as on the loop."""
+    return parse(_value(_decode(raw, charset, content_type), _REQUIRED, None, True))
+
+
+def _value(parsed: _Parsed, empty: Any, not_json: str | None, with_position: bool) -> Any:
     if parsed.unreadable is not None:
         raise InvalidRequest(parsed.unreadable)
     if parsed.blank and empty is not _REQUIRED:
@@ -79,14 +109,16 @@ async def read_json(
     return parsed.value
 
 
-async def _parse(request: web.Request) -> _Parsed:
+def _declared(request: web.Request) -> tuple[str | None, str | None]:
+    """(charset, content type) as the request declares them; None for what it leaves out."""
+    declared = request.content_type if "Content-Type" in request.headers else None
+    return request.charset, declared
+
+
+async def _read(request: web.Request) -> bytes | _Parsed:
+    """The body's bytes, decompressed, or why they could not be read."""
     try:
-        text = await request.text()
-    except UnicodeDecodeError:
-        return _Parsed(is_utf8=False)
-    except LookupError:
-        # `Content-Type: application/json; charset=bogus`: Python knows no such codec.
-        return _Parsed(unreadable=f"The request body's charset {request.charset!r} is unknown.")
+        return await request.read()
     except web.RequestPayloadError:
         # The bytes of the body are not what the headers say: `Content-Encoding: gzip` (or
         # deflate) on bytes that do not decompress, chunks that do not frame.
@@ -95,11 +127,22 @@ async def _parse(request: web.Request) -> _Parsed:
             unreadable="The request body could not be read: its Content-Encoding or its "
             "chunked framing is broken."
         )
+
+
+def _decode(raw: bytes, charset: str | None, content_type: str | None) -> _Parsed:
+    """The body's bytes as JSON (what aiohttp's request.text() and json.loads would make of
+    them), or why they are not."""
+    try:
+        text = raw.decode(charset or "utf-8")
+    except UnicodeDecodeError:
+        return _Parsed(is_utf8=False)
+    except LookupError:
+        # `Content-Type: application/json; charset=bogus`: Python knows no such codec.
+        return _Parsed(unreadable=f"The request body's charset {charset!r} is unknown.")
     blank = not text.strip()
-    declared = request.headers.get("Content-Type")
-    if declared is not None and not blank and not _is_json_type(request.content_type):
+    if content_type is not None and not blank and not _is_json_type(content_type):
         # curl's -d without -H sends a form type: a mistake to name, not to guess past.
-        reason = f"the Content-Type is {request.content_type}, not application/json"
+        reason = f"the Content-Type is {content_type}, not application/json"
         return _Parsed(reason=reason, blank=blank)
     try:
         return _Parsed(_loads(text), blank=blank)
@@ -173,3 +216,6 @@ def _is_json_type(content_type: str) -> bool:
 def _no_constant(name: str) -> Any:
     """Python's decoder takes NaN and Infinity; JSON (RFC 8259) has neither."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+PARSER = web.AppKey("body_parser", ParserProcess)

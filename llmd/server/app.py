@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
-from llmd.body import read_json
+from llmd.body import PARSER, read_request
 from llmd.cache import CACHE, ResponseCache
 from llmd.console import add_routes as add_console_routes
 from llmd.errors import (
@@ -25,6 +25,7 @@ from llmd.errors import (
 )
 from llmd.metrics import Metrics
 from llmd.models import ModelManager
+from llmd.parser_process import ParserProcess
 from llmd.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from llmd.protocol.anthropic import CountTokensRequest, MessagesRequest
 from llmd.protocol.anthropic_models import (
@@ -109,32 +110,32 @@ def _error(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = ChatCompletionRequest.parse(await read_json(request))
+    req = await read_request(request, ChatCompletionRequest.parse)
     return await request.app[SERVING].chat.serve(request, req, request.app[MODELS])
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    req = MessagesRequest.parse(await read_json(request))
+    req = await read_request(request, MessagesRequest.parse)
     return await request.app[SERVING].messages.serve(request, req, request.app[MODELS])
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    req = CountTokensRequest.parse(await read_json(request))
+    req = await read_request(request, CountTokensRequest.parse)
     return await request.app[SERVING].count_tokens.serve(request, req, request.app[MODELS])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    req = CompletionRequest.parse(await read_json(request))
+    req = await read_request(request, CompletionRequest.parse)
     return await request.app[SERVING].completions.serve(request, req, request.app[MODELS])
 
 
 async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    req = EmbeddingRequest.parse(await read_json(request))
+    req = await read_request(request, EmbeddingRequest.parse)
     return await request.app[SERVING].embeddings.serve(request, req, request.app[MODELS])
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    req = ResponsesRequest.parse(await read_json(request))
+    req = await read_request(request, ResponsesRequest.parse)
     return await request.app[SERVING].responses.serve(request, req, request.app[MODELS])
 
 
@@ -221,10 +222,13 @@ def create_app(
     cache.follow(manager)
     app[SERVING] = Serving(provider, cache)  # serving and metrics read provider.current each time
 
-    async def close_cache(_app: web.Application) -> None:
-        await cache.close()
+    app[PARSER] = parser = ParserProcess()  # large bodies parsed off the event loop
 
-    app.on_cleanup.append(close_cache)
+    async def close_parts(_app: web.Application) -> None:
+        await cache.close()
+        await parser.close()
+
+    app.on_cleanup.append(close_parts)
     app[STARTED] = time.monotonic()
     if current.metrics.enabled:
         metrics = Metrics(provider, manager, cache)

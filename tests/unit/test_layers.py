@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "llmd.errors",
             "llmd.record",
             "llmd.body",
+            "llmd.parser_process",
             "llmd.explain",
             "llmd.units",
             "llmd.settings",
