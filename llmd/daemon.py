@@ -63,7 +63,8 @@ async def serve(provider: SettingsProvider) -> None:
     from llmd.auth.middleware import is_loopback
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
-    from llmd.server.app import METRICS, ServerLog, create_app
+    from llmd.server.app import METRICS, create_app
+    from llmd.server.wire import Runner, ServerLog
     from llmd.usage.recorder import AUDIT
 
     settings = provider.current
@@ -89,7 +90,7 @@ async def serve(provider: SettingsProvider) -> None:
     )
     if METRICS in app:
         manager.listeners.append(app[METRICS].model_event)
-    runner = web.AppRunner(
+    runner = Runner(  # what aiohttp cannot parse answered in the API's error shape
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler: frees the slot
         shutdown_timeout=settings.server.shutdown_timeout_s,

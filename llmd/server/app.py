@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from llmd.auth.middleware import METRICS_PATH, PUBLIC_PATHS, may_use_model
 from llmd.auth.setup import install_auth
@@ -172,31 +170,6 @@ async def get_model(request: web.Request) -> web.Response:
                 return web.json_response(anthropic_model_info(card))
             return web.json_response(card)
     raise ModelNotFound(name)
-
-
-class ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """The logger of aiohttp's connection handler (`web.AppRunner(logger=...)`).
-
-    aiohttp logs a request it cannot parse (a NUL or another bad byte in a header, a bad
-    request line, broken chunked encoding) with a traceback at ERROR, and answers 400 itself.
-    That is the client's fault, not the server's: one INFO line with the first line of the
-    reason (never the header's bytes, which may hold a key). Anything else is logged as
-    aiohttp logs it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.getLogger("aiohttp.server"), {})
-
-    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info")
-        if not isinstance(exc, BaseException):
-            exc = sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
-            reason = next((ln.strip() for ln in exc.message.splitlines() if ln.strip()), "")
-            reason = reason.rstrip(":")
-            client = args[0] if args else "?"
-            self.logger.info("bad HTTP request from %s (answered %d): %s", client, exc.code, reason)
-            return
-        super().exception(msg, *args, **kwargs)
 
 
 def create_app(

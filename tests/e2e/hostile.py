@@ -6,8 +6,8 @@ lone surrogates, 50 MB bodies, wrong content types and encodings, tool-calling a
 response_format junk); WRONG_TYPES: a wrong type in every field of the four request bodies;
 ADMIN_ROWS: the model and usage admin routes' cousins; ANTHROPIC_ROWS: the Messages API's
 (answered in Anthropic's error shape, its message starting with the field); HANGS and LISTING:
-rows that once took a model process down or gave a 500; PARSER and KEYS: rows known to fail
-today (kept in view, not run: see the test).
+rows that once took a model process down or gave a 500; PARSER: what aiohttp's parser
+refuses before any route (once a text/plain 400).
 """
 
 from __future__ import annotations
@@ -501,13 +501,13 @@ ADMIN_ROWS = [
     Row("load gzip that is not gzip", "/api/v1/models/smollm2/load", b"x" * 64, headers=GZIP),
 ]
 
-# Known to fail today: the aiohttp parser's own refusals, and listings whose LIMIT sqlite cannot
-# take.
+# Refused by aiohttp's parser, before any route: answered in the error shape by the daemon's
+# connection handler (llmd/server/wire.py); these were text/plain 400s.
 PARSER = [
     Row("Content-Encoding br", CHAT, js(chat()), headers={"Content-Encoding": "br"}),
     Row("Content-Encoding zstd", CHAT, js(chat()), headers={"Content-Encoding": "zstd"}),
 ]
-# Refused before a key is written once fixed; today the keys file cannot be written (a 500).
+# Once 500s (the keys file could not be written as UTF-8): refused before a key is written.
 KEYS = [
     Row(
         "key description lone surrogate",

@@ -44,15 +44,6 @@ TIMEOUT = 45
 """Seconds a hostile request may take: less than the model process's hang watchdog (60 s), so
 a request that holds the engine fails here rather than as a restart seen later."""
 
-# Rows known to fail today, kept in view, not run: each takes the daemon or a model process
-# somewhere the other rows must not follow (a 60 s hang, an ERROR traceback in the shared log).
-KNOWN = [
-    pytest.param(row, marks=pytest.mark.xfail(run=False, reason=reason), id=row.name)
-    for rows, reason in (
-        (PARSER, "aiohttp's parser answers it itself: a text/plain 400, not the error shape"),
-    )
-    for row in rows
-]
 RESULTS: list[dict[str, Any]] = []
 
 
@@ -102,7 +93,7 @@ def _param(resp: httpx.Response) -> Any:
 
 @pytest.mark.parametrize(
     "row",
-    [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *HANGS, *LISTING, *KEYS, *KNOWN, *ANTHROPIC_ROWS],
+    [*ROWS, *WRONG_TYPES, *ADMIN_ROWS, *HANGS, *LISTING, *KEYS, *PARSER, *ANTHROPIC_ROWS],
     ids=lambda row: row.name,
 )
 def test_a_hostile_body_is_answered_and_the_model_serves_on(daemon: Daemon, row: Row) -> None:

@@ -131,7 +131,7 @@ def test_a_request_aiohttp_cannot_parse_is_one_info_line(
     from aiohttp import web
 
     from bench.daemon import free_port
-    from llmd.server.app import ServerLog
+    from llmd.server.wire import ServerLog
 
     caplog.set_level(logging.DEBUG, logger="aiohttp.server")
 
