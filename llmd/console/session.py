@@ -234,7 +234,7 @@ async def sign_in(request: web.Request) -> web.Response:
     response.set_cookie(
         SESSION_COOKIE,
         session_id,
-        max_age=max(1, int(session.expires - sessions.clock())),
+        max_age=max(1, round(session.expires - sessions.clock())),
         path="/",
         secure=request.secure,
         httponly=True,
