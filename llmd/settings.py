@@ -416,8 +416,9 @@ class ConsoleSettings(_Section):
 
     enabled: bool = Field(
         True,
-        description="Serve the web console at / and /ui/ (read at start). Off: those paths "
-        "are 404 and no session cookie is taken; the API is unchanged.",
+        description="Serve the web console at / and /ui/ (read at start; a reload does not "
+        "change it). Off: those paths are not served and no session cookie is taken; the API "
+        "is unchanged.",
     )
     session_ttl: Duration = Field(
         "8h",

@@ -46,6 +46,7 @@ PATH = "/ui/session"
 MAX_SESSIONS = 1000
 """Sessions held at most; past it the oldest is dropped (only admin keys sign in: a handful
 of people, so this bound is only ever reached by a flood)."""
+MAX_KEY_CHARS = 8192
 HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 """The answers carry the CSRF token: never kept by a cache."""
 
@@ -216,7 +217,8 @@ async def sign_in(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     body = await read_json(request, not_json='The body must be JSON: {"key": "<admin key>"}.')
     secret = body.get("key") if isinstance(body, dict) else None
-    if not isinstance(secret, str):
+    # A header cannot hold more than 8 KiB either: no hash is spent on a megabyte "key".
+    if not isinstance(secret, str) or len(secret) > MAX_KEY_CHARS:
         raise InvalidRequest('The body must be {"key": "<an admin API key>"}.', param="key")
     # The API's own check: a wrong key is paced and refused exactly as on any API call.
     key = await auth.check_secret(request.remote or "", secret.strip())

@@ -151,7 +151,8 @@ def test_a_wrong_key_is_401_and_paced_as_the_api_and_a_plain_key_403(
         assert error["type"] == "permission_error" and "'user'" in error["message"]
         for refused in (sign_in(c, wrong), sign_in(c, user)):
             assert "set-cookie" not in refused.headers
-        for bad in (c.post("/ui/session", json={"secret": root}), c.post("/ui/session")):
+        too_long = c.post("/ui/session", json={"key": "sk-llmd-" + "A" * 9000})
+        for bad in (c.post("/ui/session", json={"secret": root}), c.post("/ui/session"), too_long):
             assert error_of(bad, 400, None)["type"] == "invalid_request_error"
 
 
