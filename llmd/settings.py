@@ -411,6 +411,32 @@ class CacheSettings(_Section):
         return parse_duration(self.ttl) or None
 
 
+class ConsoleSettings(_Section):
+    """[console]: the web console at /ui/ and how long its sign-in lasts (docs/console.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve the web console at / and /ui/ (read at start; a reload does not "
+        "change it). Off: those paths are not served and no session cookie is taken; the API "
+        "is unchanged.",
+    )
+    session_ttl: Duration = Field(
+        "8h",
+        description="How long a console sign-in lasts (seconds or '30m', '8h'): the session "
+        "ends then, or sooner on sign-out or when its key is revoked, deleted or expires.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_ttl(self) -> ConsoleSettings:
+        # A negative duration means "forever" elsewhere; a sign-in must end.
+        if not parse_duration(self.session_ttl):
+            raise ValueError("console.session_ttl must be a positive duration, e.g. '8h'")
+        return self
+
+    def session_ttl_s(self) -> float:
+        return parse_duration(self.session_ttl) or 0.0
+
+
 class Settings(_Section):
     models_dir: Path = Field(
         Path("/var/lib/llmd/models"),
@@ -425,6 +451,7 @@ class Settings(_Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="One table per model: [models.NAME]."
     )

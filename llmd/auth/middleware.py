@@ -11,7 +11,11 @@ Rules (docs/auth.md):
 - A key limited to some models gets 403 for the others (`authorize_model`).
 Runs inside error_middleware, so its errors leave as OpenAI bodies (Anthropic's on its routes)
 and are recorded. A key comes as `Authorization: Bearer` or, as Anthropic's SDK sends it,
-`x-api-key`.
+`x-api-key`; on the API's paths (`/v1/*`, `/api/v1/*`, `/metrics`) a request without either may
+come with the web console's session cookie instead (llmd/console/session.py), taken as the key
+signed in with, its rights, limits and usage as if the key had been sent. A cookie is sent by
+the browser on its own, so a state change made with it (POST, PUT, PATCH, DELETE) must also
+carry the session's CSRF token in `X-CSRF-Token`, which a page of another site cannot read.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -47,6 +51,32 @@ _GENERATION = {
     "/v1/responses",
 }
 METRICS_PATH = "/metrics"
+SESSION_COOKIE = "llmd_session"
+CSRF_HEADER = "X-CSRF-Token"
+_STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class SessionKeys(Protocol):
+    """The console's sessions as the middleware uses them (llmd/console/session.py)."""
+
+    def key_of(self, session_id: str) -> Key | None:
+        """The key of the live session with this id; None when it has ended."""
+
+    def csrf_valid(self, session_id: str, token: str) -> bool:
+        """Whether `token` is the session's CSRF token (compared in constant time)."""
+
+
+def takes_session(path: str) -> bool:
+    """The paths a console session cookie is taken on: the API, nothing else."""
+    return path.startswith(("/v1/", "/api/v1/")) or path == METRICS_PATH
+
+
+def session_ended() -> AuthenticationError:
+    return AuthenticationError(
+        "Your console session has ended (signed out, expired, or its key was revoked or "
+        "changed). Sign in again.",
+        code="session_expired",
+    )
 
 
 def is_admin_path(path: str) -> bool:
@@ -69,6 +99,8 @@ class Auth:
     limiter: Limiter
     store: UsageStore | None
     pacing: Pacing = field(init=False)
+    sessions: SessionKeys | None = field(default=None, init=False)
+    """The console's sessions; None: no session cookie is taken ([console] enabled = false)."""
 
     def __post_init__(self) -> None:
         self.pacing = Pacing(lambda: self.settings.auth)
@@ -110,9 +142,35 @@ class Auth:
 
     async def authenticate(self, request: web.Request) -> Key:
         """The request's key, or AuthenticationError (401). A check that costs a hash waits
-        for the address's turn first (RateLimited, 429, when that is too far off)."""
-        address = request.remote or ""
+        for the address's turn first (RateLimited, 429, when that is too far off). Without a
+        key header, a console session cookie stands for its key on the API's paths."""
         secret = _secret(request)
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if not secret and session_id and self.sessions is not None and takes_session(request.path):
+            return self.session_key(request, self.sessions, session_id)
+        return await self.check_secret(request.remote or "", secret)
+
+    def session_key(self, request: web.Request, sessions: SessionKeys, session_id: str) -> Key:
+        """The key of the request's console session: 401 when it has ended, 403 for a state
+        change without its CSRF token. An unknown cookie is not paced as a wrong key is: a
+        session id is 256 random bits, nothing to guess, and no hash is spent on it."""
+        key = sessions.key_of(session_id)
+        if key is None:
+            raise session_ended()
+        if request.method in _STATE_CHANGING and not sessions.csrf_valid(
+            session_id, request.headers.get(CSRF_HEADER, "")
+        ):
+            raise PermissionDenied(
+                f"A {request.method} made with the console's session cookie needs the "
+                f"session's CSRF token in the {CSRF_HEADER} header (GET /ui/session gives it).",
+                code="csrf_token_invalid",
+            )
+        return key
+
+    async def check_secret(self, address: str, secret: str) -> Key:
+        """The key of `secret` sent from `address`, or AuthenticationError (401); failures
+        are paced per address (llmd/auth/pacing.py). The API and the console's sign-in both
+        check a key here."""
         if not secret:
             self.pacing.failed(address)
             raise AuthenticationError(

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from llmd.settings import (
     AuthSettings,
     CacheSettings,
+    ConsoleSettings,
     EngineSettings,
     LoadingSettings,
     LoggingSettings,
@@ -86,6 +87,7 @@ def settings_reference() -> str:
         ("logging.", LoggingSettings),
         ("metrics.", MetricsSettings),
         ("cache.", CacheSettings),
+        ("console.", ConsoleSettings),
         ("models.NAME.", ModelSettings),
         ("models.NAME.sampling.", SamplingDefaults),
     ]

@@ -221,12 +221,15 @@ def create_app(
     health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
     cache_admin.add_routes(app)  # GET, DELETE /api/v1/cache
-    add_console_routes(app)  # /, /ui/: public files; their data come from the API
     # Auth and usage, side by side. Auth goes first: its middleware runs after
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.
     usage = open_usage(current)
     # /metrics is not public: once keys are in force, it needs a key (the auth middleware).
     install_auth(app, provider, usage.store, usage.audit)
+    if current.console.enabled:
+        # /, /ui/: public files, their data from the API; /ui/session: the sign-in, whose
+        # sessions the auth middleware takes (so after install_auth, before the usage paths).
+        add_console_routes(app)
     install_usage(app, usage, skip_paths={*app[PUBLIC_PATHS], METRICS_PATH})  # no usage rows
     return app
