@@ -11,7 +11,10 @@ Rules (docs/auth.md):
 - A key limited to some models gets 403 for the others (`authorize_model`).
 Runs inside error_middleware, so its errors leave as OpenAI bodies (Anthropic's on its routes)
 and are recorded. A key comes as `Authorization: Bearer` or, as Anthropic's SDK sends it,
-`x-api-key`; on the API's paths (`/v1/*`, `/api/v1/*`, `/metrics`) a request without either may
+`x-api-key`. A state change (POST, PUT, PATCH, DELETE) sent by a page of another site is
+refused (its Origin header names another host): llmd answers no CORS, but a browser still
+sends a "simple" cross-site request, and with no keys (or with the console's cookie) it would
+act. On the API's paths (`/v1/*`, `/api/v1/*`, `/metrics`) a request without either may
 come with the web console's session cookie instead (llmd/console/session.py), taken as the key
 signed in with, its rights, limits and usage as if the key had been sent. A cookie is sent by
 the browser on its own, so a state change made with it (POST, PUT, PATCH, DELETE) must also
@@ -25,6 +28,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -69,6 +73,24 @@ class SessionKeys(Protocol):
 def takes_session(path: str) -> bool:
     """The paths a console session cookie is taken on: the API, nothing else."""
     return path.startswith(("/v1/", "/api/v1/")) or path == METRICS_PATH
+
+
+def check_origin(request: web.Request) -> None:
+    """403 for a state change a page of another site sent. A browser sends Origin on every
+    cross-site POST (and "null" from a sandboxed or file page); a client that sends none
+    (curl, an SDK, a script) is not a browser being abused. The console's own page sends its
+    own origin: behind a proxy, Host must be passed through (docs/operations.md)."""
+    origin = request.headers.get("Origin")
+    if origin is None or request.method not in _STATE_CHANGING:
+        return
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower():
+        return
+    raise PermissionDenied(
+        f"A {request.method} from a page of another site (Origin: {origin[:200]}) is refused: "
+        "llmd takes state changes from its own console and from clients that are not browsers.",
+        code="origin_not_allowed",
+    )
 
 
 def session_ended() -> AuthenticationError:
@@ -231,6 +253,7 @@ async def _capture_prompt(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    check_origin(request)
     if request.path in request.app[PUBLIC_PATHS]:
         return await handler(request)  # type: ignore[no-any-return]
     auth = request.app[AUTH]
