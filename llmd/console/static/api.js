@@ -81,8 +81,10 @@ function signedOut() {
 // console then tries the API as it is, and a 401 from it shows the sign-in form.
 export async function loadSession() {
   const resp = await fetch("/ui/session", { credentials: "same-origin", cache: "no-store" });
-  if (resp.status === 404) {
-    Object.assign(session, { backend: false, auth: "open", signed_in: false, csrf: null });
+  if (resp.status === 404 || resp.status === 401) {
+    // No sign-in backend: /ui/session is then no public path, and a 401 says keys are needed.
+    const auth = resp.status === 401 ? "required" : "open";
+    Object.assign(session, { backend: false, auth, signed_in: false, csrf: null });
   } else if (resp.ok) {
     Object.assign(session, { backend: true }, await resp.json());
   } else {
@@ -93,6 +95,8 @@ export async function loadSession() {
 }
 
 export async function signIn(key) {
+  // A daemon without the backend would take the key for a request's own: never sent there.
+  if (!session.backend) throw new ApiError(404, "", "no_session_backend");
   const resp = await fetch("/ui/session", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -100,10 +104,6 @@ export async function signIn(key) {
     credentials: "same-origin",
     cache: "no-store",
   });
-  if (resp.status === 404) {
-    session.backend = false;
-    throw new ApiError(404, "", "no_session_backend");
-  }
   if (!resp.ok) throw await errorOf(resp);
   Object.assign(session, { backend: true }, await resp.json());
   changed();
