@@ -92,6 +92,7 @@ export function show(root) {
   }
 
   async function revoke(k) {
+    problem = null;
     if (!confirming.has(k.name)) {
       confirming.add(k.name);
       return draw(last);
@@ -100,7 +101,7 @@ export function show(root) {
     try {
       await api(`/api/v1/keys/${encodeURIComponent(k.name)}`, { method: "DELETE" });
     } catch (err) {
-      if (err.status !== 401) window.alert(t("common.error", { message: err.message }));
+      if (err.status !== 401) problem = `${k.name}: ${t("common.error", { message: err.message })}`;
     }
     await refresh();
   }
@@ -117,6 +118,7 @@ export function show(root) {
   }
 
   let last = null;
+  let problem = null; // a revocation's error, shown above the table until the next one
   function draw(data) {
     if (stopped || !data) return;
     last = data;
@@ -135,7 +137,7 @@ export function show(root) {
     list.id = "keys-table";
     for (const [i, k] of keys.entries()) list.tBodies[0].rows[i].dataset.key = k.name;
     const first = !keys.length && session.auth === "open" ? h("p", { class: "notice", id: "keys-first" }, t("keys.first")) : null;
-    clear(root, secret, section(t("keys.title"), list), section(t("keys.create"), first, form(models)));
+    clear(root, secret, section(t("keys.title"), problem ? h("p", { class: "error", role: "alert" }, problem) : null, list), section(t("keys.create"), first, form(models)));
   }
 
   async function refresh() {

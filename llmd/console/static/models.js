@@ -20,14 +20,16 @@ export function show(root) {
   let timer = null;
   const busy = new Map(); // model name -> the action under way
   let last = null;
+  let problem = null; // the last action's error, shown above the table until the next one
 
   async function act(model, action, body) {
+    problem = null;
     busy.set(model.name, action);
     draw();
     try {
       await api(`/api/v1/models/${encodeURIComponent(model.name)}/${action}`, { method: "POST", body: body || {} });
     } catch (err) {
-      if (err.status !== 401) window.alert(t("common.error", { message: err.message }));
+      if (err.status !== 401) problem = `${model.name}: ${t("common.error", { message: err.message })}`;
     } finally {
       busy.delete(model.name);
       await refresh();
@@ -70,7 +72,7 @@ export function show(root) {
     const failed = list.models.filter((m) => m.state === "failed" || m.error);
     clear(
       root,
-      section(t("models.title"), h("div", { id: "models-memory" }, memoryBar(list.memory)), models),
+      section(t("models.title"), h("div", { id: "models-memory" }, memoryBar(list.memory)), problem ? h("p", { class: "error", role: "alert", id: "models-error" }, problem) : null, models),
       section(t("models.plan"), planView(plan)),
       h(
         "div",
