@@ -33,7 +33,7 @@ from llmd.protocol.anthropic_models import (
 )
 from llmd.protocol.responses import ResponsesRequest
 from llmd.record import FINISHERS, OBSERVERS, Observer, get_record
-from llmd.server import admin, cache_admin, health, stored_responses
+from llmd.server import activity, admin, cache_admin, health, stored_responses
 from llmd.server.accounting import on_prepare, record_middleware
 from llmd.serving import Serving
 from llmd.settings import Settings
@@ -221,6 +221,7 @@ def create_app(
     health.add_routes(app, manager, app[STARTED])
     admin.add_routes(app, MODELS)
     cache_admin.add_routes(app)  # GET, DELETE /api/v1/cache
+    activity.add_routes(app)  # GET /api/v1/activity: the last hour by minute, for the console
     # Auth and usage, side by side. Auth goes first: its middleware runs after
     # error_middleware, its rate-limit headers are set before the usage hook waits for the
     # record's commit, and it reads the month's totals before the usage writer starts.
