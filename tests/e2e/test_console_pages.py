@@ -7,8 +7,7 @@ with the `openai` client, its use appears on the usage page, and once revoked th
 refused. On every page: no request to another host, no console error, no CSP violation.
 
 Creating the first key makes a key required, the console included: from then on the test
-signs in with an admin key made on the keys page, which needs the sign-in backend
-(`/ui/session`); where the daemon has none yet, that part is skipped with a reason."""
+signs in with an admin key made on the keys page (`/ui/session`)."""
 
 from __future__ import annotations
 
@@ -82,8 +81,6 @@ class Watched:
 @pytest.fixture
 def watched(browser: Browser, daemon: Daemon) -> Iterator[Watched]:
     w = Watched(browser, daemon)
-    # Until the sign-in backend lands the daemon answers /ui/session 404: the console is open.
-    w.expect_failed_load(404, "/ui/session")
     yield w
     w.check()
     w.page.context.close()
@@ -168,7 +165,6 @@ def test_the_switch_to_chinese_shows_chinese_labels_and_is_kept(watched: Watched
 
 def test_a_chinese_browser_gets_chinese(browser: Browser, daemon: Daemon) -> None:
     w = Watched(browser, daemon, locale="zh-CN")
-    w.expect_failed_load(404, "/ui/session")
     page = w.open("models")
     expect(page.locator("#nav a[data-page=usage]")).to_have_text("用量与审计")
     expect(page.locator("#models-table")).to_contain_text("就绪")
@@ -216,10 +212,6 @@ def test_a_key_made_on_the_keys_page_is_used_shown_and_revoked(watched: Watched)
     expect(page.locator("#signin")).to_be_visible()
     page.fill("#signin-key", ops)
     page.click("#signin-form button[type=submit]")
-    error = page.locator("#signin-error")
-    expect(page.locator("#signin-error:not(:empty), #page:not([hidden])")).to_have_count(1)
-    if error.is_visible() and "no sign-in" in error.inner_text():
-        pytest.skip("the daemon has no sign-in backend (/ui/session) yet: issue 17 item 1")
     expect(page.locator("#who")).to_contain_text("ops")
     watched.open("keys")
     alice = create_key(page, "alice")

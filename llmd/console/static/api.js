@@ -9,7 +9,6 @@ export const session = {
   admin: false,
   csrf: null,
   expires: null,
-  backend: true, // false while the daemon has no /ui/session (the API is open then)
 };
 
 const listeners = new Set();
@@ -77,26 +76,16 @@ function signedOut() {
   changed();
 }
 
-// What /ui/session says now. A daemon without it (404) has an open API or none at all: the
-// console then tries the API as it is, and a 401 from it shows the sign-in form.
+// What /ui/session says now: whether the API needs a key, and who is signed in.
 export async function loadSession() {
   const resp = await fetch("/ui/session", { credentials: "same-origin", cache: "no-store" });
-  if (resp.status === 404 || resp.status === 401) {
-    // No sign-in backend: /ui/session is then no public path, and a 401 says keys are needed.
-    const auth = resp.status === 401 ? "required" : "open";
-    Object.assign(session, { backend: false, auth, signed_in: false, csrf: null });
-  } else if (resp.ok) {
-    Object.assign(session, { backend: true }, await resp.json());
-  } else {
-    throw await errorOf(resp);
-  }
+  if (!resp.ok) throw await errorOf(resp);
+  Object.assign(session, await resp.json());
   changed();
   return session;
 }
 
 export async function signIn(key) {
-  // A daemon without the backend would take the key for a request's own: never sent there.
-  if (!session.backend) throw new ApiError(404, "", "no_session_backend");
   const resp = await fetch("/ui/session", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -105,7 +94,7 @@ export async function signIn(key) {
     cache: "no-store",
   });
   if (!resp.ok) throw await errorOf(resp);
-  Object.assign(session, { backend: true }, await resp.json());
+  Object.assign(session, await resp.json());
   changed();
 }
 

@@ -57,8 +57,7 @@ async function submitSignIn(event) {
     await signIn($("signin-key").value);
     $("signin-key").value = "";
   } catch (err) {
-    if (err.code === "no_session_backend") error.textContent = t("signin.unavailable");
-    else if (err.status === 401) error.textContent = t("signin.wrong");
+    if (err.status === 401) error.textContent = t("signin.wrong");
     else if (err.status === 403) error.textContent = t("signin.notadmin");
     else error.textContent = t("common.error", { message: err.message });
   }

@@ -18,8 +18,6 @@ const en = {
   "signin.submit": "Sign in",
   "signin.wrong": "That key is not valid.",
   "signin.notadmin": "That key is not an admin key.",
-  "signin.unavailable":
-    "This daemon needs a key, and its console has no sign-in: use the CLI or the API with an admin key.",
   "common.loading": "Loading…",
   "common.error": "Error: {message}",
   "common.none": "None",
@@ -180,7 +178,6 @@ const zh = {
   "signin.submit": "登录",
   "signin.wrong": "密钥无效。",
   "signin.notadmin": "该密钥不是管理员密钥。",
-  "signin.unavailable": "此守护进程需要密钥，但其控制台不支持登录：请用命令行或 API 配合管理员密钥。",
   "common.loading": "加载中…",
   "common.error": "错误：{message}",
   "common.none": "无",

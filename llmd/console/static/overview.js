@@ -85,7 +85,7 @@ export function show(root) {
     try {
       const [health, activity] = await Promise.all([
         api("/api/v1/health"),
-        api("/api/v1/activity").catch((err) => (err.status === 404 ? null : Promise.reject(err))),
+        api("/api/v1/activity"),
       ]);
       if (!stopped) render(root, health, activity);
     } catch (err) {
