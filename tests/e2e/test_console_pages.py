@@ -60,7 +60,9 @@ def test_the_overview_shows_both_models_and_the_memory_bar(watched: Watched) -> 
     expect(page.locator("#ov-version")).not_to_be_empty()
     # Not run under systemd: its watchdog is off; the model processes' hang limit is shown.
     expect(page.locator("#ov-watchdog .badge")).to_have_text("off")
-    expect(page.locator("#ov-watchdog-models")).to_have_text(re.compile(r"model hang limit: \d+\s+s"))
+    expect(page.locator("#ov-watchdog-models")).to_have_text(
+        re.compile(r"model hang limit: \d+\s+s")
+    )
 
 
 def test_a_model_unloaded_and_loaded_changes_state_on_the_models_page(watched: Watched) -> None:
