@@ -64,6 +64,7 @@ async def serve(provider: SettingsProvider) -> None:
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
     from llmd.server.app import METRICS, create_app
+    from llmd.server.health import NOTIFIER
     from llmd.server.wire import Runner, ServerLog
     from llmd.usage.recorder import AUDIT
 
@@ -76,6 +77,7 @@ async def serve(provider: SettingsProvider) -> None:
     tls = RotatingContext(first) if first is not None else None
     manager = ModelManager(settings)
     app = create_app(provider, manager, observers=[logs.access_log])
+    app[NOTIFIER] = notifier  # /api/v1/health tells systemd's watchdog state
     audit = app[AUDIT]
     provider.subscribe(logs.reconfigure)  # level, format and log folder follow the file
     provider.subscribe(

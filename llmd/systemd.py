@@ -48,7 +48,14 @@ class Notifier:
                 # A notification must never stall the event loop: if the receiver's buffer is
                 # full the datagram is dropped (sdnotify swallows the error) instead.
                 self._notifier.socket.setblocking(False)
-        self.watchdog_interval_s = _watchdog_interval() if self.enabled else None
+        self.watchdog_timeout_s = _watchdog_timeout() if self.enabled else None
+        """What the unit asked for (WatchdogSec=): systemd kills us after this long unpinged."""
+        self.watchdog_interval_s = (
+            self.watchdog_timeout_s / 2 if self.watchdog_timeout_s is not None else None
+        )
+        """How often we ping: half the timeout, as sd_watchdog_enabled(3) advises."""
+        self.last_ping: float | None = None
+        """time.monotonic() of the last WATCHDOG=1 sent (the health answer shows its age)."""
         self._stopping = False
 
     def close(self) -> None:
@@ -79,10 +86,12 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
+        if self.enabled:
+            self.last_ping = time.monotonic()
 
 
-def _watchdog_interval() -> float | None:
-    """Half of $WATCHDOG_USEC (as sd_watchdog_enabled(3) advises), or None when not asked."""
+def _watchdog_timeout() -> float | None:
+    """$WATCHDOG_USEC in seconds, or None when not asked (or asked of another process)."""
     env = os.environ
     usec = env.get("WATCHDOG_USEC")
     if not usec:
@@ -95,7 +104,7 @@ def _watchdog_interval() -> float | None:
     except ValueError:
         log.warning("WATCHDOG_USEC=%r is not a number: watchdog disabled", usec)
         return None
-    return value / 2 / 1e6 if value > 0 else None
+    return value / 1e6 if value > 0 else None
 
 
 def _gb(n: float) -> str:

@@ -1,9 +1,12 @@
 """Screenshots of the console's pages for docs/console.md: docs/img/console-*.png.
 
 Starts the daemon on the e2e suite's config (smollm2 and gemma3-270m, no keys: the console is
-open), sends it a little traffic so the charts and tables have something to show, and
-photographs each page at 1280 px in English, and the overview in Chinese. The keys page comes
-last: the key it creates makes a key required from then on.
+open) as systemd would with `WatchdogSec=30` (a stand-in notification socket: the overview
+shows the watchdog on), sends it a little traffic so the charts and tables have something to
+show, and photographs each page at 1280 px in English, and the overview in Chinese. The keys
+page comes last: the key it creates makes a key required from then on, so a fresh browser then
+meets the sign-in form, photographed last. The new key's secret is masked in the picture: it is a
+throwaway daemon's, but a secret in a document invites a copy.
 
 Usage: PYTHONPATH=. .venv/bin/python scripts/console_screenshots.py [OUT_DIR]
 """
@@ -17,8 +20,10 @@ from pathlib import Path
 import openai
 from playwright.sync_api import Page, expect
 
+from bench.daemon import MODELS, start_daemon
 from tests.browser import chromium, open_page
-from tests.e2e.conftest import BASE_CONFIG, ROOT, start_daemon
+from tests.e2e.conftest import BASE_CONFIG, ROOT
+from tests.notify_socket import NotifySocket
 
 QUESTIONS = [
     "Name three colours.",
@@ -47,7 +52,10 @@ def shoot(page: Page, url: str, name: str, out: Path, ready: str) -> None:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    d = start_daemon(Path(tempfile.mkdtemp(prefix="llmd-shots-")), BASE_CONFIG)
+    work = Path(tempfile.mkdtemp(prefix="llmd-shots-"))
+    notify = NotifySocket(work / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"}
+    d = start_daemon(work, f'models_dir = "{MODELS}"\n' + BASE_CONFIG, env=env)
     try:
         traffic(d.url)
         with chromium() as browser:
@@ -73,10 +81,22 @@ def main(out: Path) -> None:
             page.fill("#key-rpm", "60")
             page.fill("#key-monthly_tokens", "2000000")
             page.click("#key-submit")
-            expect(page.locator("#key-secret")).to_be_visible()
-            page.screenshot(path=str(out / "console-keys.png"), full_page=True)
+            secret = page.locator("#key-secret")
+            expect(secret).to_be_visible()
+            page.screenshot(
+                path=str(out / "console-keys.png"),
+                full_page=True,
+                mask=[secret],
+                mask_color="#c9d3dd",
+            )
+            signin, _ = open_page(browser)
+            signin.goto(f"{d.url}/ui/#overview")
+            expect(signin.locator("#signin")).to_be_visible(timeout=60_000)
+            signin.fill("#signin-key", "not a real key")  # shown as dots
+            signin.screenshot(path=str(out / "console-signin.png"), full_page=True)
     finally:
         d.stop()
+        notify.close()
     print("\n".join(str(p) for p in sorted(out.glob("console-*.png"))))
 
 

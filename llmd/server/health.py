@@ -1,6 +1,6 @@
 """Health endpoints: /health (the process answers), /ready (the default model can take a
-request now) and /api/v1/health (every model, the memory, the version), rendered from the
-models' status view (`llmd.models.status`)."""
+request now) and /api/v1/health (every model, the memory, the version, the watchdogs), rendered
+from the models' status view (`llmd.models.status`) and the systemd notifier."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from aiohttp import web
 from llmd import __version__
 from llmd.models import ModelManager
 from llmd.models.status import MemoryStatus, ModelStatus, model_status, overview
+from llmd.systemd import Notifier
+
+NOTIFIER = web.AppKey("notifier", Notifier)
+"""The daemon's systemd notifier, set by `llmd.daemon.serve` (absent in an app built by a test
+or a benchmark: no systemd watchdog then)."""
 
 
 class Health:
@@ -59,8 +64,26 @@ class Health:
                 "default_model": view.default_model,
                 "memory": _memory(view.memory),
                 "models": [_model(s) for s in view.models],
+                "watchdog": watchdog(
+                    request.app.get(NOTIFIER), self.manager.settings.engine.hang_timeout_s
+                ),
             }
         )
+
+
+def watchdog(notifier: Notifier | None, hang_timeout_s: float) -> dict[str, Any]:
+    """Both watchdogs: systemd's over the daemon (when the unit asked for one: WatchdogSec=,
+    seen as $WATCHDOG_USEC) and the daemon's over each model process (engine.hang_timeout_s)."""
+    timeout = notifier.watchdog_timeout_s if notifier is not None else None
+    last = notifier.last_ping if notifier is not None else None
+    return {
+        "enabled": timeout is not None,
+        "timeout_s": timeout,
+        "ping_interval_s": notifier.watchdog_interval_s if notifier is not None else None,
+        # None before the first ping (and always without a watchdog).
+        "since_ping_s": round(time.monotonic() - last, 3) if last is not None else None,
+        "model_hang_timeout_s": hang_timeout_s,
+    }
 
 
 def _model(s: ModelStatus) -> dict[str, Any]:

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import openai
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.browser import chromium, open_page
+from tests.browser import chromium
 from tests.e2e.conftest import BASE_CONFIG, Daemon, start_daemon
-
-TIMEOUT_MS = 60_000
-"""How long an expectation waits: a model's load on a busy 2-core machine takes seconds."""
+from tests.e2e.console_watch import Watched
 
 
 @pytest.fixture(scope="module")
@@ -39,43 +37,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def browser() -> Iterator[Browser]:
     with chromium() as b:
         yield b
-
-
-class Watched:
-    """A page, its requests, and what went wrong in it (console errors, uncaught errors)."""
-
-    def __init__(self, browser: Browser, daemon: Daemon, locale: str = "en-US") -> None:
-        self.page, self.recorder = open_page(browser, locale=locale)
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.daemon = daemon
-        self.problems: list[str] = []
-        self.expected: list[re.Pattern[str]] = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda exc: self.problems.append(f"uncaught: {exc}"))
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type not in ("error", "warning"):
-            return
-        where = message.location.get("url", "")
-        text = f"{message.text} ({where})"
-        if any(p.search(text) for p in self.expected):
-            return
-        self.problems.append(text)
-
-    def expect_failed_load(self, status: int, path: str) -> None:
-        """A resource answer the test causes on purpose, which chromium logs as an error."""
-        self.expected.append(
-            re.compile(rf"status of {status} .*\({re.escape(self.daemon.url + path)}")
-        )
-
-    def open(self, page: str) -> Page:
-        self.page.goto(f"{self.daemon.url}/ui/#{page}")
-        expect(self.page.locator(f"#page[data-page={page}]")).to_be_visible()
-        return self.page
-
-    def check(self) -> None:
-        assert self.recorder.foreign(self.daemon.url) == []
-        assert self.problems == []
 
 
 @pytest.fixture
@@ -97,6 +58,11 @@ def test_the_overview_shows_both_models_and_the_memory_bar(watched: Watched) -> 
     expect(page.locator("#ov-memory .bar-label")).to_contain_text("budget")
     expect(page.locator("#ov-charts svg")).to_have_count(2)
     expect(page.locator("#ov-version")).not_to_be_empty()
+    # Not run under systemd: its watchdog is off; the model processes' hang limit is shown.
+    expect(page.locator("#ov-watchdog .badge")).to_have_text("off")
+    expect(page.locator("#ov-watchdog-models")).to_have_text(
+        re.compile(r"model hang limit: \d+\s+s")
+    )
 
 
 def test_a_model_unloaded_and_loaded_changes_state_on_the_models_page(watched: Watched) -> None:
@@ -156,6 +122,7 @@ def test_the_switch_to_chinese_shows_chinese_labels_and_is_kept(watched: Watched
     expect(page.locator("#nav a[data-page=models]")).to_have_text("模型")
     expect(page.locator("#ov-memory .bar-label")).to_contain_text("预算")
     expect(page.locator("#ov-models")).to_contain_text("就绪")
+    expect(page.locator("#ov-watchdog .badge")).to_have_text("未启用")
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
     page.reload()
     expect(page.locator("#nav a[data-page=keys]")).to_have_text("密钥")

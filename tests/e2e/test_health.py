@@ -31,6 +31,10 @@ def test_health_endpoints(daemon: Daemon) -> None:
     assert isinstance(memory, dict)
     assert memory["daemon_rss_bytes"] > 0
     assert memory["system_total_bytes"] >= memory["system_available_bytes"] > 0
+    # Not run under systemd: no systemd watchdog; the model processes' hang watchdog is on.
+    watchdog = info["watchdog"]
+    assert watchdog["enabled"] is False and watchdog["since_ping_s"] is None
+    assert watchdog["model_hang_timeout_s"] > 0
     models = info["models"]
     assert isinstance(models, list)
     assert sorted(m["name"] for m in models) == sorted([SMOL, GEMMA])

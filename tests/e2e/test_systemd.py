@@ -243,6 +243,9 @@ def test_ready_without_models_is_immediate_and_silent_without_socket(
     ready = notify.wait_for("READY=1")
     assert httpx.get(served.url + "/health", timeout=10).status_code == 200
     assert notify.lines()[notify.wait_for("STATUS=", ready)].startswith("STATUS=serving 0 models")
+    # The unit asked for no watchdog: the health answer says so.
+    state = httpx.get(served.url + "/api/v1/health", timeout=10).json()["watchdog"]
+    assert state["enabled"] is False and state["since_ping_s"] is None
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(60) == 0
     # Run by hand (no NOTIFY_SOCKET): nothing is sent anywhere, and nothing complains.
@@ -251,6 +254,28 @@ def test_ready_without_models_is_immediate_and_silent_without_socket(
     quiet = Notifier()
     assert quiet.enabled is False and quiet.watchdog_interval_s is None
     quiet.ready("x")  # a no-op
+
+
+def test_health_tells_the_watchdog_the_unit_asked_for(
+    launch: Callable[..., Served], notify: NotifySocket
+) -> None:
+    served = launch(
+        HEAD + "hang_timeout_s = 45\n",  # under [engine], the last table of HEAD
+        {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"},
+    )
+    ready = notify.wait_for("READY=1")
+    notify.wait_for("WATCHDOG=1", ready)  # a ping went out: its age is told
+    state = httpx.get(served.url + "/api/v1/health", timeout=10).json()["watchdog"]
+    since = state.pop("since_ping_s")
+    assert isinstance(since, float) and since >= 0
+    assert state == {
+        "enabled": True,
+        "timeout_s": 0.4,
+        "ping_interval_s": 0.2,
+        "model_hang_timeout_s": 45.0,
+    }
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(60) == 0
 
 
 def _serve(config: Path | str, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:

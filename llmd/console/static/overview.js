@@ -1,4 +1,5 @@
-// Overview: version, uptime, health; the models by state (with a failed one's reason); the
+// Overview: version, uptime, health and the watchdogs (systemd's over the daemon, the daemon's
+// over the model processes); the models by state (with a failed one's reason); the
 // memory against the budget; requests running and queued; and the last hour's output
 // tokens/s and requests/min as charts, refreshed every few seconds while the page is shown.
 
@@ -28,6 +29,26 @@ function card(label, value, id) {
   return h("div", { class: "card", id }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value));
 }
 
+// systemd's watchdog (on or off, the last ping's age) and, under it, the model processes' hang
+// limit; the details in the tooltip.
+function watchdogCard(w) {
+  const secs = (s) => num(s, s < 10 ? 1 : 0);
+  let systemd;
+  if (!w.enabled) systemd = badge(t("ov.watchdog.off"), "plain");
+  else if (w.since_ping_s === null) systemd = badge(t("ov.watchdog.wait"), "busy");
+  else systemd = badge(t("ov.watchdog.on", { ago: secs(w.since_ping_s) }), w.since_ping_s <= w.timeout_s ? "ok" : "bad");
+  const title = w.enabled
+    ? t("ov.watchdog.title", { timeout: secs(w.timeout_s), every: secs(w.ping_interval_s) })
+    : t("ov.watchdog.offtitle");
+  const value = h(
+    "div",
+    { title },
+    systemd,
+    h("div", { class: "card-note muted", id: "ov-watchdog-models" }, t("ov.watchdog.models", { s: secs(w.model_hang_timeout_s) })),
+  );
+  return card(t("ov.watchdog"), value, "ov-watchdog");
+}
+
 function render(root, health, activity) {
   const models = health.models;
   const count = (s) => models.filter((m) => m.state === s).length;
@@ -40,6 +61,7 @@ function render(root, health, activity) {
     card(t("ov.version"), health.version, "ov-version"),
     card(t("ov.uptime"), duration(health.uptime_s), "ov-uptime"),
     card(t("ov.health"), badge(health.status, health.status === "ok" ? "ok" : "bad"), "ov-health"),
+    watchdogCard(health.watchdog),
     card(t("ov.default"), health.default_model || "–", "ov-default"),
     card(t("ov.running"), num(running), "ov-running"),
     card(t("ov.queued"), num(queued), "ov-queued"),
