@@ -172,7 +172,9 @@ def test_a_key_made_on_the_keys_page_is_used_shown_and_revoked(watched: Watched)
     """Last in the module: the first key makes a key required, here as everywhere."""
     page = watched.open("keys")
     expect(page.locator("#keys-first")).to_be_visible()
+    expect(page.locator("#who")).to_have_text("Open: no keys, loopback")
     ops = create_key(page, "ops", admin=True)
+    expect(page.locator("#who")).to_contain_text("sign in with an admin key")
     # The secret stays on the page until Done; then the console needs a key, as the API does.
     watched.expect_failed_load(401, "/api/v1/")
     page.click("#key-done")

@@ -84,6 +84,8 @@ export function show(root) {
         // require one, and a 401 now would replace the page before the secret is copied.
         const { secret: _, ...shown } = created;
         draw({ ...last, keys: [...last.keys, { ...shown, month_tokens: 0 }] });
+        // The header said the API was open: no longer, from this key on.
+        if (session.auth === "open") document.getElementById("who").textContent = t("session.locking");
       } catch (err) {
         if (err.status !== 401) error.textContent = t("common.error", { message: err.message });
       }
