@@ -5,9 +5,11 @@ event loop, which writes every stream's tokens. The daemon hands a large body's 
 process (`python -m llmd.parser_process`, started at the first such body) and takes back the
 validated request. A call is a function and its arguments, pickled, framed by an 8-byte
 length on the child's stdin; the answer, ("ok", value) or ("error", exception), framed the
-same way on its stdout. One call at a time: large bodies are rare, and on a small box a
-second process would take a core from the model. It runs only the daemon's own functions on
-bodies the daemon already read; no client bytes are unpickled.
+same way on its stdout. One call at a time, at a lower priority (`NICENESS`): large bodies
+are rare, and on a small box parsing them must not take a core from the model's decoding,
+which other clients' streams wait on (back-to-back 30 MB bodies on 2 cores took their
+inter-token p99 to 2.8x at the same priority; docs/benchmarks.md). It runs only the daemon's
+own functions on bodies the daemon already read; no client bytes are unpickled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -25,6 +28,9 @@ from llmd.errors import ServiceUnavailable
 log = logging.getLogger("llmd.parser")
 T = TypeVar("T")
 _HEADER = 8
+NICENESS = 10
+"""Added to the process's nice value: under CPU contention it gets about a tenth of a core's
+share against the model's threads, and all of an idle core."""
 
 
 class ParserProcess:
@@ -109,4 +115,5 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
+    os.nice(NICENESS)
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -153,3 +153,17 @@ def test_a_caller_that_leaves_does_not_leave_its_answer_to_the_next() -> None:
             await parser.close()
 
     asyncio.run(run())
+
+
+def test_the_parser_process_runs_at_a_lower_priority() -> None:
+    """Parsing a large body yields the CPU to the model's decoding (other clients' streams)."""
+    from llmd.parser_process import NICENESS
+
+    async def run() -> None:
+        parser = ParserProcess()
+        try:
+            assert await parser.run(os.nice, 0) == min(19, os.nice(0) + NICENESS)
+        finally:
+            await parser.close()
+
+    asyncio.run(run())
