@@ -31,6 +31,9 @@ def test_health_endpoints(daemon: Daemon) -> None:
     assert isinstance(memory, dict)
     assert memory["daemon_rss_bytes"] > 0
     assert memory["system_total_bytes"] >= memory["system_available_bytes"] > 0
+    backend = info["cpu_backend"]  # the start-up probe's: which llama.cpp CPU backend runs
+    assert isinstance(backend, dict) and backend["variant"] not in ("", "none")
+    assert isinstance(backend["features"], list)
     models = info["models"]
     assert isinstance(models, list)
     assert sorted(m["name"] for m in models) == sorted([SMOL, GEMMA])
