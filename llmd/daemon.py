@@ -115,13 +115,6 @@ async def serve(provider: SettingsProvider) -> None:
     # A pair that cannot be used stops start-up as a bad setting does (ConfigError: exit 2).
     first = configured_pair(settings, provider.path)
     tls = RotatingContext(first) if first is not None else None
-    # Which llama.cpp CPU backend this machine gets, in a child process: a CPU it cannot run
-    # on stops start-up here, with one line, instead of every model process dying of SIGILL.
-    try:
-        backend = await cpu.probe()
-    except cpu.ProbeFailed as exc:
-        raise StartupError(str(exc)) from None
-    log.info("llama.cpp CPU backend: %s", backend.describe())
     manager = ModelManager(settings)
     app = create_app(provider, manager, observers=[logs.access_log])
     audit = app[AUDIT]
@@ -159,8 +152,16 @@ async def serve(provider: SettingsProvider) -> None:
         raise StartupError(
             f"cannot listen on {host}:{port}: {reason or exc} (server.host, server.port)"
         ) from None
+    # Which llama.cpp CPU backend this machine gets, in a child process: a CPU it cannot run
+    # on stops start-up here, with one line, instead of every model process dying of SIGILL.
+    try:
+        backend = await cpu.probe()
+    except cpu.ProbeFailed as exc:
+        await runner.cleanup()
+        raise StartupError(str(exc)) from None
     scheme = "https" if tls else "http"
     log.info("llmd %s listening on %s://%s:%d", __version__, scheme, host, port)
+    log.info("llama.cpp CPU backend: %s", backend.describe())
     if tls:
         log.info("TLS: serving %s", tls.serving)
     elif not is_loopback(host):
