@@ -25,6 +25,10 @@ from llmd.systemd import Notifier, keep_alive, status_line
 from llmd.tls import RotatingContext, configured_pair
 
 if TYPE_CHECKING:
+    import ssl
+
+    from aiohttp import web
+
     from llmd.models import ModelManager
 
 log = logging.getLogger("llmd")
@@ -58,6 +62,21 @@ def models_dir_problem(settings: Settings) -> str | None:
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         return f"models directory {path} is not writable by this user (uid {os.getuid()})"
     return None
+
+
+async def open_site(
+    runner: web.BaseRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> None:
+    """Listen on host:port. A site that could not bind is taken off the runner again (it
+    registers itself before binding), so the next attempt starts clean."""
+    from aiohttp import web
+
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        await site.stop()
+        raise
 
 
 async def listen(
@@ -99,8 +118,6 @@ async def serve(provider: SettingsProvider) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the provider's config file."""
     # Imported here, not at the top: `llmd check-config` imports this module and should not
     # pay for the web server and llama.cpp.
-    from aiohttp import web
-
     from llmd.auth.middleware import is_loopback
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
@@ -140,12 +157,11 @@ async def serve(provider: SettingsProvider) -> None:
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port
-    site = web.TCPSite(
-        runner, host, port, reuse_address=True, ssl_context=tls.listening if tls else None
-    )
     # Listen before the models load: /health answers at once, /ready says when we can serve.
     try:
-        await listen(site.start, host, notifier)
+        await listen(
+            lambda: open_site(runner, host, port, tls.listening if tls else None), host, notifier
+        )
     except OSError as exc:
         await runner.cleanup()
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror

@@ -63,3 +63,31 @@ def test_an_address_in_use_fails_at_once() -> None:
         asyncio.run(listen(start, "127.0.0.1", Recorder(), wait_s=5, retry_s=0.01))
     assert raised.value.errno == errno.EADDRINUSE
     assert len(calls) == 1
+
+
+def test_a_real_listener_retries_cleanly_once_the_address_is_up() -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface: EADDRNOTAVAIL, as a LAN address before DHCP.
+    # The next attempt (the address "up": loopback here) must start on a clean runner.
+    from aiohttp import web
+
+    from llmd.daemon import open_site
+
+    async def main() -> None:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        hosts = ["192.0.2.1", "127.0.0.1"]
+        try:
+            await listen(
+                lambda: open_site(runner, hosts.pop(0), 0, None),
+                "192.0.2.1",
+                Recorder(),
+                wait_s=5,
+                retry_s=0.01,
+            )
+            assert hosts == []
+            assert len(runner.sites) == 1
+            assert runner.addresses[0][0] == "127.0.0.1"
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
