@@ -82,6 +82,17 @@ def variants(directory: Path) -> list[str]:
     return sorted(m[1] for m in found if m and m[1])
 
 
+def libggml(directory: Path) -> Path:
+    """The libggml that libllama is linked with: its SONAME file (libggml.so.0), found through
+    libllama's RPATH. A wheel cannot hold symlinks, so pip installs libggml.so, .so.0 and
+    .so.0.25.3 as three copies: loading another one than libllama's would register the CPU
+    backend in a registry libllama never sees ("no backends are loaded")."""
+    sonames = sorted(
+        p for p in directory.glob("libggml.so.*") if re.fullmatch(r"libggml\.so\.\d+", p.name)
+    )
+    return sonames[0] if sonames else directory / "libggml.so"
+
+
 def variant_in_maps(maps: str) -> str | None:
     """The CPU backend mapped into a process, from its /proc/PID/maps text: ggml closes the
     variants it only scored, so the one left is the one it chose."""
@@ -97,7 +108,7 @@ def load_backends(directory: Path | None = None) -> None:
     directory = directory or lib_dir()
     if directory is None or not variants(directory):
         return  # one backend linked into libggml: nothing to load
-    ggml = ctypes.CDLL(str(directory / "libggml.so"))
+    ggml = ctypes.CDLL(str(libggml(directory)))
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count():
         return  # loaded already (a second model in this process, or the quantizer)
@@ -137,7 +148,7 @@ def inspect() -> CpuBackend:
     directory = lib_dir()
     if directory is None:
         raise ProbeFailed("llama-cpp-python is not installed")
-    ggml = ctypes.CDLL(str(directory / "libggml.so"))
+    ggml = ctypes.CDLL(str(libggml(directory)))
     load_backends(directory)
     maps = Path("/proc/self/maps").read_text()
     return CpuBackend(variant_in_maps(maps) or "none", _features(ggml))

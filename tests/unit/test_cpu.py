@@ -68,3 +68,12 @@ def test_a_probe_that_fails_otherwise_gives_its_last_line(tmp_path: Path) -> Non
     python = fake_python(tmp_path, "echo 'Traceback' >&2; echo 'OSError: libggml.so' >&2; exit 3")
     with pytest.raises(cpu.ProbeFailed, match=r"probe failed \(exit 3\): OSError: libggml.so$"):
         asyncio.run(cpu.probe(python))
+
+
+def test_the_libggml_loaded_is_the_one_libllama_links(tmp_path: Path) -> None:
+    (tmp_path / "libggml.so").write_bytes(b"")
+    assert cpu.libggml(tmp_path) == tmp_path / "libggml.so"
+    # A wheel's three copies: libllama's NEEDED (the SONAME) is libggml.so.0.
+    for name in ("libggml.so.0", "libggml.so.0.25.3", "libggml-base.so.0"):
+        (tmp_path / name).write_bytes(b"")
+    assert cpu.libggml(tmp_path) == tmp_path / "libggml.so.0"
