@@ -15,15 +15,20 @@ import errno
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from llmd import __version__, logs
+from llmd import __version__, cpu, logs
 from llmd.settings import Settings
 from llmd.settings_provider import SettingsProvider
 from llmd.systemd import Notifier, keep_alive, status_line
 from llmd.tls import RotatingContext, configured_pair
 
 if TYPE_CHECKING:
+    import ssl
+
+    from aiohttp import web
+
     from llmd.models import ModelManager
 
 log = logging.getLogger("llmd")
@@ -31,6 +36,11 @@ log = logging.getLogger("llmd")
 RELOAD_COALESCE_S = 0.2
 """After a SIGHUP, wait this long for more before reading the file: `systemctl reload` run in
 a loop, or a storm of signals, becomes one reload of the file's latest content."""
+
+
+ADDRESS_WAIT_S = 120.0
+"""How long start-up waits for server.host to appear on an interface (a LAN address at boot,
+before DHCP has answered), below the unit's TimeoutStartSec=300."""
 
 
 class StartupError(Exception):
@@ -54,12 +64,60 @@ def models_dir_problem(settings: Settings) -> str | None:
     return None
 
 
+async def open_site(
+    runner: web.BaseRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> None:
+    """Listen on host:port. A site that could not bind is taken off the runner again (it
+    registers itself before binding), so the next attempt starts clean."""
+    from aiohttp import web
+
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        await site.stop()
+        raise
+
+
+async def listen(
+    start: Callable[[], Awaitable[None]],
+    host: str,
+    notifier: Notifier,
+    wait_s: float = ADDRESS_WAIT_S,
+    retry_s: float = 1.0,
+) -> None:
+    """`start()` the listener; while its address is not on any interface yet (at boot, a LAN
+    address comes with DHCP or the link after network.target), retry for up to `wait_s`,
+    saying so in the journal and in systemd's status line, and pinging the watchdog."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    said = False
+    while True:
+        try:
+            await start()
+            if said:
+                log.info("address %s is up: listening", host)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or loop.time() >= deadline:
+                raise
+            if not said:
+                log.warning(
+                    "cannot listen on %s yet: no network interface has that address; "
+                    "waiting up to %.0f s for it (server.host)",
+                    host,
+                    wait_s,
+                )
+                said = True
+            notifier.status(f"waiting for address {host} (server.host)")
+            notifier.watchdog()
+        await asyncio.sleep(retry_s)
+
+
 async def serve(provider: SettingsProvider) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the provider's config file."""
     # Imported here, not at the top: `llmd check-config` imports this module and should not
     # pay for the web server and llama.cpp.
-    from aiohttp import web
-
     from llmd.auth.middleware import is_loopback
     from llmd.auth.setup import reload_keys
     from llmd.models import ModelManager
@@ -101,20 +159,27 @@ async def serve(provider: SettingsProvider) -> None:
     )
     await runner.setup()
     host, port = settings.server.host, settings.server.port
-    site = web.TCPSite(
-        runner, host, port, reuse_address=True, ssl_context=tls.listening if tls else None
-    )
     # Listen before the models load: /health answers at once, /ready says when we can serve.
     try:
-        await site.start()
+        await listen(
+            lambda: open_site(runner, host, port, tls.listening if tls else None), host, notifier
+        )
     except OSError as exc:
         await runner.cleanup()
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise StartupError(
             f"cannot listen on {host}:{port}: {reason or exc} (server.host, server.port)"
         ) from None
+    # Which llama.cpp CPU backend this machine gets, in a child process: a CPU it cannot run
+    # on stops start-up here, with one line, instead of every model process dying of SIGILL.
+    try:
+        backend = await cpu.probe()
+    except cpu.ProbeFailed as exc:
+        await runner.cleanup()
+        raise StartupError(str(exc)) from None
     scheme = "https" if tls else "http"
     log.info("llmd %s listening on %s://%s:%d", __version__, scheme, host, port)
+    log.info("llama.cpp CPU backend: %s", backend.describe())
     if tls:
         log.info("TLS: serving %s", tls.serving)
     elif not is_loopback(host):

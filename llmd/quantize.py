@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmd.cpu import load_backends
 from llmd.gguf import FILE_TYPES, UNQUANTIZED, GGUFError, read_model
 
 # Types that need no importance matrix (the IQ1/IQ2/IQ3 families do, and are left out).
@@ -86,6 +87,7 @@ def quantize(
             out.write(f"\nllama.cpp: {line.rstrip()}\n")
 
     lc.llama_log_set(on_log, ctypes.c_void_p(0))
+    load_backends()
     lc.llama_backend_init()
     params = lc.llama_model_quantize_default_params()
     params.ftype = ftype

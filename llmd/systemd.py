@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import sdnotify
 
+from llmd import cpu
+
 if TYPE_CHECKING:
     from llmd.models import ModelManager
     from llmd.models.status import Overview
@@ -117,7 +119,12 @@ def status_line(manager: ModelManager) -> str:
     # and should not load the model manager.
     from llmd.models.status import overview
 
-    return status_text(overview(manager))
+    return with_backend(status_text(overview(manager)), cpu.current())
+
+
+def with_backend(text: str, backend: cpu.CpuBackend | None) -> str:
+    """The status line with the llama.cpp CPU backend variant the machine runs."""
+    return f"{text}, CPU backend {backend.variant}" if backend else text
 
 
 def status_text(view: Overview) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from llmd import cpu
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 
@@ -76,6 +77,7 @@ class LlamaBackend:
 
     def __init__(self, options: LoadOptions) -> None:
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        cpu.load_backends()  # the CPU backend variant, in a build with variants
         lc.llama_backend_init()
         if not options.path.is_file():
             raise LoadError(f"model file not found: {options.path}")

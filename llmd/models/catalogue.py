@@ -344,7 +344,19 @@ class Catalogue:
             seen = {name for name, _ in paths}
             for entry in list(self.entries.values()):
                 if not entry.configured and entry.name not in seen and not entry.removed:
-                    follow(Change(entry, "remove", "file removed"))
+                    follow(Change(entry, "remove", self._why_gone(entry)))
+
+    def _why_gone(self, entry: Entry) -> str:
+        """Why a model served under its file name is no more: the file went away, or a
+        `[models.X]` table now serves that file under its own name (the file is still there:
+        the journal must not tell the operator it was removed)."""
+        path = entry.path.resolve()
+        owners = sorted(
+            e.name for e in self.entries.values() if e.configured and e.path.resolve() == path
+        )
+        if owners:
+            return f"its file is now served as {', '.join(owners)} ([models.{owners[0]}])"
+        return "file removed"
 
     def _paths(self, found: list[Candidate]) -> list[tuple[str, Path]]:
         """(model name, path) of every model the files and the config make."""

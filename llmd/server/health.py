@@ -1,6 +1,7 @@
 """Health endpoints: /health (the process answers), /ready (the default model can take a
-request now) and /api/v1/health (every model, the memory, the version, the watchdogs), rendered
-from the models' status view (`llmd.models.status`) and the systemd notifier."""
+request now) and /api/v1/health (every model, the memory, the version, the watchdogs, the
+llama.cpp CPU backend), rendered from the models' status view (`llmd.models.status`) and the
+systemd notifier."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmd import __version__
+from llmd import __version__, cpu
 from llmd.models import ModelManager
 from llmd.models.status import MemoryStatus, ModelStatus, model_status, overview
 from llmd.systemd import Notifier
@@ -63,6 +64,8 @@ class Health:
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "default_model": view.default_model,
                 "memory": _memory(view.memory),
+                # The llama.cpp CPU backend variant this machine runs (null: not probed).
+                "cpu_backend": _cpu(cpu.current()),
                 "models": [_model(s) for s in view.models],
                 "watchdog": watchdog(
                     request.app.get(NOTIFIER), self.manager.settings.engine.hang_timeout_s
@@ -114,6 +117,12 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "memory_estimated_bytes": s.estimated_bytes,
         "model_bytes": s.current.model_bytes if s.current else None,
     }
+
+
+def _cpu(backend: cpu.CpuBackend | None) -> dict[str, Any] | None:
+    if backend is None:
+        return None
+    return {"variant": backend.variant, "features": backend.features}
 
 
 def _memory(mem: MemoryStatus) -> dict[str, Any]:

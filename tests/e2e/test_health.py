@@ -35,6 +35,9 @@ def test_health_endpoints(daemon: Daemon) -> None:
     watchdog = info["watchdog"]
     assert watchdog["enabled"] is False and watchdog["since_ping_s"] is None
     assert watchdog["model_hang_timeout_s"] > 0
+    backend = info["cpu_backend"]  # the start-up probe's: which llama.cpp CPU backend runs
+    assert isinstance(backend, dict) and backend["variant"] not in ("", "none")
+    assert isinstance(backend["features"], list)
     models = info["models"]
     assert isinstance(models, list)
     assert sorted(m["name"] for m in models) == sorted([SMOL, GEMMA])

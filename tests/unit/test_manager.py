@@ -267,3 +267,26 @@ def test_the_status_view_reads_the_models_and_their_processes(tmp_path: Path) ->
         assert not model_status(manager, chat).saturated
 
     run(settings, processes, test)
+
+
+def test_a_file_taken_over_by_a_table_is_not_reported_as_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    processes = FakeProcesses()
+    models_dir = write_models(tmp_path / "models", "a", "b")
+    taken = settings_for(models_dir, **{"models.embed.path": "b.gguf"})
+
+    async def test(manager: ModelManager, events: list[tuple[str, str]]) -> None:
+        await manager.apply_settings(taken)
+        await until(lambda: "b" not in manager.entries, "plain b replaced by embed")
+        (models_dir / "a.gguf").unlink()
+        await until(lambda: "a" not in manager.entries, "a gone with its file")
+
+    with caplog.at_level("INFO", logger="llmd"):
+        run(settings_for(models_dir), processes, test)
+    lines = [r.getMessage() for r in caplog.records]
+    # b.gguf is still there: the journal says a table took it over, not that it was removed.
+    assert "model b: its file is now served as embed ([models.embed]): draining and removing" in (
+        lines
+    )
+    assert "model a: file removed: draining and removing" in lines
