@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "llmd.record",
             "llmd.body",
             "llmd.parser_process",
+            "llmd.cpu",
             "llmd.explain",
             "llmd.units",
             "llmd.settings",
@@ -35,8 +36,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("models", ["llmd.models"]),
     ("observers", ["llmd.auth", "llmd.usage", "llmd.metrics", "llmd.logs", "llmd.cache"]),
     ("serving", ["llmd.serving"]),
-    ("server", ["llmd.server", "llmd.console"]),
-    ("process", ["llmd.daemon", "llmd.systemd", "llmd.cli", "llmd.__main__"]),
+    ("server", ["llmd.server", "llmd.console", "llmd.systemd"]),
+    ("process", ["llmd.daemon", "llmd.cli", "llmd.__main__"]),
 ]
 
 
