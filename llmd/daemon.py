@@ -170,16 +170,8 @@ async def serve(provider: SettingsProvider) -> None:
         raise StartupError(
             f"cannot listen on {host}:{port}: {reason or exc} (server.host, server.port)"
         ) from None
-    # Which llama.cpp CPU backend this machine gets, in a child process: a CPU it cannot run
-    # on stops start-up here, with one line, instead of every model process dying of SIGILL.
-    try:
-        backend = await cpu.probe()
-    except cpu.ProbeFailed as exc:
-        await runner.cleanup()
-        raise StartupError(str(exc)) from None
     scheme = "https" if tls else "http"
     log.info("llmd %s listening on %s://%s:%d", __version__, scheme, host, port)
-    log.info("llama.cpp CPU backend: %s", backend.describe())
     if tls:
         log.info("TLS: serving %s", tls.serving)
     elif not is_loopback(host):
@@ -189,13 +181,21 @@ async def serve(provider: SettingsProvider) -> None:
             "self-signed` writes a pair) or put a TLS proxy in front (docs/operations.md)",
             host,
         )
-
+    # Signals from here on: a stop asked for while the probe below runs is a clean stop.
     stop = asyncio.Event()
     hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
+    # Which llama.cpp CPU backend this machine gets, in a child process: a CPU it cannot run
+    # on stops start-up here, with one line, instead of every model process dying of SIGILL.
+    try:
+        backend = await cpu.probe()
+    except cpu.ProbeFailed as exc:
+        await runner.cleanup()
+        raise StartupError(str(exc)) from None
+    log.info("llama.cpp CPU backend: %s", backend.describe())
     alive = asyncio.create_task(keep_alive(notifier, manager), name="systemd-keep-alive")
 
     async def start_then_ready() -> None:
