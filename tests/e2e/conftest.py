@@ -12,7 +12,17 @@ from bench import daemon as launcher
 from bench.daemon import GEMMA, MODELS, ROOT, SMOL, Daemon, free_port
 
 # Names the test modules import from here.
-__all__ = ["GEMMA", "MODELS", "ROOT", "SMOL", "Daemon", "bearer", "free_port", "start_daemon"]
+__all__ = [
+    "GEMMA",
+    "MODELS",
+    "ONE_SMALL_MODEL",
+    "ROOT",
+    "SMOL",
+    "Daemon",
+    "bearer",
+    "free_port",
+    "start_daemon",
+]
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -59,6 +69,20 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if e2e in item.path.parents and (nextitem is None or e2e not in nextitem.path.parents):
         gc.collect()
 
+
+ONE_SMALL_MODEL = f"""
+[server]
+default_model = "smollm2"
+
+[engine]
+ctx_per_seq = 512
+parallel = 2
+
+[models.smollm2]
+path = "{SMOL}"
+"""
+"""One SmolLM2 with a small context and two slots: the daemon of a test that needs a model
+to answer but not the shared daemon's setup (keys, console, cache administration)."""
 
 BASE_CONFIG = f"""
 [server]

@@ -19,19 +19,9 @@ import httpx2 as httpx
 import openai
 
 from llmd.auth.keys import add_key
-from tests.e2e.conftest import SMOL, Daemon, bearer
+from tests.e2e.conftest import ONE_SMALL_MODEL, Daemon, bearer
 
-CONFIG = f"""
-[server]
-default_model = "smollm2"
-
-[engine]
-ctx_per_seq = 512
-parallel = 2
-
-[models.smollm2]
-path = "{SMOL}"
-"""
+CONFIG = ONE_SMALL_MODEL
 QUESTIONS = ["Name a colour.", "Name a fruit.", "Name a planet."]
 
 

@@ -24,19 +24,9 @@ import pytest
 
 from llmd.auth.keys import add_key
 from llmd.console.pages import SECURITY_HEADERS
-from tests.e2e.conftest import SMOL, Daemon, bearer, start_daemon
+from tests.e2e.conftest import ONE_SMALL_MODEL, Daemon, bearer, start_daemon
 
-MODEL = f"""
-[server]
-default_model = "smollm2"
-
-[engine]
-ctx_per_seq = 512
-parallel = 2
-
-[models.smollm2]
-path = "{SMOL}"
-"""
+MODEL = ONE_SMALL_MODEL
 KEYED_CONFIG = (
     MODEL
     + """

@@ -16,24 +16,17 @@ from playwright.sync_api import Browser, expect
 
 from llmd.auth.keys import add_key
 from tests.browser import chromium
-from tests.e2e.conftest import SMOL, Daemon, start_daemon
+from tests.e2e.conftest import ONE_SMALL_MODEL, Daemon, start_daemon
 from tests.e2e.console_watch import Watched
 
-CONFIG = f"""
-[server]
-default_model = "smollm2"
-
-[engine]
-ctx_per_seq = 512
-parallel = 2
-
-[models.smollm2]
-path = "{SMOL}"
-
+CONFIG = (
+    ONE_SMALL_MODEL
+    + """
 [auth]
 failure_delay_s = 0.01
 failure_delay_max_s = 0.05
 """
+)
 WRONG = "sk-llmd-" + "0" * 40
 """A key of the right shape that the daemon does not know."""
 
