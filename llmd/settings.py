@@ -126,6 +126,32 @@ class MetricsSettings(_Section):
     )
 
 
+class SpeculativeSettings(_Section):
+    """Speculative decoding (docs/speculative.md): a sequence drafts the tokens likely to come
+    next (from its own prompt and output, or a draft model) and one step checks them all; the
+    output is exactly what decoding one token at a time gives. Each sequence drafts only while
+    the measured step costs say it pays."""
+
+    enabled: bool = Field(
+        True, description="Draft and verify where it pays; false: one token a step, always."
+    )
+    max_draft: int = Field(
+        8, ge=1, le=64, description="Most draft tokens one sequence adds to a step."
+    )
+    ngram_min: int = Field(
+        2, ge=1, le=16, description="Shortest trailing n-gram looked up for a draft."
+    )
+    ngram_max: int = Field(
+        4, ge=1, le=16, description="Longest trailing n-gram looked up (tried first)."
+    )
+
+    @model_validator(mode="after")
+    def _ngram_order(self) -> SpeculativeSettings:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("ngram_min must not be larger than ngram_max")
+        return self
+
+
 class EngineSettings(_Section):
     ctx_per_seq: int = Field(
         2048, ge=64, le=1_048_576, description="Context tokens per sequence (prompt + output)."
@@ -180,6 +206,9 @@ class EngineSettings(_Section):
     )
     restart_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest pause between restarts of a crashing model process."
+    )
+    speculative: SpeculativeSettings = Field(
+        default_factory=SpeculativeSettings, description="Speculative decoding."
     )
 
 

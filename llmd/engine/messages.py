@@ -103,10 +103,25 @@ class GenerateRequest:
     prompt (Anthropic's `max_tokens`, which agent clients set far above a small context)."""
     prompt_param: str = "messages"
     """The request parameter a prompt too long for the context is blamed on."""
+    speculative: bool = True
+    """Draft and verify several tokens a step where it pays (llmd's `speculative` extension;
+    false opts one request out)."""
     text_spans: list[tuple[int, int]] = field(default_factory=list)
     """Character ranges of a text prompt that the client wrote (a chat's messages): read as
     text, so that special-token text in them never becomes a control token. The rest (the
     chat template's markup) is read with its special tokens."""
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """Speculative decoding (`[engine.speculative]`): drafts checked inside the batch step."""
+
+    enabled: bool = True
+    max_draft: int = 8
+    """Most draft tokens one sequence adds to a step."""
+    ngram_min: int = 2
+    ngram_max: int = 4
+    """Lengths of the trailing n-gram looked up in the sequence's own tokens, longest first."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,10 @@ class LoadOptions:
     threads_batch: int
     flash_attn: str
     kv_type: str
+    speculative: SpeculativeOptions = field(default_factory=SpeculativeOptions)
+    draft_path: Path | None = None
+    """A smaller model of the same vocabulary that drafts tokens (`[models.NAME] draft`),
+    loaded in the same process; None: drafts come from n-gram lookup alone."""
 
 
 @dataclass
@@ -234,6 +253,10 @@ class Stats:
     kv_cells_total: int
     steps: int
     tokens_decoded: int
+    drafted: int = 0
+    """Draft tokens put into steps to be verified (speculative decoding), since the start."""
+    accepted: int = 0
+    """Of those, the ones the model's own choice confirmed."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 
 from llmd.engine.client import EngineOptions
-from llmd.engine.messages import LoadOptions
+from llmd.engine.messages import LoadOptions, SpeculativeOptions
 from llmd.gguf import Estimate, ModelFile, estimate
 from llmd.settings import ModelSettings, Settings
 
@@ -34,6 +34,7 @@ def auto_threads(cores: int) -> tuple[int, int]:
 def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineOptions:
     """How the model at `path`, configured by `ms`, is loaded and served."""
     engine = settings.engine
+    spec = engine.speculative
     auto_decode, auto_batch = auto_threads(_physical_cores())
     load = LoadOptions(
         path=path,
@@ -45,6 +46,12 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         threads_batch=engine.threads_batch or auto_batch,
         flash_attn=engine.flash_attn,
         kv_type=engine.kv_type,
+        speculative=SpeculativeOptions(
+            enabled=spec.enabled,
+            max_draft=spec.max_draft,
+            ngram_min=spec.ngram_min,
+            ngram_max=spec.ngram_max,
+        ),
     )
     return EngineOptions(
         load=load,
