@@ -25,6 +25,7 @@ from llmd.settings import (
     SamplingDefaults,
     ServerSettings,
     Settings,
+    SpeculativeSettings,
     UsageSettings,
 )
 from llmd.settings_file import ConfigError, find_config
@@ -80,6 +81,7 @@ def settings_reference() -> str:
         ("", Settings),
         ("server.", ServerSettings),
         ("engine.", EngineSettings),
+        ("engine.speculative.", SpeculativeSettings),
         ("auth.", AuthSettings),
         ("usage.", UsageSettings),
         ("memory.", MemorySettings),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from llmd.cli.config import settings_reference
 from llmd.settings import Settings, parse_duration, parse_size
@@ -50,6 +51,12 @@ def test_every_setting_is_documented() -> None:
         model = Settings.model_fields[section].annotation
         assert isinstance(model, type)
         for key, field in model.model_fields.items():  # type: ignore[attr-defined]
+            inner = field.annotation
+            if isinstance(inner, type) and issubclass(inner, BaseModel):  # engine.speculative
+                for sub, subfield in inner.model_fields.items():
+                    assert f"{section}.{key}.{sub} " in reference
+                    assert subfield.description, f"{section}.{key}.{sub} has no description"
+                continue
             assert f"{section}.{key} " in reference
             assert field.description, f"{section}.{key} has no description"
 
