@@ -20,6 +20,7 @@ from typing import Any
 
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
+from llmd.engine.draft_protocol import DraftAsk, Drafter
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -27,12 +28,15 @@ from llmd.engine.messages import (
     Embedding,
     Failed,
     GenerateRequest,
+    SpeculativeOptions,
     Started,
     Stats,
     TokenLogprob,
     TopLogprob,
 )
+from llmd.engine.ngram import NgramDrafter
 from llmd.engine.sequence import RequestState, Sequence, Slot
+from llmd.engine.speculate import FIRST_GUESS, Acceptance, StepCosts, plan_drafts
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -61,6 +65,8 @@ class Piece:
     chunk: list[Entry]
     samplers: list[Sequence]
     embed: RequestState | None = None
+    draft: list[int] | None = None
+    """Draft tokens after the sampled-from token (the chunk's last entries), to verify."""
 
 
 def _segments(size: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
@@ -86,7 +92,14 @@ class EngineFault(Exception):
 
 class Scheduler:
     def __init__(
-        self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int, bos_text: str = ""
+        self,
+        backend: Backend,
+        ctx_per_seq: int,
+        add_bos: bool,
+        bos: int,
+        bos_text: str = "",
+        speculative: SpeculativeOptions | None = None,
+        costs: StepCosts | None = None,
     ) -> None:
         self.backend = backend
         self.ctx_per_seq = ctx_per_seq
@@ -101,6 +114,15 @@ class Scheduler:
         self.running: list[RequestState] = []
         self.num_steps = 0
         self.num_tokens_decoded = 0
+        # Speculative decoding: off unless options are given (the worker gives the model's).
+        self.spec = speculative if speculative is not None else SpeculativeOptions(False)
+        drafter: Drafter | None = getattr(backend, "drafter", None)
+        self.model_drafts = drafter is not None
+        self.drafter: Drafter = drafter or NgramDrafter(self.spec.ngram_min, self.spec.ngram_max)
+        self.costs = costs or StepCosts(0.012, 0.004)
+        self.acceptance = Acceptance()  # the model's, across sequences: a new one's prior
+        self.num_drafted = 0
+        self.num_accepted = 0
 
     # -- requests in and out ---------------------------------------------------------------
 
@@ -214,6 +236,8 @@ class Scheduler:
             kv_cells_total=self.ctx_per_seq * len(self.slots),
             steps=self.num_steps,
             tokens_decoded=self.num_tokens_decoded,
+            drafted=self.num_drafted,
+            accepted=self.num_accepted,
         )
 
     # -- one step --------------------------------------------------------------------------
@@ -236,7 +260,8 @@ class Scheduler:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
                     pieces.append(Piece(seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
-        budget = self.backend.batch_size - len(pieces)
+        drafted = self._draft(pieces)
+        budget = self.backend.batch_size - len(pieces) - drafted
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -284,15 +309,23 @@ class Scheduler:
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
         embedded: list[tuple[RequestState, int, int]] = []
+        verified: list[tuple[int, Sequence, list[int]]] = []
         for piece in pieces:
             if piece.embed is not None:
                 embedded.append((piece.embed, len(entries), len(piece.chunk)))
             entries.extend(piece.chunk)
-            if piece.samplers:
+            if piece.draft:
+                verified.append(
+                    (len(entries) - 1 - len(piece.draft), piece.samplers[0], piece.draft)
+                )
+            elif piece.samplers:
                 outputs.append((len(entries) - 1, piece.samplers))
         if not entries:
             return events
+        started = time.perf_counter()
         self._decode(entries, embeddings=bool(embedded))
+        if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
+            self.costs.observe(len(entries), time.perf_counter() - started)
         for state, start, count in embedded:
             first = state.n_prefilled == 0
             state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
@@ -320,6 +353,8 @@ class Scheduler:
         for index, seqs in outputs:
             for seq in seqs:
                 self._sample(seq, index, events)
+        for index, seq, draft in verified:
+            self._verify(seq, index, draft, events)
         self._retire()
         return events
 
@@ -334,6 +369,13 @@ class Scheduler:
             raise EngineFault(f"llama_decode failed with status {status}")
 
     def _sample(self, seq: Sequence, index: int, events: list[Any]) -> None:
+        token = self._take(seq, index, events)
+        if token is not None:
+            seq.pending = token
+
+    def _take(self, seq: Sequence, index: int, events: list[Any]) -> int | None:
+        """Sample the sequence's next token from output row `index` and report it; the token,
+        or None if it ended the sequence."""
         state = seq.request
         token = self.backend.sample(seq.sampler, index)
         seq.generated += 1
@@ -353,11 +395,97 @@ class Scheduler:
             elif seq.generated >= state.max_tokens:
                 text += seq.text.flush()
                 finish = "length"
-            else:
-                seq.pending = token
         events.append(Delta(state.req.id, seq.index, text, 1, logprobs, finish, seq.text.matched))
         if finish is not None:
             self._finish(seq)
+            return None
+        return token
+
+    # -- speculative decoding --------------------------------------------------------------
+
+    def _draft(self, pieces: list[Piece]) -> int:
+        """Add draft tokens to the decoding pieces where the cost model says they pay; how
+        many were added. Not while a prompt is being read: that step is long already, and a
+        newcomer's first token should not wait for drafts."""
+        if not self.spec.enabled or not pieces:
+            return 0
+        if any(state.is_prefilling for state in self.running):
+            return 0
+        room = self.backend.batch_size - len(pieces)
+        limits: list[int] = []
+        for piece in pieces:
+            seq = piece.samplers[0]
+            state = seq.request
+            limit = 0
+            if state.req.speculative:
+                # This step yields up to 1 + k tokens, all within max_tokens and the context.
+                left = state.max_tokens - seq.generated - 1
+                cells = self.ctx_per_seq - len(seq.slot.cached) - 1
+                limit = max(0, min(self.spec.max_draft, left, cells))
+            limits.append(limit)
+            seq.acceptance.idle()
+        if not any(limits):
+            return 0
+        prior = self.acceptance.alpha(FIRST_GUESS)
+        alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
+        proposals: list[list[int]] = [[] for _ in pieces]
+        if not self.model_drafts:  # lookups are nearly free: see what each could draft first
+            proposals = self._propose(pieces, limits)
+            limits = [len(p) for p in proposals]
+        ks = plan_drafts(alphas, limits, self.costs)
+        if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
+            proposals = self._propose(pieces, ks)
+        added = 0
+        for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
+            draft = proposal[: min(k, room - added)]
+            if not draft:
+                continue
+            _, pos, slot, _ = piece.chunk[0]
+            piece.chunk.extend((tok, pos + 1 + j, slot, True) for j, tok in enumerate(draft))
+            piece.draft = draft
+            added += len(draft)
+        return added
+
+    def _propose(self, pieces: list[Piece], ks: list[int]) -> list[list[int]]:
+        asks, where = [], []
+        for i, (piece, k) in enumerate(zip(pieces, ks, strict=True)):
+            if k > 0:
+                seq = piece.samplers[0]
+                assert seq.pending is not None
+                asks.append(DraftAsk(seq.slot.id, [*seq.slot.cached, seq.pending], k))
+                where.append(i)
+        proposals: list[list[int]] = [[] for _ in pieces]
+        for i, draft in zip(where, self.drafter.propose(asks), strict=True):
+            proposals[i] = list(draft[: ks[i]])
+        return proposals
+
+    def _verify(self, seq: Sequence, first: int, draft: list[int], events: list[Any]) -> None:
+        """Sample row by row after the sequence's last token, as single steps would, keeping
+        each draft token the sample confirms; the first sample that differs is the next
+        token. Drawing x from the model's distribution and keeping the draft only if x equals
+        it is speculative sampling for a draft of one token per position: the draft survives
+        with the model's probability of it, and otherwise the token comes from the rest of the
+        distribution, so the output's distribution (and a seed's output) is the model's."""
+        ok = 0
+        rejected = False
+        for j in range(len(draft) + 1):
+            token = self._take(seq, first + j, events)
+            if token is None:
+                break
+            if j < len(draft) and token == draft[j]:
+                seq.slot.cached.append(token)  # its cells were written in this step
+                ok += 1
+                continue
+            rejected = j < len(draft)
+            seq.pending = token
+            break
+        # The cells of the draft tokens not kept go; the slot holds exactly `cached`.
+        if not self.backend.seq_rm(seq.slot.id, len(seq.slot.cached), -1):
+            raise EngineFault("llama.cpp could not remove the cells of refused draft tokens")
+        self.num_drafted += len(draft)
+        self.num_accepted += ok
+        seq.acceptance.record(ok, rejected)
+        self.acceptance.record(ok, rejected)
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         chosen, best = self.backend.logprobs(index, token, top)

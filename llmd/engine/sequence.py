@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmd.engine.messages import GenerateRequest
+from llmd.engine.speculate import Acceptance
 from llmd.engine.text import TextStream
 
 
@@ -32,6 +33,8 @@ class Sequence:
     """The token sampled last step, to be decoded (put in the KV cache) this step."""
     generated: int = 0
     done: bool = False
+    acceptance: Acceptance = field(default_factory=Acceptance)
+    """How often this sequence's drafts were confirmed (speculative decoding)."""
 
 
 @dataclass
