@@ -5,7 +5,7 @@ on made-up numbers (tests/unit/test_bench_speculative.py).
 
 A cell: {"model", "workload", "level", "mode", "arm", "repeat", "output_tokens_per_s",
 "tpot_ms_p50", "ttft_ms_p50", "ok", "errors", "empty", "output_tokens", "copied", "drafted",
-"accepted"}; `arm` is the contender plus, for a peer sampling with top_k 0, " top_k=0".
+"accepted", "at_limit"}; `arm` is the contender plus, for a peer sampling with top_k 0, " top_k=0".
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def summarize(cells: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
         for name in ("tpot_ms_p50", "ttft_ms_p50", "copied"):
             values = [float(v) for r in runs if (v := r.get(name)) is not None]
             s[name] = statistics.median(values) if values else None
-        for name in ("ok", "errors", "empty", "output_tokens"):
+        for name in ("ok", "errors", "empty", "at_limit", "output_tokens"):
             s[name] = sum(int(r.get(name) or 0) for r in runs)
         for name in ("drafted", "accepted"):
             values = [int(v) for r in runs if (v := r.get(name)) is not None]
@@ -90,7 +90,7 @@ def markdown_tables(summaries: dict[Key, dict[str, Any]]) -> str:
         lines += [f"### {model}: {workload}, {level} client{'s' if level > 1 else ''}", ""]
         lines.append(
             "| mode | contender | out tok/s (spread) | llmd ÷ row | TPOT p50 ms | TTFT p50 ms | "
-            "tok/answer | accepted/drafted | ok/err/empty | copied |"
+            "tok/answer | accepted/drafted | ok (at max_tokens)/err/empty | copied |"
         )
         lines.append("|---" * 10 + "|")
         for key in keys:
@@ -104,7 +104,7 @@ def markdown_tables(summaries: dict[Key, dict[str, Any]]) -> str:
                 f"{_x(ratio(summaries, (*key[:4], LLMD), key[4]))} | "
                 f"{_fmt(s['tpot_ms_p50'])} | {_fmt(s['ttft_ms_p50'], 0)} | "
                 f"{_fmt(per_answer, 0)} | {acceptance(s)} | "
-                f"{s['ok']}/{s['errors']}/{s['empty']} | {copied} |"
+                f"{s['ok']} ({s['at_limit']})/{s['errors']}/{s['empty']} | {copied} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -208,8 +208,9 @@ def copied_fraction(source: str, answer: str, n: int = 4) -> float | None:
 
 # -- how long a run takes -----------------------------------------------------------------------
 
-FILL = {"code_edit": 0.8, "extraction": 0.4, "json": 0.8, "chat": 0.9}
-"""Guessed share of max_tokens an answer uses (small models often run to the end)."""
+FILL = {"code_edit": 1.0, "extraction": 1.0, "json": 1.0, "chat": 0.9}
+"""Share of max_tokens an answer uses: SmolLM2's greedy answers to the three repetitive
+workloads fall into a loop and run to the end (seen in the smoke run, 2026-11-30)."""
 START_S = {"llmd": 8.0, "peer": 3.0}
 """A fresh server's start, model load included (measured on 2 cores: llmd 6-9 s, llama-server
 2-3 s)."""

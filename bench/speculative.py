@@ -295,6 +295,7 @@ def measure(
                 if r.ok and (f := copied_fraction(p, r.text)) is not None
             ]
             answer = next((r.text for r in results if r.ok), "")
+            at_limit = sum(r.ok and r.completion_tokens >= MAX_TOKENS[workload] for r in results)
             empty = sum(r.error == EMPTY for r in results)
             cell = {
                 **where,
@@ -306,20 +307,24 @@ def measure(
                 "ok": run.ok,
                 "errors": run.errors + run.refusals - empty,
                 "empty": empty,
+                "at_limit": at_limit,
                 "output_tokens": run.output_tokens,
                 "copied": statistics.median(copied) if copied else None,
                 "drafted": _delta(after[0], before[0]),
                 "accepted": _delta(after[1], before[1]),
                 "wall_s": wall,
                 "error_samples": [e for e in run.error_samples if e != EMPTY],
-                "first_answer": answer[:300],
+                # Enough to see a loop (small models' greedy answers often end in one).
+                "first_answer": answer
+                if len(answer) < 900
+                else f"{answer[:600]} [...] {answer[-300:]}",
                 "run": asdict(run),
             }
             cells.append(cell)
             log(
                 f"  {cell['arm']:34s} {mode:10s} {run.output_tokens_per_s:6.1f} tok/s, TPOT "
                 f"{run.tpot_ms.p50 or 0:5.1f} ms, TTFT {run.ttft_ms.p50 or 0:6.0f} ms, "
-                f"{run.ok} ok, {cell['errors']} errors, {empty} empty"
+                f"{run.ok} ok ({at_limit} at max_tokens), {cell['errors']} errors, {empty} empty"
                 + (f", accepted {cell['accepted']}/{cell['drafted']}" if cell["drafted"] else "")
             )
     return cells
