@@ -77,10 +77,10 @@ SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
 QUICK = {
     "models": "smollm2",
     "workloads": "code_edit,chat",
-    "levels": "1,4",
+    "levels": "1",
     "modes": "greedy,t1",
     "contenders": "llmd,llmd-nospec,llama-server,llama-server+ngram-mod",
-    "peer_sampling": "default",
+    "peer_sampling": "default,top_k0",
     "repeats": 1,
     "duration": 0.0,
     "requests": 1,
@@ -193,8 +193,10 @@ def pick_contenders(names: list[str], available: dict[str, Contender]) -> list[C
             out += [c for n, c in available.items() if n.startswith(NGRAM_PREFIX)]
         elif name in available:
             out.append(available[name])
-        else:
+        elif name.startswith(NGRAM_PREFIX):
             log(f"skipped contender {name}: this llama-server has no such --spec-type")
+        else:
+            raise SystemExit(f"bench-speculative: unknown contender {name}")
     return out
 
 

@@ -223,6 +223,8 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
         "llama-server+ngram-simple",
         "llama-server+ngram-mod",
     ]
+    with pytest.raises(SystemExit):
+        pick_contenders(["lmd"], available)
     assert arm(available["llama-server"], "top_k0") == "llama-server top_k=0"
     assert arm(available["llmd"], "default") == "llmd"
 
@@ -230,8 +232,8 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
 def test_quick_changes_defaults_and_explicit_options_win(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    quick = parse_args(["--quick", "--levels", "1", "--models", str(model)])
-    assert quick.level_list == [1] and quick.repeats == 1
+    quick = parse_args(["--quick", "--levels", "1,4", "--models", str(model)])
+    assert quick.level_list == [1, 4] and quick.repeats == 1
     assert quick.workload_list == ["code_edit", "chat"]
     full = parse_args(["--models", str(model)])
     assert full.level_list == [1, 4, 16] and full.repeats == 3
