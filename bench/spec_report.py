@@ -93,7 +93,8 @@ def markdown_tables(summaries: dict[Key, dict[str, Any]]) -> str:
             "tok/answer | accepted/drafted | ok (at max_tokens)/err/empty | copied |"
         )
         lines.append("|---" * 10 + "|")
-        for key in keys:
+        modes = list(dict.fromkeys(k[3] for k in keys))
+        for key in sorted(keys, key=lambda k: modes.index(k[3])):  # stable: arms in run order
             s = summaries[key]
             lo, hi = s["tok_s_spread"]
             spread = f" ({lo:.1f}-{hi:.1f})" if s["repeats"] > 1 else ""

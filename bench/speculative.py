@@ -10,7 +10,8 @@ at its defaults (top_k 40, min_p 0.05 where the request says nothing) and once w
 min_p 0 (the distribution OpenAI's parameters mean, llmd's). Measured per run: output tok/s
 (from usage), TPOT and TTFT p50, and for llmd the accepted/drafted tokens from /metrics when
 the daemon counts them. For every (model, workload, level) each contender takes a turn on a
-server started for it, the first place rotating; every mode runs in that turn.
+server started for it (a peer once per sampling), the first place rotating; every mode runs in
+that turn, all contenders reading the same prompts.
 
     scripts/bench-speculative [--models smollm2,gemma3] [--workloads ...] [--levels 1,4,16]
         [--modes greedy,t1,t0.7-p0.95] [--contenders llmd,llmd-nospec,llama-server,ngram]
@@ -213,6 +214,35 @@ def arm(contender: Contender, sampling: str) -> str:
     return contender.name + (EXACT if sampling == "top_k0" else "")
 
 
+@dataclass(frozen=True)
+class Turn:
+    """What one server, started for it alone, runs: a contender at one sampling, the modes."""
+
+    contender: Contender
+    sampling: str
+    modes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return arm(self.contender, self.sampling)
+
+
+def plan_turns(chosen: list[Contender], modes: list[str], samplings: list[str]) -> list[Turn]:
+    """A turn for llmd (which samples one way), one per sampling for a peer: on a server of its
+    own, so the second sampling finds nothing of the first's prompts or n-gram caches, and
+    every arm reads the same prompts. Greedy ignores top_k: it runs in a peer's first turn."""
+    turns: list[Turn] = []
+    for c in chosen:
+        if c.server == "llmd":
+            turns.append(Turn(c, "default", tuple(modes)))
+            continue
+        for i, sampling in enumerate(samplings):
+            mine = tuple(m for m in modes if m != "greedy" or i == 0)
+            if mine:
+                turns.append(Turn(c, sampling, mine))
+    return turns
+
+
 # -- one measured run --------------------------------------------------------------------------
 
 
@@ -268,74 +298,72 @@ def _delta(after: float | None, before: float | None) -> int | None:
 
 
 def measure(
-    args: argparse.Namespace, contender: Contender, endpoint: str, where: dict[str, Any],
-    server: Server,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """A contender's turn: a warm-up, then every mode (and for a peer every sampling) of one
-    workload at one level; a cell for each."""
+    args: argparse.Namespace, turn: Turn, endpoint: str, where: dict[str, Any], server: Server
+) -> list[dict[str, Any]]:
+    """A turn: a warm-up, then each of its modes on one workload at one level; a cell each."""
     workload, level = where["workload"], where["level"]
+    contender = turn.contender
     warm = sampling_body("greedy", "default")
     asyncio.run(drive(server, endpoint, workload, 1, warm, "warmup", 1, 0.0, 16))
     cells: list[dict[str, Any]] = []
-    for mode in args.mode_list:
-        peer = contender.server != "llmd" and mode != "greedy"
-        for sampling in args.sampling_list if peer else ["default"]:
-            # The same prompts for every contender; fresh ones per mode, sampling and repeat
-            # so that no run finds an earlier one's prompts in a server's prefix cache.
-            salt = f"{where['model']}/{mode}/{sampling}/r{where['repeat']}/c{level}"
-            before = _scrape(server, contender)
-            results, prompts, wall = asyncio.run(
-                drive(server, endpoint, workload, level, sampling_body(mode, sampling), salt,
-                      args.requests, args.duration, MAX_TOKENS[workload])
-            )  # fmt: skip
-            after = _scrape(server, contender)
-            cfg = LoadConfig(url=server.url, endpoint=endpoint, concurrency=level)
-            run = summarize(cfg, server.model, len(results), results, wall)
-            copied = [
-                f
-                for r, p in zip(results, prompts, strict=True)
-                if r.ok and (f := copied_fraction(p, r.text)) is not None
-            ]
-            answer = next((r.text for r in results if r.ok), "")
-            at_limit = sum(r.ok and r.completion_tokens >= MAX_TOKENS[workload] for r in results)
-            empty = sum(r.error == EMPTY for r in results)
-            cell = {
-                **where,
-                "mode": mode,
-                "arm": arm(contender, sampling),
-                "output_tokens_per_s": run.output_tokens_per_s,
-                "tpot_ms_p50": run.tpot_ms.p50,
-                "ttft_ms_p50": run.ttft_ms.p50,
-                "ok": run.ok,
-                "errors": run.errors + run.refusals - empty,
-                "empty": empty,
-                "at_limit": at_limit,
-                "output_tokens": run.output_tokens,
-                "copied": statistics.median(copied) if copied else None,
-                "drafted": _delta(after[0], before[0]),
-                "accepted": _delta(after[1], before[1]),
-                "wall_s": wall,
-                "error_samples": [e for e in run.error_samples if e != EMPTY],
-                # Enough to see a loop (small models' greedy answers often end in one).
-                "first_answer": answer
-                if len(answer) < 900
-                else f"{answer[:600]} [...] {answer[-300:]}",
-                "run": asdict(run),
-            }
-            cells.append(cell)
-            log(
-                f"  {cell['arm']:34s} {mode:10s} {run.output_tokens_per_s:6.1f} tok/s, TPOT "
-                f"{run.tpot_ms.p50 or 0:5.1f} ms, TTFT {run.ttft_ms.p50 or 0:6.0f} ms, "
-                f"{run.ok} ok ({at_limit} at max_tokens), {cell['errors']} errors, {empty} empty"
-                + (f", accepted {cell['accepted']}/{cell['drafted']}" if cell["drafted"] else "")
-            )
+    for mode in turn.modes:
+        sampling = "default" if mode == "greedy" else turn.sampling
+        # The same prompts for every contender; fresh ones per mode and repeat so that
+        # no run finds an earlier one's prompts in the server's prefix cache.
+        salt = f"{where['model']}/{mode}/r{where['repeat']}/c{level}"
+        before = _scrape(server, contender)
+        results, prompts, wall = asyncio.run(
+            drive(server, endpoint, workload, level, sampling_body(mode, sampling), salt,
+                  args.requests, args.duration, MAX_TOKENS[workload])
+        )  # fmt: skip
+        after = _scrape(server, contender)
+        cfg = LoadConfig(url=server.url, endpoint=endpoint, concurrency=level)
+        run = summarize(cfg, server.model, len(results), results, wall)
+        copied = [
+            f
+            for r, p in zip(results, prompts, strict=True)
+            if r.ok and (f := copied_fraction(p, r.text)) is not None
+        ]
+        answer = next((r.text for r in results if r.ok), "")
+        at_limit = sum(r.ok and r.completion_tokens >= MAX_TOKENS[workload] for r in results)
+        empty = sum(r.error == EMPTY for r in results)
+        cell = {
+            **where,
+            "mode": mode,
+            "arm": arm(contender, sampling),
+            "output_tokens_per_s": run.output_tokens_per_s,
+            "tpot_ms_p50": run.tpot_ms.p50,
+            "ttft_ms_p50": run.ttft_ms.p50,
+            "ok": run.ok,
+            "errors": run.errors + run.refusals - empty,
+            "empty": empty,
+            "at_limit": at_limit,
+            "output_tokens": run.output_tokens,
+            "copied": statistics.median(copied) if copied else None,
+            "drafted": _delta(after[0], before[0]),
+            "accepted": _delta(after[1], before[1]),
+            "wall_s": wall,
+            "error_samples": [e for e in run.error_samples if e != EMPTY],
+            # Enough to see a loop (small models' greedy answers often end in one).
+            "first_answer": answer
+            if len(answer) < 900
+            else f"{answer[:600]} [...] {answer[-300:]}",
+            "run": asdict(run),
+        }
+        cells.append(cell)
+        log(
+            f"  {cell['arm']:34s} {mode:10s} {run.output_tokens_per_s:6.1f} tok/s, TPOT "
+            f"{run.tpot_ms.p50 or 0:5.1f} ms, TTFT {run.ttft_ms.p50 or 0:6.0f} ms, "
+            f"{run.ok} ok ({at_limit} at max_tokens), {cell['errors']} errors, {empty} empty"
+            + (f", accepted {cell['accepted']}/{cell['drafted']}" if cell["drafted"] else "")
+        )
     return cells
 
 
 # -- the whole run -----------------------------------------------------------------------------
 
 
-def estimate_seconds(args: argparse.Namespace, chosen: list[Contender]) -> float:
+def estimate_seconds(args: argparse.Namespace, turns: list[Turn]) -> float:
     """A rough length of the run: decode speed guessed from the file size (SmolLM2 ~80 tok/s
     one stream on 2 cores), prompts at ~270 tok/s, speculation's gains left out."""
     total = 0.0
@@ -343,12 +371,11 @@ def estimate_seconds(args: argparse.Namespace, chosen: list[Contender]) -> float
         tg, pp = 80.0 * 98e6 / model.stat().st_size, 270.0
         for workload in args.workload_list:
             for level in args.level_list:
-                for c in chosen:
-                    peer = c.server != "llmd"
+                for turn in turns:
+                    peer = turn.contender.server != "llmd"
                     total += START_S["peer" if peer else "llmd"] + 16 / tg + 2
-                    for mode in args.mode_list:
-                        runs = len(args.sampling_list) if peer and mode != "greedy" else 1
-                        total += runs * cell_seconds(
+                    for _ in turn.modes:
+                        total += cell_seconds(
                             tg, pp, level, PROMPT_TOKENS[workload], MAX_TOKENS[workload],
                             workload, args.requests, args.duration,
                         )  # fmt: skip
@@ -360,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     server_bin = args.bin / "llama-server"
     available = contenders(spec_types(server_bin) if server_bin.is_file() else [])
     chosen = pick_contenders(_list(args.contenders), available)
-    eta = estimate_seconds(args, chosen)
-    log(f"estimated {eta / 60:.0f} min ({len(chosen)} contenders: "
-        f"{', '.join(c.name for c in chosen)})")  # fmt: skip
+    turns = plan_turns(chosen, args.mode_list, args.sampling_list)
+    eta = estimate_seconds(args, turns)
+    log(f"estimated {eta / 60:.0f} min ({len(turns)} servers per workload and level: "
+        f"{', '.join(t.name for t in turns)})")  # fmt: skip
     if args.estimate:
         return 0
     out = args.json or ROOT / "bench" / "results" / f"speculative-{time.strftime('%Y-%m-%d')}.json"
@@ -410,17 +438,18 @@ def main(argv: list[str] | None = None) -> int:
             blocks = [(w, lv) for w in args.workload_list for lv in args.level_list]
             for rep in range(args.repeats):
                 for b, (workload, level) in enumerate(blocks):
-                    k = (b + rep) % len(chosen)
-                    for c in chosen[k:] + chosen[:k]:
+                    k = (b + rep) % len(turns)
+                    for turn in turns[k:] + turns[:k]:
                         spent = (time.monotonic() - started) / 60
-                        log(f"{model.stem}: {c.name} {workload} c={level} repeat {rep + 1} "
+                        log(f"{model.stem}: {turn.name} {workload} c={level} repeat {rep + 1} "
                             f"({spent:.1f} of ~{eta / 60:.0f} min)")  # fmt: skip
+                        c = turn.contender
                         server = start(c.server, s, c.flags, c.toml)
-                        server.label = c.name
+                        server.label = turn.name
                         where = {"model": model.stem, "workload": workload, "level": level,
                                  "repeat": rep, "endpoint": endpoint}  # fmt: skip
                         head["contenders"][c.name]["argv"] = server.argv
-                        cells += take_turn(server, partial(measure, args, c, endpoint, where))
+                        cells += take_turn(server, partial(measure, args, turn, endpoint, where))
                         write_results(out, "speculative", args, **head, partial=True, cells=cells)
     summaries = summarize_cells(cells)
     checks = targets(summaries)

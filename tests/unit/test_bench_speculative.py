@@ -28,6 +28,7 @@ from bench.speculative import (
     contenders,
     parse_args,
     pick_contenders,
+    plan_turns,
     sampling_body,
 )
 
@@ -104,6 +105,23 @@ def test_table_rows_carry_the_ratio_and_acceptance() -> None:
     assert "| 30.0 | 2.00x |" in rows["llama-server"] and "| 2 (2)/0/0 |" in rows["llama-server"]
     assert "| 40.0 | 1.50x |" in rows["llama-server+ngram-mod"]
     assert "| - |" in rows["llama-server"]  # no acceptance counts for a peer
+
+
+def test_rows_grouped_by_mode() -> None:
+    table = markdown_tables(
+        summarize(
+            [
+                _cell("llmd", 60),
+                _cell("llmd", 50, mode="t1"),
+                _cell("llama-server", 40),
+                _cell("llama-server", 30, mode="t1"),
+            ]
+        )
+    )
+    rows = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| greedy")
+            or line.startswith("| t1")]  # fmt: skip
+    assert rows == [["| greedy", "llmd"], ["| greedy", "llama-server"], ["| t1", "llmd"],
+                    ["| t1", "llama-server"]]  # fmt: skip
 
 
 def test_spread_shown_only_over_repeats() -> None:
@@ -227,6 +245,22 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
         pick_contenders(["lmd"], available)
     assert arm(available["llama-server"], "top_k0") == "llama-server top_k=0"
     assert arm(available["llmd"], "default") == "llmd"
+
+
+def test_a_peer_takes_a_turn_per_sampling_and_greedy_once() -> None:
+    available = contenders(["ngram-mod"])
+    chosen = [available["llmd"], available["llama-server"], available["llama-server+ngram-mod"]]
+    turns = plan_turns(chosen, ["greedy", "t1"], ["default", "top_k0"])
+    assert [(t.name, t.modes) for t in turns] == [
+        ("llmd", ("greedy", "t1")),
+        ("llama-server", ("greedy", "t1")),
+        ("llama-server top_k=0", ("t1",)),
+        ("llama-server+ngram-mod", ("greedy", "t1")),
+        ("llama-server+ngram-mod top_k=0", ("t1",)),
+    ]
+    # Greedy alone: top_k changes nothing, so one turn a peer.
+    greedy = plan_turns(chosen, ["greedy"], ["default", "top_k0"])
+    assert [t.name for t in greedy] == ["llmd", "llama-server", "llama-server+ngram-mod"]
 
 
 def test_quick_changes_defaults_and_explicit_options_win(tmp_path: Path) -> None:
