@@ -15,12 +15,11 @@ builds and runs the steps. The scheduler knows nothing of llama.cpp: it drives a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
-from llmd.engine.draft_protocol import DraftAsk, Drafter
+from llmd.engine.drafts import Drafts
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -34,9 +33,8 @@ from llmd.engine.messages import (
     TokenLogprob,
     TopLogprob,
 )
-from llmd.engine.ngram import NgramDrafter
-from llmd.engine.sequence import RequestState, Sequence, Slot
-from llmd.engine.speculate import FIRST_GUESS, Acceptance, StepCosts, plan_drafts
+from llmd.engine.sequence import Piece, RequestState, Sequence, Slot
+from llmd.engine.speculate import StepCosts
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -54,19 +52,6 @@ EMBED_LOGITS_BYTES = 32 * 1024 * 1024
 def embed_chunk(n_vocab: int) -> int:
     """Embedding input tokens per step: a multiple of 32, at least 32."""
     return max(32, EMBED_LOGITS_BYTES // (4 * max(1, n_vocab)) // 32 * 32)
-
-
-@dataclass
-class Piece:
-    """One slot's tokens for a step: the sequences that sample from its last token, or the
-    embed request whose input it reads."""
-
-    slot: int
-    chunk: list[Entry]
-    samplers: list[Sequence]
-    embed: RequestState | None = None
-    draft: list[int] | None = None
-    """Draft tokens after the sampled-from token (the chunk's last entries), to verify."""
 
 
 def _segments(size: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
@@ -115,14 +100,13 @@ class Scheduler:
         self.num_steps = 0
         self.num_tokens_decoded = 0
         # Speculative decoding: off unless options are given (the worker gives the model's).
-        self.spec = speculative if speculative is not None else SpeculativeOptions(False)
-        drafter: Drafter | None = getattr(backend, "drafter", None)
-        self.model_drafts = drafter is not None
-        self.drafter: Drafter = drafter or NgramDrafter(self.spec.ngram_min, self.spec.ngram_max)
-        self.costs = costs or StepCosts(0.012, 0.004)
-        self.acceptance = Acceptance()  # the model's, across sequences: a new one's prior
-        self.num_drafted = 0
-        self.num_accepted = 0
+        self.drafts = Drafts(
+            speculative or SpeculativeOptions(enabled=False),
+            getattr(backend, "drafter", None),  # a draft model, loaded with the model
+            costs or StepCosts(0.012, 0.004),
+            ctx_per_seq,
+            backend.batch_size,
+        )
 
     # -- requests in and out ---------------------------------------------------------------
 
@@ -236,8 +220,8 @@ class Scheduler:
             kv_cells_total=self.ctx_per_seq * len(self.slots),
             steps=self.num_steps,
             tokens_decoded=self.num_tokens_decoded,
-            drafted=self.num_drafted,
-            accepted=self.num_accepted,
+            drafted=self.drafts.drafted,
+            accepted=self.drafts.accepted,
         )
 
     # -- one step --------------------------------------------------------------------------
@@ -260,7 +244,7 @@ class Scheduler:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
                     pieces.append(Piece(seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
-        drafted = self._draft(pieces)
+        drafted = self.drafts.add(pieces, self.running)
         budget = self.backend.batch_size - len(pieces) - drafted
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
@@ -325,7 +309,7 @@ class Scheduler:
         started = time.perf_counter()
         self._decode(entries, embeddings=bool(embedded))
         if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
-            self.costs.observe(len(entries), time.perf_counter() - started)
+            self.drafts.costs.observe(len(entries), time.perf_counter() - started)
         for state, start, count in embedded:
             first = state.n_prefilled == 0
             state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
@@ -403,62 +387,6 @@ class Scheduler:
 
     # -- speculative decoding --------------------------------------------------------------
 
-    def _draft(self, pieces: list[Piece]) -> int:
-        """Add draft tokens to the decoding pieces where the cost model says they pay; how
-        many were added. Not while a prompt is being read: that step is long already, and a
-        newcomer's first token should not wait for drafts."""
-        if not self.spec.enabled or not pieces:
-            return 0
-        if any(state.is_prefilling for state in self.running):
-            return 0
-        room = self.backend.batch_size - len(pieces)
-        limits: list[int] = []
-        for piece in pieces:
-            seq = piece.samplers[0]
-            state = seq.request
-            limit = 0
-            if state.req.speculative:
-                # This step yields up to 1 + k tokens, all within max_tokens and the context.
-                left = state.max_tokens - seq.generated - 1
-                cells = self.ctx_per_seq - len(seq.slot.cached) - 1
-                limit = max(0, min(self.spec.max_draft, left, cells))
-            limits.append(limit)
-            seq.acceptance.idle()
-        if not any(limits):
-            return 0
-        prior = self.acceptance.alpha(FIRST_GUESS)
-        alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
-        proposals: list[list[int]] = [[] for _ in pieces]
-        if not self.model_drafts:  # lookups are nearly free: see what each could draft first
-            proposals = self._propose(pieces, limits)
-            limits = [len(p) for p in proposals]
-        ks = plan_drafts(alphas, limits, self.costs)
-        if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
-            proposals = self._propose(pieces, ks)
-        added = 0
-        for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
-            draft = proposal[: min(k, room - added)]
-            if not draft:
-                continue
-            _, pos, slot, _ = piece.chunk[0]
-            piece.chunk.extend((tok, pos + 1 + j, slot, True) for j, tok in enumerate(draft))
-            piece.draft = draft
-            added += len(draft)
-        return added
-
-    def _propose(self, pieces: list[Piece], ks: list[int]) -> list[list[int]]:
-        asks, where = [], []
-        for i, (piece, k) in enumerate(zip(pieces, ks, strict=True)):
-            if k > 0:
-                seq = piece.samplers[0]
-                assert seq.pending is not None
-                asks.append(DraftAsk(seq.slot.id, [*seq.slot.cached, seq.pending], k))
-                where.append(i)
-        proposals: list[list[int]] = [[] for _ in pieces]
-        for i, draft in zip(where, self.drafter.propose(asks), strict=True):
-            proposals[i] = list(draft[: ks[i]])
-        return proposals
-
     def _verify(self, seq: Sequence, first: int, draft: list[int], events: list[Any]) -> None:
         """Sample row by row after the sequence's last token, as single steps would, keeping
         each draft token the sample confirms; the first sample that differs is the next
@@ -482,10 +410,7 @@ class Scheduler:
         # The cells of the draft tokens not kept go; the slot holds exactly `cached`.
         if not self.backend.seq_rm(seq.slot.id, len(seq.slot.cached), -1):
             raise EngineFault("llama.cpp could not remove the cells of refused draft tokens")
-        self.num_drafted += len(draft)
-        self.num_accepted += ok
-        seq.acceptance.record(ok, rejected)
-        self.acceptance.record(ok, rejected)
+        self.drafts.record(seq, len(draft), ok, rejected)
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         chosen, best = self.backend.logprobs(index, token, top)
