@@ -56,6 +56,9 @@ class Drafts:
             return 0
         prior = self.acceptance.alpha(FIRST_GUESS)
         alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
+        a, b = self.costs.line()
+        if max(alphas) * (a + b * len(pieces)) <= b * len(pieces):
+            return 0  # not even the likeliest first draft token would pay: skip the lookups
         proposals: list[list[int]] = [[] for _ in pieces]
         if not self.model_drafts:  # lookups are nearly free: see what each could draft first
             proposals = self._propose(pieces, limits)
