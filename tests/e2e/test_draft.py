@@ -84,7 +84,7 @@ draft = "nothing.gguf"
         while got is None and time.monotonic() < deadline:
             got = settled(d.url)
             time.sleep(0.2)
-        assert got is not None, {n: m['state'] for n, m in (models(d.url) or {}).items()}
+        assert got is not None, {n: m["state"] for n, m in (models(d.url) or {}).items()}
         assert got["plain"]["state"] == got["drafted"]["state"] == "ready", got
         assert got["mismatched"]["state"] == got["missing"]["state"] == "failed", got
 
