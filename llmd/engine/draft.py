@@ -52,12 +52,14 @@ def vocabulary_mismatch(main: Any, draft: Any) -> str | None:
     main_type, draft_type = int(lc.llama_vocab_type(main)), int(lc.llama_vocab_type(draft))
     if main_type != draft_type:
         problems.append(
-            f"tokenizer types differ ({_VOCAB_TYPES.get(main_type, main_type)} vs "
-            f"{_VOCAB_TYPES.get(draft_type, draft_type)})"
+            f"tokenizer types differ (model {_VOCAB_TYPES.get(main_type, main_type)}, "
+            f"draft {_VOCAB_TYPES.get(draft_type, draft_type)})"
         )
     n_main, n_draft = int(lc.llama_vocab_n_tokens(main)), int(lc.llama_vocab_n_tokens(draft))
     if abs(n_main - n_draft) > MAX_VOCAB_DIFFERENCE:
-        problems.append(f"sizes differ by more than {MAX_VOCAB_DIFFERENCE} ({n_main} vs {n_draft})")
+        problems.append(
+            f"sizes differ by more than {MAX_VOCAB_DIFFERENCE} (model {n_main}, draft {n_draft})"
+        )
     for what, get in (
         ("BOS token", lc.llama_vocab_bos),
         ("EOS token", lc.llama_vocab_eos),
@@ -66,11 +68,11 @@ def vocabulary_mismatch(main: Any, draft: Any) -> str | None:
     ):
         a, b = int(get(main)), int(get(draft))
         if a != b:
-            problems.append(f"{what} differs ({a} vs {b})")
+            problems.append(f"{what} differs (model {a}, draft {b})")
     for token in range(FIRST_COMPARED_TOKEN, min(n_main, n_draft)):
         a_text, b_text = _token_text(main, token), _token_text(draft, token)
         if a_text != b_text:
-            problems.append(f"token {token} is {a_text!r} in one and {b_text!r} in the other")
+            problems.append(f"token {token} is {a_text!r} in the model, {b_text!r} in the draft")
             break
     return "; ".join(problems) or None
 
