@@ -156,46 +156,51 @@ class DraftModel:
         self.held.pop(slot, None)
 
     def propose(self, asks: list[DraftAsk]) -> list[list[int]]:
-        """Greedy drafts: first each slot's cells are brought up to its tokens (one batch for
-        all, in chunks of the batch size), the last token with logits; then one batched step
-        per further drafted token. The drafts' cells stay (with `held` saying so): tokens the
-        main model accepts need no decoding next time, the others are cut then."""
+        """Greedy drafts (one ask per slot): first each slot's cells are brought up to its
+        tokens (one batch for all, in chunks of the batch size), the last token with logits;
+        then one batched step per further drafted token. The drafts' cells stay (with `held`
+        saying so): tokens the main model accepts need no decoding next time, the others are
+        cut then."""
         drafts: list[list[int]] = [[] for _ in asks]
         want = [min(a.k, self.ctx_per_seq - len(a.tokens) + 1) for a in asks]
-        live = [i for i, a in enumerate(asks) if want[i] > 0 and a.tokens]
+        going = [i for i, a in enumerate(asks) if want[i] > 0 and a.tokens]
         entries: list[tuple[int, int, int, int]] = []  # (token, pos, slot, ask or -1)
-        for i in live:
+        for i in going:
             slot, tokens = asks[i].slot, asks[i].tokens
             start = self._cut(slot, tokens)
-            held = self.held[slot]
-            for pos in range(start, len(tokens)):
-                last = pos == len(tokens) - 1
-                entries.append((tokens[pos], pos, slot, i if last else -1))
-                held.append(tokens[pos])
-        for first in range(0, len(entries), self.batch_size):
-            chunk = entries[first : first + self.batch_size]
-            if not self._decode(chunk):
-                for i in live:
-                    self.forget(asks[i].slot)
-                return [[] for _ in asks]
-            for row, (_, _, _, i) in enumerate(chunk):
-                if i >= 0:
-                    drafts[i].append(self._pick(row))
-        going = [i for i in live if self._goes_on(drafts[i], want[i])]
+            last = len(tokens) - 1
+            entries += [
+                (tokens[p], p, slot, i if p == last else -1) for p in range(start, last + 1)
+            ]
+            self.held[slot] += tokens[start:]
         while going:
-            step = []
-            for i in going:
-                ask, token = asks[i], drafts[i][-1]
-                step.append((token, len(ask.tokens) + len(drafts[i]) - 1, ask.slot, i))
-                self.held[ask.slot].append(token)
-            if not self._decode(step):
+            picked = self._run(entries)
+            if picked is None:  # no room in the KV cache (or worse): these slots start over
                 for i in going:
                     self.forget(asks[i].slot)
                 break
-            for row, (_, _, _, i) in enumerate(step):
-                drafts[i].append(self._pick(row))
+            for i, token in picked.items():
+                drafts[i].append(token)
             going = [i for i in going if self._goes_on(drafts[i], want[i])]
+            entries = []
+            for i in going:
+                ask, token = asks[i], drafts[i][-1]
+                entries.append((token, len(ask.tokens) + len(drafts[i]) - 1, ask.slot, i))
+                self.held[ask.slot].append(token)
         return drafts
+
+    def _run(self, entries: list[tuple[int, int, int, int]]) -> dict[int, int] | None:
+        """Decode `entries` in batches; each ask's pick at its entry with logits (None if
+        llama.cpp refused a batch)."""
+        picked = {}
+        for first in range(0, len(entries), self.batch_size):
+            chunk = entries[first : first + self.batch_size]
+            if not self._decode(chunk):
+                return None
+            for row, (_, _, _, i) in enumerate(chunk):
+                if i >= 0:
+                    picked[i] = self._pick(row)
+        return picked
 
     def _cut(self, slot: int, tokens: Sequence[int]) -> int:
         """Remove the slot's cells past what it shares with `tokens` (and the last token's,
