@@ -1,7 +1,7 @@
 """A draft model for speculative decoding (`[models.NAME] draft`): a smaller model of the same
 vocabulary, loaded in the model's own process next to the main one, that proposes the tokens
 likely to come next by greedy decoding; the scheduler checks them all in one step of the main
-model (docs/speculative-draft.md).
+model (docs/speculative.md).
 
 It has its own llama.cpp model and context, shaped like the main one (one KV stream per slot,
 `ctx_per_seq` cells each), and keeps, per slot, the tokens its cells hold: each `propose`
