@@ -300,15 +300,12 @@ def best_allowed(grammar: Any, logits: Any) -> int | None:
     return None
 
 
-def redraw(grammar: Any, rng: Any, candidates: Any) -> int | None:
-    """Sampling under a grammar: draw again from the distribution a sampler chain just made
-    (`candidates`: its llama_token_data entries, as a numpy record array with `id` and `p`)
-    until the grammar allows a draw. Drawing until allowed samples exactly that distribution
-    restricted to the allowed tokens."""
-    cumulative = np.cumsum(candidates["p"], dtype=np.float64)
-    draws = rng.random(GRAMMAR_TRIES) * cumulative[-1]
-    for i in np.searchsorted(cumulative, draws, side="right"):
-        token = int(candidates["id"][min(int(i), len(candidates) - 1)])
+def redraw(grammar: Any, draw: Callable[[], int]) -> int | None:
+    """Sampling under a grammar: draw again (`draw`: one more token from the distribution the
+    sampler just made) until the grammar allows a draw. Drawing until allowed samples exactly
+    that distribution restricted to the allowed tokens."""
+    for _ in range(GRAMMAR_TRIES):
+        token = draw()
         if allows(grammar, token):
             return token
     return None

@@ -41,7 +41,8 @@ def test_checking_likely_tokens_first_samples_what_filtering_everything_would(
             if sampler is fast:
                 token = b.sample(sampler, index)
             else:
-                token, _ = b._choose(sampler, b._logits(index), True)
+                logits = sampler.tokens.logits(b._logits(index))
+                token = sampler.tokens.choose(b.grammar_filter(sampler.grammar, logits))
                 lc_accept(sampler, token)
             if b.is_eog(token):
                 break
@@ -60,7 +61,7 @@ def lc_accept(sampler: Any, token: int) -> None:
     import llama_cpp as lc
 
     lc.llama_sampler_accept(sampler.grammar, token)
-    lc.llama_sampler_accept(sampler.chain, token)
+    sampler.tokens.accept(token)
 
 
 def test_a_token_running_past_a_calls_opening_is_replaced_not_fatal() -> None:
