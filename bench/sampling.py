@@ -73,13 +73,14 @@ def _chain(lc: Any, n_vocab: int, params: SamplingParams, seed: int) -> Any:
     return chain
 
 
-def _per_token_us(run: Callable[[int], object], tokens: int, repeats: int) -> float:
-    """Median over `repeats` of the mean time of `tokens` calls, in microseconds."""
+def _per_token_us(run: Callable[[int], object], first: int, tokens: int, repeats: int) -> float:
+    """Median over `repeats` of the mean time of `tokens` calls, on batch entries `first` to
+    `first + ROWS - 1` in turn, in microseconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(tokens):
-            run(i % ROWS)
+            run(first + i % ROWS)
         times.append((time.perf_counter() - start) / tokens * 1e6)
     return statistics.median(times)
 
@@ -96,14 +97,14 @@ def measure(name: str, tokens: int, repeats: int) -> list[dict[str, object]]:
     if b.decode([(t, i, 0, i >= n - ROWS) for i, t in enumerate(prompt)]) != 0:
         raise RuntimeError("llama_decode failed")
     results: list[dict[str, object]] = []
-    timing = (tokens, repeats)
+    timing = (n - ROWS, tokens, repeats)
     print(f"{name} ({b.n_vocab} tokens): per-token sampling, median of {repeats} x {tokens}")
     for case, params in CASES.items():
         chain = _chain(lc, b.n_vocab, params, 1)
         sampler = b.new_sampler(params, 1)
         for i in range(64):  # a history for the penalties (both samplers)
-            b.sample(sampler, i % ROWS)
-            lc.llama_sampler_sample(chain, b.ctx, i % ROWS)
+            b.sample(sampler, n - ROWS + i % ROWS)
+            lc.llama_sampler_sample(chain, b.ctx, n - ROWS + i % ROWS)
         old = _per_token_us(functools.partial(lc.llama_sampler_sample, chain, b.ctx), *timing)
         new = _per_token_us(functools.partial(b.sample, sampler), *timing)
         lc.llama_sampler_free(chain)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +45,9 @@ BLOCK = 256
 """Tokens per block for the block sums and block maxima that spare whole-row passes."""
 FIRST_CANDIDATES = 64
 """How many tokens `top_p` first sorts; the set grows 4x until it holds `p` of the mass."""
+TAIL = 20.0
+"""Tokens whose scaled logit is more than this under the top one weigh under e^-20 each
+(`Whole`)."""
 _MIN_P_SLACK = 1e-3
 """Logit margin under the `min_p` threshold for the first, float32 cut (the exact cut is in
 float64 on the few tokens it keeps)."""
@@ -63,26 +65,92 @@ class Workspace:
         """exp((logit - max) / temperature) over the vocabulary, when a draw needs all of it."""
 
 
-@dataclass
-class Distribution:
-    """What one token is drawn from: `weights` (unnormalised) of the tokens `ids`, in
-    decreasing likelihood or id order; `ids` None means the whole vocabulary, in id order,
-    with `weights` the workspace's float32 row and `cumulative` over its blocks."""
+class Cut:
+    """A distribution over a few tokens (what the cuts kept): `weights` of `ids`, unnormalised,
+    in decreasing likelihood."""
 
-    ids: Ids | None
-    weights: npt.NDArray[np.float64] | Row
-    cumulative: Floats
+    def __init__(self, ids: Ids, weights: Floats) -> None:
+        self.ids = ids
+        self.weights = weights
+        self.cumulative = np.cumsum(weights)
 
     def draw(self, u: float) -> int:
         """The token where `u` in [0, 1) falls in the cumulative weights."""
-        target = u * float(self.cumulative[-1])
-        if self.ids is not None:
-            return int(self.ids[_find(self.cumulative, target)])
-        block = _find(self.cumulative, target)
+        return int(self.ids[_find(self.cumulative, u * float(self.cumulative[-1]))])
+
+    def probabilities(self) -> tuple[Ids, Floats]:
+        return self.ids, self.weights / self.cumulative[-1]
+
+
+class Whole:
+    """The whole vocabulary's distribution (no cut), computed where draws land: the `head`,
+    every token within TAIL of the top (scaled logits), holds all but a sliver of the mass;
+    the tail's weights are computed only when a draw, or a `top_p` cut, needs to know that
+    sliver exactly (for SmolLM2 ~1% of the tokens are in the head, so the exp over the rest
+    is spared on almost every token).
+
+    A draw `u` below `lower / upper` (the head's share if the tail were as heavy as it can
+    be) picks in the head at `u / share`; above it, the exact share decides, and the part
+    of `u` past the bound picks in the head or the tail: exactly the softmax either way."""
+
+    def __init__(self, logits: Row, top: float, scale: float, workspace: Workspace) -> None:
+        self.logits, self.top, self.scale, self.workspace = logits, top, scale, workspace
+        self.ids: Ids = np.flatnonzero(logits >= np.float32(top - TAIL / scale))
+        weights = np.subtract(logits[self.ids], np.float32(top))
+        if scale != 1.0:
+            np.multiply(weights, np.float32(scale), out=weights)
+        self.weights: Row = np.exp(weights, out=weights)
+        self.cumulative = np.cumsum(self.weights, dtype=np.float64)
+        self.lower = float(self.cumulative[-1])
+        """The head's mass: the whole is at least this ..."""
+        # ... and at most this: every tail token weighs under e^-TAIL (with room for
+        # float32 rounding at the threshold).
+        self.upper = self.lower + (len(logits) - len(self.ids)) * math.exp(-TAIL) * 1.001
+        self._tail: Floats | None = None
+
+    def tail(self) -> Floats:
+        """The tail's cumulative block sums (its weights in the workspace's row, the head's
+        set to 0): one exp over the vocabulary, once."""
+        if self._tail is None:
+            weights = self.workspace.weights
+            np.subtract(self.logits, np.float32(self.top), out=weights)
+            if self.scale != 1.0:
+                np.multiply(weights, np.float32(self.scale), out=weights)
+            np.exp(weights, out=weights)
+            weights[self.ids] = 0.0
+            self._tail = np.cumsum(block_sums(weights))
+        return self._tail
+
+    def mass(self) -> float:
+        """The exact mass of the whole vocabulary."""
+        return self.lower + float(self.tail()[-1])
+
+    def draw(self, u: float) -> int:
+        bound = self.lower / self.upper
+        if u < bound:
+            return self._head(u / bound)
+        share = self.lower / self.mass()
+        if u < share:
+            return self._head((u - bound) / (share - bound))
+        tail = self.tail()
+        target = (u - share) / (1.0 - share) * float(tail[-1])
+        block = _find(tail, target)
         start = block * BLOCK
-        local = target - (float(self.cumulative[block - 1]) if block else 0.0)
-        inside = np.cumsum(self.weights[start : start + BLOCK], dtype=np.float64)
+        local = target - (float(tail[block - 1]) if block else 0.0)
+        inside = np.cumsum(self.workspace.weights[start : start + BLOCK], dtype=np.float64)
         return start + _find(inside, local)
+
+    def _head(self, u: float) -> int:
+        return int(self.ids[_find(self.cumulative, u * self.lower)])
+
+    def probabilities(self) -> tuple[Ids, Floats]:
+        self.tail()
+        everything = self.workspace.weights.astype(np.float64)
+        everything[self.ids] = self.weights
+        return np.arange(len(everything)), everything / everything.sum()
+
+
+Distribution = Cut | Whole
 
 
 def _find(cumulative: Floats, target: float) -> int:
@@ -209,54 +277,52 @@ class TokenSampler:
         top = float(logits.max())
         scale = 1.0 / self.temperature
         k = self.top_k if 0 < self.top_k < n else 0
-        if not k and self.top_p >= 1.0 and self.min_p <= 0.0:
-            weights = self._whole_weights(logits, top, scale)
-            return Distribution(None, weights, np.cumsum(block_sums(weights)))
-        # A candidate set that holds every token the cuts can keep, and the mass `top_p`
-        # is measured against (of the top k, or of the whole vocabulary).
+        whole = None
+        if not k and (self.top_p < 1.0 or self.min_p <= 0.0):
+            whole = Whole(logits, top, scale, self.workspace)
+            if self.top_p >= 1.0:
+                return whole  # no cut at all
+        # A candidate set that holds every token the cuts can keep: a prefix of the tokens
+        # by likelihood (every token at least as likely as its least likely one).
         maxima = block_maxima(logits)
-        mass = math.nan
         if k:
             ids = at_least(logits, k, maxima)
             if len(ids) > k:  # from block maxima: cut to the top k, ties kept
                 kth = np.partition(logits[ids], len(ids) - k)[len(ids) - k]
                 ids = ids[logits[ids] >= kth]
-        else:
-            if self.top_p < 1.0:
-                weights = self._whole_weights(logits, top, scale)
-                mass = float(weights.sum(dtype=np.float64))
-            if self.min_p > 0.0:  # no token under the min_p threshold can be kept
-                floor = top + self.temperature * math.log(self.min_p) - _MIN_P_SLACK
-                ids = np.flatnonzero(logits >= np.float32(floor))
-            else:  # top_p alone: grow the set until it holds p of the mass
-                m = FIRST_CANDIDATES
-                while True:
-                    ids = at_least(logits, m, maxima)
-                    held = float(weights[ids].sum(dtype=np.float64))
-                    if len(ids) == n or held >= self.top_p * mass:
-                        break
-                    m *= 4
+        elif self.min_p > 0.0:  # no token under the min_p threshold can be kept
+            floor = top + self.temperature * math.log(self.min_p) - _MIN_P_SLACK
+            ids = np.flatnonzero(logits >= np.float32(floor))
+        else:  # top_p alone: grow the set until it holds p of the mass
+            assert whole is not None
+            m = FIRST_CANDIDATES
+            while True:
+                ids = at_least(logits, m, maxima)
+                held = np.exp((logits[ids].astype(np.float64) - top) * scale).sum()
+                if len(ids) == n or held >= self.top_p * whole.upper:
+                    break
+                m *= 4
         chosen = logits[ids]
         order = np.argsort(-chosen)  # ties are kept or cut together: any order
         ids, chosen = ids[order], chosen[order]
         probs = np.exp((chosen.astype(np.float64) - top) * scale)
         if self.top_p < 1.0:
             cumulative = np.cumsum(probs)
-            if k:
-                mass = float(cumulative[-1])
-            last = int(np.searchsorted(cumulative, self.top_p * mass, side="left"))
+            if whole is None:  # top_k: p of the top k's mass
+                last = _first_reaching(cumulative, self.top_p * float(cumulative[-1]))
+            else:  # p of the whole mass, known exactly only if the bounds disagree
+                last = _first_reaching(cumulative, self.top_p * whole.lower)
+                if last != _first_reaching(cumulative, self.top_p * whole.upper):
+                    last = _first_reaching(cumulative, self.top_p * whole.mass())
             if last < len(ids):  # keep ties with the last token kept
                 keep = int(np.searchsorted(-chosen, -chosen[last], side="right"))
                 ids, chosen, probs = ids[:keep], chosen[:keep], probs[:keep]
         if self.min_p > 0.0:
             keep = int(np.count_nonzero(probs >= self.min_p))
             ids, probs = ids[:keep], probs[:keep]
-        return Distribution(ids, probs, np.cumsum(probs))
+        return Cut(ids, probs)
 
-    def _whole_weights(self, logits: Row, top: float, scale: float) -> Row:
-        """exp((logits - top) * scale) over the vocabulary, in the workspace's row."""
-        weights = self.workspace.weights
-        np.subtract(logits, np.float32(top), out=weights)
-        if scale != 1.0:
-            np.multiply(weights, np.float32(scale), out=weights)
-        return np.exp(weights, out=weights)
+
+def _first_reaching(cumulative: Floats, target: float) -> int:
+    """The first index whose cumulative mass reaches `target` (len: none does)."""
+    return int(np.searchsorted(cumulative, target, side="left"))

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmd.engine.sampler import TokenSampler, Workspace
+from llmd.engine import sampler as sampler_module
+from llmd.engine.sampler import TokenSampler, Whole, Workspace
 from llmd.sampling import resolve
 
 Z_999 = 3.090232
@@ -64,6 +65,28 @@ def reference(logits: Any, params: Any, history: list[int]) -> Any:
         probs = np.where(keep, probs, 0.0)
         probs /= probs.sum()
     return probs
+
+
+def assert_same_cut(ids: Any, mine: Any, row: Any, params: Any) -> None:
+    """The tokens kept (`ids`, with probabilities `mine`) are the reference's. The one
+    allowed difference: a token at the top_p boundary when the mass before it is within
+    1e-6 of p, where the float32 exps summed over the whole vocabulary (~1e-7 relative
+    error) may fall either side."""
+    probs = reference(row, params, [])
+    expected = set(np.flatnonzero(probs > 0).tolist())
+    got = set(ids.tolist())
+    assert len(got) == len(ids)
+    if got == expected:
+        rtol = 1e-5 if len(ids) == len(row) else 1e-9  # float32 over the whole row
+        np.testing.assert_allclose(mine, probs[ids], rtol=rtol)
+        return
+    assert params.top_p < 1.0 and params.top_k == 0, got ^ expected
+    z = row.astype(np.float64) / params.temperature
+    softmax = np.exp(z - z.max())
+    softmax /= softmax.sum()
+    for token in got ^ expected:
+        before = softmax[row > row[token]].sum()
+        assert abs(before - params.top_p) < 1e-6, (token, before)
 
 
 def rows(n: int, count: int, spread: float, seed: int) -> list[Any]:
@@ -176,13 +199,7 @@ def test_the_cuts_keep_exactly_the_reference_tokens(params: Any, n: int, spread:
     count = 6 if n > 10_000 else 40
     for i, row in enumerate(rows(n, count, spread, seed=n)):
         sampler = TokenSampler(params, i, workspace)
-        distribution = sampler.distribution(row)
-        probs = reference(row, params, [])
-        ids = np.arange(n) if distribution.ids is None else distribution.ids  # None: no cut
-        assert sorted(ids.tolist()) == np.flatnonzero(probs > 0).tolist()
-        mine = np.asarray(distribution.weights, np.float64) / float(distribution.cumulative[-1])
-        rtol = 1e-5 if distribution.ids is None else 1e-9  # float32 over the whole row
-        np.testing.assert_allclose(mine, probs[ids], rtol=rtol)
+        assert_same_cut(*sampler.distribution(row).probabilities(), row, params)
 
 
 def test_ties_at_a_cut_are_all_kept() -> None:
@@ -190,9 +207,9 @@ def test_ties_at_a_cut_are_all_kept() -> None:
     row[[5, 6, 7]] = 3.0
     row[[8, 9]] = 2.0
     top_k = TokenSampler(replace(BASE, top_k=4), 0, Workspace(1000)).distribution(row)
-    assert top_k.ids is not None and sorted(top_k.ids.tolist()) == [5, 6, 7, 8, 9]
+    assert sorted(top_k.probabilities()[0].tolist()) == [5, 6, 7, 8, 9]
     top_p = TokenSampler(replace(BASE, top_p=0.01), 0, Workspace(1000)).distribution(row)
-    assert top_p.ids is not None and sorted(top_p.ids.tolist()) == [5, 6, 7]
+    assert sorted(top_p.probabilities()[0].tolist()) == [5, 6, 7]
 
 
 def test_no_cut_gives_every_token_its_softmax_probability() -> None:
@@ -200,9 +217,43 @@ def test_no_cut_gives_every_token_its_softmax_probability() -> None:
     distribution = TokenSampler(replace(BASE, temperature=0.6), 0, Workspace(49152)).distribution(
         row
     )
-    assert distribution.ids is None
-    mine = np.asarray(distribution.weights, np.float64) / float(distribution.cumulative[-1])
+    assert isinstance(distribution, Whole)
+    ids, mine = distribution.probabilities()
+    assert ids.tolist() == list(range(49152))
     np.testing.assert_allclose(mine, reference(row, replace(BASE, temperature=0.6), []), rtol=1e-5)
+
+
+TAIL_CASES = {
+    "temperature 1": BASE,
+    "0.7 and top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
+    "top_p 0.6": replace(BASE, top_p=0.6),
+    "top_p 0.99, min_p 0.01": replace(BASE, top_p=0.99, min_p=0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(TAIL_CASES))
+@pytest.mark.parametrize(("shape", "n"), [("peaked", 300), ("flat", 300), ("peaked", 49152)])
+def test_a_heavy_tail_is_drawn_from_and_cut_exactly(
+    name: str, shape: str, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tail under e^-TAIL is computed only when a draw or a top_p cut needs it: with
+    TAIL at 1 instead of 20 it holds much of the mass, and the draws and cuts must still
+    be the reference's."""
+    monkeypatch.setattr(sampler_module, "TAIL", 1.0)
+    params = TAIL_CASES[name]
+    row = peaked(n, 4) if shape == "peaked" else flat(n, 5)
+    sampler = TokenSampler(params, 3, Workspace(n))
+    probs = reference(row, params, [])
+    distribution = sampler.distribution(row)
+    if isinstance(distribution, Whole):
+        assert distribution.upper > 1.5 * distribution.lower  # the tail weighs
+    draws = 20000
+    counts = Counter(sampler.draw(distribution) for _ in range(draws))
+    stat, df = chi_square(counts, probs, draws)
+    assert stat < chi_square_bound(df), (stat, df)
+    for i, other in enumerate(rows(n, 10, 2.0, seed=n)):
+        distribution = TokenSampler(params, i, Workspace(n)).distribution(other)
+        assert_same_cut(*distribution.probabilities(), other, params)
 
 
 @pytest.mark.parametrize("name", list(CASES))
