@@ -23,8 +23,11 @@ Why not llama.cpp's chain: it copies the whole vocabulary into a candidate array
 token and sorts it for `top_p`, on one thread (~5 ms per token for SmolLM2's 49k tokens, more
 for Gemma-3's 262k). Here the penalties touch only the tokens in the history, `top_k` and
 `min_p` are thresholds, `top_p` sorts only a candidate set grown until it holds `p` of the mass,
-and sampling without a cut is one exp over the row and a search through block sums
-(docs/benchmarks.md, "Sampling without llama.cpp's chain").
+and the mass itself, and a draw without a cut, need the exps of only the tokens within e^-20 of
+the top one unless a draw lands in the sliver the rest could hold (`Whole`); draws search
+block sums, not a cumulative sum of the vocabulary (docs/benchmarks.md, "Sampling without
+llama.cpp's chain"). Weights over the vocabulary are float32 exps summed in float64, so a
+`top_p` boundary is placed to ~1e-7 of the mass; everything past that is exact.
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ class Whole:
     """The whole vocabulary's distribution (no cut), computed where draws land: the `head`,
     every token within TAIL of the top (scaled logits), holds all but a sliver of the mass;
     the tail's weights are computed only when a draw, or a `top_p` cut, needs to know that
-    sliver exactly (for SmolLM2 ~1% of the tokens are in the head, so the exp over the rest
-    is spared on almost every token).
+    sliver exactly (on SmolLM2's and Gemma-3's rows in bench/sampling.py the head held 1-45%
+    of the vocabulary and the sliver at most ~3e-5 of the mass, so the exp over the rest is
+    spared on almost every token).
 
     A draw `u` below `lower / upper` (the head's share if the tail were as heavy as it can
     be) picks in the head at `u / share`; above it, the exact share decides, and the part
@@ -100,8 +104,8 @@ class Whole:
         if scale != 1.0:
             np.multiply(weights, np.float32(scale), out=weights)
         self.weights: Row = np.exp(weights, out=weights)
-        self.cumulative = np.cumsum(self.weights, dtype=np.float64)
-        self.lower = float(self.cumulative[-1])
+        self.blocks = np.cumsum(block_sums(self.weights))
+        self.lower = float(self.blocks[-1])
         """The head's mass: the whole is at least this ..."""
         # ... and at most this: every tail token weighs under e^-TAIL (with room for
         # float32 rounding at the threshold).
@@ -133,15 +137,10 @@ class Whole:
         if u < share:
             return self._head((u - bound) / (share - bound))
         tail = self.tail()
-        target = (u - share) / (1.0 - share) * float(tail[-1])
-        block = _find(tail, target)
-        start = block * BLOCK
-        local = target - (float(tail[block - 1]) if block else 0.0)
-        inside = np.cumsum(self.workspace.weights[start : start + BLOCK], dtype=np.float64)
-        return start + _find(inside, local)
+        return _in_blocks(self.workspace.weights, tail, (u - share) / (1.0 - share))
 
     def _head(self, u: float) -> int:
-        return int(self.ids[_find(self.cumulative, u * self.lower)])
+        return int(self.ids[_in_blocks(self.weights, self.blocks, u)])
 
     def probabilities(self) -> tuple[Ids, Floats]:
         self.tail()
@@ -151,6 +150,16 @@ class Whole:
 
 
 Distribution = Cut | Whole
+
+
+def _in_blocks(weights: Row, blocks: Floats, u: float) -> int:
+    """The index where `u` in [0, 1) falls in `weights`, found through their cumulative block
+    sums `blocks` (only one block's weights are summed one by one)."""
+    target = u * float(blocks[-1])
+    block = _find(blocks, target)
+    start = block * BLOCK
+    local = target - (float(blocks[block - 1]) if block else 0.0)
+    return start + _find(np.cumsum(weights[start : start + BLOCK], dtype=np.float64), local)
 
 
 def _find(cumulative: Floats, target: float) -> int:
