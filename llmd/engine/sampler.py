@@ -45,7 +45,8 @@ Ids = npt.NDArray[np.intp]
 Floats = npt.NDArray[np.float64]
 
 BLOCK = 256
-"""Tokens per block for the block sums and block maxima that spare whole-row passes."""
+"""Tokens per block for the block sums, and per group for the group maxima, that spare
+passes over the whole row."""
 FIRST_CANDIDATES = 64
 """How many tokens `top_p` first sorts; the set grows 4x until it holds `p` of the mass."""
 TAIL = 20.0
@@ -180,10 +181,11 @@ def block_sums(weights: Row) -> Floats:
     return sums
 
 
-def block_maxima(logits: Row) -> Row:
-    """The largest logit per BLOCK tokens (the last block may be shorter)."""
+def group_maxima(logits: Row) -> Row:
+    """The largest logit of each group of tokens, BLOCK tokens a group (any grouping serves
+    `at_least`; tokens i, i + g, i + 2g ... reduce fastest, row against row)."""
     whole = len(logits) // BLOCK * BLOCK
-    maxima: Row = logits[:whole].reshape(-1, BLOCK).max(axis=1)
+    maxima: Row = logits[:whole].reshape(BLOCK, -1).max(axis=0)
     if whole < len(logits):
         maxima = np.concatenate((maxima, [logits[whole:].max()]))
     return maxima
@@ -191,8 +193,8 @@ def block_maxima(logits: Row) -> Row:
 
 def at_least(logits: Row, m: int, maxima: Row) -> Ids:
     """Ids of every token whose logit is at least some threshold, chosen so that there are
-    at least `m` of them (and usually not many more): the m-th largest of the block maxima
-    (`maxima`) while there are enough blocks, else the m-th largest logit. Ties at the
+    at least `m` of them (and usually not many more): the m-th largest of the group maxima
+    (`maxima`) while there are enough groups, else the m-th largest logit. Ties at the
     threshold are all in, so the set is always a prefix of the tokens by likelihood."""
     n = len(logits)
     if m >= n:
@@ -283,20 +285,20 @@ class TokenSampler:
     def distribution(self, logits: Row) -> Distribution:
         """What the next token is drawn from, for `logits` (adjusted; temperature > 0)."""
         n = len(logits)
-        top = float(logits.max())
         scale = 1.0 / self.temperature
         k = self.top_k if 0 < self.top_k < n else 0
+        if not k and self.top_p >= 1.0 and self.min_p <= 0.0:
+            return Whole(logits, float(logits.max()), scale, self.workspace)  # no cut
+        maxima = group_maxima(logits)
+        top = float(maxima.max())
         whole = None
-        if not k and (self.top_p < 1.0 or self.min_p <= 0.0):
+        if not k and self.top_p < 1.0:
             whole = Whole(logits, top, scale, self.workspace)
-            if self.top_p >= 1.0:
-                return whole  # no cut at all
         # A candidate set that holds every token the cuts can keep: a prefix of the tokens
         # by likelihood (every token at least as likely as its least likely one).
-        maxima = block_maxima(logits)
         if k:
             ids = at_least(logits, k, maxima)
-            if len(ids) > k:  # from block maxima: cut to the top k, ties kept
+            if len(ids) > k:  # from group maxima: cut to the top k, ties kept
                 kth = np.partition(logits[ids], len(ids) - k)[len(ids) - k]
                 ids = ids[logits[ids] >= kth]
         elif self.min_p > 0.0:  # no token under the min_p threshold can be kept
