@@ -130,7 +130,7 @@ class Setup:
     lcp_python: Path | None
 
 
-def _llmd_config(s: Setup) -> str:
+def _llmd_config(s: Setup, extra_toml: str = "") -> str:
     models_dir = s.work / "models"  # empty, of its own: the one model is the table below
     models_dir.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -145,7 +145,7 @@ def _llmd_config(s: Setup) -> str:
         "[models.bench]",
         f'path = "{s.model.resolve()}"',
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra_toml
 
 
 def _peer(label: str, argv: list[str], port: int, ready: str, s: Setup) -> Server:
@@ -153,13 +153,16 @@ def _peer(label: str, argv: list[str], port: int, ready: str, s: Setup) -> Serve
     return Server(label, daemon, ready)
 
 
-def start(label: str, s: Setup, llama_server_flags: Sequence[str] = ()) -> Server:
+def start(
+    label: str, s: Setup, llama_server_flags: Sequence[str] = (), llmd_toml: str = ""
+) -> Server:
     """Contender `label`'s server on a free port, answering; `llama_server_flags` are added to
-    llama-server's command line (e.g. `--embeddings`)."""
+    llama-server's command line (e.g. `--embeddings`), `llmd_toml` to the end of llmd's config
+    (e.g. an `[engine.speculative]` table)."""
     omp_policy()
     model = str(s.model.resolve())
     if label == "llmd":
-        daemon = start_daemon(s.work / "llmd", _llmd_config(s), None)
+        daemon = start_daemon(s.work / "llmd", _llmd_config(s, llmd_toml), None)
         daemon.name = label
         return Server(label, daemon, "/ready")
     port = free_port()

@@ -135,10 +135,22 @@ class ModelCollector(Collector):
             "step (live load; llmd_*_tokens_total count per request when it ends).",
             labels=["model"],
         )
+        drafted = CounterMetricFamily(
+            "llmd_speculative_drafted_tokens",
+            "Draft tokens put into steps to be checked (speculative decoding).",
+            labels=["model"],
+        )
+        accepted = CounterMetricFamily(
+            "llmd_speculative_accepted_tokens",
+            "Draft tokens the model's own choice confirmed: output tokens that cost no step.",
+            labels=["model"],
+        )
         for s in view.models:
             live = s.live
             steps.add_metric([s.name], live.engine_steps)
             decoded.add_metric([s.name], live.engine_tokens_decoded)
+            drafted.add_metric([s.name], live.speculative_drafted)
+            accepted.add_metric([s.name], live.speculative_accepted)
             for st in MODEL_STATES:
                 state.add_metric([s.name, st], 1.0 if s.state == st else 0.0)
             loaded.add_metric([s.name], 1.0 if s.loaded else 0.0)
@@ -155,7 +167,7 @@ class ModelCollector(Collector):
                 m_est.add_metric([s.name], s.estimated_bytes)
             restarts.add_metric([s.name], live.restarts)
         yield from (state, loaded, running, waiting, inflight, slots, qlimit, kv_used, kv_total)
-        yield from (m_rss, m_est, restarts, steps, decoded)
+        yield from (m_rss, m_est, restarts, steps, decoded, drafted, accepted)
 
         count = GaugeMetricFamily("llmd_models_loaded", "Models loaded and serving.")
         count.add_metric([], sum(s.loaded for s in view.models))

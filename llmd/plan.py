@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmd.gguf import GGUFError, ModelFile, estimate, read_model
+from llmd.gguf import GGUFError, ModelFile, estimate, read_model, read_model_cached
 from llmd.settings import ModelSettings, Settings
 
 PARALLEL_CHOICES = (1, 2, 4, 8, 16)
@@ -23,17 +23,36 @@ class PlanInput:
     preload: bool = False
 
 
-def _max_ctx(file: ModelFile, settings: Settings, parallel: int, room: int) -> int:
+def _max_ctx(
+    file: ModelFile, draft: ModelFile | None, settings: Settings, parallel: int, room: int
+) -> int:
     """Largest context per sequence (a multiple of 256, at most the trained one) in `room`."""
     engine = settings.engine
     ubatch = min(engine.ubatch_size, engine.batch_size)
-    fixed = estimate(file, 0, parallel, ubatch, engine.kv_type).total
-    per_token = file.info.kv_bytes_per_token(engine.kv_type) * parallel
+    fixed = estimate(file, 0, parallel, ubatch, engine.kv_type, draft).total
+    per_token = _kv_per_token(file, draft, engine.kv_type) * parallel
     if per_token <= 0 or room <= fixed:
         return 0
     ctx = (room - fixed) // per_token // 256 * 256
     trained = file.info.context_length
     return int(min(ctx, trained) if trained else ctx)
+
+
+def _kv_per_token(file: ModelFile, draft: ModelFile | None, kv_type: str) -> int:
+    """KV cache bytes a token of context costs, the draft model's cache included."""
+    own = file.info.kv_bytes_per_token(kv_type)
+    return own + (draft.info.kv_bytes_per_token(kv_type) if draft is not None else 0)
+
+
+def _draft(settings: Settings, ms: ModelSettings) -> tuple[ModelFile | None, str | None]:
+    """A model's draft file, read, or why it cannot be."""
+    path = settings.draft_path(ms)
+    if path is None:
+        return None, None
+    try:
+        return read_model_cached(path), None
+    except (GGUFError, OSError) as exc:
+        return None, f"draft model: {exc}"
 
 
 def make_plan(
@@ -42,13 +61,15 @@ def make_plan(
     engine = settings.engine
     rows: list[dict[str, Any]] = []
     for m in models:
-        if m.file is None:
-            rows.append({"name": m.name, "error": m.error or "not a usable model file"})
+        draft, draft_error = _draft(settings, m.settings)
+        if m.file is None or draft_error is not None:
+            error = m.error or draft_error or "not a usable model file"
+            rows.append({"name": m.name, "error": error})
             continue
         ctx = m.settings.ctx_per_seq or engine.ctx_per_seq
         parallel = m.settings.parallel or engine.parallel
         ubatch = min(engine.ubatch_size, engine.batch_size)
-        est = estimate(m.file, ctx, parallel, ubatch, engine.kv_type)
+        est = estimate(m.file, ctx, parallel, ubatch, engine.kv_type, draft)
         rows.append(
             {
                 "name": m.name,
@@ -66,10 +87,10 @@ def make_plan(
                 "weights_bytes": est.weights,
                 "kv_cache_bytes": est.kv_cache,
                 "other_bytes": est.compute,
-                "kv_bytes_per_token": m.file.info.kv_bytes_per_token(engine.kv_type),
+                "kv_bytes_per_token": _kv_per_token(m.file, draft, engine.kv_type),
                 "fits_alone": est.total <= budget,
                 "max_ctx_per_seq_alone": {
-                    str(p): _max_ctx(m.file, settings, p, budget) for p in PARALLEL_CHOICES
+                    str(p): _max_ctx(m.file, draft, settings, p, budget) for p in PARALLEL_CHOICES
                 },
             }
         )

@@ -250,6 +250,13 @@ class ModelSettings(_Section):
         description="Jinja chat template that replaces the one in the GGUF file "
         "(the template text, or a path to a file holding it).",
     )
+    draft: Path | None = Field(
+        None,
+        description="A smaller GGUF model of the same vocabulary that drafts tokens for "
+        "speculative decoding (docs/speculative.md), run in the model's process; relative "
+        "paths are under models_dir. Its weights and KV cache count in the model's "
+        "memory estimate.",
+    )
     ctx_per_seq: int | None = Field(None, ge=64, le=1_048_576, description="Overrides engine.")
     parallel: int | None = Field(None, ge=1, le=256, description="Overrides engine.")
     threads: int | None = Field(None, ge=0, le=1024, description="Overrides engine.")
@@ -509,3 +516,9 @@ class Settings(_Section):
     def model_path(self, name: str) -> Path:
         path = self.models[name].path
         return path if path.is_absolute() else self.models_dir / path
+
+    def draft_path(self, ms: ModelSettings) -> Path | None:
+        """The file of a model's draft (`draft`), None when it has none."""
+        if ms.draft is None:
+            return None
+        return ms.draft if ms.draft.is_absolute() else self.models_dir / ms.draft

@@ -1,5 +1,6 @@
 """A real `redis-server` for the tests: on a free port, in a temporary directory, nothing kept
-on disk; killed (SIGKILL, as a crash would) and started again on the same port at will.
+on disk; killed (SIGKILL, as a crash would) and started again on the same port at will, or
+frozen (SIGSTOP, a Redis too slow to answer) and thawed.
 
 `scripts/setup` installs redis-server when it is missing, so the tests that use it never skip:
 a machine without it fails them, loudly. A test module's fixture is `with running(tmp) as r:
@@ -91,6 +92,17 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis still accepts connections (the kernel does) but answers nothing, as
+        a Redis stuck in a long command or a swapping box would."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it answers again, with every entry it held."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         self.kill()

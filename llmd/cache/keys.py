@@ -5,9 +5,10 @@ arithmetic) and by the engine request: the prompt after the chat template (so th
 tools and the translation of the Responses or Messages API are in it), the complete sampling
 parameters after the model's defaults, `n`, stop strings, logprobs. Fields that do not change
 the output (the request's id, who asked and their fair-share weight, the parameter an error
-would be blamed on) are left out. So is everything of the HTTP request that never reaches the
-engine (`stream`, `stream_options`, `user`, `metadata`, `store`): the same answer is reused
-by chat completions, Responses and Messages whenever they ask the engine the same thing.
+would be blamed on, whether it may speculate) are left out. So is everything of the HTTP
+request that never reaches the engine (`stream`, `stream_options`, `user`, `metadata`,
+`store`): the same answer is reused by chat completions, Responses and Messages whenever they
+ask the engine the same thing.
 
 The model's identity is its file's content (a SHA-256 of every part), so a replaced file, or
 the same file on another box sharing the Redis backend, is told apart by what it holds, not by
@@ -34,7 +35,8 @@ log = logging.getLogger("llmd.cache")
 FORMAT = 1
 """Bumped when what an entry holds changes: older entries are then never read."""
 
-_UNKEYED = {"id", "tenant", "weight", "prompt_param"}
+# `speculative` too: verification keeps exactly the tokens one step at a time would give.
+_UNKEYED = {"id", "tenant", "weight", "prompt_param", "speculative"}
 
 
 def determined(req: m.GenerateRequest) -> bool:

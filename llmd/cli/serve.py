@@ -60,6 +60,9 @@ def run_check(args: argparse.Namespace, provider: SettingsProvider) -> int:
         model_path = settings.model_path(name)
         if not model_path.is_file():
             print(f"  warning: model {name}: file not found: {model_path}", file=sys.stderr)
+        draft = settings.draft_path(settings.models[name])
+        if draft is not None and not draft.is_file():
+            print(f"  warning: model {name}: draft file not found: {draft}", file=sys.stderr)
     return 0
 
 

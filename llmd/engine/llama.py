@@ -20,6 +20,7 @@ import llama_cpp as lc
 import numpy as np
 
 from llmd import cpu
+from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 from llmd.engine.sampler import TokenSampler, Workspace
@@ -138,8 +139,18 @@ class LlamaBackend:
         self._embd_row = ctypes.c_float * self.n_embd
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self.drafter: DraftModel | None = None
+        """The draft model (speculative decoding), when the model has one."""
+        if options.draft_path is not None:
+            try:
+                self.drafter = DraftModel(options, self.vocab)
+            except DraftError as exc:
+                self.close()
+                raise LoadError(str(exc)) from None
 
     def close(self) -> None:
+        if self.drafter is not None:
+            self.drafter.close()
         lc.llama_batch_free(self.batch)
         lc.llama_free(self.ctx)
         lc.llama_model_free(self.model)

@@ -15,11 +15,11 @@ builds and runs the steps. The scheduler knows nothing of llama.cpp: it drives a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
+from llmd.engine.drafts import Drafts
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -27,12 +27,14 @@ from llmd.engine.messages import (
     Embedding,
     Failed,
     GenerateRequest,
+    SpeculativeOptions,
     Started,
     Stats,
     TokenLogprob,
     TopLogprob,
 )
-from llmd.engine.sequence import RequestState, Sequence, Slot
+from llmd.engine.sequence import Piece, RequestState, Sequence, Slot
+from llmd.engine.speculate import StepCosts
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -50,17 +52,6 @@ EMBED_LOGITS_BYTES = 32 * 1024 * 1024
 def embed_chunk(n_vocab: int) -> int:
     """Embedding input tokens per step: a multiple of 32, at least 32."""
     return max(32, EMBED_LOGITS_BYTES // (4 * max(1, n_vocab)) // 32 * 32)
-
-
-@dataclass
-class Piece:
-    """One slot's tokens for a step: the sequences that sample from its last token, or the
-    embed request whose input it reads."""
-
-    slot: int
-    chunk: list[Entry]
-    samplers: list[Sequence]
-    embed: RequestState | None = None
 
 
 def _segments(size: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
@@ -86,7 +77,14 @@ class EngineFault(Exception):
 
 class Scheduler:
     def __init__(
-        self, backend: Backend, ctx_per_seq: int, add_bos: bool, bos: int, bos_text: str = ""
+        self,
+        backend: Backend,
+        ctx_per_seq: int,
+        add_bos: bool,
+        bos: int,
+        bos_text: str = "",
+        speculative: SpeculativeOptions | None = None,
+        costs: StepCosts | None = None,
     ) -> None:
         self.backend = backend
         self.ctx_per_seq = ctx_per_seq
@@ -101,6 +99,14 @@ class Scheduler:
         self.running: list[RequestState] = []
         self.num_steps = 0
         self.num_tokens_decoded = 0
+        # Speculative decoding: off unless options are given (the worker gives the model's).
+        self.drafts = Drafts(
+            speculative or SpeculativeOptions(enabled=False),
+            getattr(backend, "drafter", None),  # a draft model, loaded with the model
+            costs or StepCosts(0.012, 0.004),
+            ctx_per_seq,
+            backend.batch_size,
+        )
 
     # -- requests in and out ---------------------------------------------------------------
 
@@ -214,6 +220,8 @@ class Scheduler:
             kv_cells_total=self.ctx_per_seq * len(self.slots),
             steps=self.num_steps,
             tokens_decoded=self.num_tokens_decoded,
+            drafted=self.drafts.drafted,
+            accepted=self.drafts.accepted,
         )
 
     # -- one step --------------------------------------------------------------------------
@@ -236,7 +244,8 @@ class Scheduler:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
                     pieces.append(Piece(seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
-        budget = self.backend.batch_size - len(pieces)
+        drafted = self.drafts.add(pieces, self.running)
+        budget = self.backend.batch_size - len(pieces) - drafted
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -284,15 +293,23 @@ class Scheduler:
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
         embedded: list[tuple[RequestState, int, int]] = []
+        verified: list[tuple[int, Sequence, list[int]]] = []
         for piece in pieces:
             if piece.embed is not None:
                 embedded.append((piece.embed, len(entries), len(piece.chunk)))
             entries.extend(piece.chunk)
-            if piece.samplers:
+            if piece.draft:
+                verified.append(
+                    (len(entries) - 1 - len(piece.draft), piece.samplers[0], piece.draft)
+                )
+            elif piece.samplers:
                 outputs.append((len(entries) - 1, piece.samplers))
         if not entries:
             return events
+        started = time.perf_counter()
         self._decode(entries, embeddings=bool(embedded))
+        if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
+            self.drafts.costs.observe(len(entries), time.perf_counter() - started)
         for state, start, count in embedded:
             first = state.n_prefilled == 0
             state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
@@ -320,6 +337,8 @@ class Scheduler:
         for index, seqs in outputs:
             for seq in seqs:
                 self._sample(seq, index, events)
+        for index, seq, draft in verified:
+            self._verify(seq, index, draft, events)
         self._retire()
         return events
 
@@ -334,6 +353,13 @@ class Scheduler:
             raise EngineFault(f"llama_decode failed with status {status}")
 
     def _sample(self, seq: Sequence, index: int, events: list[Any]) -> None:
+        token = self._take(seq, index, events)
+        if token is not None:
+            seq.pending = token
+
+    def _take(self, seq: Sequence, index: int, events: list[Any]) -> int | None:
+        """Sample the sequence's next token from output row `index` and report it; the token,
+        or None if it ended the sequence."""
         state = seq.request
         token = self.backend.sample(seq.sampler, index)
         seq.generated += 1
@@ -353,11 +379,38 @@ class Scheduler:
             elif seq.generated >= state.max_tokens:
                 text += seq.text.flush()
                 finish = "length"
-            else:
-                seq.pending = token
         events.append(Delta(state.req.id, seq.index, text, 1, logprobs, finish, seq.text.matched))
         if finish is not None:
             self._finish(seq)
+            return None
+        return token
+
+    # -- speculative decoding --------------------------------------------------------------
+
+    def _verify(self, seq: Sequence, first: int, draft: list[int], events: list[Any]) -> None:
+        """Sample row by row after the sequence's last token, as single steps would, keeping
+        each draft token the sample confirms; the first sample that differs is the next
+        token. Drawing x from the model's distribution and keeping the draft only if x equals
+        it is speculative sampling for a draft of one token per position: the draft survives
+        with the model's probability of it, and otherwise the token comes from the rest of the
+        distribution, so the output's distribution (and a seed's output) is the model's."""
+        ok = 0
+        rejected = False
+        for j in range(len(draft) + 1):
+            token = self._take(seq, first + j, events)
+            if token is None:
+                break
+            if j < len(draft) and token == draft[j]:
+                seq.slot.cached.append(token)  # its cells were written in this step
+                ok += 1
+                continue
+            rejected = j < len(draft)
+            seq.pending = token
+            break
+        # The cells of the draft tokens not kept go; the slot holds exactly `cached`.
+        if not self.backend.seq_rm(seq.slot.id, len(seq.slot.cached), -1):
+            raise EngineFault("llama.cpp could not remove the cells of refused draft tokens")
+        self.drafts.record(seq, len(draft), ok, rejected)
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         chosen, best = self.backend.logprobs(index, token, top)

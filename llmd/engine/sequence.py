@@ -1,12 +1,14 @@
-"""The scheduler's state: slots (llama.cpp sequence ids) and their cached tokens, and the
-requests and sequences bound to them while they run."""
+"""The scheduler's state: slots (llama.cpp sequence ids) and their cached tokens, the requests
+and sequences bound to them while they run, and the pieces a step is made of."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmd.engine.backend import Entry
 from llmd.engine.messages import GenerateRequest
+from llmd.engine.speculate import Acceptance
 from llmd.engine.text import TextStream
 
 
@@ -32,6 +34,8 @@ class Sequence:
     """The token sampled last step, to be decoded (put in the KV cache) this step."""
     generated: int = 0
     done: bool = False
+    acceptance: Acceptance = field(default_factory=Acceptance)
+    """How often this sequence's drafts were confirmed (speculative decoding)."""
 
 
 @dataclass
@@ -48,3 +52,16 @@ class RequestState:
     @property
     def is_prefilling(self) -> bool:
         return self.n_prefilled < len(self.prompt)
+
+
+@dataclass
+class Piece:
+    """One slot's tokens for a step: the sequences that sample from its last token, or the
+    embed request whose input it reads."""
+
+    slot: int
+    chunk: list[Entry]
+    samplers: list[Sequence]
+    embed: RequestState | None = None
+    draft: list[int] | None = None
+    """Draft tokens after the sampled-from token (the chunk's last entries), to verify."""

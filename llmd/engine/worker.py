@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # that loading a model on demand does not wait for Python and llama.cpp to start.
     from llmd.engine.llama import LlamaBackend, LoadError
     from llmd.engine.scheduler import Scheduler
+    from llmd.engine.speculate import probe_costs
 
     sock = socket.socket(fileno=args.fd)
     try:
@@ -54,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     except LoadError as exc:
         m.send(sock, m.Failed("load", 503, str(exc), code="model_load_failed"))
         return 3
+    speculative, costs = options.speculative, None
+    if speculative.enabled and not backend.encoder_only:
+        costs = probe_costs(backend, max(backend.bos, 0))
+        if costs is None:
+            logging.getLogger("llmd.worker").info(
+                "speculative decoding off: this model cannot drop a sequence's last cells"
+            )
+            speculative = m.SpeculativeOptions(enabled=False)
+    elif backend.encoder_only:
+        speculative = m.SpeculativeOptions(enabled=False)
     meta = backend.metadata()
     m.send(
         sock,
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         backend.adds_bos(),
         backend.bos,
         backend.special_text(backend.bos),
+        speculative,
+        costs,
     )
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(sock, inbox, scheduler), daemon=True).start()

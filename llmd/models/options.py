@@ -11,7 +11,7 @@ import psutil
 
 from llmd.engine.client import EngineOptions
 from llmd.engine.messages import LoadOptions, SpeculativeOptions
-from llmd.gguf import Estimate, ModelFile, estimate
+from llmd.gguf import Estimate, GGUFError, ModelFile, estimate, read_model_cached
 from llmd.settings import ModelSettings, Settings
 
 
@@ -46,6 +46,7 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         threads_batch=engine.threads_batch or auto_batch,
         flash_attn=engine.flash_attn,
         kv_type=engine.kv_type,
+        draft_path=settings.draft_path(ms),
         speculative=SpeculativeOptions(
             enabled=spec.enabled,
             max_draft=spec.max_draft,
@@ -73,4 +74,13 @@ def estimate_for(settings: Settings, ms: ModelSettings, file: ModelFile) -> Esti
         load.parallel,
         min(load.ubatch_size, load.batch_size),
         load.kv_type,
+        draft=draft_file(load.draft_path) if load.draft_path is not None else None,
     )
+
+
+def draft_file(path: Path) -> ModelFile | None:
+    """A draft model's file, read; None when it cannot be (its load then fails, saying why)."""
+    try:
+        return read_model_cached(path)
+    except (GGUFError, OSError):
+        return None

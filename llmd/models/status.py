@@ -58,6 +58,8 @@ class ProcessStatus:
     kv_cells_total: int = 0
     engine_steps: int = 0
     engine_tokens_decoded: int = 0
+    speculative_drafted: int = 0
+    speculative_accepted: int = 0
     """Counted by the engine process since it started (a restart resets them)."""
     rss_bytes: int | None = None
     """Resident memory now."""
@@ -205,6 +207,8 @@ def process_status(manager: ModelManager, model: Model, now: float) -> ProcessSt
         kv_cells_total=live.kv_cells_total if live else 0,
         engine_steps=stats.steps if stats else 0,
         engine_tokens_decoded=stats.tokens_decoded if stats else 0,
+        speculative_drafted=stats.drafted if stats else 0,
+        speculative_accepted=stats.accepted if stats else 0,
         rss_bytes=manager.memory.read_rss(p.pid),
         peak_rss_bytes=model.peak_rss,
         estimated_bytes=model.estimate.total,

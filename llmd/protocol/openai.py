@@ -181,6 +181,8 @@ class SamplingRequest(ModelRequest):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
+    speculative: bool = True
+    """false: this request decodes one token a step, without drafts (the output is the same)."""
     grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
     """A GBNF grammar the output must follow (llama.cpp's server calls it the same)."""
 

@@ -113,6 +113,15 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "kv_usage": (
             round(live.kv_cells_used / live.kv_cells_total, 4) if live.kv_cells_total else 0.0
         ),
+        "speculative": {
+            "drafted_tokens": live.speculative_drafted,
+            "accepted_tokens": live.speculative_accepted,
+            "acceptance": (
+                round(live.speculative_accepted / live.speculative_drafted, 4)
+                if live.speculative_drafted
+                else None
+            ),
+        },
         "memory_rss_bytes": live.rss_bytes,
         "memory_estimated_bytes": s.estimated_bytes,
         "model_bytes": s.current.model_bytes if s.current else None,

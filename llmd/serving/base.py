@@ -163,6 +163,7 @@ class ServingBase(Generic[R]):
             stop=req.stop_list(),
             logprobs=logprobs,
             ignore_eos=req.ignore_eos,
+            speculative=req.speculative,
             return_prompt_text=echo and isinstance(prompt, list),
             max_tokens_up_to_room=up_to_room,
             tenant=tenant(record),

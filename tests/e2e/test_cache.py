@@ -15,6 +15,7 @@ miss.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -291,6 +292,31 @@ def test_tool_calls_repeat(daemon: Daemon) -> None:
     assert args == calls[0].function.arguments
 
 
+def test_structured_output_repeat(daemon: Daemon) -> None:
+    """A JSON schema's answer is kept with its grammar in the key: the same schema hits, another
+    schema over the same prompt misses."""
+    client = daemon.client()
+    prompt = fresh("Describe a city as JSON:")
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+
+    def fmt(s: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "json_schema", "json_schema": {"name": "city", "schema": s}}
+
+    kw: dict[str, Any] = {"response_format": fmt(schema), "max_tokens": 24}
+    miss, first = chat(client, prompt, **kw)
+    hit, again = chat(client, prompt, **kw)
+    assert (miss, hit) == ("miss", "hit")
+    assert json.loads(first.choices[0].message.content)["name"] is not None
+    same_answer(first, again)
+    other = {**schema, "properties": {"name": {"type": "integer"}}}
+    assert chat(client, prompt, response_format=fmt(other), max_tokens=24)[0] == "miss"
+
+
 # -- what is cached ------------------------------------------------------------------------
 
 
@@ -357,12 +383,13 @@ cache = "off"
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, dict[str, str]]]:
-    """A daemon with the keys alice, bob, offkey (cache off), pooled (shared scope) and root
-    (admin)."""
+    """A daemon with the keys alice, bob, offkey (cache off), pooled (shared scope), metered
+    (request and token limits per minute) and root (admin)."""
     tmp = tmp_path_factory.mktemp("cache-keys")
     secrets = {
         name: add_key(tmp / "keys.toml", name)[1] for name in ("alice", "bob", "offkey", "pooled")
     }
+    secrets["metered"] = add_key(tmp / "keys.toml", "metered", rpm=1000, tpm=100_000)[1]
     secrets["root"] = add_key(tmp / "keys.toml", "root", admin=True)[1]
     d = start_daemon(tmp, KEYED_CONFIG)
     yield d, secrets
@@ -449,6 +476,40 @@ def test_a_hit_is_a_usage_record_marked_hit(keyed: tuple[Daemon, dict[str, str]]
     assert grouped[0]["cache_hits"] == sum(1 for row in rows if row["cache"] == "hit") > 0
 
 
+def test_a_hit_counts_as_a_request_but_not_its_tokens(
+    keyed: tuple[Daemon, dict[str, str]],
+) -> None:
+    """[cache] count_hit_tokens = false (the default): a hit takes one of the key's requests per
+    minute and none of its tokens. Read from the x-ratelimit-* headers of a GET /v1/models
+    after each answer (itself one request, no tokens): by then the answer has been charged."""
+    d, secrets = keyed
+    metered = keyed_client(d, secrets["metered"])
+    prompt = fresh()
+
+    def answer() -> tuple[str, int]:
+        raw = metered.chat.completions.with_raw_response.create(
+            model=SMOL, messages=ask(prompt), max_tokens=12, **GREEDY
+        )
+        return raw.headers[HEADER], raw.parse().usage.total_tokens
+
+    def remaining() -> tuple[int, int]:
+        raw = metered.models.with_raw_response.list()
+        return (
+            int(raw.headers["x-ratelimit-remaining-requests"]),
+            int(raw.headers["x-ratelimit-remaining-tokens"]),
+        )
+
+    before = remaining()
+    miss, used = answer()
+    after_miss = remaining()
+    hit, hit_used = answer()
+    after_hit = remaining()
+    assert (miss, hit) == ("miss", "hit")
+    assert hit_used == used > 0, "the hit reports the stored usage"
+    assert after_miss == (before[0] - 2, before[1] - used), "the miss is charged its tokens"
+    assert after_hit == (after_miss[0] - 2, after_miss[1]), "the hit is a request, no tokens"
+
+
 # -- a replaced model file -----------------------------------------------------------------
 
 
@@ -524,6 +585,17 @@ def metrics(d: Daemon) -> dict[str, float]:
     }
 
 
+def results(d: Daemon, model: str) -> dict[str, float]:
+    """llmd_cache_requests_total of a model, by result (hit, miss, bypass)."""
+    text = httpx.get(d.url + "/metrics", timeout=10).text
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llmd_cache_requests_total" and sample.labels.get("model") == model
+    }
+
+
 # -- the byte bound ------------------------------------------------------------------------
 
 
@@ -571,6 +643,11 @@ path = "{SMOL_FILE}"
     assert embed(texts[-4:]) == "hit", "the newest entries stay"
     assert embed(texts[:1]) == "miss", "the oldest entries went"
     assert embed(texts[32:33]) == "miss", "the bound holds a few entries, not 32"
+    raw = client.embeddings.with_raw_response.create(
+        model=SMOL, input=texts[-1:], extra_headers=NO_CACHE
+    )
+    assert raw.headers.get(HEADER) == "bypass"
+    assert results(d, SMOL) == {"hit": 1, "miss": 4, "bypass": 1}
 
 
 def test_the_byte_bound_holds_under_ten_thousand_entries(

@@ -1,7 +1,8 @@
-"""The operator's controls of the response cache on the real daemon and model: two keys fill
+"""The operator's controls of the response cache on the real daemon and model: three keys fill
 the cache with greedy answers, `llmd cache stats` shows them, `llmd keys revoke` of one key
-(the CLI, editing the keys file under the running daemon) deletes that key's entries and not
-the other's, and `llmd cache clear` empties the cache. Every command is the CLI in a process
+(the CLI, editing the keys file under the running daemon) and `llmd usage purge --key` of
+another (the CLI, asking the daemon to delete the key's entries) delete that key's entries
+and not the others', and `llmd cache clear` empties the cache. Every command is the CLI in a process
 of its own, with the admin key in $LLMD_ADMIN_KEY."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ QUESTIONS = ["Name a colour.", "Name a fruit.", "Name a planet."]
 def llmd(d: Daemon, admin: str, *args: str) -> str:
     """`llmd ARGS --config` of the daemon, as its operator runs it; its output."""
     argv = [sys.executable, "-m", "llmd", *args, "--config", str(d.log.parent / "llmd.toml")]
-    if args[0] == "cache":
+    if args[0] in ("cache", "usage"):
         argv += ["--url", d.url]  # the daemon was given its port on the command line
     env = {**os.environ, "LLMD_ADMIN_KEY": admin}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
@@ -75,7 +76,7 @@ def test_stats_revoke_and_clear_through_the_cli(
 ) -> None:
     _, admin = add_key(tmp_path / "d0" / "keys.toml", "root", admin=True)
     d = make_daemon(CONFIG)
-    secrets = {name: new_key(d, admin, name) for name in ("alice", "bob")}
+    secrets = {name: new_key(d, admin, name) for name in ("alice", "bob", "carol")}
     assert stats(d, admin)["entries"] == 0
 
     answers: dict[tuple[str, str], str] = {}
@@ -88,19 +89,29 @@ def test_stats_revoke_and_clear_through_the_cli(
         assert ask(d, secrets[name], question) == (text, "hit")
 
     filled = stats(d, admin)
-    assert filled["entries"] == 6 and filled["healthy"] is True
-    assert (filled["hits"], filled["misses"]) == (6, 6)
+    assert filled["entries"] == 9 and filled["healthy"] is True
+    assert (filled["hits"], filled["misses"]) == (9, 9)
     table = llmd(d, admin, "cache", "stats")
-    assert "entries    6\n" in table and "hit ratio  50% of 12 lookups" in table
+    assert "entries    9\n" in table and "hit ratio  50% of 18 lookups" in table
 
     # The CLI edits the keys file; the daemon sees it within a second and deletes alice's.
     out = llmd(d, admin, "keys", "revoke", "alice")
     assert out.startswith("key 'alice' revoked")
-    wait_for(lambda: stats(d, admin)["entries"] == 3, "alice's entries deleted")
+    wait_for(lambda: stats(d, admin)["entries"] == 6, "alice's entries deleted")
+    for name in ("bob", "carol"):
+        for question in QUESTIONS:
+            assert ask(d, secrets[name], question) == (answers[name, question], "hit")
+
+    # Purging carol's data (her usage, which she has none of before 2026) takes her cached
+    # answers with it, whatever their age; bob's stay. Carol's key still works: she misses.
+    out = llmd(d, admin, "usage", "purge", "--before", "2026-01-01", "--key", "carol")
+    assert out.splitlines()[-1] == "deleted 3 cache entries of key 'carol'", out
+    assert stats(d, admin)["entries"] == 3
+    assert ask(d, secrets["carol"], QUESTIONS[0]) == (answers["carol", QUESTIONS[0]], "miss")
     for question in QUESTIONS:
         assert ask(d, secrets["bob"], question) == (answers["bob", question], "hit")
 
-    assert llmd(d, admin, "cache", "clear") == "deleted 3 cache entries\n"
+    assert llmd(d, admin, "cache", "clear") == "deleted 4 cache entries\n"
     assert stats(d, admin)["entries"] == 0
     assert ask(d, secrets["bob"], QUESTIONS[0])[1] == "miss"
 
@@ -112,6 +123,7 @@ def test_stats_revoke_and_clear_through_the_cli(
     ]
     assert cleared == [
         ("system", "key:alice", {"deleted": 3, "reason": "keys.reloaded"}),
-        ("key:root", "*", {"deleted": 3}),
+        ("key:root", "key:carol", {"deleted": 3}),
+        ("key:root", "*", {"deleted": 4}),
     ]
     assert d.stop() == 0, d.tail()

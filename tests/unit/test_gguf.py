@@ -138,6 +138,20 @@ def test_estimate_parts() -> None:
     assert big.total > small.total > smol.tensor_bytes
 
 
+def test_a_draft_model_adds_its_weights_kv_cache_and_other_costs() -> None:
+    smol, gemma = read_model(MODELS / SMOL), read_model(MODELS / GEMMA)
+    alone = estimate(smol, 1024, 4, 256)
+    draft = estimate(gemma, 1024, 4, 256)
+    both = estimate(smol, 1024, 4, 256, draft=gemma)
+    assert both.weights == smol.tensor_bytes + gemma.tensor_bytes
+    # Its own KV cache, as big as its layers make it, for the same contexts and slots.
+    assert both.kv_cache == (23040 + gemma.info.kv_bytes_per_token()) * 1024 * 4
+    assert both.kv_cache == alone.kv_cache + draft.kv_cache
+    # Its vocabulary tables, logits, graph scratch and llama.cpp's own: a whole model's.
+    assert both.compute == alone.compute + draft.compute
+    assert both.total == alone.total + draft.total
+
+
 def test_encoder_only_model_has_no_kv_cache(tmp_path: Path) -> None:
     bert = read_model(tinybert.write(tmp_path / "tiny-bert.gguf"))
     assert bert.info.encoder_only and bert.info.architecture == "bert"

@@ -1,12 +1,64 @@
-"""A model's engine options (llmd/models/options.py): the automatic thread counts."""
+"""A model's engine options (llmd/models/options.py): the automatic thread counts, and a draft
+model's file in the options, the estimate and the plan."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from llmd.models import auto_threads
+from bench.daemon import GEMMA, MODELS, SMOL
+from llmd.gguf import estimate, read_model
+from llmd.models import auto_threads, engine_options, estimate_for
+from llmd.plan import PlanInput, make_plan
+from llmd.settings import Settings
 
 
 @pytest.mark.parametrize(("cores", "expected"), [(1, (1, 1)), (2, (1, 2)), (8, (7, 8))])
 def test_auto_threads_leave_a_core_for_http(cores: int, expected: tuple[int, int]) -> None:
     assert auto_threads(cores) == expected
+
+
+def test_a_draft_is_found_under_models_dir_and_counted_in_estimate_and_plan(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(MODELS / GEMMA, tmp_path / "draft.gguf")  # any GGUF: only its header is read
+    settings = Settings.model_validate(
+        {
+            "models_dir": str(MODELS),
+            "engine": {"ctx_per_seq": 1024, "parallel": 4, "ubatch_size": 256},
+            "models": {
+                "plain": {"path": SMOL},
+                "drafted": {"path": SMOL, "draft": str(tmp_path / "draft.gguf")},
+                "relative": {"path": SMOL, "draft": GEMMA},
+                "missing": {"path": SMOL, "draft": "nothing.gguf"},
+            },
+        }
+    )
+    smol, gemma = read_model(MODELS / SMOL), read_model(MODELS / GEMMA)
+    ms = settings.models
+    assert engine_options(settings, ms["plain"], smol.path).load.draft_path is None
+    assert engine_options(settings, ms["relative"], smol.path).load.draft_path == MODELS / GEMMA
+    assert (
+        engine_options(settings, ms["drafted"], smol.path).load.draft_path
+        == tmp_path / "draft.gguf"
+    )
+    with_draft = estimate(smol, 1024, 4, 256, draft=gemma)
+    assert with_draft.total > estimate(smol, 1024, 4, 256).total
+    assert estimate_for(settings, ms["plain"], smol) == estimate(smol, 1024, 4, 256)
+    assert estimate_for(settings, ms["drafted"], smol) == with_draft
+    assert estimate_for(settings, ms["relative"], smol) == with_draft
+    # A draft that cannot be read is not counted here: its load fails, saying why.
+    assert estimate_for(settings, ms["missing"], smol) == estimate(smol, 1024, 4, 256)
+
+    inputs = [PlanInput(name, ms[name], smol, None) for name in ms]
+    budget = 1_000_000_000  # short of the trained context at 16 slots: the KV cache decides
+    rows = {r["name"]: r for r in make_plan(settings, inputs, budget, 2**40, 2**40)["models"]}
+    assert rows["drafted"]["estimated_bytes"] == with_draft.total
+    assert rows["plain"]["estimated_bytes"] == estimate(smol, 1024, 4, 256).total
+    per_token = smol.info.kv_bytes_per_token() + gemma.info.kv_bytes_per_token()
+    assert rows["drafted"]["kv_bytes_per_token"] == per_token
+    alone_16 = rows["plain"]["max_ctx_per_seq_alone"]["16"]
+    assert 0 < rows["drafted"]["max_ctx_per_seq_alone"]["16"] < alone_16 < 8192
+    assert rows["missing"]["error"] == f"draft model: file not found: {MODELS / 'nothing.gguf'}"

@@ -1,0 +1,99 @@
+"""Speculative decoding's drafting half: which decoding sequences get draft tokens in a step,
+how many (the cost model in speculate.py), and from where (n-gram lookup, or the model's draft
+model). The scheduler puts the drafts into the step and verifies them (`Scheduler._verify`),
+then reports each outcome here (`record`)."""
+
+from __future__ import annotations
+
+from llmd.engine.draft_protocol import DraftAsk, Drafter
+from llmd.engine.messages import SpeculativeOptions
+from llmd.engine.ngram import NgramDrafter
+from llmd.engine.sequence import Piece, RequestState, Sequence
+from llmd.engine.speculate import FIRST_GUESS, Acceptance, StepCosts, plan_drafts
+
+
+class Drafts:
+    def __init__(
+        self,
+        options: SpeculativeOptions,
+        model: Drafter | None,
+        costs: StepCosts,
+        ctx_per_seq: int,
+        batch_size: int,
+    ) -> None:
+        self.options = options
+        self.model_drafts = model is not None
+        self.drafter: Drafter = model or NgramDrafter(options.ngram_min, options.ngram_max)
+        self.costs = costs
+        self.ctx_per_seq = ctx_per_seq
+        self.batch_size = batch_size
+        self.acceptance = Acceptance()  # the model's, across sequences: a new one's prior
+        self.drafted = 0
+        self.accepted = 0
+
+    def add(self, pieces: list[Piece], running: list[RequestState]) -> int:
+        """Add draft tokens to the decoding pieces where the cost model says they pay; how
+        many were added. Not while a prompt is being read: that step is long already, and a
+        newcomer's first token should not wait for drafts."""
+        if not self.options.enabled or not pieces:
+            return 0
+        if any(state.is_prefilling for state in running):
+            return 0
+        room = self.batch_size - len(pieces)
+        limits: list[int] = []
+        for piece in pieces:
+            seq = piece.samplers[0]
+            state = seq.request
+            limit = 0
+            if state.req.speculative:
+                # This step yields up to 1 + k tokens, all within max_tokens and the context.
+                left = state.max_tokens - seq.generated - 1
+                cells = self.ctx_per_seq - len(seq.slot.cached) - 1
+                limit = max(0, min(self.options.max_draft, left, cells))
+            limits.append(limit)
+            seq.acceptance.idle()
+        if not any(limits):
+            return 0
+        prior = self.acceptance.alpha(FIRST_GUESS)
+        alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
+        a, b = self.costs.line()
+        if max(alphas) * (a + b * len(pieces)) <= b * len(pieces):
+            return 0  # not even the likeliest first draft token would pay: skip the lookups
+        proposals: list[list[int]] = [[] for _ in pieces]
+        if not self.model_drafts:  # lookups are nearly free: see what each could draft first
+            proposals = self._propose(pieces, limits)
+            limits = [len(p) for p in proposals]
+        ks = plan_drafts(alphas, limits, self.costs)
+        if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
+            proposals = self._propose(pieces, ks)
+        added = 0
+        for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
+            draft = proposal[: min(k, room - added)]
+            if not draft:
+                continue
+            _, pos, slot, _ = piece.chunk[0]
+            piece.chunk.extend((tok, pos + 1 + j, slot, True) for j, tok in enumerate(draft))
+            piece.draft = draft
+            added += len(draft)
+        return added
+
+    def _propose(self, pieces: list[Piece], ks: list[int]) -> list[list[int]]:
+        asks, where = [], []
+        for i, (piece, k) in enumerate(zip(pieces, ks, strict=True)):
+            if k > 0:
+                seq = piece.samplers[0]
+                assert seq.pending is not None
+                asks.append(DraftAsk(seq.slot.id, [*seq.slot.cached, seq.pending], k))
+                where.append(i)
+        proposals: list[list[int]] = [[] for _ in pieces]
+        for i, draft in zip(where, self.drafter.propose(asks), strict=True):
+            proposals[i] = list(draft[: ks[i]])
+        return proposals
+
+    def record(self, seq: Sequence, drafted: int, accepted: int, rejected: bool) -> None:
+        """One verification: `accepted` of `drafted` confirmed, and whether one was refused
+        (else the sequence ended, or every draft token held)."""
+        self.drafted += drafted
+        self.accepted += accepted
+        seq.acceptance.record(accepted, rejected)
+        self.acceptance.record(accepted, rejected)

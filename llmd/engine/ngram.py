@@ -1,0 +1,69 @@
+"""Drafts without a second model: the tokens that followed the latest earlier occurrence of a
+sequence's last few tokens, in its own prompt and output (prompt lookup decoding).
+
+Office work repeats text the sequence already holds: an edited paragraph or function, a quoted
+passage, a table rewritten as JSON, tool arguments echoing the question. Where the last n
+tokens occurred before, what followed them then is a good guess for what follows now; the
+batch step checks the guess (llmd/engine/scheduler.py), so a wrong one costs only the cells.
+
+Per slot, an index maps each n-gram (n from `ngram_min` to `ngram_max`) to the position after
+its latest occurrence. It grows by the tokens added since the last call, so a step costs a
+few dictionary operations per new token, not a scan of the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmd.engine.draft_protocol import DraftAsk
+
+
+@dataclass
+class _Index:
+    tokens: list[int] = field(default_factory=list)
+    """The tokens indexed: every n-gram ending before the last of them has its entry."""
+    after: dict[tuple[int, ...], int] = field(default_factory=dict)
+    """n-gram -> the position just after its latest indexed occurrence."""
+
+
+class NgramDrafter:
+    """The `Drafter` that looks drafts up in the sequence's own tokens."""
+
+    def __init__(self, ngram_min: int, ngram_max: int) -> None:
+        self.sizes = range(ngram_max, ngram_min - 1, -1)  # longest first
+        self._slots: dict[int, _Index] = {}
+
+    def propose(self, asks: list[DraftAsk]) -> list[list[int]]:
+        return [self._propose(ask.slot, ask.tokens, ask.k) for ask in asks]
+
+    def forget(self, slot: int) -> None:
+        self._slots.pop(slot, None)
+
+    def _propose(self, slot: int, tokens: Sequence[int], k: int) -> list[int]:
+        index = self._catch_up(slot, tokens)
+        end = len(tokens)
+        for n in self.sizes:
+            if end <= n:
+                continue
+            start = index.after.get(tuple(tokens[end - n : end]))
+            if start is not None:
+                return list(tokens[start : start + k])
+        return []
+
+    def _catch_up(self, slot: int, tokens: Sequence[int]) -> _Index:
+        """The slot's index, extended to `tokens` (rebuilt if they are not a continuation
+        of what it indexed: the slot went to another sequence)."""
+        index = self._slots.get(slot)
+        if index is None or tokens[: len(index.tokens)] != index.tokens:
+            index = self._slots[slot] = _Index()
+        done, end = len(index.tokens), len(tokens)
+        # Positions p with a known next token (p < end - 1) are keyed by the n-gram ending
+        # there; the n-gram ending at the last token is what the next lookup asks about.
+        after = index.after
+        for p in range(max(done - 1, 0), end - 1):
+            for n in self.sizes:
+                if p + 1 >= n:
+                    after[tuple(tokens[p + 1 - n : p + 1])] = p + 1
+        index.tokens.extend(tokens[done:end])
+        return index

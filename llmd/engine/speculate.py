@@ -1,0 +1,139 @@
+"""How many draft tokens each sequence puts into a step: a choice from measured step costs and
+each sequence's recent acceptance, so that speculation is used where it pays and not elsewhere.
+
+A step's time grows with its tokens: T(n) = a + b*n. On a CPU `a` (reading every weight once)
+dominates: one decode token ~12 ms, each further token in the same step ~3-5 ms (SmolLM2 on
+the 2-core box, docs/speculative.md). A sequence whose drafts are accepted with probability
+`alpha` each gains alpha^j tokens from its j-th draft token (it counts only if the j-1 before it
+were accepted), which costs `b`. The step's throughput N/T (expected tokens over time) rises
+with that draft token exactly when alpha^j > b*N/T. So draft tokens are added, best first
+across all sequences, while the next one clears the bar, which rises as the step grows: with
+one stream a draft needs alpha above ~0.25; with 16 streams the step is already long and
+drafting stops unless nearly every draft is accepted.
+
+`a` and `b` are fitted to the steps this engine actually runs (decay-weighted least squares
+over steps that read no prompt), starting from a probe of two steps at load.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+from llmd.engine.backend import Backend
+
+# Weight of one step in the fit decays by this factor per later step (~200 steps' memory).
+COST_DECAY = 0.995
+# Steps larger than this are left out of the fit: the line is for a step's first tokens.
+FIT_MAX_TOKENS = 256
+# Acceptance of a sequence's drafts: a decaying count, started from the model's average
+# with this weight in draft tokens (so a new sequence is judged by its own drafts soon).
+ACCEPT_DECAY = 0.9
+PRIOR_WEIGHT = 4.0
+# The model's acceptance before any draft was checked: optimistic, so that drafting starts
+# and is measured (a guess below the bar would never be tested); two refusals bring a
+# sequence's estimate near the bar for one stream.
+FIRST_GUESS = 0.8
+
+
+class StepCosts:
+    """T(n) = a + b*n, fitted to measured steps."""
+
+    def __init__(self, a: float, b: float) -> None:
+        # The probe's two points stand as prior observations, with the weight of a few steps.
+        self._sw = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        for n, t in ((1, a + b), (9, a + 9 * b)):
+            self._add(n, t, 4.0)
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n > FIT_MAX_TOKENS:
+            return
+        d = COST_DECAY
+        self._sw, self._sx, self._sy = self._sw * d, self._sx * d, self._sy * d
+        self._sxx, self._sxy = self._sxx * d, self._sxy * d
+        self._add(n, seconds, 1.0)
+
+    def _add(self, n: int, t: float, w: float) -> None:
+        self._sw += w
+        self._sx += w * n
+        self._sy += w * t
+        self._sxx += w * n * n
+        self._sxy += w * n * t
+
+    def line(self) -> tuple[float, float]:
+        """(a, b): fixed cost and cost per token of a step, b never below zero."""
+        var = self._sxx * self._sw - self._sx * self._sx
+        b = (self._sxy * self._sw - self._sx * self._sy) / var if var > 0 else 0.0
+        b = max(b, 0.0)
+        a = max((self._sy - b * self._sx) / self._sw, 1e-6)
+        return a, b
+
+
+@dataclass
+class Acceptance:
+    """How often a sequence's draft tokens were confirmed, decaying."""
+
+    accepted: float = 0.0
+    seen: float = 0.0
+
+    def alpha(self, prior: float) -> float:
+        return (self.accepted + PRIOR_WEIGHT * prior) / (self.seen + PRIOR_WEIGHT)
+
+    def idle(self) -> None:
+        """A step passed: old evidence fades whether or not the sequence drafted, so one that
+        stopped drafting after a run of misses tries again a few steps later (the text it
+        writes may have come to a part it can copy)."""
+        self.accepted *= ACCEPT_DECAY
+        self.seen *= ACCEPT_DECAY
+
+    def record(self, accepted: int, rejected: bool) -> None:
+        """One verification: `accepted` drafts confirmed, then one refused (or none was)."""
+        self.accepted += accepted
+        self.seen += accepted + (1 if rejected else 0)
+
+
+def plan_drafts(alphas: list[float], limits: list[int], costs: StepCosts) -> list[int]:
+    """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, with the
+    most each may take in `limits`): added best first while each raises expected tokens per
+    second of the step."""
+    a, b = costs.line()
+    tokens = float(len(alphas))  # each decoding sequence yields one token anyway
+    seconds = a + b * len(alphas)
+    chosen = [0] * len(alphas)
+    # Max-heap of each sequence's next draft token's expected gain alpha^(j+1).
+    heap = [(-alpha, i) for i, alpha in enumerate(alphas) if limits[i] > 0 and alpha > 0]
+    heapq.heapify(heap)
+    while heap:
+        neg_gain, i = heapq.heappop(heap)
+        gain = -neg_gain
+        if gain * seconds <= b * tokens:
+            break  # the best remaining draft token would lower the step's throughput
+        chosen[i] += 1
+        tokens += gain
+        seconds += b
+        if chosen[i] < limits[i]:
+            heapq.heappush(heap, (-(gain * alphas[i]), i))
+    return chosen
+
+
+def probe_costs(backend: Backend, token: int) -> StepCosts | None:
+    """Time a step of 1 and of 9 tokens (all with logits) in slot 0, best of three, for the
+    cost line's start; None if the model cannot drop cells from a sequence's end (recurrent
+    models), which verification needs."""
+    timings: dict[int, list[float]] = {1: [], 9: []}
+    for n in (1, 9, 1, 9, 1, 9, 1, 9):  # the first pair warms up
+        entries = [(token, pos, 0, True) for pos in range(n)]
+        started = time.perf_counter()
+        status = backend.decode(entries)
+        took = time.perf_counter() - started
+        if status != 0:
+            return None
+        if n == 9 and not backend.seq_rm(0, 5, -1):
+            backend.seq_rm(0, -1, -1)
+            return None
+        backend.seq_rm(0, -1, -1)
+        timings[n].append(took)
+    t1, t9 = min(timings[1][1:]), min(timings[9][1:])
+    b = max((t9 - t1) / 8, 0.0)
+    return StepCosts(max(t1 - b, 1e-6), b)

@@ -1,0 +1,158 @@
+"""Speculative decoding in the engine step (llmd/engine/scheduler.py, ngram.py, speculate.py) on
+the fake backend: drafts go into the step after the sequence's token, the output is the same as
+one token a step, refused drafts leave no cells, and the cost model drafts only where it pays.
+The real model's proof is tests/e2e/test_speculative.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmd.engine.draft_protocol import DraftAsk
+from llmd.engine.messages import Delta, SpeculativeOptions
+from llmd.engine.ngram import NgramDrafter
+from llmd.engine.scheduler import Scheduler
+from llmd.engine.speculate import Acceptance, StepCosts, plan_drafts
+from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
+
+ON = SpeculativeOptions(enabled=True, max_draft=8, ngram_min=1, ngram_max=3)
+
+
+class Free(StepCosts):
+    """A draft token costs nothing (whatever the fake's steps take): draft whenever one is
+    proposed."""
+
+    def __init__(self) -> None:
+        super().__init__(0.010, 0.0)
+
+    def observe(self, n: int, seconds: float) -> None:
+        pass
+
+
+def scheduler(backend: FakeBackend, spec: SpeculativeOptions | None = ON) -> Scheduler:
+    return Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1, speculative=spec, costs=Free())
+
+
+def cells_match(s: Scheduler, b: FakeBackend) -> None:
+    for slot in s.slots:
+        assert [b.kv[slot.id][p] for p in sorted(b.kv[slot.id])] == slot.cached
+
+
+def test_the_ngram_drafter_proposes_what_followed_the_latest_match_longest_first() -> None:
+    d = NgramDrafter(1, 3)
+    tokens = [1, 2, 3, 9, 2, 3, 4, 5, 1, 2, 3]
+    # "1 2 3" occurred at the start, followed by 9; "2 3" last before by 4 5: longest wins.
+    assert d.propose([DraftAsk(0, tokens, 3)]) == [[9, 2, 3]]
+    assert d.propose([DraftAsk(0, [*tokens, 9], 2)]) == [[2, 3]]
+    assert d.propose([DraftAsk(0, [7, 8], 4)]) == [[]]  # another sequence: rebuilt, no match
+    assert d.propose([DraftAsk(1, [5, 6, 5], 4)]) == [[6, 5]]  # slots are apart
+
+
+def test_drafts_ride_in_the_step_and_the_output_is_unchanged() -> None:
+    prompt, answer = "say: the cat sat on the mat", "the cat sat on the mat"
+    plain = FakeBackend(answer=answer)
+    s0 = scheduler(plain, spec=None)
+    s0.submit(request("a", prompt))
+    expected = run_to_end(s0)["a"]
+
+    b = FakeBackend(answer=answer)
+    s = scheduler(b)
+    s.submit(request("a", prompt))
+    events: list[Any] = []
+    while s.has_work():
+        events += s.step()
+        cells_match(s, b)
+    assert text_of(events) == text_of(expected) == answer
+    assert [e.finish_reason for e in events if isinstance(e, Delta)][-1] == "stop"
+    stats = s.stats()
+    assert stats.accepted > 10 and stats.drafted >= stats.accepted
+    assert len(b.batches) < len(plain.batches) / 2  # several tokens a step
+    assert any(len(batch) > 1 for batch in b.batches[1:])
+
+
+def test_refused_drafts_leave_no_cells_and_count_as_drafted() -> None:
+    # The prompt suggests "abcd..." after "ab", the model writes "abxy...".
+    b = FakeBackend(answer="abxyzw")
+    s = scheduler(b)
+    s.submit(request("a", "abcdefg ab"))
+    events: list[Any] = []
+    while s.has_work():
+        events += s.step()
+        cells_match(s, b)
+    assert text_of(events) == "abxyzw"
+    stats = s.stats()
+    assert stats.drafted > stats.accepted
+
+
+def test_max_tokens_and_stop_strings_cut_inside_a_draft() -> None:
+    answer = "the cat sat on the mat"
+    b = FakeBackend(answer=answer)
+    s = scheduler(b)
+    s.submit(request("a", "say: " + answer, max_tokens=9))
+    events = run_to_end(s)["a"]
+    assert text_of(events) == answer[:9]
+    assert sum(e.tokens for e in events if isinstance(e, Delta)) == 9
+    cells_match(s, b)
+    b2 = FakeBackend(answer=answer)
+    s2 = scheduler(b2)
+    s2.submit(request("b", "say: " + answer, stop=["on"]))
+    events = run_to_end(s2)["b"]
+    assert text_of(events) == "the cat sat "
+    cells_match(s2, b2)
+
+
+def test_a_cancelled_speculating_request_keeps_only_its_confirmed_cells() -> None:
+    answer = "the cat sat on the mat and the cat sat on the mat"
+    b = FakeBackend(answer=answer)
+    s = scheduler(b)
+    s.submit(request("a", "say: " + answer))
+    for _ in range(4):
+        s.step()
+    assert s.stats().drafted > 0
+    s.cancel("a")
+    s.step()
+    assert not s.has_work()
+    cells_match(s, b)
+
+
+def test_opted_out_requests_and_disabled_engines_never_draft() -> None:
+    answer = "the cat sat on the mat"
+    for spec, opt in ((ON, False), (SpeculativeOptions(enabled=False), True)):
+        b = FakeBackend(answer=answer)
+        s = scheduler(b, spec)
+        s.submit(request("a", "say: " + answer, speculative=opt))
+        assert text_of(run_to_end(s)["a"]) == answer
+        assert s.stats().drafted == 0
+        assert all(len(batch) == 1 for batch in b.batches[1:])
+
+
+def test_the_cost_model_drafts_for_one_stream_and_not_for_a_full_batch() -> None:
+    costs = StepCosts(0.012, 0.004)  # one decode token 16 ms, each further token 4 ms
+    a, b = costs.line()
+    assert abs(a - 0.012) < 1e-9 and abs(b - 0.004) < 1e-9
+    # Alone: 0.8 per token pays for 3 (a 4th gains 0.41 token for 4 ms of a 28 ms step
+    # making 2.95 tokens: 0.41/4 < 2.95/28); a nearly sure drafter uses all 8.
+    assert plan_drafts([0.8], [8], costs) == [3]
+    assert plan_drafts([0.98], [8], costs) == [8]
+    assert plan_drafts([0.2], [8], costs) == [0]  # worse than the bar b*N/T = 0.25
+    assert plan_drafts([0.8] * 16, [8] * 16, costs) == [0] * 16  # the step is long already
+    # Only the sequences that could draft are planned; the rest still count in the step.
+    assert plan_drafts([0.9, 0.9], [0, 8], costs)[0] == 0
+
+
+def test_the_cost_line_follows_measured_steps() -> None:
+    costs = StepCosts(0.012, 0.004)
+    for _ in range(2000):  # the machine turned out slower per token
+        for n in (1, 4, 9):
+            costs.observe(n, 0.010 + 0.010 * n)
+    a, b = costs.line()
+    assert abs(a - 0.010) < 1e-3 and abs(b - 0.010) < 1e-3
+
+
+def test_acceptance_fades_back_to_the_prior_when_a_sequence_stops_drafting() -> None:
+    acc = Acceptance()
+    for _ in range(5):
+        acc.record(0, True)
+    assert acc.alpha(0.5) < 0.25
+    for _ in range(30):
+        acc.idle()
+    assert acc.alpha(0.5) > 0.45
