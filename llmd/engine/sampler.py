@@ -66,7 +66,8 @@ class Workspace:
         self.adjusted: Row = np.empty(n_vocab, np.float32)
         """The row with logit bias and penalties applied (the logits row itself stays as is)."""
         self.weights: Row = np.empty(n_vocab, np.float32)
-        """exp((logit - max) / temperature) over the vocabulary, when a draw needs all of it."""
+        """exp((logit - max) / temperature) of the tail tokens (`Whole.tail`), when a draw or
+        a `top_p` cut needs them."""
 
 
 class Cut:
