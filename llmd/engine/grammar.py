@@ -134,9 +134,9 @@ invalid JSON in a tool call's arguments, seen with Gemma-3 at temperature 1)."""
 
 class _Converter(SchemaConverter):
     """llama.cpp's converter, holding integers to `minimum` / `maximum` too (it ignores them):
-        a range of up to MAX_ENUMERATED_INTEGERS values is written out; a lower bound of 0 alone
-        refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which). Strings
-    refuse control characters (`_JSON_CHAR`)."""
+    a range of up to MAX_ENUMERATED_INTEGERS values is written out; a lower bound of 0 alone
+    refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which).
+    Strings refuse control characters (`_JSON_CHAR`)."""
 
     def _add_primitive(self, name: str, rule: Any) -> Any:
         if name == "char":  # the converter's own lets control characters into strings
