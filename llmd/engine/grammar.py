@@ -20,7 +20,7 @@ from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
+from llama_cpp.llama_grammar import JSON_GBNF, BuiltinRule, SchemaConverter
 
 from llmd.engine.capture import pass_on, stderr_captured
 from llmd.engine.messages import Grammar
@@ -122,10 +122,26 @@ MAX_ENUMERATED_INTEGERS = 4096
 """An integer range of at most this many values is written out as their list."""
 
 
+_JSON_CHAR = BuiltinRule(
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F])",
+    [],
+)
+"""One character of a JSON string: as llama-cpp-python's converter writes it, but refusing the
+control characters JSON refuses (its rule, `[^"\\]`, let a raw line break into a string:
+invalid JSON in a tool call's arguments, seen with Gemma-3 at temperature 1)."""
+
+
 class _Converter(SchemaConverter):
     """llama.cpp's converter, holding integers to `minimum` / `maximum` too (it ignores them):
     a range of up to MAX_ENUMERATED_INTEGERS values is written out; a lower bound of 0 alone
-    refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which)."""
+    refuses the minus sign. Other numeric bounds stay unheld (docs/tools.md says which).
+    Strings refuse control characters (`_JSON_CHAR`)."""
+
+    def _add_primitive(self, name: str, rule: Any) -> Any:
+        if name == "char":  # the converter's own lets control characters into strings
+            rule = _JSON_CHAR
+        return super()._add_primitive(name, rule)
 
     def visit(self, schema: Any, name: str) -> Any:
         rule = _integer_range(schema) if isinstance(schema, dict) else None
@@ -300,15 +316,12 @@ def best_allowed(grammar: Any, logits: Any) -> int | None:
     return None
 
 
-def redraw(grammar: Any, rng: Any, candidates: Any) -> int | None:
-    """Sampling under a grammar: draw again from the distribution a sampler chain just made
-    (`candidates`: its llama_token_data entries, as a numpy record array with `id` and `p`)
-    until the grammar allows a draw. Drawing until allowed samples exactly that distribution
-    restricted to the allowed tokens."""
-    cumulative = np.cumsum(candidates["p"], dtype=np.float64)
-    draws = rng.random(GRAMMAR_TRIES) * cumulative[-1]
-    for i in np.searchsorted(cumulative, draws, side="right"):
-        token = int(candidates["id"][min(int(i), len(candidates) - 1)])
+def redraw(grammar: Any, draw: Callable[[], int]) -> int | None:
+    """Sampling under a grammar: draw again (`draw`: one more token from the distribution the
+    sampler just made) until the grammar allows a draw. Drawing until allowed samples exactly
+    that distribution restricted to the allowed tokens."""
+    for _ in range(GRAMMAR_TRIES):
+        token = draw()
         if allows(grammar, token):
             return token
     return None

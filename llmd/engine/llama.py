@@ -4,7 +4,8 @@ code that serves requests through llama.cpp (llmd/quantize.py uses its quantizer
 It runs in a model's child process, on the one thread that owns the context. It speaks
 llama-cpp-python's low-level API (ctypes) directly: the high-level `Llama` class serves one
 sequence at a time and would hide the batch we want to fill ourselves. Grammars (structured
-output) are checked, and asked about the tokens sampled, in llmd/engine/grammar.py.
+output) are checked, and asked about the tokens sampled, in llmd/engine/grammar.py; tokens are
+chosen from the logits in numpy, by llmd/engine/sampler.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llmd import cpu
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
+from llmd.engine.sampler import TokenSampler, Workspace
 
 log = logging.getLogger("llmd.engine")
 
@@ -59,16 +61,14 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 @dataclass
 class _Sampler:
-    chain: Any
-    greedy: bool
-    """Nothing but argmax: taken in numpy. llama.cpp's sampler first copies the whole
-    vocabulary into a candidate array, which for Gemma's 262k tokens cost ~3 ms per token
-    (~50 ms per step at 16 streams) against ~0.1 ms for an argmax (docs/benchmarks.md)."""
+    tokens: TokenSampler
+    """Bias, penalties, temperature, the cuts and the draw, in numpy. llama.cpp's sampler
+    chain copied the whole vocabulary into a candidate array for every token and sorted it
+    for top_p, on one thread (docs/benchmarks.md, "Sampling without llama.cpp's chain")."""
     grammar: Any = None
-    """The request's grammar, kept out of the chain: applying it to the whole vocabulary
-    costs ~7 ms per token for SmolLM2, checking the one chosen token almost nothing."""
-    rng: Any = None
-    """numpy Generator for redrawing under a grammar (sampled chains only), from the seed."""
+    """The request's grammar (a llama.cpp grammar sampler): applying it to the whole
+    vocabulary costs ~7 ms per token for SmolLM2, checking the one chosen token almost
+    nothing."""
     trigger: Trigger | None = None
     """A grammar waiting for the output to write its opening ("auto" tool calls)."""
 
@@ -134,6 +134,7 @@ class LlamaBackend:
         self._logits_row = ctypes.c_float * self.n_vocab
         self._candidates: Any = None
         self._vocab_ids: Any = None
+        self._workspace = Workspace(self.n_vocab)
         self.n_embd = int(lc.llama_model_n_embd_out(self.model))
         self._embd_row = ctypes.c_float * self.n_embd
         self._pieces: dict[int, bytes] = {}
@@ -314,9 +315,7 @@ class LlamaBackend:
         return compile_grammar(self.vocab, grammar)
 
     def new_sampler(self, params: SamplingParams, seed: int) -> _Sampler:
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        sampler = _Sampler(chain, greedy=False)
-        add = lc.llama_sampler_chain_add
+        sampler = _Sampler(TokenSampler(params, seed, self._workspace))
         if params.grammar is not None:
             if params.grammar.lazy:
                 tokenize = functools.partial(self.tokenize, add_special=False)
@@ -324,42 +323,6 @@ class LlamaBackend:
             else:
                 gbnf = params.grammar.gbnf.encode()
                 sampler.grammar = lc.llama_sampler_init_grammar(self.vocab, gbnf, b"root")
-            if params.temperature > 0.0:
-                sampler.rng = np.random.default_rng(seed & 0xFFFFFFFF)
-        if params.logit_bias:
-            biases = (lc.llama_logit_bias * len(params.logit_bias))()
-            for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                biases[i].token = tok  # type: ignore[assignment]
-                biases[i].bias = bias
-            add(chain, lc.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
-        penalized = (
-            params.repeat_penalty != 1.0
-            or params.frequency_penalty != 0.0
-            or params.presence_penalty != 0.0
-        )
-        if penalized:
-            add(
-                chain,
-                lc.llama_sampler_init_penalties(
-                    self.n_vocab,
-                    params.repeat_last_n,
-                    params.repeat_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                ),
-            )
-        if params.temperature <= 0.0:
-            add(chain, lc.llama_sampler_init_greedy())
-            sampler.greedy = not params.logit_bias and not penalized
-            return sampler
-        if params.top_k > 0:
-            add(chain, lc.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
-        add(chain, lc.llama_sampler_init_temp(params.temperature))
-        add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return sampler
 
     def _logits(self, index: int) -> Any:
@@ -369,49 +332,52 @@ class LlamaBackend:
         return np.frombuffer(memoryview(self._logits_row.from_address(address.value)), np.float32)
 
     def sample(self, sampler: _Sampler, index: int) -> int:
+        """One token for batch entry `index`: one draw from the sequence's generator (none
+        when greedy; more under a grammar that refuses a draw), and the penalties' history and
+        the grammar advanced with the token returned."""
+        tokens = sampler.tokens
         if sampler.grammar is not None:
-            return self._sample_grammar(sampler, index)
-        if sampler.greedy:
-            # The first of equal maxima, as llama.cpp's greedy sampler picks.
-            token = int(self._logits(index).argmax())
+            token = self._sample_grammar(sampler, self._logits(index))
         else:
-            token = int(lc.llama_sampler_sample(sampler.chain, self.ctx, index))
+            # Greedy without bias or penalties is an argmax over llama.cpp's own row.
+            token = tokens.choose(tokens.logits(self._logits(index)))
         if sampler.trigger is not None:
             token, sampler.grammar = sampler.trigger.take(token)
             if sampler.grammar is not None:
                 sampler.trigger = None
+        tokens.accept(token)
         return token
 
-    def _sample_grammar(self, sampler: _Sampler, index: int) -> int:
+    def _sample_grammar(self, sampler: _Sampler, row: Any) -> int:
         """Ask the grammar about the token the model would pick, then about a few more of its
-        likely picks; only if it refuses them all, filter the whole vocabulary through the
-        grammar and choose again. (llama.cpp's own server also checks the first pick alone.
-        Filtering the vocabulary costs ~7 ms per token for SmolLM2, checking a token ~5 us.)"""
-        logits = self._logits(index)
-        if sampler.greedy:
+        likely picks (greedy) or further draws from the same distribution (sampled); only if
+        it refuses them all, filter the whole vocabulary through the grammar and choose again.
+        (llama.cpp's own server also checks the first pick alone. Filtering the vocabulary
+        costs ~7 ms per token for SmolLM2, checking a token ~5 us.)"""
+        tokens = sampler.tokens
+        logits = tokens.logits(row)
+        if tokens.greedy:
             token = best_allowed(sampler.grammar, logits)
         else:
-            token, size = self._choose(sampler, logits, False)
+            distribution = tokens.distribution(logits)
+            token = tokens.draw(distribution)
             if not allows(sampler.grammar, token):
-                token = None
-                if sampler.rng is not None:  # the chain's candidates, left in the buffer
-                    drawn = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)
-                    token = redraw(sampler.grammar, sampler.rng, drawn[:size])
+                token = redraw(sampler.grammar, lambda: tokens.draw(distribution))
         if token is None:
-            token, _ = self._choose(sampler, logits, True)
-            if not allows(sampler.grammar, token):
+            allowed = self.grammar_filter(sampler.grammar, logits)
+            token = tokens.choose(allowed) if np.isfinite(allowed.max()) else None
+            if token is None or not allows(sampler.grammar, token):
                 # Nothing can follow (a grammar asking for a byte no token writes, such as
                 # NUL). llama.cpp aborts the process when a grammar accepts a token it
                 # refuses, so the answer ends here instead, as if the model had stopped.
                 return self.eos
         lc.llama_sampler_accept(sampler.grammar, token)
-        lc.llama_sampler_accept(sampler.chain, token)
         return token
 
-    def _choose(self, sampler: _Sampler, logits: Any, constrained: bool) -> tuple[int, int]:
-        """Run the chain over a fresh candidate array of the whole vocabulary: the token it
-        selects, and how many candidates the chain left (for `grammar.redraw`)."""
-        if self._candidates is None:  # one buffer, reused: samplers sort it in place
+    def grammar_filter(self, grammar: Any, logits: Any) -> Any:
+        """`logits` with every token the grammar refuses next at -inf (a new row): the whole
+        vocabulary through llama.cpp's grammar sampler, the last resort."""
+        if self._candidates is None:  # one buffer, reused
             self._candidates = (lc.llama_token_data * self.n_vocab)()
             self._vocab_ids = np.arange(self.n_vocab, dtype=np.int32)
         view = np.frombuffer(memoryview(self._candidates), dtype=_TOKEN_DATA)
@@ -419,15 +385,13 @@ class LlamaBackend:
         view["logit"] = logits
         view["p"] = 0.0
         candidates = lc.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
-        if constrained:
-            lc.llama_sampler_apply(sampler.grammar, ctypes.byref(candidates))
-        lc.llama_sampler_apply(sampler.chain, ctypes.byref(candidates))
-        if candidates.selected < 0:
-            raise RuntimeError("the sampler chain selected no token")
-        return int(candidates.data[candidates.selected].id), int(candidates.size)
+        lc.llama_sampler_apply(grammar, ctypes.byref(candidates))
+        allowed = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+        kept = view[: int(candidates.size)]
+        allowed[kept["id"]] = kept["logit"]
+        return allowed
 
     def free_sampler(self, sampler: _Sampler) -> None:
-        lc.llama_sampler_free(sampler.chain)
         if sampler.grammar is not None:
             lc.llama_sampler_free(sampler.grammar)
 

@@ -1,8 +1,10 @@
 """Sampling parameters honoured by the real model: logit_bias, stop strings (one spanning tokens,
-one given as a plain string), seeds for one choice and for n."""
+one given as a plain string), seeds for one choice and for n, seeds with the cuts and penalties,
+and top_p keeping only the nucleus (checked against the model's own logprobs)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -146,3 +148,73 @@ def test_n_seeded_choices_are_reproducible(daemon: Daemon) -> None:
         return [c.message.content or "" for c in resp.choices]
 
     assert texts() == texts()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 0.7, "top_p": 0.95},
+        {"temperature": 1.0, "extra_body": {"top_k": 40, "min_p": 0.05}},
+        {"temperature": 1.0, "frequency_penalty": 0.8, "presence_penalty": 0.5},
+    ],
+    ids=["top_p", "top_k-min_p", "penalties"],
+)
+def test_seeds_reproduce_with_cuts_and_penalties(daemon: Daemon, params: dict[str, Any]) -> None:
+    client = daemon.client()
+    warm_chat(client, STORY)
+
+    def sample(seed: int) -> str:
+        resp = client.chat.completions.create(
+            model=SMOL,
+            messages=STORY,
+            max_tokens=24,
+            seed=seed,
+            extra_headers=NO_CACHE,
+            **params,
+        )
+        return resp.choices[0].message.content or ""
+
+    first = sample(5)
+    assert first and sample(5) == first
+    assert any(sample(s) != first for s in (6, 7, 8))
+
+
+def test_top_p_keeps_only_the_nucleus(daemon: Daemon) -> None:
+    """At temperature 1 without penalties the sampled distribution is the model's own, which
+    logprobs report: every token drawn under top_p 0.5 must be one the tokens more likely than
+    it leave room for (their mass under 0.5). Without the cut, seeds 1-4 draw outside it."""
+    client = daemon.client()
+    warm_chat(client, STORY)
+
+    def outside(seed: int, top_p: float) -> int:
+        resp = client.chat.completions.create(
+            model=SMOL,
+            messages=STORY,
+            max_tokens=32,
+            temperature=1.0,
+            top_p=top_p,
+            seed=seed,
+            logprobs=True,
+            top_logprobs=20,
+            extra_headers=NO_CACHE,
+        )
+        logprobs = resp.choices[0].logprobs
+        assert logprobs is not None and logprobs.content
+        count = 0
+        for item in logprobs.content:
+            before = sum(math.exp(t.logprob) for t in item.top_logprobs if t.logprob > item.logprob)
+            count += before >= 0.5 + 1e-4
+        return count
+
+    assert all(outside(seed, 0.5) == 0 for seed in (1, 2, 3, 4))
+    assert sum(outside(seed, 1.0) for seed in (1, 2, 3, 4)) > 0
+
+
+def test_a_tiny_top_p_is_greedy(daemon: Daemon) -> None:
+    client = daemon.client()
+    messages = [{"role": "user", "content": "Name three colours."}]
+    greedy, _ = _greedy_with_tokens(client, messages)
+    resp = client.chat.completions.create(
+        model=SMOL, messages=messages, max_tokens=32, temperature=1.0, top_p=1e-6, seed=3
+    )
+    assert resp.choices[0].message.content == greedy

@@ -41,7 +41,8 @@ def test_checking_likely_tokens_first_samples_what_filtering_everything_would(
             if sampler is fast:
                 token = b.sample(sampler, index)
             else:
-                token, _ = b._choose(sampler, b._logits(index), True)
+                logits = sampler.tokens.logits(b._logits(index))
+                token = sampler.tokens.choose(b.grammar_filter(sampler.grammar, logits))
                 lc_accept(sampler, token)
             if b.is_eog(token):
                 break
@@ -60,7 +61,7 @@ def lc_accept(sampler: Any, token: int) -> None:
     import llama_cpp as lc
 
     lc.llama_sampler_accept(sampler.grammar, token)
-    lc.llama_sampler_accept(sampler.chain, token)
+    sampler.tokens.accept(token)
 
 
 def test_a_token_running_past_a_calls_opening_is_replaced_not_fatal() -> None:
@@ -109,4 +110,29 @@ def test_a_token_running_past_a_calls_opening_is_replaced_not_fatal() -> None:
     assert written == call.encode() and held is not None
     written, held = run("Hi <tool_ca> no call")
     assert written == b"Hi <tool_ca> no call" and held is None
+    b.close()
+
+
+def test_a_json_string_refuses_a_raw_line_break() -> None:
+    """llama-cpp-python's schema converter lets control characters into strings (`[^"\\]`);
+    llmd's grammar refuses them, as JSON does: no token holding a line break may come next
+    inside a string (Gemma-3 wrote one into a call's arguments at temperature 1)."""
+    import llama_cpp as lc
+
+    from llmd.engine.grammar import allows
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import Grammar, LoadOptions
+
+    b = LlamaBackend(LoadOptions(MODELS / SMOL, 256, 1, 64, 64, 1, 1, "auto", "f16"))
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    grammar = Grammar("json_schema", json.dumps(schema))
+    assert b.compile_grammar(grammar) is None
+    held = lc.llama_sampler_init_grammar(b.vocab, grammar.gbnf.encode(), b"root")
+    for token in b.tokenize('{"a": "x', False):
+        assert allows(held, token)
+        lc.llama_sampler_accept(held, token)
+    breaks = [t for t in range(b.n_vocab) if b"\n" in b.token_bytes(t)]
+    assert breaks and not [t for t in breaks if allows(held, t)]
+    assert allows(held, b.tokenize("y", False)[0])
+    lc.llama_sampler_free(held)
     b.close()

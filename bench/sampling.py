@@ -1,0 +1,136 @@
+"""Sampling speed in one process: llama.cpp's sampler chain (what llmd used before) against
+llmd's numpy sampler (llmd/engine/sampler.py), per token, on real logits rows.
+
+For each model, a short chat prompt is read once with logits for its last 8 positions; then
+each contender samples from those rows in turn, the same way the engine does (the chain reads
+llama.cpp's row itself, `llama_sampler_sample`; the numpy sampler goes through
+`LlamaBackend.sample`). Parameter sets: greedy, temperature 1, 0.7 with top_p 0.95, top_k 40,
+and temperature 1 with penalties.
+
+    .venv/bin/python -m bench.sampling [--tokens N] [--repeats N] [--json OUT] [smollm2 gemma3]
+
+Prints a table and writes the medians as JSON (default bench/results/sampling-<date>.json).
+A few seconds per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.harness import NAMED_MODELS, model_arg, omp_policy
+from bench.report import write_results
+from llmd.engine.messages import SamplingParams
+from llmd.sampling import resolve
+
+ROWS = 8
+BASE = resolve()
+CASES = {
+    "greedy": replace(BASE, temperature=0.0),
+    "temperature 1": BASE,
+    "0.7, top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
+    "top_k 40": replace(BASE, top_k=40),
+    "penalties": replace(BASE, repeat_penalty=1.1, frequency_penalty=0.5, presence_penalty=0.5),
+}
+PROMPT = (
+    "<|im_start|>user\nWrite a short story about a lighthouse keeper who finds a message in a "
+    "bottle.<|im_end|>\n<|im_start|>assistant\nOnce upon a time, on a rocky island far from"
+)
+
+
+def _chain(lc: Any, n_vocab: int, params: SamplingParams, seed: int) -> Any:
+    """llama.cpp's chain as llmd built it before (cuts first, temperature last)."""
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    add = lc.llama_sampler_chain_add
+    if params.repeat_penalty != 1 or params.frequency_penalty or params.presence_penalty:
+        add(
+            chain,
+            lc.llama_sampler_init_penalties(
+                n_vocab,
+                params.repeat_last_n,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            ),
+        )
+    if params.temperature <= 0:
+        add(chain, lc.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        add(chain, lc.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(chain, lc.llama_sampler_init_min_p(params.min_p, 1))
+    add(chain, lc.llama_sampler_init_temp(params.temperature))
+    add(chain, lc.llama_sampler_init_dist(seed))
+    return chain
+
+
+def _per_token_us(run: Callable[[int], object], first: int, tokens: int, repeats: int) -> float:
+    """Median over `repeats` of the mean time of `tokens` calls, on batch entries `first` to
+    `first + ROWS - 1` in turn, in microseconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(tokens):
+            run(first + i % ROWS)
+        times.append((time.perf_counter() - start) / tokens * 1e6)
+    return statistics.median(times)
+
+
+def measure(name: str, tokens: int, repeats: int) -> list[dict[str, object]]:
+    import llama_cpp as lc
+
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import LoadOptions
+
+    b = LlamaBackend(LoadOptions(model_arg(name), 512, 1, 512, 512, 1, 2, "auto", "f16"))
+    prompt = b.tokenize(PROMPT, True)
+    n = len(prompt)
+    if b.decode([(t, i, 0, i >= n - ROWS) for i, t in enumerate(prompt)]) != 0:
+        raise RuntimeError("llama_decode failed")
+    results: list[dict[str, object]] = []
+    timing = (n - ROWS, tokens, repeats)
+    print(f"{name} ({b.n_vocab} tokens): per-token sampling, median of {repeats} x {tokens}")
+    for case, params in CASES.items():
+        chain = _chain(lc, b.n_vocab, params, 1)
+        sampler = b.new_sampler(params, 1)
+        for i in range(64):  # a history for the penalties (both samplers)
+            b.sample(sampler, n - ROWS + i % ROWS)
+            lc.llama_sampler_sample(chain, b.ctx, n - ROWS + i % ROWS)
+        old = _per_token_us(functools.partial(lc.llama_sampler_sample, chain, b.ctx), *timing)
+        new = _per_token_us(functools.partial(b.sample, sampler), *timing)
+        lc.llama_sampler_free(chain)
+        b.free_sampler(sampler)
+        speedup = old / new
+        print(f"  {case:18s} llama.cpp chain {old:8.1f} us   numpy {new:8.1f} us  ({speedup:.1f}x)")
+        results.append(
+            {"model": name, "n_vocab": b.n_vocab, "case": case, "chain_us": old, "numpy_us": new}
+        )
+    b.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench.sampling", description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="*", default=list(NAMED_MODELS))
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    omp_policy()
+    rows = [row for name in args.models for row in measure(name, args.tokens, args.repeats)]
+    args.model, args.threads, args.threads_batch = ", ".join(args.models), 1, 2
+    write_results(args.json, "sampling", args, rows=rows, rows_per_prompt=ROWS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
