@@ -14,7 +14,7 @@ from llmd.engine.scheduler import Scheduler
 from llmd.engine.speculate import Acceptance, StepCosts, plan_drafts
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 
-ON = SpeculativeOptions(enabled=True, max_draft=8, ngram_min=1, ngram_max=3)
+ON = SpeculativeOptions(enabled=True, max_draft=8, adaptive=True, ngram_min=1, ngram_max=3)
 
 
 class Free(StepCosts):
@@ -156,3 +156,23 @@ def test_acceptance_fades_back_to_the_prior_when_a_sequence_stops_drafting() -> 
     for _ in range(30):
         acc.idle()
     assert acc.alpha(0.5) > 0.45
+
+
+def test_without_adaptation_every_draft_found_is_checked() -> None:
+    class Dear(StepCosts):
+        """A draft token costs ten times a step: the cost model never drafts."""
+
+        def __init__(self) -> None:
+            super().__init__(0.010, 0.100)
+
+        def observe(self, n: int, seconds: float) -> None:
+            pass
+
+    answer = "the cat sat on the mat"
+    for adaptive, drafts in ((True, False), (False, True)):
+        b = FakeBackend(answer=answer)
+        spec = SpeculativeOptions(True, 8, adaptive, 1, 3)
+        s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Dear())
+        s.submit(request("a", "say: " + answer))
+        assert text_of(run_to_end(s)["a"]) == answer
+        assert (s.stats().drafted > 0) == drafts
