@@ -77,7 +77,7 @@ class Drafts:
         prior = self.acceptance.alpha(FIRST_GUESS)
         alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
         a, b = self.costs.line()
-        if max(alphas) * (a + b * len(pieces)) <= b * len(pieces):
+        if max(first for first, _ in alphas) * (a + b * len(pieces)) <= b * len(pieces):
             # Not even the likeliest first draft token would pay: skip the lookups.
             return [[] for _ in pieces], [0] * len(pieces)
         proposals: list[list[int]] = [[] for _ in pieces]
