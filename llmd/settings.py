@@ -138,6 +138,12 @@ class SpeculativeSettings(_Section):
     max_draft: int = Field(
         8, ge=1, le=64, description="Most draft tokens one sequence adds to a step."
     )
+    adaptive: bool = Field(
+        True,
+        description="Draft only what the measured step costs and each sequence's acceptance "
+        "say pays; false: every draft found is checked, up to max_draft (for measuring, or "
+        "a box whose timings mislead the cost model).",
+    )
     ngram_min: int = Field(
         2, ge=1, le=16, description="Shortest trailing n-gram looked up for a draft."
     )

@@ -54,18 +54,13 @@ class Drafts:
             seq.acceptance.idle()
         if not any(limits):
             return 0
-        prior = self.acceptance.alpha(FIRST_GUESS)
-        alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
-        a, b = self.costs.line()
-        if max(alphas) * (a + b * len(pieces)) <= b * len(pieces):
-            return 0  # not even the likeliest first draft token would pay: skip the lookups
-        proposals: list[list[int]] = [[] for _ in pieces]
-        if not self.model_drafts:  # lookups are nearly free: see what each could draft first
+        if not self.options.adaptive:  # every draft found, as long as the limits allow
             proposals = self._propose(pieces, limits)
-            limits = [len(p) for p in proposals]
-        ks = plan_drafts(alphas, limits, self.costs)
-        if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
-            proposals = self._propose(pieces, ks)
+            ks = [len(p) for p in proposals]
+        else:
+            proposals, ks = self._plan(pieces, limits)
+            if not any(ks):
+                return 0
         added = 0
         for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
             draft = proposal[: min(k, room - added)]
@@ -76,6 +71,23 @@ class Drafts:
             piece.draft = draft
             added += len(draft)
         return added
+
+    def _plan(self, pieces: list[Piece], limits: list[int]) -> tuple[list[list[int]], list[int]]:
+        """Each piece's draft and how much of it to check, by the cost model."""
+        prior = self.acceptance.alpha(FIRST_GUESS)
+        alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
+        a, b = self.costs.line()
+        if max(first for first, _ in alphas) * (a + b * len(pieces)) <= b * len(pieces):
+            # Not even the likeliest first draft token would pay: skip the lookups.
+            return [[] for _ in pieces], [0] * len(pieces)
+        proposals: list[list[int]] = [[] for _ in pieces]
+        if not self.model_drafts:  # lookups are nearly free: see what each could draft first
+            proposals = self._propose(pieces, limits)
+            limits = [len(p) for p in proposals]
+        ks = plan_drafts(alphas, limits, self.costs)
+        if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
+            proposals = self._propose(pieces, ks)
+        return proposals, ks
 
     def _propose(self, pieces: list[Piece], ks: list[int]) -> list[list[int]]:
         asks, where = [], []

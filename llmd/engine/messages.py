@@ -119,6 +119,8 @@ class SpeculativeOptions:
     enabled: bool = True
     max_draft: int = 8
     """Most draft tokens one sequence adds to a step."""
+    adaptive: bool = True
+    """Draft where the cost model says it pays; False: every draft found, up to max_draft."""
     ngram_min: int = 2
     ngram_max: int = 4
     """Lengths of the trailing n-gram looked up in the sequence's own tokens, longest first."""

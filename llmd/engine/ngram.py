@@ -48,7 +48,12 @@ class NgramDrafter:
                 continue
             start = index.after.get(tuple(tokens[end - n : end]))
             if start is not None:
-                return list(tokens[start : start + k])
+                draft = list(tokens[start : start + k])
+                # A match less than k tokens back is a repeat of period end - start: the
+                # draft goes on around it (a list, a table's rows, a loop).
+                while len(draft) < k:
+                    draft.append(draft[len(draft) - (end - start)])
+                return draft
         return []
 
     def _catch_up(self, slot: int, tokens: Sequence[int]) -> _Index:

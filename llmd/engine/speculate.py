@@ -34,7 +34,7 @@ PRIOR_WEIGHT = 4.0
 # The model's acceptance before any draft was checked: optimistic, so that drafting starts
 # and is measured (a guess below the bar would never be tested); two refusals bring a
 # sequence's estimate near the bar for one stream.
-FIRST_GUESS = 0.8
+FIRST_GUESS = (0.8, 0.8)
 
 
 class StepCosts:
@@ -72,37 +72,56 @@ class StepCosts:
 
 @dataclass
 class Acceptance:
-    """How often a sequence's draft tokens were confirmed, decaying."""
+    """How often a sequence's draft tokens were confirmed, decaying: the first draft token of a
+    step apart from the ones after it. Copied text is confirmed for long runs and refused where
+    it ends (the edit, the next question): after a confirmed token the next one is far likelier
+    to hold than the first was, and a single rate would undervalue deep drafts exactly where
+    they pay."""
 
-    accepted: float = 0.0
-    seen: float = 0.0
+    first_ok: float = 0.0
+    first_seen: float = 0.0
+    next_ok: float = 0.0
+    next_seen: float = 0.0
 
-    def alpha(self, prior: float) -> float:
-        return (self.accepted + PRIOR_WEIGHT * prior) / (self.seen + PRIOR_WEIGHT)
+    def alpha(self, prior: tuple[float, float]) -> tuple[float, float]:
+        """(probability the first draft token holds, probability each later one holds once
+        the one before it did), each with `prior` as PRIOR_WEIGHT observations."""
+        first = (self.first_ok + PRIOR_WEIGHT * prior[0]) / (self.first_seen + PRIOR_WEIGHT)
+        then = (self.next_ok + PRIOR_WEIGHT * prior[1]) / (self.next_seen + PRIOR_WEIGHT)
+        return first, then
 
     def idle(self) -> None:
         """A step passed: old evidence fades whether or not the sequence drafted, so one that
         stopped drafting after a run of misses tries again a few steps later (the text it
         writes may have come to a part it can copy)."""
-        self.accepted *= ACCEPT_DECAY
-        self.seen *= ACCEPT_DECAY
+        self.first_ok *= ACCEPT_DECAY
+        self.first_seen *= ACCEPT_DECAY
+        self.next_ok *= ACCEPT_DECAY
+        self.next_seen *= ACCEPT_DECAY
 
     def record(self, accepted: int, rejected: bool) -> None:
-        """One verification: `accepted` drafts confirmed, then one refused (or none was)."""
-        self.accepted += accepted
-        self.seen += accepted + (1 if rejected else 0)
+        """One verification: `accepted` drafts confirmed, then one refused (or none was: all
+        held, or the answer ended first)."""
+        if accepted or rejected:
+            self.first_seen += 1
+            self.first_ok += 1 if accepted else 0
+        if accepted:
+            self.next_ok += accepted - 1
+            self.next_seen += accepted - 1 + (1 if rejected else 0)
 
 
-def plan_drafts(alphas: list[float], limits: list[int], costs: StepCosts) -> list[int]:
-    """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, with the
-    most each may take in `limits`): added best first while each raises expected tokens per
-    second of the step."""
+def plan_drafts(
+    alphas: list[tuple[float, float]], limits: list[int], costs: StepCosts
+) -> list[int]:
+    """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, each
+    `Acceptance.alpha`, with the most each may take in `limits`): added best first while each
+    raises expected tokens per second of the step."""
     a, b = costs.line()
     tokens = float(len(alphas))  # each decoding sequence yields one token anyway
     seconds = a + b * len(alphas)
     chosen = [0] * len(alphas)
-    # Max-heap of each sequence's next draft token's expected gain alpha^(j+1).
-    heap = [(-alpha, i) for i, alpha in enumerate(alphas) if limits[i] > 0 and alpha > 0]
+    # Max-heap of each sequence's next draft token's expected gain: first * then^(j-1).
+    heap = [(-first, i) for i, (first, _) in enumerate(alphas) if limits[i] > 0 and first > 0]
     heapq.heapify(heap)
     while heap:
         neg_gain, i = heapq.heappop(heap)
@@ -113,7 +132,7 @@ def plan_drafts(alphas: list[float], limits: list[int], costs: StepCosts) -> lis
         tokens += gain
         seconds += b
         if chosen[i] < limits[i]:
-            heapq.heappush(heap, (-(gain * alphas[i]), i))
+            heapq.heappush(heap, (-(gain * alphas[i][1]), i))
     return chosen
 
 

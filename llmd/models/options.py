@@ -50,6 +50,7 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         speculative=SpeculativeOptions(
             enabled=spec.enabled,
             max_draft=spec.max_draft,
+            adaptive=spec.adaptive,
             ngram_min=spec.ngram_min,
             ngram_max=spec.ngram_max,
         ),

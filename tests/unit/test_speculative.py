@@ -14,7 +14,7 @@ from llmd.engine.scheduler import Scheduler
 from llmd.engine.speculate import Acceptance, StepCosts, plan_drafts
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 
-ON = SpeculativeOptions(enabled=True, max_draft=8, ngram_min=1, ngram_max=3)
+ON = SpeculativeOptions(enabled=True, max_draft=8, adaptive=True, ngram_min=1, ngram_max=3)
 
 
 class Free(StepCosts):
@@ -44,7 +44,8 @@ def test_the_ngram_drafter_proposes_what_followed_the_latest_match_longest_first
     assert d.propose([DraftAsk(0, tokens, 3)]) == [[9, 2, 3]]
     assert d.propose([DraftAsk(0, [*tokens, 9], 2)]) == [[2, 3]]
     assert d.propose([DraftAsk(0, [7, 8], 4)]) == [[]]  # another sequence: rebuilt, no match
-    assert d.propose([DraftAsk(1, [5, 6, 5], 4)]) == [[6, 5]]  # slots are apart
+    assert d.propose([DraftAsk(1, [5, 6, 5], 4)]) == [[6, 5, 6, 5]]  # slots apart; a repeat
+    # goes on around its period
 
 
 def test_drafts_ride_in_the_step_and_the_output_is_unchanged() -> None:
@@ -131,12 +132,16 @@ def test_the_cost_model_drafts_for_one_stream_and_not_for_a_full_batch() -> None
     assert abs(a - 0.012) < 1e-9 and abs(b - 0.004) < 1e-9
     # Alone: 0.8 per token pays for 3 (a 4th gains 0.41 token for 4 ms of a 28 ms step
     # making 2.95 tokens: 0.41/4 < 2.95/28); a nearly sure drafter uses all 8.
-    assert plan_drafts([0.8], [8], costs) == [3]
-    assert plan_drafts([0.98], [8], costs) == [8]
-    assert plan_drafts([0.2], [8], costs) == [0]  # worse than the bar b*N/T = 0.25
-    assert plan_drafts([0.8] * 16, [8] * 16, costs) == [0] * 16  # the step is long already
+    assert plan_drafts([(0.8, 0.8)], [8], costs) == [3]
+    assert plan_drafts([(0.98, 0.98)], [8], costs) == [8]
+    assert plan_drafts([(0.2, 0.9)], [8], costs) == [0]  # worse than the bar b*N/T = 0.25
+    assert plan_drafts([(0.8, 0.8)] * 16, [8] * 16, costs) == [0] * 16  # the step is long
+    # Copying: the first token is a coin toss, but once one holds the next nearly always
+    # does, so a deep draft pays where the same average rate would stop after one.
+    assert plan_drafts([(0.5, 0.97)], [8], costs) == [8]
+    assert plan_drafts([(0.5, 0.5)], [8], costs) == [1]
     # Only the sequences that could draft are planned; the rest still count in the step.
-    assert plan_drafts([0.9, 0.9], [0, 8], costs)[0] == 0
+    assert plan_drafts([(0.9, 0.9), (0.9, 0.9)], [0, 8], costs)[0] == 0
 
 
 def test_the_cost_line_follows_measured_steps() -> None:
@@ -152,7 +157,36 @@ def test_acceptance_fades_back_to_the_prior_when_a_sequence_stops_drafting() -> 
     acc = Acceptance()
     for _ in range(5):
         acc.record(0, True)
-    assert acc.alpha(0.5) < 0.25
+    assert acc.alpha((0.5, 0.5))[0] < 0.25
     for _ in range(30):
         acc.idle()
-    assert acc.alpha(0.5) > 0.45
+    assert acc.alpha((0.5, 0.5))[0] > 0.45
+
+
+def test_acceptance_tells_the_first_draft_token_from_the_ones_after_it() -> None:
+    acc = Acceptance()
+    for _ in range(10):
+        acc.record(0, True)  # refused at once
+        acc.record(8, False)  # a whole copied run
+    first, then = acc.alpha((0.8, 0.8))
+    assert 0.4 < first < 0.6 and then > 0.95
+
+
+def test_without_adaptation_every_draft_found_is_checked() -> None:
+    class Dear(StepCosts):
+        """A draft token costs ten times a step: the cost model never drafts."""
+
+        def __init__(self) -> None:
+            super().__init__(0.010, 0.100)
+
+        def observe(self, n: int, seconds: float) -> None:
+            pass
+
+    answer = "the cat sat on the mat"
+    for adaptive, drafts in ((True, False), (False, True)):
+        b = FakeBackend(answer=answer)
+        spec = SpeculativeOptions(True, 8, adaptive, 1, 3)
+        s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Dear())
+        s.submit(request("a", "say: " + answer))
+        assert text_of(run_to_end(s)["a"]) == answer
+        assert (s.stats().drafted > 0) == drafts
