@@ -75,6 +75,8 @@ EMPTY = "stream ended without any content"
 """bench.loadgen's error for an answer without a single content token."""
 REQUEST_TIMEOUT = 900.0
 SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
+SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
+"""Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 QUICK = {
     "models": "smollm2",
     "workloads": "code_edit,chat",
@@ -113,6 +115,7 @@ def contenders(spec_types: list[str]) -> dict[str, Contender]:
     out = {
         "llmd": Contender("llmd", "llmd"),
         "llmd-nospec": Contender("llmd-nospec", "llmd", toml=SPECULATION_OFF),
+        "llmd-always": Contender("llmd-always", "llmd", toml=SPECULATION_ALWAYS),
         "llama-server": Contender("llama-server", "llama-server"),
     }  # fmt: skip
     for t in NGRAM_TYPES:
@@ -142,8 +145,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--contenders",
-        help="comma list of llmd, llmd-nospec, llama-server, llama-server+<n-gram type> "
-        f"({', '.join(NGRAM_TYPES)}), or ngram: every n-gram type this llama-server has",
+        help="comma list of llmd, llmd-nospec, llmd-always, llama-server, "
+        f"llama-server+<n-gram type> ({', '.join(NGRAM_TYPES)}), or ngram: every n-gram "
+        "type this llama-server has",
     )
     p.add_argument(
         "--peer-sampling",
