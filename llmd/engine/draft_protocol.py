@@ -21,6 +21,8 @@ class DraftAsk:
     step decodes (not yet in the KV cache). Read only."""
     k: int
     """Most tokens wanted; fewer (or none) is fine."""
+    tenant: str = ""
+    """Who asked (API key name): n-gram lookup also reads that key's recent answers."""
 
 
 class Drafter(Protocol):

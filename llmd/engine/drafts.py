@@ -95,12 +95,19 @@ class Drafts:
             if k > 0:
                 seq = piece.samplers[0]
                 assert seq.pending is not None
-                asks.append(DraftAsk(seq.slot.id, [*seq.slot.cached, seq.pending], k))
+                tokens = [*seq.slot.cached, seq.pending]
+                asks.append(DraftAsk(seq.slot.id, tokens, k, seq.request.req.tenant))
                 where.append(i)
         proposals: list[list[int]] = [[] for _ in pieces]
         for i, draft in zip(where, self.drafter.propose(asks), strict=True):
             proposals[i] = list(draft[: ks[i]])
         return proposals
+
+    def remember(self, seq: Sequence) -> None:
+        """The sequence ended: its answer joins its key's recent answers (n-gram lookup)."""
+        if isinstance(self.drafter, NgramDrafter) and self.options.enabled:
+            state = seq.request
+            self.drafter.remember(state.req.tenant, seq.slot.cached[len(state.prompt) :])
 
     def record(self, seq: Sequence, drafted: int, accepted: int, rejected: bool) -> None:
         """One verification: `accepted` of `drafted` confirmed, and whether one was refused

@@ -428,6 +428,8 @@ class Scheduler:
         seq.done = True
         if seq.sampler is not None:
             self.backend.free_sampler(seq.sampler)
+        if not seq.request.req.embed:
+            self.drafts.remember(seq)
 
     def _retire(self) -> None:
         now = time.monotonic()

@@ -190,3 +190,26 @@ def test_without_adaptation_every_draft_found_is_checked() -> None:
         s.submit(request("a", "say: " + answer))
         assert text_of(run_to_end(s)["a"]) == answer
         assert (s.stats().drafted > 0) == drafts
+
+
+def test_a_keys_recent_answers_draft_where_its_own_tokens_have_no_match() -> None:
+    d = NgramDrafter(2, 3)
+    d.remember("alice", [10, 11, 12, 13, 14])
+    d.remember("alice", [20, 21, 22])
+    asks = [DraftAsk(0, [1, 2, 11, 12], 4, "alice"), DraftAsk(1, [1, 2, 11, 12], 4, "bob")]
+    # Alice's earlier answer goes on 13 14, and stops where that answer ended; Bob's pool is
+    # his own (empty): another key's answers are never looked at.
+    assert d.propose(asks) == [[13, 14], []]
+    assert d.propose([DraftAsk(2, [5, 20, 21], 4, "alice")]) == [[22]]
+
+
+def test_finished_answers_join_their_keys_pool_through_the_scheduler() -> None:
+    answer = "xyzw"
+    b = FakeBackend(answer=answer)
+    s = scheduler(b)
+    s.submit(request("a", "q1:", tenant="alice"))
+    assert text_of(run_to_end(s)["a"]) == answer
+    assert s.stats().drafted == 0  # nothing to copy from: the prompt holds no "xyzw"
+    s.submit(request("b", "q2:", tenant="alice"))
+    assert text_of(run_to_end(s)["b"]) == answer
+    assert s.stats().accepted >= 2  # the second answer drafted from the first
