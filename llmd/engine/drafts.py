@@ -5,6 +5,8 @@ then reports each outcome here (`record`)."""
 
 from __future__ import annotations
 
+import time
+
 from llmd.engine.draft_protocol import DraftAsk, Drafter
 from llmd.engine.messages import SpeculativeOptions
 from llmd.engine.ngram import NgramDrafter
@@ -30,6 +32,8 @@ class Drafts:
         self.acceptance = Acceptance()  # the model's, across sequences: a new one's prior
         self.drafted = 0
         self.accepted = 0
+        self.drafting = 0.0
+        """Seconds a draft model takes per draft token, measured (decaying); 0 for lookups."""
 
     def add(self, pieces: list[Piece], running: list[RequestState]) -> int:
         """Add draft tokens to the decoding pieces where the cost model says they pay; how
@@ -84,7 +88,10 @@ class Drafts:
         if not self.model_drafts:  # lookups are nearly free: see what each could draft first
             proposals = self._propose(pieces, limits)
             limits = [len(p) for p in proposals]
-        ks = plan_drafts(alphas, limits, self.costs)
+        # A draft model's cost fades between measurements: one slow call (a long prompt to
+        # catch up on) must not stop drafting for good.
+        self.drafting *= 0.98
+        ks = plan_drafts(alphas, limits, self.costs, self.drafting)
         if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
             proposals = self._propose(pieces, ks)
         return proposals, ks
@@ -99,7 +106,14 @@ class Drafts:
                 asks.append(DraftAsk(seq.slot.id, tokens, k, seq.request.req.tenant))
                 where.append(i)
         proposals: list[list[int]] = [[] for _ in pieces]
-        for i, draft in zip(where, self.drafter.propose(asks), strict=True):
+        started = time.perf_counter()
+        drafts = self.drafter.propose(asks) if asks else []
+        if self.model_drafts and asks:
+            per_token = (time.perf_counter() - started) / max(1, sum(ks[i] for i in where))
+            self.drafting = (
+                per_token if not self.drafting else 0.8 * self.drafting + 0.2 * per_token
+            )
+        for i, draft in zip(where, drafts, strict=True):
             proposals[i] = list(draft[: ks[i]])
         return proposals
 

@@ -111,14 +111,19 @@ class Acceptance:
 
 
 def plan_drafts(
-    alphas: list[tuple[float, float]], limits: list[int], costs: StepCosts
+    alphas: list[tuple[float, float]],
+    limits: list[int],
+    costs: StepCosts,
+    drafting: float = 0.0,
 ) -> list[int]:
     """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, each
     `Acceptance.alpha`, with the most each may take in `limits`): added best first while each
-    raises expected tokens per second of the step."""
+    raises expected tokens per second of the step. `drafting`: seconds one draft token costs
+    to make (a draft model's step; n-gram lookups cost next to nothing)."""
     a, b = costs.line()
     tokens = float(len(alphas))  # each decoding sequence yields one token anyway
     seconds = a + b * len(alphas)
+    b += drafting  # what one draft token adds to the step
     chosen = [0] * len(alphas)
     # Max-heap of each sequence's next draft token's expected gain: first * then^(j-1).
     heap = [(-first, i) for i, (first, _) in enumerate(alphas) if limits[i] > 0 and first > 0]

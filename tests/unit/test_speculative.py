@@ -213,3 +213,10 @@ def test_finished_answers_join_their_keys_pool_through_the_scheduler() -> None:
     s.submit(request("b", "q2:", tenant="alice"))
     assert text_of(run_to_end(s)["b"]) == answer
     assert s.stats().accepted >= 2  # the second answer drafted from the first
+
+
+def test_a_draft_models_cost_per_token_counts_against_its_drafts() -> None:
+    costs = StepCosts(0.012, 0.004)
+    assert plan_drafts([(0.9, 0.9)], [8], costs) != [0]
+    # Each draft token takes a draft-model step as long as a main step: not worth it alone.
+    assert plan_drafts([(0.9, 0.9)], [8], costs, drafting=0.016) == [0]
