@@ -41,6 +41,11 @@ class Drafts:
         newcomer's first token should not wait for drafts."""
         if not self.options.enabled or not pieces:
             return 0
+        for piece in pieces:
+            seq = piece.samplers[0]
+            if seq.shadow is not None:  # last step's lookup, not checked: was it right?
+                self._shadowed(seq, seq.shadow == seq.pending)
+                seq.shadow = None
         if any(state.is_prefilling for state in running):
             return 0
         room = self.batch_size - len(pieces)
@@ -63,6 +68,13 @@ class Drafts:
             ks = [len(p) for p in proposals]
         else:
             proposals, ks = self._plan(pieces, limits)
+            if not self.model_drafts:
+                # A lookup made but not checked is judged against the token that comes:
+                # acceptance stays measured at no cost while a sequence does not draft, so
+                # it starts again as soon as its text turns to copying (a quote, a loop).
+                for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
+                    if proposal and not k:
+                        piece.samplers[0].shadow = proposal[0]
             if not any(ks):
                 return 0
         added = 0
@@ -80,10 +92,6 @@ class Drafts:
         """Each piece's draft and how much of it to check, by the cost model."""
         prior = self.acceptance.alpha(FIRST_GUESS)
         alphas = [piece.samplers[0].acceptance.alpha(prior) for piece in pieces]
-        a, b = self.costs.line()
-        if max(first for first, _ in alphas) * (a + b * len(pieces)) <= b * len(pieces):
-            # Not even the likeliest first draft token would pay: skip the lookups.
-            return [[] for _ in pieces], [0] * len(pieces)
         proposals: list[list[int]] = [[] for _ in pieces]
         if not self.model_drafts:  # lookups are nearly free: see what each could draft first
             proposals = self._propose(pieces, limits)
@@ -122,6 +130,10 @@ class Drafts:
         if isinstance(self.drafter, NgramDrafter) and self.options.enabled:
             state = seq.request
             self.drafter.remember(state.req.tenant, seq.slot.cached[len(state.prompt) :])
+
+    def _shadowed(self, seq: Sequence, right: bool) -> None:
+        seq.acceptance.record_first(right)
+        self.acceptance.record_first(right)
 
     def record(self, seq: Sequence, drafted: int, accepted: int, rejected: bool) -> None:
         """One verification: `accepted` of `drafted` confirmed, and whether one was refused

@@ -36,6 +36,9 @@ class Sequence:
     done: bool = False
     acceptance: Acceptance = field(default_factory=Acceptance)
     """How often this sequence's drafts were confirmed (speculative decoding)."""
+    shadow: int | None = None
+    """The first token of last step's draft, not put into the step: checked against the token
+    that came, to keep `acceptance` measured while the sequence does not draft."""
 
 
 @dataclass

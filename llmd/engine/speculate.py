@@ -99,6 +99,11 @@ class Acceptance:
         self.next_ok *= ACCEPT_DECAY
         self.next_seen *= ACCEPT_DECAY
 
+    def record_first(self, right: bool) -> None:
+        """A lookup not put into the step, judged by the token that came."""
+        self.first_seen += 1
+        self.first_ok += 1 if right else 0
+
     def record(self, accepted: int, rejected: bool) -> None:
         """One verification: `accepted` drafts confirmed, then one refused (or none was: all
         held, or the answer ended first)."""

@@ -220,3 +220,19 @@ def test_a_draft_models_cost_per_token_counts_against_its_drafts() -> None:
     assert plan_drafts([(0.9, 0.9)], [8], costs) != [0]
     # Each draft token takes a draft-model step as long as a main step: not worth it alone.
     assert plan_drafts([(0.9, 0.9)], [8], costs, drafting=0.016) == [0]
+
+
+def test_a_sequence_that_stopped_drafting_starts_again_when_its_text_turns_to_copying() -> None:
+    """Lookups not put into a step are judged against the token that came, so acceptance is
+    measured while a sequence does not draft: after a run of misses it drafts again once the
+    lookups come right (here: the answer starts repeating itself)."""
+    answer = "qwertyuiopasdfgh" + "zxcvb" * 8
+    b = FakeBackend(answer=answer)
+    costs = StepCosts(0.012, 0.004)  # a real bar: alpha must beat ~0.25 to draft
+    costs.observe = lambda n, seconds: None  # type: ignore[method-assign]
+    spec = SpeculativeOptions(True, 8, True, 1, 3)
+    s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=costs)
+    s.drafts.acceptance.first_seen = 50.0  # the model's drafts have been poor lately
+    s.submit(request("a", "q: abcdefghijklmnop"))
+    assert text_of(run_to_end(s)["a"]) == answer
+    assert s.stats().accepted > 10
