@@ -229,6 +229,7 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
     assert list(available) == [
         "llmd",
         "llmd-nospec",
+        "llmd-always",
         "llama-server",
         "llama-server+ngram-simple",
         "llama-server+ngram-mod",
