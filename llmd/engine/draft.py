@@ -18,16 +18,11 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from llmd.engine.context import context_params
 from llmd.engine.draft_protocol import DraftAsk
 from llmd.engine.messages import LoadOptions
 
 # The draft's context takes the main one's KV type and flash-attention choice.
-_KV_TYPES = {"f32": lc.GGML_TYPE_F32, "f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0}
-_FLASH_ATTN = {
-    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
 _VOCAB_TYPES = {0: "none", 1: "SPM", 2: "BPE", 3: "WPM", 4: "UGM", 5: "RWKV", 6: "PLaMo-2"}
 
 # llama.cpp's rule for a draft's vocabulary (common/speculative.cpp): sizes may differ a
@@ -112,21 +107,8 @@ class DraftModel:
         self.vocab = vocab
         self.ctx_per_seq = options.ctx_per_seq
         self.batch_size = options.batch_size
-        ctx_params = lc.llama_context_default_params()
-        ctx_params.n_ctx = options.ctx_per_seq * options.parallel
-        ctx_params.n_batch = options.batch_size
-        ctx_params.n_ubatch = min(options.ubatch_size, options.batch_size)
-        ctx_params.n_seq_max = options.parallel
-        ctx_params.n_threads = options.threads
-        ctx_params.n_threads_batch = options.threads_batch
-        ctx_params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
-        ctx_params.type_k = _KV_TYPES[options.kv_type]
-        ctx_params.type_v = _KV_TYPES[options.kv_type]
-        # As the main model's context (llmd/engine/llama.py), for the same reasons: one KV
-        # stream per slot, and sliding-window layers keeping everything.
-        ctx_params.kv_unified = False
-        ctx_params.swa_full = True
-        ctx_params.no_perf = True
+        # Shaped as the main model's context, for the same reasons.
+        ctx_params = context_params(options)
         self.ctx = lc.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             raise DraftError(f"llama.cpp could not create a context for the draft model {path}")

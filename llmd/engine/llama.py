@@ -20,6 +20,7 @@ import llama_cpp as lc
 import numpy as np
 
 from llmd import cpu
+from llmd.engine.context import context_params
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
@@ -27,12 +28,6 @@ from llmd.engine.sampler import TokenSampler, Workspace
 
 log = logging.getLogger("llmd.engine")
 
-_KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type values
-_FLASH_ATTN = {
-    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
 # GGUF `{arch}.pooling_type` values that name a pooling (embedding models declare theirs).
 _POOLINGS = {1: "mean", 2: "cls", 3: "last"}
 _META_KEYS = (
@@ -93,23 +88,7 @@ class LlamaBackend:
         self.n_parallel = options.parallel
         self.batch_size = options.batch_size
 
-        ctx_params = lc.llama_context_default_params()
-        ctx_params.n_ctx = options.ctx_per_seq * options.parallel
-        ctx_params.n_batch = options.batch_size
-        ctx_params.n_ubatch = min(options.ubatch_size, options.batch_size)
-        ctx_params.n_seq_max = options.parallel
-        ctx_params.n_threads = options.threads
-        ctx_params.n_threads_batch = options.threads_batch
-        ctx_params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
-        ctx_params.type_k = _KV_TYPES[options.kv_type]
-        ctx_params.type_v = _KV_TYPES[options.kv_type]
-        # One KV stream per sequence, not one unified pool: in a pool every token attends
-        # over every used cell of every sequence (masked), so cached conversations kept for
-        # reuse would slow down all decoding (measured: docs/benchmarks.md). The price is that
-        # reusing a prefix held by another slot copies that slot's buffer (a few MB).
-        ctx_params.kv_unified = False
-        # Sliding-window layers normally keep only the window; prefix reuse needs all of it.
-        ctx_params.swa_full = True
+        ctx_params = context_params(options)
         # Embeddings are read from this same context, a step at a time, with llama.cpp's
         # per-token hidden states; llmd pools them itself (`embed_rows`), so an input read
         # over several steps pools as one. Chat models pool nothing by default already.
@@ -117,7 +96,6 @@ class LlamaBackend:
         self.pooling = declared or "mean"
         if declared:
             ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
-        ctx_params.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             lc.llama_model_free(self.model)
