@@ -38,16 +38,24 @@ FIRST_GUESS = (0.8, 0.8)
 
 
 class StepCosts:
-    """T(n) = a + b*n, fitted to measured steps."""
+    """What a step of n tokens takes: T(1) apart, T(n) = a + b*n for n >= 2, both fitted to
+    measured steps. A step of one token runs on llama.cpp's decode threads and any larger one
+    on its prompt threads; on a small box the switch alone costs about a whole decode step
+    (bench/spec_steps.py: 24 ms for one SmolLM2 token, 54 ms for two, 111 ms for nine), so a
+    line through one-token steps would make a single stream's first draft token look cheap."""
 
-    def __init__(self, a: float, b: float) -> None:
-        # The probe's two points stand as prior observations, with the weight of a few steps.
+    def __init__(self, a: float, b: float, single: float | None = None) -> None:
+        # The probe's points stand as prior observations, with the weight of a few steps.
         self._sw = self._sx = self._sy = self._sxx = self._sxy = 0.0
-        for n, t in ((1, a + b), (9, a + 9 * b)):
-            self._add(n, t, 4.0)
+        for n in (2, 9):
+            self._add(n, a + b * n, 4.0)
+        self._single = single if single is not None else a + b
 
     def observe(self, n: int, seconds: float) -> None:
         if n > FIT_MAX_TOKENS:
+            return
+        if n == 1:
+            self._single = self._single * 0.95 + seconds * 0.05
             return
         d = COST_DECAY
         self._sw, self._sx, self._sy = self._sw * d, self._sx * d, self._sy * d
@@ -62,12 +70,18 @@ class StepCosts:
         self._sxy += w * n * t
 
     def line(self) -> tuple[float, float]:
-        """(a, b): fixed cost and cost per token of a step, b never below zero."""
+        """(a, b): fixed cost and cost per token of a step of two or more tokens."""
         var = self._sxx * self._sw - self._sx * self._sx
         b = (self._sxy * self._sw - self._sx * self._sy) / var if var > 0 else 0.0
         b = max(b, 0.0)
         a = max((self._sy - b * self._sx) / self._sw, 1e-6)
         return a, b
+
+    def time(self, n: int) -> float:
+        if n == 1:
+            return self._single
+        a, b = self.line()
+        return a + b * n
 
 
 @dataclass
@@ -122,15 +136,19 @@ def plan_drafts(
     drafting: float = 0.0,
 ) -> list[int]:
     """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, each
-    `Acceptance.alpha`, with the most each may take in `limits`): added best first while each
-    raises expected tokens per second of the step. `drafting`: seconds one draft token costs
-    to make (a draft model's step; n-gram lookups cost next to nothing)."""
+    `Acceptance.alpha`, with the most each may take in `limits`), so that the step's expected
+    tokens per second are highest. `drafting`: seconds one draft token costs to make (a draft
+    model's step; n-gram lookups cost next to nothing)."""
+    if len(alphas) == 1:
+        return [_alone(alphas[0], limits[0], costs, drafting)]
     a, b = costs.line()
     tokens = float(len(alphas))  # each decoding sequence yields one token anyway
     seconds = a + b * len(alphas)
     b += drafting  # what one draft token adds to the step
     chosen = [0] * len(alphas)
-    # Max-heap of each sequence's next draft token's expected gain: first * then^(j-1).
+    # With two or more sequences every step is on the line already: each draft token adds b,
+    # so they are added best first while the next one raises tokens per second, which is
+    # when its expected gain first * then^(j-1) is above b * tokens / seconds.
     heap = [(-first, i) for i, (first, _) in enumerate(alphas) if limits[i] > 0 and first > 0]
     heapq.heapify(heap)
     while heap:
@@ -146,12 +164,27 @@ def plan_drafts(
     return chosen
 
 
+def _alone(alpha: tuple[float, float], limit: int, costs: StepCosts, drafting: float) -> int:
+    """One sequence: its first draft token moves the step off the one-token path, which may
+    only pay back with several, so every k is weighed whole."""
+    first, then = alpha
+    best_k, best = 0, 1.0 / costs.time(1)
+    gain = expected = 0.0
+    for k in range(1, limit + 1):
+        gain = first if k == 1 else gain * then
+        expected += gain
+        rate = (1.0 + expected) / (costs.time(1 + k) + drafting * k)
+        if rate > best:
+            best_k, best = k, rate
+    return best_k
+
+
 def probe_costs(backend: Backend, token: int) -> StepCosts | None:
-    """Time a step of 1 and of 9 tokens (all with logits) in slot 0, best of three, for the
-    cost line's start; None if the model cannot drop cells from a sequence's end (recurrent
+    """Time a step of 1, 2 and 9 tokens (all with logits) in slot 0, best of three, for the
+    cost model's start; None if the model cannot drop cells from a sequence's end (recurrent
     models), which verification needs."""
-    timings: dict[int, list[float]] = {1: [], 9: []}
-    for n in (1, 9, 1, 9, 1, 9, 1, 9):  # the first pair warms up
+    timings: dict[int, list[float]] = {1: [], 2: [], 9: []}
+    for n in (1, 2, 9) * 4:  # the first round warms up
         entries = [(token, pos, 0, True) for pos in range(n)]
         started = time.perf_counter()
         status = backend.decode(entries)
@@ -163,6 +196,6 @@ def probe_costs(backend: Backend, token: int) -> StepCosts | None:
             return None
         backend.seq_rm(0, -1, -1)
         timings[n].append(took)
-    t1, t9 = min(timings[1][1:]), min(timings[9][1:])
-    b = max((t9 - t1) / 8, 0.0)
-    return StepCosts(max(t1 - b, 1e-6), b)
+    t1, t2, t9 = (min(timings[n][1:]) for n in (1, 2, 9))
+    b = max((t9 - t2) / 7, 0.0)
+    return StepCosts(max(t2 - 2 * b, 1e-6), b, t1)

@@ -236,3 +236,15 @@ def test_a_sequence_that_stopped_drafting_starts_again_when_its_text_turns_to_co
     s.submit(request("a", "q: abcdefghijklmnop"))
     assert text_of(run_to_end(s)["a"]) == answer
     assert s.stats().accepted > 10
+
+
+def test_a_single_streams_first_draft_token_pays_for_the_switch_to_the_prompt_threads() -> None:
+    """The shape measured for SmolLM2 on the 2-core box (bench/spec_steps.py): 24 ms for one
+    token, then about 45 + 7.5 ms per token on the prompt threads. One or two drafts never
+    pay that jump; a long confirmed copy does."""
+    costs = StepCosts(0.045, 0.0075, single=0.024)
+    assert costs.time(1) == 0.024 and abs(costs.time(2) - 0.060) < 1e-9
+    assert plan_drafts([(0.7, 0.7)], [8], costs) == [0]
+    assert plan_drafts([(0.6, 0.97)], [8], costs) == [8]
+    # With two streams every step is on the prompt threads already: drafts are judged by b.
+    assert plan_drafts([(0.7, 0.7), (0.7, 0.7)], [8, 8], costs) != [0, 0]
