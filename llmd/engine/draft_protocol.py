@@ -29,7 +29,3 @@ class Drafter(Protocol):
     def propose(self, asks: list[DraftAsk]) -> list[list[int]]:
         """For each ask, up to `k` tokens expected after `tokens`, in order."""
         ...
-
-    def forget(self, slot: int) -> None:
-        """The slot's cells were cleared or given to another sequence."""
-        ...

@@ -52,9 +52,6 @@ class NgramDrafter:
     def propose(self, asks: list[DraftAsk]) -> list[list[int]]:
         return [self._propose(ask) for ask in asks]
 
-    def forget(self, slot: int) -> None:
-        self._slots.pop(slot, None)
-
     def remember(self, tenant: str, answer: Sequence[int]) -> None:
         """An answer just ended: keep it in its key's pool of recent answers."""
         if not answer:
