@@ -27,6 +27,7 @@ from typing import TypeVar
 import psutil
 
 from bench.daemon import GEMMA, MODELS, ROOT, SMOL, Daemon, free_port, spawn, start_daemon
+from llmd.settings import EngineSettings
 
 NAMED_MODELS = {"smollm2": MODELS / SMOL, "gemma3": MODELS / GEMMA}
 CONTENDERS = ("llmd", "llama-server", "llama-cpp-python", "serial")
@@ -45,10 +46,15 @@ def log(msg: str) -> None:
 
 
 def omp_policy() -> str:
-    """The OpenMP wait policy every contender runs under: the caller's, else PASSIVE (llmd's
-    own default). Set in this process's environment, which every server, llama-bench and
-    in-process engine run inherits, before anything starts llama.cpp."""
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """The OpenMP wait policy every contender runs under: the caller's, else llmd's own
+    defaults (PASSIVE, spinning `engine.omp_spin_count` at a barrier before sleeping). Set in
+    this process's environment, which every server, llama-bench and in-process engine run
+    inherits, before anything starts llama.cpp; llmd's config gets the same (`_llmd_config`)."""
+    policy = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if policy.upper() != "PASSIVE":
+        return policy
+    spin = os.environ.setdefault("GOMP_SPINCOUNT", str(EngineSettings().omp_spin_count))
+    return f"{policy} (GOMP_SPINCOUNT={spin})"
 
 
 def _rss_tree(proc: psutil.Process) -> int:
@@ -142,6 +148,8 @@ def _llmd_config(s: Setup, extra_toml: str = "") -> str:
         f"parallel = {s.parallel}",
         f"threads = {s.threads}",
         f"threads_batch = {s.threads_batch}",
+        f'omp_wait_policy = "{os.environ["OMP_WAIT_POLICY"].lower()}"',
+        f"omp_spin_count = {os.environ.get('GOMP_SPINCOUNT', 0)}",
         "[models.bench]",
         f'path = "{s.model.resolve()}"',
     ]

@@ -76,6 +76,8 @@ EMPTY = "stream ended without any content"
 REQUEST_TIMEOUT = 900.0
 SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
 SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
+SPECULATION_K = "[engine.speculative]\nmax_draft = {k}\n"
+DRAFT_LIMITS = (4, 16, 32, 64)
 """Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 QUICK = {
     "models": "smollm2",
@@ -118,6 +120,8 @@ def contenders(spec_types: list[str]) -> dict[str, Contender]:
         "llmd-always": Contender("llmd-always", "llmd", toml=SPECULATION_ALWAYS),
         "llama-server": Contender("llama-server", "llama-server"),
     }  # fmt: skip
+    for k in DRAFT_LIMITS:  # llmd with another max_draft: what longer drafts are worth
+        out[f"llmd-k{k}"] = Contender(f"llmd-k{k}", "llmd", toml=SPECULATION_K.format(k=k))
     for t in NGRAM_TYPES:
         if t in spec_types:
             out[NGRAM_PREFIX + t] = Contender(NGRAM_PREFIX + t, "llama-server", ("--spec-type", t))
@@ -145,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--contenders",
-        help="comma list of llmd, llmd-nospec, llmd-always, llama-server, "
+        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llama-server, "
         f"llama-server+<n-gram type> ({', '.join(NGRAM_TYPES)}), or ngram: every n-gram "
         "type this llama-server has",
     )

@@ -192,6 +192,16 @@ class EngineSettings(_Section):
         "on a small box shared with the HTTP server and other work, spinning threads starve "
         "everything else and make decode erratic (see docs/benchmarks.md).",
     )
+    omp_spin_count: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="How long a 'passive' llama.cpp thread spins at a barrier before it sleeps "
+        "(libgomp's GOMP_SPINCOUNT, roughly 100,000 a millisecond: 10,000 is ~0.1 ms). A step "
+        "crosses a barrier after each of its hundreds of operations; sleeping at once pays a "
+        "wake-up at every one (on 2 cores a 2-token step took 47 ms instead of 21, a 2-thread "
+        "decode 40 instead of 14; docs/benchmarks.md). 0 sleeps at once. Unused with 'active'.",
+    )
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Flash attention. On a CPU 'auto' turns it on: decode steps with many "

@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ class RequestHandle:
 class EngineOptions:
     load: LoadOptions
     omp_wait_policy: str
+    omp_spin_count: int
     log_level: str
     max_queue: int
     load_timeout_s: float
@@ -280,8 +281,9 @@ class SpareProcess:
     took the spare is ready: started at once, its imports would compete with that load.
     """
 
-    def __init__(self, omp_wait_policy: str, log_level: str) -> None:
+    def __init__(self, omp_wait_policy: str, omp_spin_count: int, log_level: str) -> None:
         self.omp_wait_policy = omp_wait_policy
+        self.omp_spin_count = omp_spin_count
         self.log_level = log_level
         self._next: asyncio.Task[Spawned] | None = None
 
@@ -305,7 +307,7 @@ class SpareProcess:
 
     async def _spawn(self) -> Spawned:
         parent, child = socket.socketpair()
-        env = dict(os.environ, OMP_WAIT_POLICY=self.omp_wait_policy.upper())
+        env = omp_env(os.environ, self.omp_wait_policy, self.omp_spin_count)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -340,7 +342,19 @@ class SpareProcess:
             await asyncio.wait_for(proc.wait(), 10)
 
 
-_SPARES: dict[tuple[str, str], SpareProcess] = {}
+_SPARES: dict[tuple[str, int, str], SpareProcess] = {}
+
+
+def omp_env(base: Mapping[str, str], policy: str, spin_count: int) -> dict[str, str]:
+    """`base` with the OpenMP wait settings of a model process. A passive thread spins
+    `spin_count` times at a barrier before it sleeps: GOMP_SPINCOUNT overrides the policy's
+    own count (0 for passive) in libgomp, which the llama.cpp wheel's threads run on. Active
+    keeps libgomp's own (spin for minutes), so an inherited count is dropped."""
+    env = dict(base, OMP_WAIT_POLICY=policy.upper())
+    env.pop("GOMP_SPINCOUNT", None)
+    if policy == "passive":
+        env["GOMP_SPINCOUNT"] = str(spin_count)
+    return env
 
 
 def prepare_spare(options: EngineOptions) -> None:
@@ -349,7 +363,7 @@ def prepare_spare(options: EngineOptions) -> None:
 
 
 def _spares(options: EngineOptions) -> SpareProcess:
-    key = (options.omp_wait_policy, options.log_level)
+    key = (options.omp_wait_policy, options.omp_spin_count, options.log_level)
     if key not in _SPARES:
         _SPARES[key] = SpareProcess(*key)
     return _SPARES[key]

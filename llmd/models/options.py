@@ -58,6 +58,7 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
     return EngineOptions(
         load=load,
         omp_wait_policy=engine.omp_wait_policy,
+        omp_spin_count=engine.omp_spin_count,
         log_level=settings.server.log_level,
         max_queue=settings.server.max_queue,
         load_timeout_s=engine.load_timeout_s,

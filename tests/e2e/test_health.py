@@ -55,6 +55,18 @@ def test_health_endpoints(daemon: Daemon) -> None:
     assert by_name[GEMMA]["parallel"] == 2
 
 
+def test_model_processes_wait_briefly_then_sleep_at_llama_cpps_barriers(daemon: Daemon) -> None:
+    """engine.omp_wait_policy and omp_spin_count reach libgomp in every model process: the
+    llama.cpp threads there run on libgomp, which reads them from the environment."""
+    for m in daemon.health()["models"]:
+        with open(f"/proc/{m['pid']}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        assert env[b"OMP_WAIT_POLICY"] == b"PASSIVE"
+        assert env[b"GOMP_SPINCOUNT"] == b"10000"
+        with open(f"/proc/{m['pid']}/maps") as f:
+            assert "libgomp" in f.read()
+
+
 def test_models_list_matches_openai_schema(daemon: Daemon) -> None:
     resp = httpx.get(daemon.url + "/v1/models", timeout=10)
     assert resp.status_code == 200, resp.text

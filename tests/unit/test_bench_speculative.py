@@ -231,11 +231,16 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
         "llmd-nospec",
         "llmd-always",
         "llama-server",
+        "llmd-k4",
+        "llmd-k16",
+        "llmd-k32",
+        "llmd-k64",
         "llama-server+ngram-simple",
         "llama-server+ngram-mod",
     ]
     assert available["llama-server+ngram-mod"].flags == ("--spec-type", "ngram-mod")
     assert "enabled = false" in available["llmd-nospec"].toml
+    assert "max_draft = 32" in available["llmd-k32"].toml
     picked = pick_contenders(["llmd", "ngram", "llama-server+ngram-cache"], available)
     assert [c.name for c in picked] == [
         "llmd",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.daemon import GEMMA, MODELS, SMOL
+from llmd.engine.client import omp_env
 from llmd.gguf import estimate, read_model
 from llmd.models import auto_threads, engine_options, estimate_for
 from llmd.plan import PlanInput, make_plan
@@ -62,3 +63,21 @@ def test_a_draft_is_found_under_models_dir_and_counted_in_estimate_and_plan(
     alone_16 = rows["plain"]["max_ctx_per_seq_alone"]["16"]
     assert 0 < rows["drafted"]["max_ctx_per_seq_alone"]["16"] < alone_16 < 8192
     assert rows["missing"]["error"] == f"draft model: file not found: {MODELS / 'nothing.gguf'}"
+
+
+def test_openmp_settings_reach_the_model_process_environment() -> None:
+    settings = Settings.model_validate(
+        {
+            "models_dir": str(MODELS),
+            "engine": {"omp_spin_count": 2500},
+            "models": {"m": {"path": SMOL}},
+        }
+    )
+    options = engine_options(settings, settings.models["m"], MODELS / SMOL)
+    assert (options.omp_wait_policy, options.omp_spin_count) == ("passive", 2500)
+    inherited = {"PATH": "/bin", "GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "ACTIVE"}
+    env = omp_env(inherited, "passive", 2500)
+    assert env == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "2500"}
+    # Active keeps libgomp's own spin (minutes): an inherited count would cut it short.
+    assert omp_env(inherited, "active", 2500) == {"PATH": "/bin", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert Settings().engine.omp_spin_count == 10_000
