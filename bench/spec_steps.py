@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("--threads-batch", type=int, default=2)
     parser.add_argument("--flash-attn", default="auto")
     parser.add_argument("--history", type=int, default=700)
+    parser.add_argument("--max-tokens", type=int, default=17)
     args = parser.parse_args()
     omp_policy()  # before llama.cpp's OpenMP starts
     from llmd.engine.llama import LlamaBackend
@@ -38,7 +39,7 @@ def main() -> int:
     for start in range(0, len(history), 256):
         chunk = history[start : start + 256]
         backend.decode([(tok, start + i, 0, False) for i, tok in enumerate(chunk)])
-    for k in (0, 1, 2, 4, 8):
+    for k in range(args.max_tokens):
         runs = []
         for _ in range(7):
             entries = [(1234 + j, args.history + j, 0, True) for j in range(k + 1)]
