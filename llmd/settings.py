@@ -136,7 +136,7 @@ class SpeculativeSettings(_Section):
         True, description="Draft and verify where it pays; false: one token a step, always."
     )
     max_draft: int = Field(
-        8, ge=1, le=64, description="Most draft tokens one sequence adds to a step."
+        16, ge=1, le=64, description="Most draft tokens one sequence adds to a step."
     )
     adaptive: bool = Field(
         True,

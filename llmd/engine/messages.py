@@ -117,7 +117,7 @@ class SpeculativeOptions:
     """Speculative decoding (`[engine.speculative]`): drafts checked inside the batch step."""
 
     enabled: bool = True
-    max_draft: int = 8
+    max_draft: int = 16
     """Most draft tokens one sequence adds to a step."""
     adaptive: bool = True
     """Draft where the cost model says it pays; False: every draft found, up to max_draft."""
