@@ -1,18 +1,18 @@
 """How many draft tokens each sequence puts into a step: a choice from measured step costs and
 each sequence's recent acceptance, so that speculation is used where it pays and not elsewhere.
 
-A step's time grows with its tokens: T(n) = a + b*n. On a CPU `a` (reading every weight once)
-dominates: one decode token ~12 ms, each further token in the same step ~3-5 ms (SmolLM2 on
-the 2-core box, docs/speculative.md). A sequence whose drafts are accepted with probability
-`alpha` each gains alpha^j tokens from its j-th draft token (it counts only if the j-1 before it
-were accepted), which costs `b`. The step's throughput N/T (expected tokens over time) rises
-with that draft token exactly when alpha^j > b*N/T. So draft tokens are added, best first
-across all sequences, while the next one clears the bar, which rises as the step grows: with
-one stream a draft needs alpha above ~0.25; with 16 streams the step is already long and
-drafting stops unless nearly every draft is accepted.
+A step's time grows with its tokens: T(n) = a + b*n. On a CPU `a` (reading every weight once,
+the threads' start) is the larger part: one decode token ~20 ms, a step of 2 ~21-27 ms, each
+further token ~6-8 ms (SmolLM2 on the 2-core box, docs/speculative.md). A sequence whose
+drafts are accepted with probability `alpha` each gains alpha^j tokens from its j-th draft
+token (it counts only if the j-1 before it were accepted), which costs `b`. The step's
+throughput N/T (expected tokens over time) rises with that draft token exactly when
+alpha^j > b*N/T. So draft tokens are added, best first across all sequences, while the next
+one clears the bar, which rises as the step grows: with 16 streams the step is already long
+and drafting stops unless nearly every draft is accepted.
 
 `a` and `b` are fitted to the steps this engine actually runs (decay-weighted least squares
-over steps that read no prompt), starting from a probe of two steps at load.
+over steps that read no prompt), starting from a probe of steps of 1, 2 and 9 tokens at load.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ FIRST_GUESS = (0.8, 0.8)
 class StepCosts:
     """What a step of n tokens takes: T(1) apart, T(n) = a + b*n for n >= 2, both fitted to
     measured steps. A step of one token runs on llama.cpp's decode threads and any larger one
-    on its prompt threads; on a small box the switch alone costs about a whole decode step
-    (bench/spec_steps.py: 24 ms for one SmolLM2 token, 54 ms for two, 111 ms for nine), so a
-    line through one-token steps would make a single stream's first draft token look cheap."""
+    on its prompt threads; what the switch costs depends on the box and its OpenMP waits
+    (bench/spec_steps.py, SmolLM2 on 2 cores: 20 ms for one token, 47 for two with threads
+    that sleep at once, 21-27 with `engine.omp_spin_count`), so a line through one-token
+    steps could make a single stream's first draft token look cheaper than it is."""
 
     def __init__(self, a: float, b: float, single: float | None = None) -> None:
         # The probe's points stand as prior observations, with the weight of a few steps.
