@@ -1,0 +1,89 @@
+"""Speculative decoding in one process, no HTTP: llmd's scheduler on the real backend with
+bench.spec_texts' prompts, each arm in turn (order reversed every repeat), output tokens per
+second once every prompt is read. Tells llmd's own settings apart on the same text, which the
+side-by-side run cannot (contenders' greedy answers differ; docs/benchmarks.md).
+
+    .venv/bin/python -m bench.spec_inproc --model gemma3 --workload code_edit \
+        --max-draft 0,8,16,32                       # one stream; 0 = speculation off
+    .venv/bin/python -m bench.spec_inproc --model gemma3 --workload chat --streams 16 \
+        --temperature 0.7 --top-p 0.95 --max-draft 0,16 --max-tokens 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from bench.harness import NAMED_MODELS, omp_policy
+from bench.spec_texts import MAX_TOKENS, WORKLOADS, prompt
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="bench.spec_inproc", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path")
+    p.add_argument("--workload", default="code_edit", choices=WORKLOADS)
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--max-draft", default="0,16", help="comma list; 0 = speculation off")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=0, help="0: the workload's own")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    omp_policy()  # before llama.cpp's OpenMP starts
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import Delta, GenerateRequest, LoadOptions, SpeculativeOptions
+    from llmd.engine.scheduler import Scheduler
+    from llmd.engine.speculate import probe_costs
+    from llmd.sampling import resolve
+    from llmd.templates import choose_template
+
+    model = NAMED_MODELS.get(args.model, Path(args.model))
+    backend = LlamaBackend(
+        LoadOptions(model, 2048, max(args.streams, 4), 256, 256, 1, 2, "auto", "f16")
+    )
+    template = choose_template(None, backend.metadata(), "", "")
+    max_tokens = args.max_tokens or MAX_TOKENS[args.workload]
+    arms = [int(k) for k in args.max_draft.split(",")]
+    rates: dict[int, list[float]] = {k: [] for k in arms}
+    for rep in range(args.repeats):
+        for k in arms if rep % 2 == 0 else arms[::-1]:
+            costs = probe_costs(backend, max(backend.bos, 0))
+            spec = SpeculativeOptions(enabled=k > 0, max_draft=max(k, 1))
+            s = Scheduler(
+                backend, 2048, backend.adds_bos(), backend.bos, speculative=spec, costs=costs
+            )
+            for i in range(args.streams):
+                text = prompt(args.workload, f"{args.workload}/{rep}/{i}")
+                if template is not None:  # a chat model answers the user message
+                    text = template.render([{"role": "user", "content": text}]).text
+                sampling = resolve(
+                    temperature=args.temperature, top_p=args.top_p, max_tokens=max_tokens, seed=i
+                )
+                s.submit(GenerateRequest(f"r{i}", text, sampling))
+            while s.waiting or any(state.is_prefilling for state in s.running):
+                s.step()
+            produced, steps, started = 0, 0, time.perf_counter()
+            while s.has_work():
+                produced += sum(e.tokens for e in s.step() if isinstance(e, Delta))
+                steps += 1
+            took = time.perf_counter() - started
+            for slot in s.slots:
+                backend.seq_rm(slot.id, -1, -1)
+            rates[k].append(produced / took)
+            stats = s.stats()
+            print(
+                f"{model.name} {args.workload} x{args.streams} max_draft {k} (repeat {rep}): "
+                f"{produced / took:.1f} tok/s, {produced} tokens in {steps} steps, "
+                f"{stats.accepted}/{stats.drafted} drafts confirmed",
+                flush=True,
+            )
+    for k, values in rates.items():
+        print(f"max_draft {k}: median {statistics.median(values):.1f} tok/s of {len(values)}")
+    backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
