@@ -78,6 +78,8 @@ SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
 SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
 SPECULATION_K = "[engine.speculative]\nmax_draft = {k}\n"
 DRAFT_LIMITS = (4, 16, 32, 64)
+SPECULATION_N = "[engine.speculative]\nngram_max = {n}\n"
+NGRAM_LONGEST = (8, 12)
 """Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 QUICK = {
     "models": "smollm2",
@@ -122,6 +124,8 @@ def contenders(spec_types: list[str]) -> dict[str, Contender]:
     }  # fmt: skip
     for k in DRAFT_LIMITS:  # llmd with another max_draft: what longer drafts are worth
         out[f"llmd-k{k}"] = Contender(f"llmd-k{k}", "llmd", toml=SPECULATION_K.format(k=k))
+    for n in NGRAM_LONGEST:  # llmd looking up longer n-grams first: fewer drafts from prose
+        out[f"llmd-ngram{n}"] = Contender(f"llmd-ngram{n}", "llmd", toml=SPECULATION_N.format(n=n))
     for t in NGRAM_TYPES:
         if t in spec_types:
             out[NGRAM_PREFIX + t] = Contender(NGRAM_PREFIX + t, "llama-server", ("--spec-type", t))
@@ -149,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--contenders",
-        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llama-server, "
+        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llmd-ngram8/12, "
+        "llama-server, "
         f"llama-server+<n-gram type> ({', '.join(NGRAM_TYPES)}), or ngram: every n-gram "
         "type this llama-server has",
     )
