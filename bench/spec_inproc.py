@@ -16,13 +16,15 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.harness import NAMED_MODELS, omp_policy
+from bench.harness import model_arg, omp_policy
 from bench.spec_texts import MAX_TOKENS, WORKLOADS, prompt
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench.spec_inproc", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path")
+    p.add_argument(
+        "--model", type=model_arg, default="smollm2", help="smollm2, gemma3 or a GGUF path"
+    )
     p.add_argument("--workload", default="code_edit", choices=WORKLOADS)
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--max-draft", default="0,16", help="comma list; 0 = speculation off")
@@ -39,7 +41,7 @@ def main() -> int:
     from llmd.sampling import resolve
     from llmd.templates import choose_template
 
-    model = NAMED_MODELS.get(args.model, Path(args.model))
+    model: Path = args.model
     backend = LlamaBackend(
         LoadOptions(model, 2048, max(args.streams, 4), 256, 256, 1, 2, "auto", "f16")
     )

@@ -1,10 +1,11 @@
 """What a step of one sequence costs with draft tokens: 1 + k tokens (all with logits) after a
-history, k = 0, 1, 2, 4, 8, in one process on the real backend (docs/benchmarks.md, the
+history, every k below --max-tokens, in one process on the real backend (docs/benchmarks.md, the
 speculative decoding section). The cost model (llmd/engine/speculate.py) fits the same line
 from the steps the engine runs.
 
     .venv/bin/python -m bench.spec_steps [--model PATH] [--threads 1] [--threads-batch 2]
                                          [--flash-attn auto] [--history 700]
+                                         [--max-tokens 17]
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.harness import NAMED_MODELS, omp_policy
+from bench.harness import model_arg, omp_policy
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.spec_steps", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", type=model_arg, default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--threads-batch", type=int, default=2)
     parser.add_argument("--flash-attn", default="auto")
@@ -30,7 +31,7 @@ def main() -> int:
     from llmd.engine.llama import LlamaBackend
     from llmd.engine.messages import LoadOptions
 
-    model = NAMED_MODELS.get(args.model, Path(args.model))
+    model: Path = args.model
     options = LoadOptions(
         model, 2048, 16, 256, 256, args.threads, args.threads_batch, args.flash_attn, "f16"
     )

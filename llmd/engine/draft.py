@@ -22,7 +22,6 @@ from llmd.engine.context import context_params
 from llmd.engine.draft_protocol import DraftAsk
 from llmd.engine.messages import LoadOptions
 
-# The draft's context takes the main one's KV type and flash-attention choice.
 _VOCAB_TYPES = {0: "none", 1: "SPM", 2: "BPE", 3: "WPM", 4: "UGM", 5: "RWKV", 6: "PLaMo-2"}
 
 # llama.cpp's rule for a draft's vocabulary (common/speculative.cpp): sizes may differ a
