@@ -6,9 +6,14 @@ passage, a table rewritten as JSON, tool arguments echoing the question. Where t
 tokens occurred before, what followed them then is a good guess for what follows now; the
 batch step checks the guess (llmd/engine/scheduler.py), so a wrong one costs only the cells.
 
-Per slot, an index maps each n-gram (n from `ngram_min` to `ngram_max`) to the position after
-its latest occurrence. It grows by the tokens added since the last call, so a step costs a
-few dictionary operations per new token, not a scan of the history.
+The longest match wins (up to `ngram_max` tokens; at least `ngram_min`), the latest among
+equals. It is found as LZ77 compressors find theirs: per slot, a table maps each `ngram_min`
+tokens to the latest position they were followed at, and a chain links every position to the
+one before it with the same `ngram_min` tokens. A lookup walks the chain from the latest
+occurrence, measuring each match backward, until one reaches `ngram_max` or CHAIN positions
+were tried. That holds two machine integers per token (the index of every n-gram length that
+llmd kept before took ~460 bytes per token at lengths 2-4 and ~2 KB at 2-12: docs/speculative
+.md), so long matches cost no memory, and it grows by the tokens added since the last call.
 
 Where the sequence's own tokens hold no match, the answers recently written for the same API
 key are looked up the same way: a flow running one extraction over many documents, or staff
@@ -18,9 +23,9 @@ fast an answer comes never tells one key what another was answered.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import MutableSequence, Sequence
 
 from llmd.engine.draft_protocol import DraftAsk
 
@@ -28,16 +33,37 @@ RECENT_TOKENS = 8192
 """Tokens of recent answers kept per key for lookups (the older half goes when full)."""
 RECENT_KEYS = 32
 """Keys whose recent answers are kept, least recently answered out."""
+CHAIN = 64
+"""Earlier occurrences of the last `ngram_min` tokens a lookup measures at most, latest first
+(zlib's default chain is 128 for a byte stream; tokens repeat far less often)."""
 _GAP = -1
-"""Between two answers in a pool: no real token, so no n-gram spans two answers."""
+"""Between two answers in a pool: no real token, so no match spans two answers."""
 
 
-@dataclass
+BYTES_PER_TOKEN = 112
+"""Memory one indexed token can take: its entries in the token and chain arrays (8 bytes), and
+at most one table entry (~100 bytes with its key and value objects: tracemalloc on pools of
+distinct n-grams). Real text repeats its n-grams: a full pool of SmolLM2-tokenised prose took
+0.38 MiB, against 0.86 MiB by this bound."""
+
+
+def index_bytes(slots: int, ctx_per_seq: int) -> int:
+    """The most memory the lookups' indexes take in a model process, for its memory estimate:
+    every slot's sequence at full length and every key's pool full."""
+    return (slots * ctx_per_seq + RECENT_KEYS * RECENT_TOKENS) * BYTES_PER_TOKEN
+
+
 class _Index:
-    tokens: list[int] = field(default_factory=list)
-    """The tokens indexed: every n-gram ending before the last of them has its entry."""
-    after: dict[tuple[int, ...], int] = field(default_factory=dict)
-    """n-gram -> the position just after its latest indexed occurrence."""
+    """Tokens and their chains. `tokens` is a list for a slot (sharing the sequence's token
+    objects) and an `array` for a pool (a copy that outlives the sequence)."""
+
+    def __init__(self, tokens: MutableSequence[int]) -> None:
+        self.tokens = tokens
+        self.prev = array("i")
+        """position -> the latest earlier position whose `ngram_min` tokens before it are the
+        same, or -1; a position p is the token that followed tokens[p - ngram_min : p]."""
+        self.head: dict[int, int] = {}
+        """`ngram_min` tokens (packed) -> the latest position that followed them."""
 
 
 class NgramDrafter:
@@ -45,7 +71,8 @@ class NgramDrafter:
     recent answers."""
 
     def __init__(self, ngram_min: int, ngram_max: int) -> None:
-        self.sizes = range(ngram_max, ngram_min - 1, -1)  # longest first
+        self.ngram_min = ngram_min
+        self.ngram_max = ngram_max
         self._slots: dict[int, _Index] = {}
         self._recent: OrderedDict[str, _Index] = OrderedDict()
 
@@ -56,15 +83,16 @@ class NgramDrafter:
         """An answer just ended: keep it in its key's pool of recent answers."""
         if not answer:
             return
-        pool = self._recent.pop(tenant, None) or _Index()
+        pool = self._recent.pop(tenant, None) or _Index(array("i"))
         self._recent[tenant] = pool
         while len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)
-        tokens = [*pool.tokens, _GAP, *answer]
-        if len(tokens) > RECENT_TOKENS:
-            pool = self._recent[tenant] = _Index()
-            tokens = tokens[-RECENT_TOKENS // 2 :]
-        self._extend(pool, tokens)
+        if len(pool.tokens) + 1 + len(answer) > RECENT_TOKENS:
+            kept = [*pool.tokens, _GAP, *answer][-RECENT_TOKENS // 2 :]
+            pool = self._recent[tenant] = _Index(array("i"))
+            self._extend(pool, kept)
+        else:
+            self._extend(pool, [_GAP, *answer])
 
     def _propose(self, ask: DraftAsk) -> list[int]:
         tokens, k = ask.tokens, ask.k
@@ -73,42 +101,69 @@ class NgramDrafter:
             return own
         return self._lookup(self._recent[ask.tenant], tokens, k, own=False)
 
+    def _key(self, tokens: Sequence[int], end: int) -> int:
+        key = 0
+        for t in tokens[end - self.ngram_min : end]:
+            key = key << 32 | (t & 0xFFFFFFFF)
+        return key
+
     def _lookup(self, index: _Index, tokens: Sequence[int], k: int, own: bool) -> list[int]:
         end = len(tokens)
-        for n in self.sizes:
-            if end <= n:
-                continue
-            start = index.after.get(tuple(tokens[end - n : end]))
-            if start is None:
-                continue
-            if not own:  # what followed in an earlier answer, up to that answer's end
-                draft = index.tokens[start : start + k]
-                return draft[: draft.index(_GAP)] if _GAP in draft else draft
-            draft = list(tokens[start : start + k])
-            # A match less than k tokens back is a repeat of period end - start: the draft
-            # goes on around it (a list, a table's rows, a loop).
-            while len(draft) < k:
-                draft.append(draft[len(draft) - (end - start)])
-            return draft
-        return []
+        if end < self.ngram_min:
+            return []
+        start = self._match(index, tokens)
+        if start < 0:
+            return []
+        if not own:  # what followed in an earlier answer, up to that answer's end
+            draft = list(index.tokens[start : start + k])
+            return draft[: draft.index(_GAP)] if _GAP in draft else draft
+        draft = list(tokens[start : start + k])
+        # A match less than k tokens back is a repeat of period end - start: the draft goes
+        # on around it (a list, a table's rows, a loop).
+        while len(draft) < k:
+            draft.append(draft[len(draft) - (end - start)])
+        return draft
+
+    def _match(self, index: _Index, tokens: Sequence[int]) -> int:
+        """The position after the longest (then latest) earlier match of the end of `tokens`
+        in `index`, or -1."""
+        end, longest = len(tokens), self.ngram_max
+        held, prev = index.tokens, index.prev
+        pos = index.head.get(self._key(tokens, end), -1)
+        best, best_len = -1, self.ngram_min - 1
+        for _ in range(CHAIN):
+            if pos < 0:
+                break
+            n, most = 0, min(longest, pos, end)
+            while n < most and held[pos - 1 - n] == tokens[end - 1 - n]:
+                n += 1
+            if n > best_len:
+                best, best_len = pos, n
+                if n == longest:
+                    break
+            pos = prev[pos]
+        return best
 
     def _catch_up(self, slot: int, tokens: Sequence[int]) -> _Index:
         """The slot's index, extended to `tokens` (rebuilt if they are not a continuation
         of what it indexed: the slot went to another sequence)."""
         index = self._slots.get(slot)
         if index is None or tokens[: len(index.tokens)] != index.tokens:
-            index = self._slots[slot] = _Index()
-        self._extend(index, tokens)
+            index = self._slots[slot] = _Index([])
+        self._extend(index, tokens[len(index.tokens) :])
         return index
 
-    def _extend(self, index: _Index, tokens: Sequence[int]) -> None:
-        """Index the tokens past those `index` holds (`tokens` continues them)."""
-        done, end = len(index.tokens), len(tokens)
-        # Positions p with a known next token (p < end - 1) are keyed by the n-gram ending
-        # there; the n-gram ending at the last token is what the next lookup asks about.
-        after = index.after
-        for p in range(max(done - 1, 0), end - 1):
-            for n in self.sizes:
-                if p + 1 >= n:
-                    after[tuple(tokens[p + 1 - n : p + 1])] = p + 1
-        index.tokens.extend(tokens[done:end])
+    def _extend(self, index: _Index, more: Sequence[int]) -> None:
+        """Append `more` to the index's tokens and chain the positions that now have a known
+        token after `ngram_min` real ones (the last `ngram_min` tokens are what the next
+        lookup asks about; their follower is not known yet)."""
+        held, prev, head, m = index.tokens, index.prev, index.head, self.ngram_min
+        done = len(held)
+        held.extend(more)
+        prev.extend([-1] * len(more))
+        for pos in range(max(done, m), len(held)):
+            if _GAP in held[pos - m : pos]:
+                continue
+            key = self._key(held, pos)
+            prev[pos] = head.get(key, -1)
+            head[key] = pos

@@ -3,6 +3,7 @@ estimate): a model's table first, then the [engine] section, then what the machi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import psutil
 
 from llmd.engine.client import EngineOptions
 from llmd.engine.messages import LoadOptions, SpeculativeOptions
+from llmd.engine.ngram import index_bytes
 from llmd.gguf import Estimate, GGUFError, ModelFile, estimate, read_model_cached
 from llmd.settings import ModelSettings, Settings
 
@@ -70,7 +72,7 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
 def estimate_for(settings: Settings, ms: ModelSettings, file: ModelFile) -> Estimate:
     """The memory `file` will take loaded with these settings, from its header alone."""
     load = engine_options(settings, ms, file.path).load
-    return estimate(
+    est = estimate(
         file,
         load.ctx_per_seq,
         load.parallel,
@@ -78,6 +80,11 @@ def estimate_for(settings: Settings, ms: ModelSettings, file: ModelFile) -> Esti
         load.kv_type,
         draft=draft_file(load.draft_path) if load.draft_path is not None else None,
     )
+    if load.speculative.enabled and load.draft_path is None:
+        # n-gram drafts: the slots' and the keys' lookup indexes (llmd/engine/ngram.py).
+        lookups = index_bytes(load.parallel, load.ctx_per_seq)
+        est = dataclasses.replace(est, compute=est.compute + lookups)
+    return est
 
 
 def draft_file(path: Path) -> ModelFile | None:

@@ -4,16 +4,18 @@ model's file in the options, the estimate and the plan."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench.daemon import GEMMA, MODELS, SMOL
 from llmd.engine.client import omp_env
+from llmd.engine.ngram import index_bytes
 from llmd.gguf import estimate, read_model
 from llmd.models import auto_threads, engine_options, estimate_for
 from llmd.plan import PlanInput, make_plan
-from llmd.settings import Settings
+from llmd.settings import Settings, SpeculativeSettings
 
 
 @pytest.mark.parametrize(("cores", "expected"), [(1, (1, 1)), (2, (1, 2)), (8, (7, 8))])
@@ -47,11 +49,17 @@ def test_a_draft_is_found_under_models_dir_and_counted_in_estimate_and_plan(
     )
     with_draft = estimate(smol, 1024, 4, 256, draft=gemma)
     assert with_draft.total > estimate(smol, 1024, 4, 256).total
-    assert estimate_for(settings, ms["plain"], smol) == estimate(smol, 1024, 4, 256)
+    # Without a draft model, drafts come from lookups: their indexes count in the estimate.
+    plain = estimate(smol, 1024, 4, 256)
+    with_lookups = replace(plain, compute=plain.compute + index_bytes(4, 1024))
+    assert estimate_for(settings, ms["plain"], smol) == with_lookups
     assert estimate_for(settings, ms["drafted"], smol) == with_draft
     assert estimate_for(settings, ms["relative"], smol) == with_draft
     # A draft that cannot be read is not counted here: its load fails, saying why.
-    assert estimate_for(settings, ms["missing"], smol) == estimate(smol, 1024, 4, 256)
+    assert estimate_for(settings, ms["missing"], smol) == plain
+    no_spec = {"speculative": SpeculativeSettings(enabled=False)}
+    off = settings.model_copy(update={"engine": settings.engine.model_copy(update=no_spec)})
+    assert estimate_for(off, ms["plain"], smol) == plain
 
     inputs = [PlanInput(name, ms[name], smol, None) for name in ms]
     budget = 1_000_000_000  # short of the trained context at 16 slots: the KV cache decides

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmd.engine.draft_protocol import DraftAsk
 from llmd.engine.messages import Delta, SpeculativeOptions
-from llmd.engine.ngram import NgramDrafter
+from llmd.engine.ngram import RECENT_TOKENS, NgramDrafter
 from llmd.engine.scheduler import Scheduler
 from llmd.engine.speculate import Acceptance, StepCosts, plan_drafts
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
@@ -201,6 +201,32 @@ def test_a_keys_recent_answers_draft_where_its_own_tokens_have_no_match() -> Non
     # his own (empty): another key's answers are never looked at.
     assert d.propose(asks) == [[13, 14], []]
     assert d.propose([DraftAsk(2, [5, 20, 21], 4, "alice")]) == [[22]]
+
+
+def test_lookups_walk_the_chain_to_the_longest_match_and_stop_at_answer_edges() -> None:
+    d = NgramDrafter(2, 4)
+    # "1 2" is followed by 3 three times; the earliest occurrence matches 4 tokens back
+    # (5 6 1 2), the later ones only 2 or 3: the longest wins over the latest.
+    tokens = [5, 6, 1, 2, 3, 7, 9, 1, 2, 3, 8, 6, 1, 2, 3, 4, 0, 5, 6, 1, 2]
+    assert d.propose([DraftAsk(0, tokens, 3)]) == [[3, 7, 9]]
+    # A pool much longer than the asking sequence: a match is measured only as far back as
+    # the sequence goes (never wrapping around to its end), and never across two answers.
+    d.remember("alice", [*range(100, 140), 1, 2, 50, 51])
+    d.remember("alice", [60, 2, 52])
+    assert d.propose([DraftAsk(1, [2], 3, "alice")]) == [[]]  # shorter than ngram_min
+    assert d.propose([DraftAsk(1, [1, 2], 3, "alice")]) == [[50, 51]]
+    assert d.propose([DraftAsk(1, [60, 2], 3, "alice")]) == [[52]]
+
+
+def test_a_full_pool_keeps_its_latest_half_and_still_finds_them() -> None:
+    d = NgramDrafter(2, 4)
+    for i in range(0, RECENT_TOKENS, 100):
+        d.remember("k", [*range(1000 + i, 1100 + i)])
+    held = d._recent["k"].tokens
+    last = 1000 + range(0, RECENT_TOKENS, 100)[-1] + 99
+    assert RECENT_TOKENS // 2 <= len(held) <= RECENT_TOKENS and held[-1] == last
+    assert d.propose([DraftAsk(0, [last - 3, last - 2], 2, "k")]) == [[last - 1, last]]
+    assert d.propose([DraftAsk(0, [1000, 1001], 2, "k")]) == [[]]  # the older half went
 
 
 def test_finished_answers_join_their_keys_pool_through_the_scheduler() -> None:
