@@ -79,7 +79,7 @@ SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
 SPECULATION_K = "[engine.speculative]\nmax_draft = {k}\n"
 DRAFT_LIMITS = (4, 16, 32, 64)
 SPECULATION_N = "[engine.speculative]\nngram_max = {n}\n"
-NGRAM_LONGEST = (8, 12)
+NGRAM_LONGEST = (4, 8, 12, 16)
 """Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 QUICK = {
     "models": "smollm2",
@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--contenders",
-        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llmd-ngram8/12, "
+        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llmd-ngram4/8/12/16, "
         "llama-server, "
         f"llama-server+<n-gram type> ({', '.join(NGRAM_TYPES)}), or ngram: every n-gram "
         "type this llama-server has",

@@ -148,7 +148,11 @@ class SpeculativeSettings(_Section):
         2, ge=1, le=16, description="Shortest trailing n-gram looked up for a draft."
     )
     ngram_max: int = Field(
-        4, ge=1, le=16, description="Longest trailing n-gram looked up (tried first)."
+        12,
+        ge=1,
+        le=16,
+        description="Longest match looked for (the longest wins: a quote or an edited "
+        "function matches many tokens back, prose that only shares a phrase a few).",
     )
 
     @model_validator(mode="after")

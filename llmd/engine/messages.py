@@ -122,8 +122,8 @@ class SpeculativeOptions:
     adaptive: bool = True
     """Draft where the cost model says it pays; False: every draft found, up to max_draft."""
     ngram_min: int = 2
-    ngram_max: int = 4
-    """Lengths of the trailing n-gram looked up in the sequence's own tokens, longest first."""
+    ngram_max: int = 12
+    """Shortest and longest match of the trailing tokens looked for (the longest wins)."""
 
 
 @dataclass(frozen=True)
