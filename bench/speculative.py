@@ -153,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--contenders",
-        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, llmd-ngram4/8/12/16, "
+        help="comma list of llmd, llmd-nospec, llmd-always, llmd-k4/k16/k32/k64, "
+        "llmd-ngram4/8/12/16, "
         "llama-server, "
         f"llama-server+<n-gram type> ({', '.join(NGRAM_TYPES)}), or ngram: every n-gram "
         "type this llama-server has",

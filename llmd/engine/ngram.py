@@ -40,16 +40,17 @@ _GAP = -1
 """Between two answers in a pool: no real token, so no match spans two answers."""
 
 
-BYTES_PER_TOKEN = 112
-"""Memory one indexed token can take: its entries in the token and chain arrays (8 bytes), and
-at most one table entry (~100 bytes with its key and value objects: tracemalloc on pools of
-distinct n-grams). Real text repeats its n-grams: a full pool of SmolLM2-tokenised prose took
-0.38 MiB, against 0.86 MiB by this bound."""
+BYTES_PER_TOKEN = 64
+"""Memory one indexed token takes: its entries in the token and chain arrays (8 bytes), and a
+share of the table's (one entry per distinct pair of tokens, ~100 bytes with its key and value
+objects). Full pools of real text measured 51-52 bytes a token for prose, 58-61 for Python
+code and 31 for JSON (tracemalloc, SmolLM2's and Gemma-3's tokens); text whose every pair of
+tokens is new would take ~110."""
 
 
 def index_bytes(slots: int, ctx_per_seq: int) -> int:
-    """The most memory the lookups' indexes take in a model process, for its memory estimate:
-    every slot's sequence at full length and every key's pool full."""
+    """The memory the lookups' indexes take in a model process at most, for its estimate:
+    every slot's sequence at full length and every key's pool full (16 MiB for the pools)."""
     return (slots * ctx_per_seq + RECENT_KEYS * RECENT_TOKENS) * BYTES_PER_TOKEN
 
 

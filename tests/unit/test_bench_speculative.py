@@ -235,8 +235,10 @@ def test_contenders_follow_the_spec_types_llama_server_lists() -> None:
         "llmd-k16",
         "llmd-k32",
         "llmd-k64",
+        "llmd-ngram4",
         "llmd-ngram8",
         "llmd-ngram12",
+        "llmd-ngram16",
         "llama-server+ngram-simple",
         "llama-server+ngram-mod",
     ]

@@ -118,7 +118,7 @@ def test_a_failed_load_is_reported_and_refused_until_the_file_changes(tmp_path: 
 def test_room_is_made_by_unloading_the_least_recently_used_idle_unpinned_model(
     tmp_path: Path,
 ) -> None:
-    # Each process measures 400 MiB; a load is estimated at ~55 MiB: two fit in 850 MiB, and
+    # Each process measures 400 MiB; a load is estimated at ~71 MiB: two fit in 850 MiB, and
     # a third only once one of them is unloaded.
     processes = FakeProcesses(rss=400 * MiB)
     models_dir = write_models(tmp_path / "models", "a", "b", "c", "d")
@@ -147,7 +147,7 @@ def test_room_is_made_by_unloading_the_least_recently_used_idle_unpinned_model(
                     pass
         assert err.value.code == "insufficient_memory" and err.value.retry_after == 30
         assert err.value.message == (
-            "model 'd' needs about 55 MiB (weights 0 MiB, KV cache 0 MiB, other 55 MiB) but "
+            "model 'd' needs about 71 MiB (weights 0 MiB, KV cache 0 MiB, other 71 MiB) but "
             "the memory budget is 850 MiB and 800 MiB is in use by a 400 MiB (busy), "
             "b 400 MiB (pinned); lower its ctx_per_seq or parallel, raise memory.budget, or "
             "unload a model"
