@@ -99,7 +99,8 @@ class Drafts:
         # A draft model's cost fades between measurements: one slow call (a long prompt to
         # catch up on) must not stop drafting for good.
         self.drafting *= 0.98
-        ks = plan_drafts(alphas, limits, self.costs, self.drafting)
+        slots = [piece.slot for piece in pieces]
+        ks = plan_drafts(alphas, limits, self.costs, self.drafting, slots)
         if self.model_drafts:  # a draft model's tokens cost its steps: only those planned
             proposals = self._propose(pieces, ks)
         return proposals, ks

@@ -34,7 +34,7 @@ from llmd.engine.messages import (
     TopLogprob,
 )
 from llmd.engine.sequence import Piece, RequestState, Sequence, Slot
-from llmd.engine.speculate import StepCosts
+from llmd.engine.speculate import StepCosts, micro_batches
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -309,7 +309,9 @@ class Scheduler:
         started = time.perf_counter()
         self._decode(entries, embeddings=bool(embedded))
         if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
-            self.drafts.costs.observe(len(entries), time.perf_counter() - started)
+            took = time.perf_counter() - started
+            cuts = micro_batches([(piece.slot, len(piece.chunk)) for piece in pieces])
+            self.drafts.costs.observe(len(entries), took, len(cuts))
         for state, start, count in embedded:
             first = state.n_prefilled == 0
             state.pooled = self.backend.embed_rows(state.pooled, start, count, first)

@@ -7,12 +7,18 @@ further token ~6-8 ms (SmolLM2 on the 2-core box, docs/speculative.md). A sequen
 drafts are accepted with probability `alpha` each gains alpha^j tokens from its j-th draft
 token (it counts only if the j-1 before it were accepted), which costs `b`. The step's
 throughput N/T (expected tokens over time) rises with that draft token exactly when
-alpha^j > b*N/T. So draft tokens are added, best first across all sequences, while the next
-one clears the bar, which rises as the step grows: with 16 streams the step is already long
-and drafting stops unless nearly every draft is accepted.
+alpha^j > b*N/T. With 16 streams the step is already long and drafting stops unless nearly
+every draft is accepted.
+
+`a` is paid once per micro-batch, and with one KV stream per slot llama.cpp cuts a step into
+several wherever neighbouring slots bring different numbers of tokens (`micro_batches`): one
+stream of 16 drafting alone pays a second pass over the weights. So with two or more streams
+whole plans are compared (none, the best-first tokens on `b` alone, one depth for all that
+draft), each priced by the micro-batches it makes.
 
 `a` and `b` are fitted to the steps this engine actually runs (decay-weighted least squares
-over steps that read no prompt), starting from a probe of steps of 1, 2 and 9 tokens at load.
+over steps that read no prompt, on their micro-batches and tokens), starting from a probe of
+steps of 1, 2 and 9 tokens at load.
 """
 
 from __future__ import annotations
@@ -38,51 +44,82 @@ FIRST_GUESS = (0.8, 0.8)
 
 
 class StepCosts:
-    """What a step of n tokens takes: T(1) apart, T(n) = a + b*n for n >= 2, both fitted to
-    measured steps. A step of one token runs on llama.cpp's decode threads and any larger one
-    on its prompt threads; what the switch costs depends on the box and its OpenMP waits
-    (bench/spec_steps.py, SmolLM2 on 2 cores: 20 ms for one token, 47 for two with threads
-    that sleep at once, 21-27 with `engine.omp_spin_count`), so a line through one-token
-    steps could make a single stream's first draft token look cheaper than it is."""
+    """What a step takes: T(1) apart, and for a step of two or more tokens A per micro-batch
+    plus B per token, both fitted to measured steps.
+
+    A step of one token runs on llama.cpp's decode threads and any larger one on its prompt
+    threads; what the switch costs depends on the box and its OpenMP waits (bench/spec_steps.py,
+    SmolLM2 on 2 cores: 20 ms for one token, 47 for two with threads that sleep at once, 21-27
+    with `engine.omp_spin_count`), so a line through one-token steps could make a single
+    stream's first draft token look cheaper than it is.
+
+    Micro-batches: with one KV stream per slot llama.cpp cuts a step into runs of consecutive
+    slots, each slot giving as many tokens as the one in its run with the fewest
+    (`micro_batches`), and every micro-batch reads every weight again. A step where one of 16
+    streams drafts 8 tokens is two passes, not one pass with 8 more tokens."""
 
     def __init__(self, a: float, b: float, single: float | None = None) -> None:
-        # The probe's points stand as prior observations, with the weight of a few steps.
-        self._sw = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        # Sums of the weighted regression of T on (U micro-batches, N tokens), no intercept.
+        # With U = 1 throughout it is the line a + b*N. The probe's points stand as prior
+        # observations, with the weight of a few steps.
+        self._uu = self._un = self._nn = self._uy = self._ny = 0.0
         for n in (2, 9):
-            self._add(n, a + b * n, 4.0)
+            self._add(1, n, a + b * n, 4.0)
         self._single = single if single is not None else a + b
 
-    def observe(self, n: int, seconds: float) -> None:
+    def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
         if n > FIT_MAX_TOKENS:
             return
         if n == 1:
             self._single = self._single * 0.95 + seconds * 0.05
             return
         d = COST_DECAY
-        self._sw, self._sx, self._sy = self._sw * d, self._sx * d, self._sy * d
-        self._sxx, self._sxy = self._sxx * d, self._sxy * d
-        self._add(n, seconds, 1.0)
+        self._uu, self._un, self._nn = self._uu * d, self._un * d, self._nn * d
+        self._uy, self._ny = self._uy * d, self._ny * d
+        self._add(ubatches, n, seconds, 1.0)
 
-    def _add(self, n: int, t: float, w: float) -> None:
-        self._sw += w
-        self._sx += w * n
-        self._sy += w * t
-        self._sxx += w * n * n
-        self._sxy += w * n * t
+    def _add(self, u: int, n: int, t: float, w: float) -> None:
+        self._uu += w * u * u
+        self._un += w * u * n
+        self._nn += w * n * n
+        self._uy += w * u * t
+        self._ny += w * n * t
 
     def line(self) -> tuple[float, float]:
-        """(a, b): fixed cost and cost per token of a step of two or more tokens."""
-        var = self._sxx * self._sw - self._sx * self._sx
-        b = (self._sxy * self._sw - self._sx * self._sy) / var if var > 0 else 0.0
+        """(a, b): cost per micro-batch and per token of a step of two or more tokens."""
+        det = self._uu * self._nn - self._un * self._un
+        b = (self._uu * self._ny - self._un * self._uy) / det if det > 0 else 0.0
         b = max(b, 0.0)
-        a = max((self._sy - b * self._sx) / self._sw, 1e-6)
+        a = max((self._uy - b * self._un) / self._uu, 1e-6)
         return a, b
 
-    def time(self, n: int) -> float:
+    def time(self, n: int, ubatches: int = 1) -> float:
         if n == 1:
             return self._single
         a, b = self.line()
-        return a + b * n
+        return a * ubatches + b * n
+
+
+def micro_batches(steps: list[tuple[int, int]]) -> list[int]:
+    """The tokens of each micro-batch llama.cpp cuts a step into, from each sequence's (slot,
+    tokens) in slot order. With one KV stream per slot it splits "equally" and in sequence
+    order (llama-batch.cpp, `split_equal`): a micro-batch is the run of consecutive slots that
+    still have tokens, from the first, each giving as many as the one with the fewest."""
+    left = [tokens for _, tokens in steps]
+    sizes: list[int] = []
+    i, n = 0, len(steps)
+    while True:
+        while i < n and not left[i]:
+            i += 1
+        if i == n:
+            return sizes
+        j = i + 1
+        while j < n and left[j] and steps[j][0] == steps[j - 1][0] + 1:
+            j += 1
+        take = min(left[i:j])
+        for x in range(i, j):
+            left[x] -= take
+        sizes.append(take * (j - i))
 
 
 @dataclass
@@ -135,21 +172,78 @@ def plan_drafts(
     limits: list[int],
     costs: StepCosts,
     drafting: float = 0.0,
+    slots: list[int] | None = None,
 ) -> list[int]:
     """Draft tokens for each of a step's decoding sequences (all of them in `alphas`, each
-    `Acceptance.alpha`, with the most each may take in `limits`), so that the step's expected
-    tokens per second are highest. `drafting`: seconds one draft token costs to make (a draft
-    model's step; n-gram lookups cost next to nothing)."""
+    `Acceptance.alpha`, with the most each may take in `limits`, in `slots`: consecutive if
+    not given), so that the step's expected tokens per second are highest. `drafting`: seconds
+    one draft token costs to make (a draft model's step; n-gram lookups cost next to nothing).
+
+    Two or more sequences: a draft token costs `b` within a micro-batch, but drafts that leave
+    their neighbours behind cost another micro-batch (`micro_batches`). So a few whole plans
+    are weighed: none; each draft token added best first while it clears the bar on `b`
+    alone; and every drafting sequence (or only the likelier ones) to the same depth, which
+    keeps a run of slots in one micro-batch."""
     if len(alphas) == 1:
         return [_alone(alphas[0], limits[0], costs, drafting)]
+    order = slots if slots is not None else list(range(len(alphas)))
+    by_slot = sorted(range(len(alphas)), key=lambda i: order[i])
+    gains = [_gains(alpha, limit) for alpha, limit in zip(alphas, limits, strict=True)]
     a, b = costs.line()
+
+    def rate(ks: list[int]) -> float:
+        sizes = micro_batches([(order[i], 1 + ks[i]) for i in by_slot])
+        tokens = len(ks) + sum(g[k] for g, k in zip(gains, ks, strict=True))
+        return tokens / (a * len(sizes) + b * sum(sizes) + drafting * sum(ks))
+
+    base = a * len(micro_batches([(order[i], 1) for i in by_slot])) + b * len(alphas)
+    marginal = _marginal(alphas, limits, base, b, drafting)
+    if not any(marginal):
+        return marginal  # no draft token pays even at `b`: no plan with more cuts can
+    plans = {tuple(marginal)}
+    deepest = max(limits)
+    firsts = sorted(first for (first, _), limit in zip(alphas, limits, strict=True) if limit)
+    cutoffs = {firsts[0], firsts[len(firsts) // 2], firsts[-1]}
+    for depth in {1, 2, 4, 8, *limits}:
+        if 0 < depth <= deepest:
+            for (
+                cutoff
+            ) in cutoffs:  # every sequence that could draft, the likelier half, the likeliest
+                plans.add(
+                    tuple(
+                        min(depth, limit) if first >= cutoff else 0
+                        for (first, _), limit in zip(alphas, limits, strict=True)
+                    )
+                )
+    best, best_rate = [0] * len(alphas), rate([0] * len(alphas))
+    for plan in sorted(plans):  # sorted: the same inputs always give the same plan
+        r = rate(list(plan))
+        if r > best_rate * (1 + 1e-9):
+            best, best_rate = list(plan), r
+    return best
+
+
+def _gains(alpha: tuple[float, float], limit: int) -> list[float]:
+    """Expected tokens from drafts of 0 .. limit tokens (the j-th holds if all before it did)."""
+    first, then = alpha
+    out, gain, total = [0.0], first, 0.0
+    for _ in range(limit):
+        total += gain
+        out.append(total)
+        gain *= then
+    return out
+
+
+def _marginal(
+    alphas: list[tuple[float, float]], limits: list[int], seconds: float, b: float, drafting: float
+) -> list[int]:
+    """Draft tokens added best first across the sequences, from a step of `seconds` without
+    drafts, while the next one raises tokens per second if it cost only `b` (no new
+    micro-batch) and its making: its expected gain first * then^(j-1) is above b * tokens /
+    seconds."""
     tokens = float(len(alphas))  # each decoding sequence yields one token anyway
-    seconds = a + b * len(alphas)
-    b += drafting  # what one draft token adds to the step
+    b += drafting
     chosen = [0] * len(alphas)
-    # With two or more sequences every step is on the line already: each draft token adds b,
-    # so they are added best first while the next one raises tokens per second, which is
-    # when its expected gain first * then^(j-1) is above b * tokens / seconds.
     heap = [(-first, i) for i, (first, _) in enumerate(alphas) if limits[i] > 0 and first > 0]
     heapq.heapify(heap)
     while heap:

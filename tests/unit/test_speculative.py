@@ -11,7 +11,7 @@ from llmd.engine.draft_protocol import DraftAsk
 from llmd.engine.messages import Delta, SpeculativeOptions
 from llmd.engine.ngram import RECENT_TOKENS, NgramDrafter
 from llmd.engine.scheduler import Scheduler
-from llmd.engine.speculate import Acceptance, StepCosts, plan_drafts
+from llmd.engine.speculate import Acceptance, StepCosts, micro_batches, plan_drafts
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 
 ON = SpeculativeOptions(enabled=True, max_draft=8, adaptive=True, ngram_min=1, ngram_max=3)
@@ -24,7 +24,7 @@ class Free(StepCosts):
     def __init__(self) -> None:
         super().__init__(0.010, 0.0)
 
-    def observe(self, n: int, seconds: float) -> None:
+    def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
         pass
 
 
@@ -153,6 +153,46 @@ def test_the_cost_line_follows_measured_steps() -> None:
     assert abs(a - 0.010) < 1e-3 and abs(b - 0.010) < 1e-3
 
 
+def test_micro_batches_follow_llama_cpps_equal_split_over_consecutive_slots() -> None:
+    # One KV stream per slot: a micro-batch is a run of consecutive slots with tokens left,
+    # each giving as many as the one with the fewest.
+    assert micro_batches([(0, 1), (1, 1), (2, 1)]) == [3]
+    assert micro_batches([(0, 1), (1, 1), (2, 9), (3, 1)]) == [4, 8]
+    assert micro_batches([(0, 9), (1, 5)]) == [10, 4]
+    assert micro_batches([(0, 4), (1, 4), (2, 4)]) == [12]
+    assert micro_batches([(0, 1), (2, 1), (3, 3)]) == [1, 2, 2]  # slot 1 is idle: a gap
+    assert micro_batches([(5, 2)]) == [2]
+
+
+def test_the_cost_fit_tells_a_micro_batchs_cost_from_a_tokens() -> None:
+    costs = StepCosts(0.012, 0.004)
+    for _ in range(500):
+        for n, u in ((2, 1), (16, 1), (17, 2), (24, 2), (30, 3)):
+            costs.observe(n, 0.030 * u + 0.005 * n, u)
+    a, b = costs.line()
+    assert abs(a - 0.030) < 1e-3 and abs(b - 0.005) < 1e-4
+    assert abs(costs.time(24, 2) - 0.180) < 1e-3
+
+
+def test_drafts_that_would_split_a_batch_pay_for_the_extra_micro_batch() -> None:
+    """16 streams in slots 0-15, 40 ms a micro-batch and 5 ms a token: the step is 120 ms for
+    16 tokens. One stream copying with 95% confidence would add a micro-batch of its own
+    (8 drafts: 80 ms for ~6.6 tokens): not worth it, though each of its tokens alone (5 ms
+    for 0.95) is. When every stream copies, the same depth for all keeps one micro-batch."""
+    costs = StepCosts(0.040, 0.005)
+    sure = (0.95, 0.95)
+    one = plan_drafts([sure] * 16, [8] + [0] * 15, costs, slots=list(range(16)))
+    assert one == [0] * 16
+    every = plan_drafts([sure] * 16, [8] * 16, costs, slots=list(range(16)))
+    assert len(set(every)) == 1 and every[0] > 0
+    # Two streams, both copying, with drafts of 8 and 3 found: one depth keeps the step whole
+    # (3 each: 8 tokens in one micro-batch beat 3 + 8 in two, 2 + 4.5 expected tokens).
+    costs = StepCosts(0.040, 0.001)
+    assert plan_drafts([sure, sure], [8, 3], costs, slots=[4, 5]) == [3, 3]
+    # Not neighbours: they are two micro-batches whatever they draft, so each takes its all.
+    assert plan_drafts([sure, sure], [8, 3], costs, slots=[4, 9]) == [8, 3]
+
+
 def test_acceptance_fades_back_to_the_prior_when_a_sequence_stops_drafting() -> None:
     acc = Acceptance()
     for _ in range(5):
@@ -179,7 +219,7 @@ def test_without_adaptation_every_draft_found_is_checked() -> None:
         def __init__(self) -> None:
             super().__init__(0.010, 0.100)
 
-        def observe(self, n: int, seconds: float) -> None:
+        def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
             pass
 
     answer = "the cat sat on the mat"
@@ -255,7 +295,7 @@ def test_a_sequence_that_stopped_drafting_starts_again_when_its_text_turns_to_co
     answer = "qwertyuiopasdfgh" + "zxcvb" * 8
     b = FakeBackend(answer=answer)
     costs = StepCosts(0.012, 0.004)  # a real bar: alpha must beat ~0.25 to draft
-    costs.observe = lambda n, seconds: None  # type: ignore[method-assign]
+    costs.observe = lambda n, seconds, ubatches=1: None  # type: ignore[method-assign]
     spec = SpeculativeOptions(True, 8, True, 1, 3)
     s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=costs)
     s.drafts.acceptance.first_seen = 50.0  # the model's drafts have been poor lately
