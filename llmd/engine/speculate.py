@@ -44,8 +44,8 @@ FIRST_GUESS = (0.8, 0.8)
 
 
 class StepCosts:
-    """What a step takes: T(1) apart, and for a step of two or more tokens A per micro-batch
-    plus B per token, both fitted to measured steps.
+    """What a step takes: T(1) apart, and for a step of two or more tokens `a` per micro-batch
+    plus `b` per token, both fitted to measured steps.
 
     A step of one token runs on llama.cpp's decode threads and any larger one on its prompt
     threads; what the switch costs depends on the box and its OpenMP waits (bench/spec_steps.py,
@@ -204,11 +204,10 @@ def plan_drafts(
     deepest = max(limits)
     firsts = sorted(first for (first, _), limit in zip(alphas, limits, strict=True) if limit)
     cutoffs = {firsts[0], firsts[len(firsts) // 2], firsts[-1]}
+    # One depth for every sequence that could draft, for the likelier half, for the likeliest.
     for depth in {1, 2, 4, 8, *limits}:
         if 0 < depth <= deepest:
-            for (
-                cutoff
-            ) in cutoffs:  # every sequence that could draft, the likelier half, the likeliest
+            for cutoff in cutoffs:
                 plans.add(
                     tuple(
                         min(depth, limit) if first >= cutoff else 0
