@@ -49,8 +49,8 @@ tokens is new would take ~110."""
 
 
 def index_bytes(slots: int, ctx_per_seq: int) -> int:
-    """The memory the lookups' indexes take in a model process at most, for its estimate:
-    every slot's sequence at full length and every key's pool full (16 MiB for the pools)."""
+    """The memory the lookups' indexes take in a model process, for its estimate: every slot's
+    sequence at full length and every key's pool full of real text (16 MiB for the pools)."""
     return (slots * ctx_per_seq + RECENT_KEYS * RECENT_TOKENS) * BYTES_PER_TOKEN
 
 
