@@ -76,11 +76,11 @@ EMPTY = "stream ended without any content"
 REQUEST_TIMEOUT = 900.0
 SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
 SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
+"""Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 SPECULATION_K = "[engine.speculative]\nmax_draft = {k}\n"
 DRAFT_LIMITS = (4, 16, 32, 64)
 SPECULATION_N = "[engine.speculative]\nngram_max = {n}\n"
 NGRAM_LONGEST = (4, 8, 12, 16)
-"""Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 QUICK = {
     "models": "smollm2",
     "workloads": "code_edit,chat",

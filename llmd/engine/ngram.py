@@ -102,9 +102,11 @@ class NgramDrafter:
             return own
         return self._lookup(self._recent[ask.tenant], tokens, k, own=False)
 
-    def _key(self, tokens: Sequence[int], end: int) -> int:
+    @staticmethod
+    def _key(gram: Sequence[int]) -> int:
+        """`ngram_min` tokens packed into one int (exact: no two grams share a key)."""
         key = 0
-        for t in tokens[end - self.ngram_min : end]:
+        for t in gram:
             key = key << 32 | (t & 0xFFFFFFFF)
         return key
 
@@ -130,7 +132,7 @@ class NgramDrafter:
         in `index`, or -1."""
         end, longest = len(tokens), self.ngram_max
         held, prev = index.tokens, index.prev
-        pos = index.head.get(self._key(tokens, end), -1)
+        pos = index.head.get(self._key(tokens[end - self.ngram_min : end]), -1)
         best, best_len = -1, self.ngram_min - 1
         for _ in range(CHAIN):
             if pos < 0:
@@ -163,8 +165,9 @@ class NgramDrafter:
         held.extend(more)
         prev.extend([-1] * len(more))
         for pos in range(max(done, m), len(held)):
-            if _GAP in held[pos - m : pos]:
+            gram = held[pos - m : pos]
+            if _GAP in gram:
                 continue
-            key = self._key(held, pos)
+            key = self._key(gram)
             prev[pos] = head.get(key, -1)
             head[key] = pos

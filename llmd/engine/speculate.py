@@ -189,14 +189,17 @@ def plan_drafts(
     order = slots if slots is not None else list(range(len(alphas)))
     by_slot = sorted(range(len(alphas)), key=lambda i: order[i])
     gains = [_gains(alpha, limit) for alpha, limit in zip(alphas, limits, strict=True)]
-    a, b = costs.line()
+    _, b = costs.line()
+
+    def seconds(ks: list[int]) -> float:
+        sizes = micro_batches([(order[i], 1 + ks[i]) for i in by_slot])
+        return costs.time(sum(sizes), len(sizes)) + drafting * sum(ks)
 
     def rate(ks: list[int]) -> float:
-        sizes = micro_batches([(order[i], 1 + ks[i]) for i in by_slot])
-        tokens = len(ks) + sum(g[k] for g, k in zip(gains, ks, strict=True))
-        return tokens / (a * len(sizes) + b * sum(sizes) + drafting * sum(ks))
+        return (len(ks) + sum(g[k] for g, k in zip(gains, ks, strict=True))) / seconds(ks)
 
-    base = a * len(micro_batches([(order[i], 1) for i in by_slot])) + b * len(alphas)
+    none = [0] * len(alphas)
+    base = seconds(none)
     marginal = _marginal(alphas, limits, base, b, drafting)
     if not any(marginal):
         return marginal  # no draft token pays even at `b`: no plan with more cuts can
@@ -214,7 +217,7 @@ def plan_drafts(
                         for (first, _), limit in zip(alphas, limits, strict=True)
                     )
                 )
-    best, best_rate = [0] * len(alphas), rate([0] * len(alphas))
+    best, best_rate = none, len(alphas) / base
     for plan in sorted(plans):  # sorted: the same inputs always give the same plan
         r = rate(list(plan))
         if r > best_rate * (1 + 1e-9):
