@@ -11,6 +11,15 @@ and temperature 1 with penalties.
 
 Prints a table and writes the medians as JSON (default bench/results/sampling-<date>.json).
 A few seconds per model.
+
+Those rows stay in the caches between calls. In the engine a row is sampled right after the
+step that wrote it, and the step has streamed every weight through the caches: whatever the
+sampler touches comes from memory again. `--after-decode` measures that way: one token decoded
+at a time (greedy, so every contender sees the same text), and after each step one contender
+samples that step's row, in turn; the chain at llama-server's own defaults (top_k 40, top_p
+0.95, min_p 0.05) and a bare argmax (reading the row once) are measured alongside.
+
+    .venv/bin/python -m bench.sampling --after-decode [--tokens 1400] [smollm2 gemma3]
 """
 
 from __future__ import annotations
@@ -118,15 +127,95 @@ def measure(name: str, tokens: int, repeats: int) -> list[dict[str, object]]:
     return results
 
 
+PEER_DEFAULTS = replace(BASE, top_k=40, top_p=0.95, min_p=0.05)
+"""llama-server's sampling when a request names only the temperature."""
+
+
+def after_decode(name: str, tokens: int) -> list[dict[str, object]]:
+    """Per-token sampling time on the row of the step just decoded (see the module docstring):
+    median over the steps each contender was given."""
+    import llama_cpp as lc
+
+    from bench.spec_texts import prompt
+    from llmd.engine.llama import LlamaBackend
+    from llmd.engine.messages import LoadOptions
+    from llmd.templates import choose_template
+
+    b = LlamaBackend(LoadOptions(model_arg(name), 2048, 1, 256, 256, 1, 2, "auto", "f16"))
+    template = choose_template(None, b.metadata(), "", "")
+    text = prompt("chat", "chat/0/0")
+    if template is not None:
+        text = template.render([{"role": "user", "content": text}]).text
+    ids = b.tokenize(text, True)
+    for start in range(0, len(ids), 256):
+        chunk = ids[start : start + 256]
+        last = len(ids) - 1
+        if b.decode([(t, start + j, 0, start + j == last) for j, t in enumerate(chunk)]) != 0:
+            raise RuntimeError("llama_decode failed")
+    index = (len(ids) - 1) % 256  # the prompt's last entry, in its last chunk
+    chains: list[Any] = []
+    contenders: list[tuple[str, Callable[[int], object]]] = []
+
+    def chain_of(params: SamplingParams) -> Callable[[int], object]:
+        chains.append(_chain(lc, b.n_vocab, params, 1))
+        return functools.partial(lc.llama_sampler_sample, chains[-1], b.ctx)
+
+    for case in ("temperature 1", "0.7, top_p 0.95"):
+        sampler = b.new_sampler(CASES[case], 1)
+        contenders.append((f"numpy {case}", functools.partial(b.sample, sampler)))
+        contenders.append((f"chain {case}", chain_of(CASES[case])))
+    contenders.append(("chain top_k 40", chain_of(CASES["top_k 40"])))
+    contenders.append(("chain llama-server defaults", chain_of(PEER_DEFAULTS)))
+    contenders.append(("argmax", lambda i: int(b._logits(i).argmax())))
+    times: dict[str, list[float]] = {label: [] for label, _ in contenders}
+    pos = len(ids)
+    for step in range(tokens):
+        label, run = contenders[step % len(contenders)]
+        started = time.perf_counter()
+        run(index)
+        times[label].append((time.perf_counter() - started) * 1e6)
+        token = int(b._logits(index).argmax())
+        if pos + 1 >= 2048:
+            b.seq_rm(0, len(ids), -1)
+            pos = len(ids)
+        if b.decode([(token, pos, 0, True)]) != 0:
+            raise RuntimeError("llama_decode failed")
+        pos, index = pos + 1, 0
+    for chain in chains:
+        lc.llama_sampler_free(chain)
+    b.close()
+    print(f"{name} ({b.n_vocab} tokens): sampling the row of the step just decoded, median us")
+    results: list[dict[str, object]] = []
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"  {label:32s} {median:8.1f} us  ({len(values)} steps)")
+        results.append({"model": name, "n_vocab": b.n_vocab, "contender": label, "us": median})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.sampling", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="*", default=list(NAMED_MODELS))
-    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument(
+        "--tokens", type=int, default=0, help="per run (200); --after-decode: steps (1400)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--after-decode", action="store_true", help="each row sampled right after its step"
+    )
     args = parser.parse_args()
     omp_policy()
-    rows = [row for name in args.models for row in measure(name, args.tokens, args.repeats)]
+    if args.after_decode:
+        steps = args.tokens or 1400
+        rows = [row for name in args.models for row in after_decode(name, steps)]
+        args.model, args.threads, args.threads_batch = ", ".join(args.models), 1, 2
+        stem = f"sampling-after-decode-{time.strftime('%Y-%m-%d')}.json"
+        out = args.json or Path(__file__).parent / "results" / stem
+        write_results(out, "sampling", args, rows=rows, mode="after decode")
+        return 0
+    tokens = args.tokens or 200
+    rows = [row for name in args.models for row in measure(name, tokens, args.repeats)]
     args.model, args.threads, args.threads_batch = ", ".join(args.models), 1, 2
     write_results(args.json, "sampling", args, rows=rows, rows_per_prompt=ROWS)
     return 0
