@@ -233,3 +233,27 @@ def cell_seconds(
     one_round = level * out / aggregate_speed(tg, level) + level * prompt_tokens / pp
     rounds = max(requests, math.ceil(duration / one_round) if duration > 0 else 0)
     return rounds * one_round
+
+
+def ratios(summary: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """For the plots (bench/spec_plots.py), from a results file's summary rows: model -> cell
+    ("workload, N clients, mode") -> contender -> (llmd ÷ it in out tok/s, its TPOT ÷ llmd's:
+    above 1 is llmd faster in both), for every cell with llmd and another contender."""
+    cells: dict[tuple[str, str, int, str], dict[str, dict[str, Any]]] = {}
+    for row in summary:
+        model, workload, level, mode, arm = row["key"]
+        cells.setdefault((model, workload, level, mode), {})[arm] = row
+    out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for (model, workload, level, mode), arms in sorted(cells.items()):
+        ours = arms.get(LLMD)
+        if ours is None or not ours.get("tok_s"):
+            continue
+        label = f"{workload}, {level} client{'s' if level > 1 else ''}, {mode}"
+        for arm, row in arms.items():
+            if arm == LLMD or not row.get("tok_s"):
+                continue
+            tpot = row.get("tpot_ms_p50") or 0.0
+            mine = ours.get("tpot_ms_p50") or 0.0
+            cell = out.setdefault(model, {}).setdefault(label, {})
+            cell[arm] = (ours["tok_s"] / row["tok_s"], tpot / mine if mine else 0.0)
+    return out

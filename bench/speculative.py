@@ -174,6 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=16, help="slots (llmd and llama-server -np)")
     p.add_argument("--bin", type=Path, default=PEER_BIN, help="llama-server's folder")
     p.add_argument("--json", type=Path, help="default bench/results/speculative-<date>.json")
+    p.add_argument("--plot-python", help="python with matplotlib, for the PNG (spec_plots.py)")
     p.add_argument("--note", default="", help="free text stored with the results")
     p.add_argument("--estimate", action="store_true", help="print the estimated length, exit")
     args = p.parse_args(argv)
@@ -483,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(report)
     print(report)
     log(f"results: {out} and {out.with_suffix('.md')}")
+    if args.plot_python:
+        plot = [args.plot_python, "-m", "bench.spec_plots", str(out.resolve())]
+        done = subprocess.run(plot, cwd=ROOT)
+        if done.returncode != 0:
+            log("plot failed (results are kept)")
     return 0
 
 

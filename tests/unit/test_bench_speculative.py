@@ -16,6 +16,7 @@ from bench.spec_report import (
     markdown_tables,
     metric_sum,
     ratio,
+    ratios,
     summarize,
     targets,
     targets_table,
@@ -300,3 +301,24 @@ def test_prompts_are_fixed_per_key_and_differ_between_keys() -> None:
     assert "__" not in code  # every placeholder filled
     table = prompt("json", "a")
     assert sum(line.startswith("| ") for line in table.splitlines()) == 16  # header + 15 rows
+
+
+def test_plot_ratios_are_llmd_against_each_contender_per_cell() -> None:
+    summary = [
+        {"key": [*key, arm_], **values}
+        for key, arm_, values in [
+            (("m", "code_edit", 1, "greedy"), "llmd", {"tok_s": 60.0, "tpot_ms_p50": 10.0}),
+            (("m", "code_edit", 1, "greedy"), "llama-server", {"tok_s": 30.0, "tpot_ms_p50": 25.0}),
+            (("m", "code_edit", 1, "greedy"), "llmd-nospec", {"tok_s": 40.0, "tpot_ms_p50": 0.0}),
+            (("m", "chat", 16, "t1"), "llmd", {"tok_s": 90.0, "tpot_ms_p50": 100.0}),
+            (("m", "chat", 16, "t1"), "llama-server", {"tok_s": 100.0, "tpot_ms_p50": 90.0}),
+            (("m", "json", 1, "greedy"), "llama-server", {"tok_s": 30.0}),  # no llmd: left out
+        ]
+    ]
+    got = ratios(summary)
+    assert got == {
+        "m": {
+            "code_edit, 1 client, greedy": {"llama-server": (2.0, 2.5), "llmd-nospec": (1.5, 0.0)},
+            "chat, 16 clients, t1": {"llama-server": (0.9, 0.9)},
+        }
+    }
