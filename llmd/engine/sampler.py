@@ -102,7 +102,10 @@ class Whole:
     def __init__(self, logits: Row, top: float, scale: float, workspace: Workspace) -> None:
         self.logits, self.top, self.scale, self.workspace = logits, top, scale, workspace
         self.ids: Ids = np.flatnonzero(logits >= np.float32(top - TAIL / scale))
-        weights = np.subtract(logits[self.ids], np.float32(top))
+        self.head: Row = logits[self.ids]
+        """The head's logits: the cuts look for their candidates here, not in the whole row
+        (every candidate a `top_p` or `min_p` cut can keep is in the head)."""
+        weights = np.subtract(self.head, np.float32(top))
         if scale != 1.0:
             np.multiply(weights, np.float32(scale), out=weights)
         self.weights: Row = np.exp(weights, out=weights)
@@ -290,30 +293,30 @@ class TokenSampler:
         k = self.top_k if 0 < self.top_k < n else 0
         if not k and self.top_p >= 1.0 and self.min_p <= 0.0:
             return Whole(logits, float(logits.max()), scale, self.workspace)  # no cut
-        maxima = group_maxima(logits)
-        top = float(maxima.max())
         whole = None
-        if not k and self.top_p < 1.0:
-            whole = Whole(logits, top, scale, self.workspace)
         # A candidate set that holds every token the cuts can keep: a prefix of the tokens
         # by likelihood (every token at least as likely as its least likely one).
         if k:
+            maxima = group_maxima(logits)
+            top = float(maxima.max())
             ids = at_least(logits, k, maxima)
             if len(ids) > k:  # from group maxima: cut to the top k, ties kept
                 kth = np.partition(logits[ids], len(ids) - k)[len(ids) - k]
                 ids = ids[logits[ids] >= kth]
-        elif self.min_p > 0.0:  # no token under the min_p threshold can be kept
-            floor = top + self.temperature * math.log(self.min_p) - _MIN_P_SLACK
-            ids = np.flatnonzero(logits >= np.float32(floor))
-        else:  # top_p alone: grow the set until it holds p of the mass
-            assert whole is not None
-            m = FIRST_CANDIDATES
-            while True:
-                ids = at_least(logits, m, maxima)
-                held = np.exp((logits[ids].astype(np.float64) - top) * scale).sum()
-                if len(ids) == n or held >= self.top_p * whole.upper:
-                    break
-                m *= 4
+        else:
+            top = float(logits.max())
+            floor = None  # no token under the min_p threshold can be kept
+            if self.min_p > 0.0:
+                floor = top + self.temperature * math.log(self.min_p) - _MIN_P_SLACK
+            if floor is not None and self.top_p >= 1.0:  # min_p alone
+                ids = np.flatnonzero(logits >= np.float32(floor))
+            else:
+                # top_p needs the mass, so the head (`Whole`), a prefix of the tokens by
+                # likelihood; the candidates are found in it, not in the whole row again
+                # (bench/sampling.py --after-decode: each pass over Gemma-3's 1 MB row costs
+                # ~0.1 ms when the step has just cleared the caches).
+                whole = Whole(logits, top, scale, self.workspace)
+                ids = self._top_p_candidates(whole, floor)
         chosen = logits[ids]
         order = np.argsort(-chosen)  # ties are kept or cut together: any order
         ids, chosen = ids[order], chosen[order]
@@ -333,6 +336,35 @@ class TokenSampler:
             keep = int(np.count_nonzero(probs >= self.min_p))
             ids, probs = ids[:keep], probs[:keep]
         return Cut(ids, probs)
+
+    def _top_p_candidates(self, whole: Whole, floor: float | None) -> Ids:
+        """Ids of a prefix of the tokens by likelihood that holds every token a `top_p` cut
+        (and a `min_p` cut at `floor`) can keep, found in `whole`'s head. With `min_p`: every
+        token above its threshold (in the whole row if that lies under the head). Else a set
+        grown until it holds `top_p` of the mass: at most `whole.upper - whole.lower` of the
+        mass lies outside the head, so below p = 1 - that the head always holds enough (else
+        the whole row is searched)."""
+        head = whole.head
+        if floor is not None:
+            if floor >= whole.top - TAIL / whole.scale:
+                return whole.ids[head >= np.float32(floor)]
+            return np.flatnonzero(whole.logits >= np.float32(floor))  # min_p below e^-TAIL
+        maxima, m = group_maxima(head), FIRST_CANDIDATES
+        while True:
+            chosen = at_least(head, m, maxima)
+            held = float(whole.weights[chosen].sum(dtype=np.float64))
+            if held >= self.top_p * whole.upper:
+                return whole.ids[chosen]
+            if len(chosen) == len(head):
+                break
+            m *= 4
+        logits, maxima, n = whole.logits, group_maxima(whole.logits), len(whole.logits)
+        while True:  # p so near 1 that some of the tail may be needed
+            ids = at_least(logits, m, maxima)
+            held = np.exp((logits[ids].astype(np.float64) - whole.top) * whole.scale).sum()
+            if len(ids) == n or held >= self.top_p * whole.upper:
+                return ids
+            m *= 4
 
 
 def _first_reaching(cumulative: Floats, target: float) -> int:
