@@ -137,13 +137,17 @@ class NgramDrafter:
         for _ in range(CHAIN):
             if pos < 0:
                 break
-            n, most = 0, min(longest, pos, end)
-            while n < most and held[pos - 1 - n] == tokens[end - 1 - n]:
-                n += 1
-            if n > best_len:
-                best, best_len = pos, n
-                if n == longest:
-                    break
+            most = min(longest, pos, end)
+            # Only a match longer than the best so far counts, so its token best_len back
+            # must agree first (as zlib checks the byte at its best length before the rest).
+            if most > best_len and held[pos - 1 - best_len] == tokens[end - 1 - best_len]:
+                n = 0
+                while n < most and held[pos - 1 - n] == tokens[end - 1 - n]:
+                    n += 1
+                if n > best_len:
+                    best, best_len = pos, n
+                    if n == longest:
+                        break
             pos = prev[pos]
         return best
 

@@ -66,6 +66,8 @@ class StepCosts:
         for n in (2, 9):
             self._add(1, n, a + b * n, 4.0)
         self._single = single if single is not None else a + b
+        self._line = self._fit()
+        """(a, b), refitted once per observed step (plans price many steps between)."""
 
     def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
         if n > FIT_MAX_TOKENS:
@@ -77,6 +79,7 @@ class StepCosts:
         self._uu, self._un, self._nn = self._uu * d, self._un * d, self._nn * d
         self._uy, self._ny = self._uy * d, self._ny * d
         self._add(ubatches, n, seconds, 1.0)
+        self._line = self._fit()
 
     def _add(self, u: int, n: int, t: float, w: float) -> None:
         self._uu += w * u * u
@@ -87,6 +90,9 @@ class StepCosts:
 
     def line(self) -> tuple[float, float]:
         """(a, b): cost per micro-batch and per token of a step of two or more tokens."""
+        return self._line
+
+    def _fit(self) -> tuple[float, float]:
         det = self._uu * self._nn - self._un * self._un
         b = (self._uu * self._ny - self._un * self._uy) / det if det > 0 else 0.0
         b = max(b, 0.0)
@@ -96,7 +102,7 @@ class StepCosts:
     def time(self, n: int, ubatches: int = 1) -> float:
         if n == 1:
             return self._single
-        a, b = self.line()
+        a, b = self._line
         return a * ubatches + b * n
 
 
