@@ -178,7 +178,7 @@ class Client:
         parts: list[str] = []
         usage: dict[str, Any] | None = None
         timings: dict[str, Any] | None = None
-        start = time.perf_counter()
+        start = res.started_s = time.perf_counter()
         async with asyncio.timeout(self.cfg.timeout):
             async with self.session.post(
                 self.endpoint_url, json=body, headers=self.headers

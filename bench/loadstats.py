@@ -20,6 +20,9 @@ class RequestResult:
     cached_tokens: int = 0
     text: str = ""
     turn: int = 1
+    started_s: float | None = None
+    """When the request was sent (time.perf_counter): with ttft_s and itl_s, when each chunk
+    came."""
 
 
 @dataclass

@@ -42,7 +42,7 @@ def summarize(cells: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
             "tok_s": statistics.median(tok_s),
             "tok_s_spread": [min(tok_s), max(tok_s)],
         }
-        for name in ("tpot_ms_p50", "ttft_ms_p50", "copied"):
+        for name in ("tpot_ms_p50", "ttft_ms_p50", "copied", "window_tok_s"):
             values = [float(v) for r in runs if (v := r.get(name)) is not None]
             s[name] = statistics.median(values) if values else None
         for name in ("ok", "errors", "empty", "at_limit", "output_tokens"):
@@ -52,6 +52,31 @@ def summarize(cells: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
             s[name] = sum(values) if values else None
         out[key] = s
     return out
+
+
+def window_rate(results: Iterable[Any], start: float, duration: float) -> float | None:
+    """Output tokens per second delivered while every client was still sending (the first
+    `duration` seconds from `start`), from each answer's chunk times (`RequestResult`:
+    started_s, ttft_s, itl_s), a chunk's share of the answer's tokens each. Unlike tokens over
+    the whole wall time it does not hang on the last answers: with answers about as long as
+    the cell, how many were started before the end swings the tail, and the tail the rate
+    (two runs with the same TPOT 9% apart in out tok/s: docs/benchmarks.md). None without a
+    duration."""
+    if duration <= 0:
+        return None
+    end, tokens = start + duration, 0.0
+    for r in results:
+        if not r.ok or r.started_s is None or r.ttft_s is None:
+            continue
+        at = r.started_s + r.ttft_s
+        within = int(at <= end)
+        for gap in r.itl_s:
+            at += gap
+            if at > end:
+                break
+            within += 1
+        tokens += r.completion_tokens * within / (len(r.itl_s) + 1)
+    return tokens / duration
 
 
 def ratio(summaries: dict[Key, dict[str, Any]], key: Key, other_arm: str) -> float | None:
@@ -90,9 +115,10 @@ def markdown_tables(summaries: dict[Key, dict[str, Any]]) -> str:
         lines += [f"### {model}: {workload}, {level} client{'s' if level > 1 else ''}", ""]
         lines.append(
             "| mode | contender | out tok/s (spread) | llmd ÷ row | TPOT p50 ms | TTFT p50 ms | "
-            "tok/answer | accepted/drafted | ok (at max_tokens)/err/empty | copied |"
+            "tok/answer | accepted/drafted | ok (at max_tokens)/err/empty | copied | "
+            "window tok/s (llmd ÷ row) |"
         )
-        lines.append("|---" * 10 + "|")
+        lines.append("|---" * 11 + "|")
         modes = list(dict.fromkeys(k[3] for k in keys))
         for key in sorted(keys, key=lambda k: modes.index(k[3])):  # stable: arms in run order
             s = summaries[key]
@@ -105,10 +131,20 @@ def markdown_tables(summaries: dict[Key, dict[str, Any]]) -> str:
                 f"{_x(ratio(summaries, (*key[:4], LLMD), key[4]))} | "
                 f"{_fmt(s['tpot_ms_p50'])} | {_fmt(s['ttft_ms_p50'], 0)} | "
                 f"{_fmt(per_answer, 0)} | {acceptance(s)} | "
-                f"{s['ok']} ({s['at_limit']})/{s['errors']}/{s['empty']} | {copied} |"
+                f"{s['ok']} ({s['at_limit']})/{s['errors']}/{s['empty']} | {copied} | "
+                f"{_window(summaries, key)} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _window(summaries: dict[Key, dict[str, Any]], key: Key) -> str:
+    """The row's window tok/s, and llmd's over it."""
+    mine, ours = summaries[key].get("window_tok_s"), summaries.get((*key[:4], LLMD), {})
+    if not mine:
+        return "-"
+    theirs = ours.get("window_tok_s")
+    return f"{mine:.1f}" + (f" ({theirs / mine:.2f}x)" if theirs else "")
 
 
 Target = tuple[str, str, bool | None]

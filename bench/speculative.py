@@ -55,6 +55,7 @@ from bench.spec_report import (
     metric_sum,
     targets,
     targets_table,
+    window_rate,
 )
 from bench.spec_report import summarize as summarize_cells
 from bench.spec_texts import MAX_TOKENS, WORKLOADS, prompt
@@ -266,7 +267,7 @@ async def drive(
     salt: str, requests: int, duration: float, max_tokens: int,
 ) -> tuple[list[RequestResult], list[str], float]:  # fmt: skip
     """`level` clients, each sending requests back to back: at least `requests`, and new ones
-    until `duration` seconds have passed. The results, their prompts, and the wall time."""
+    until `duration` seconds have passed. The results, their prompts, and when it started."""
     results: list[RequestResult] = []
     prompts: list[str] = []
     # As bench.loadgen's session: no connection cap, one connection per request.
@@ -294,7 +295,7 @@ async def drive(
 
     async with session:
         await asyncio.gather(*(client(c) for c in range(level)))
-    return results, prompts, time.perf_counter() - start
+    return results, prompts, start
 
 
 def _scrape(server: Server, contender: Contender) -> tuple[float | None, float | None]:
@@ -327,10 +328,11 @@ def measure(
         # no run finds an earlier one's prompts in the server's prefix cache.
         salt = f"{where['model']}/{mode}/r{where['repeat']}/c{level}"
         before = _scrape(server, contender)
-        results, prompts, wall = asyncio.run(
+        results, prompts, start = asyncio.run(
             drive(server, endpoint, workload, level, sampling_body(mode, sampling), salt,
                   args.requests, args.duration, MAX_TOKENS[workload])
         )  # fmt: skip
+        wall = time.perf_counter() - start
         after = _scrape(server, contender)
         cfg = LoadConfig(url=server.url, endpoint=endpoint, concurrency=level)
         run = summarize(cfg, server.model, len(results), results, wall)
@@ -347,6 +349,7 @@ def measure(
             "mode": mode,
             "arm": arm(contender, sampling),
             "output_tokens_per_s": run.output_tokens_per_s,
+            "window_tok_s": window_rate(results, start, args.duration),
             "tpot_ms_p50": run.tpot_ms.p50,
             "ttft_ms_p50": run.ttft_ms.p50,
             "ok": run.ok,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bench.loadstats import RequestResult
 from bench.spec_report import (
     aggregate_speed,
     cell_seconds,
@@ -20,6 +21,7 @@ from bench.spec_report import (
     summarize,
     targets,
     targets_table,
+    window_rate,
 )
 from bench.spec_texts import MAX_TOKENS, WORKLOADS, prompt
 from bench.speculative import (
@@ -322,3 +324,23 @@ def test_plot_ratios_are_llmd_against_each_contender_per_cell() -> None:
             "chat, 16 clients, t1": {"llama-server": (0.9, 0.9)},
         }
     }
+
+
+def test_window_rate_counts_the_tokens_delivered_before_the_clients_stopped_sending() -> None:
+    # Sent at 100 s; chunks at 101, 102, ..., 110 (10 chunks, 20 tokens): 5 of them by 105.
+    early = RequestResult(ok=True, started_s=100.0, ttft_s=1.0, itl_s=[1.0] * 9)
+    early.completion_tokens = 20
+    # Sent at 104: first chunk at 106, past the window: nothing of it counts.
+    late = RequestResult(ok=True, started_s=104.0, ttft_s=2.0, itl_s=[0.5] * 3)
+    late.completion_tokens = 4
+    failed = RequestResult(ok=False, started_s=100.0, ttft_s=0.5)
+    assert window_rate([early, late, failed], start=100.0, duration=5.0) == 20 * 5 / 10 / 5.0
+    assert window_rate([early], start=100.0, duration=0.0) is None  # no window: a count only
+
+
+def test_the_table_shows_each_row_window_rate_and_llmd_over_it() -> None:
+    cells = [_cell("llmd", 60, window_tok_s=50.0), _cell("llama-server", 30, window_tok_s=40.0)]
+    table = markdown_tables(summarize(cells))
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["llmd"].endswith("| 50.0 (1.00x) |")
+    assert rows["llama-server"].endswith("| 40.0 (1.25x) |")
