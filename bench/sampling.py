@@ -147,12 +147,12 @@ def after_decode(name: str, tokens: int) -> list[dict[str, object]]:
     if template is not None:
         text = template.render([{"role": "user", "content": text}]).text
     ids = b.tokenize(text, True)
+    last = len(ids) - 1
     for start in range(0, len(ids), 256):
         chunk = ids[start : start + 256]
-        last = len(ids) - 1
         if b.decode([(t, start + j, 0, start + j == last) for j, t in enumerate(chunk)]) != 0:
             raise RuntimeError("llama_decode failed")
-    index = (len(ids) - 1) % 256  # the prompt's last entry, in its last chunk
+    index = last % 256  # the prompt's last entry, in its last chunk
     chains: list[Any] = []
     contenders: list[tuple[str, Callable[[int], object]]] = []
 

@@ -275,21 +275,20 @@ def ratios(summary: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, tuple
     """For the plots (bench/spec_plots.py), from a results file's summary rows: model -> cell
     ("workload, N clients, mode") -> contender -> (llmd ÷ it in out tok/s, its TPOT ÷ llmd's:
     above 1 is llmd faster in both), for every cell with llmd and another contender."""
-    cells: dict[tuple[str, str, int, str], dict[str, dict[str, Any]]] = {}
+    summaries: dict[Key, dict[str, Any]] = {}
     for row in summary:
         model, workload, level, mode, arm = row["key"]
-        cells.setdefault((model, workload, level, mode), {})[arm] = row
+        summaries[(model, workload, int(level), mode, arm)] = row
     out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
-    for (model, workload, level, mode), arms in sorted(cells.items()):
-        ours = arms.get(LLMD)
-        if ours is None or not ours.get("tok_s"):
+    for key in sorted(summaries):
+        model, workload, level, mode, arm = key
+        ours = summaries.get((*key[:4], LLMD))
+        speed = ratio(summaries, (*key[:4], LLMD), arm)
+        if arm == LLMD or ours is None or not speed:
             continue
+        tpot = summaries[key].get("tpot_ms_p50") or 0.0
+        mine = ours.get("tpot_ms_p50") or 0.0
         label = f"{workload}, {level} client{'s' if level > 1 else ''}, {mode}"
-        for arm, row in arms.items():
-            if arm == LLMD or not row.get("tok_s"):
-                continue
-            tpot = row.get("tpot_ms_p50") or 0.0
-            mine = ours.get("tpot_ms_p50") or 0.0
-            cell = out.setdefault(model, {}).setdefault(label, {})
-            cell[arm] = (ours["tok_s"] / row["tok_s"], tpot / mine if mine else 0.0)
+        cell = out.setdefault(model, {}).setdefault(label, {})
+        cell[arm] = (speed, tpot / mine if mine else 0.0)
     return out
