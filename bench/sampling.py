@@ -19,7 +19,10 @@ at a time (greedy, so every contender sees the same text), and after each step o
 samples that step's row, in turn; the chain at llama-server's own defaults (top_k 40, top_p
 0.95, min_p 0.05) and a bare argmax (reading the row once) are measured alongside.
 
-    .venv/bin/python -m bench.sampling --after-decode [--tokens 1400] [smollm2 gemma3]
+    .venv/bin/python -m bench.sampling --after-decode [--sampled-text] [--tokens N] [MODEL ...]
+
+With `--sampled-text` the text goes on with draws at temperature 1, as a sampled answer does,
+and "numpy temperature 1, head gathered" samples as before the head could be the whole row.
 """
 
 from __future__ import annotations
@@ -131,12 +134,15 @@ PEER_DEFAULTS = replace(BASE, top_k=40, top_p=0.95, min_p=0.05)
 """llama-server's sampling when a request names only the temperature."""
 
 
-def after_decode(name: str, tokens: int) -> list[dict[str, object]]:
+def after_decode(name: str, tokens: int, sampled: bool = False) -> list[dict[str, object]]:
     """Per-token sampling time on the row of the step just decoded (see the module docstring):
-    median over the steps each contender was given."""
+    median over the steps each contender was given. `sampled`: the text goes on with a draw
+    at temperature 1 (its own seeded sampler) instead of the argmax, as a sampled answer
+    does: such text is less sure of itself, and more of each row lies near its top."""
     import llama_cpp as lc
 
     from bench.spec_texts import prompt
+    from llmd.engine import sampler as sampler_module
     from llmd.engine.llama import LlamaBackend
     from llmd.engine.messages import LoadOptions
     from llmd.templates import choose_template
@@ -164,17 +170,33 @@ def after_decode(name: str, tokens: int) -> list[dict[str, object]]:
         sampler = b.new_sampler(CASES[case], 1)
         contenders.append((f"numpy {case}", functools.partial(b.sample, sampler)))
         contenders.append((f"chain {case}", chain_of(CASES[case])))
+    gathered = b.new_sampler(CASES["temperature 1"], 1)
+
+    def always_gathered(index: int) -> int:  # the head never taken as the whole row
+        share, sampler_module.HEAD_SHARE = sampler_module.HEAD_SHARE, 2.0
+        try:
+            return b.sample(gathered, index)
+        finally:
+            sampler_module.HEAD_SHARE = share
+
+    contenders.append(("numpy temperature 1, head gathered", always_gathered))
     contenders.append(("chain top_k 40", chain_of(CASES["top_k 40"])))
     contenders.append(("chain llama-server defaults", chain_of(PEER_DEFAULTS)))
     contenders.append(("argmax", lambda i: int(b._logits(i).argmax())))
     times: dict[str, list[float]] = {label: [] for label, _ in contenders}
+    text_sampler = b.new_sampler(CASES["temperature 1"], 7)
     pos = len(ids)
     for step in range(tokens):
         label, run = contenders[step % len(contenders)]
         started = time.perf_counter()
         run(index)
         times[label].append((time.perf_counter() - started) * 1e6)
-        token = int(b._logits(index).argmax())
+        if sampled:
+            token = b.sample(text_sampler, index)
+            if b.is_eog(token):
+                token = int(b._logits(index).argmax())
+        else:
+            token = int(b._logits(index).argmax())
         if pos + 1 >= 2048:
             b.seq_rm(0, len(ids), -1)
             pos = len(ids)
@@ -184,12 +206,15 @@ def after_decode(name: str, tokens: int) -> list[dict[str, object]]:
     for chain in chains:
         lc.llama_sampler_free(chain)
     b.close()
-    print(f"{name} ({b.n_vocab} tokens): sampling the row of the step just decoded, median us")
+    text = "sampled at temperature 1" if sampled else "greedy"
+    print(f"{name} ({b.n_vocab} tokens, {text} text): the row of the step just decoded, median us")
     results: list[dict[str, object]] = []
     for label, values in times.items():
         median = statistics.median(values)
         print(f"  {label:32s} {median:8.1f} us  ({len(values)} steps)")
-        results.append({"model": name, "n_vocab": b.n_vocab, "contender": label, "us": median})
+        results.append(
+            {"model": name, "n_vocab": b.n_vocab, "text": text, "contender": label, "us": median}
+        )
     return results
 
 
@@ -204,11 +229,16 @@ def main() -> int:
     parser.add_argument(
         "--after-decode", action="store_true", help="each row sampled right after its step"
     )
+    parser.add_argument(
+        "--sampled-text",
+        action="store_true",
+        help="--after-decode: the text goes on with draws at temperature 1, not the argmax",
+    )
     args = parser.parse_args()
     omp_policy()
     if args.after_decode:
         steps = args.tokens or 1400
-        rows = [row for name in args.models for row in after_decode(name, steps)]
+        rows = [row for name in args.models for row in after_decode(name, steps, args.sampled_text)]
         args.model, args.threads, args.threads_batch = ", ".join(args.models), 1, 2
         stem = f"sampling-after-decode-{time.strftime('%Y-%m-%d')}.json"
         out = args.json or Path(__file__).parent / "results" / stem

@@ -223,6 +223,34 @@ def test_no_cut_gives_every_token_its_softmax_probability() -> None:
     np.testing.assert_allclose(mine, reference(row, replace(BASE, temperature=0.6), []), rtol=1e-5)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+@pytest.mark.parametrize("name", ["temperature 1", "0.7 and top_p 0.95", "top_p 0.6"])
+def test_a_head_taken_as_the_whole_row_or_gathered_gives_the_same_distribution(
+    share: float, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head over HEAD_SHARE of the vocabulary is the whole row (no gather, no tail): share 0
+    takes every row that way, share 1 never. Either way the draws follow the reference and
+    the cuts keep its tokens."""
+    monkeypatch.setattr(sampler_module, "HEAD_SHARE", share)
+    params = {
+        "temperature 1": BASE,
+        "0.7 and top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
+        "top_p 0.6": replace(BASE, top_p=0.6),
+    }[name]
+    row = flat(300, 7)
+    sampler = TokenSampler(params, 5, Workspace(300))
+    whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
+    assert (whole.head is row) == (share == 0.0)  # the row itself, not a gathered copy
+    distribution = sampler.distribution(row)
+    draws = 20000
+    counts = Counter(sampler.draw(distribution) for _ in range(draws))
+    stat, df = chi_square(counts, reference(row, params, []), draws)
+    assert stat < chi_square_bound(df), (stat, df)
+    for i, other in enumerate(rows(49152, 4, 3.0, seed=11)):
+        distribution = TokenSampler(params, i, Workspace(49152)).distribution(other)
+        assert_same_cut(*distribution.probabilities(), other, params)
+
+
 TAIL_CASES = {
     "temperature 1": BASE,
     "0.7 and top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
