@@ -7,6 +7,8 @@ side-by-side run cannot (contenders' greedy answers differ; docs/benchmarks.md).
         --max-draft 0,8,16,32                       # one stream; 0 = speculation off
     .venv/bin/python -m bench.spec_inproc --model gemma3 --workload chat --streams 16 \
         --temperature 0.7 --top-p 0.95 --max-draft 0,16 --max-tokens 200
+    .venv/bin/python -m bench.spec_inproc --model smollm2 --workload json --max-draft 16 \
+        --agree 0,1                                 # n-gram drafts cut where matches part
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ def main() -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=0, help="0: the workload's own")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--agree",
+        default="1",
+        help="comma list: 1 cuts each n-gram draft where the two latest longest matches part "
+        "(the default), 0 drafts what followed the latest; each max_draft arm with each",
+    )
     args = p.parse_args()
     omp_policy()  # before llama.cpp's OpenMP starts
     from llmd.engine.llama import LlamaBackend
     from llmd.engine.messages import Delta, GenerateRequest, LoadOptions, SpeculativeOptions
+    from llmd.engine.ngram import NgramDrafter
     from llmd.engine.scheduler import Scheduler
     from llmd.engine.speculate import probe_costs
     from llmd.sampling import resolve
@@ -47,15 +56,17 @@ def main() -> int:
     )
     template = choose_template(None, backend.metadata(), "", "")
     max_tokens = args.max_tokens or MAX_TOKENS[args.workload]
-    arms = [int(k) for k in args.max_draft.split(",")]
-    rates: dict[int, list[float]] = {k: [] for k in arms}
+    arms = [(int(k), a == "1") for k in args.max_draft.split(",") for a in args.agree.split(",")]
+    rates: dict[tuple[int, bool], list[float]] = {arm: [] for arm in arms}
     for rep in range(args.repeats):
-        for k in arms if rep % 2 == 0 else arms[::-1]:
+        for k, agree in arms if rep % 2 == 0 else arms[::-1]:
             costs = probe_costs(backend, max(backend.bos, 0))
             spec = SpeculativeOptions(enabled=k > 0, max_draft=max(k, 1))
             s = Scheduler(
                 backend, 2048, backend.adds_bos(), backend.bos, speculative=spec, costs=costs
             )
+            if isinstance(s.drafts.drafter, NgramDrafter):
+                s.drafts.drafter.agree = agree
             for i in range(args.streams):
                 text = prompt(args.workload, f"{args.workload}/{rep}/{i}")
                 if template is not None:  # a chat model answers the user message
@@ -73,16 +84,18 @@ def main() -> int:
             took = time.perf_counter() - started
             for slot in s.slots:
                 backend.seq_rm(slot.id, -1, -1)
-            rates[k].append(produced / took)
+            rates[(k, agree)].append(produced / took)
             stats = s.stats()
             print(
-                f"{model.name} {args.workload} x{args.streams} max_draft {k} (repeat {rep}): "
+                f"{model.name} {args.workload} x{args.streams} max_draft {k} agree {agree:d} "
+                f"(repeat {rep}): "
                 f"{produced / took:.1f} tok/s, {produced} tokens in {steps} steps, "
                 f"{stats.accepted}/{stats.drafted} drafts confirmed",
                 flush=True,
             )
-    for k, values in rates.items():
-        print(f"max_draft {k}: median {statistics.median(values):.1f} tok/s of {len(values)}")
+    for (k, agree), values in rates.items():
+        median = statistics.median(values)
+        print(f"max_draft {k} agree {agree:d}: median {median:.1f} tok/s of {len(values)}")
     backend.close()
     return 0
 

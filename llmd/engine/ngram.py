@@ -7,10 +7,14 @@ tokens occurred before, what followed them then is a good guess for what follows
 batch step checks the guess (llmd/engine/scheduler.py), so a wrong one costs only the cells.
 
 The longest match wins (up to `ngram_max` tokens; at least `ngram_min`), the latest among
-equals. It is found as LZ77 compressors find theirs: per slot, a table maps each `ngram_min`
+equals; where the next latest match is as long, the draft stops where what followed the two
+parts (a table's rows as JSON objects: the keys agree, each value differs), which kept
+drafting alive on quoting and JSON where refused guesses had stopped it (docs/benchmarks.md).
+
+A match is found as LZ77 compressors find theirs: per slot, a table maps each `ngram_min`
 tokens to the latest position they were followed at, and a chain links every position to the
 one before it with the same `ngram_min` tokens. A lookup walks the chain from the latest
-occurrence, measuring each match backward, until one reaches `ngram_max` or CHAIN positions
+occurrence, measuring each match backward, until two reach `ngram_max` or CHAIN positions
 were tried. That holds two machine integers per token (the index of every n-gram length that
 llmd kept before took ~460 bytes per token at lengths 2-4 and ~2 KB at 2-12: docs/speculative
 .md), so long matches cost no memory, and it grows by the tokens added since the last call.
@@ -74,6 +78,9 @@ class NgramDrafter:
     def __init__(self, ngram_min: int, ngram_max: int) -> None:
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
+        self.agree = True
+        """Cut a draft where the two latest longest matches part (off only to measure what
+        that gains: bench.spec_inproc --agree)."""
         self._slots: dict[int, _Index] = {}
         self._recent: OrderedDict[str, _Index] = OrderedDict()
 
@@ -98,9 +105,9 @@ class NgramDrafter:
     def _propose(self, ask: DraftAsk) -> list[int]:
         tokens, k = ask.tokens, ask.k
         own = self._lookup(self._catch_up(ask.slot, tokens), tokens, k, own=True)
-        if own or ask.tenant not in self._recent:
-            return own
-        return self._lookup(self._recent[ask.tenant], tokens, k, own=False)
+        if own is not None or ask.tenant not in self._recent:
+            return own or []
+        return self._lookup(self._recent[ask.tenant], tokens, k, own=False) or []
 
     @staticmethod
     def _key(gram: Sequence[int]) -> int:
@@ -110,46 +117,63 @@ class NgramDrafter:
             key = key << 32 | (t & 0xFFFFFFFF)
         return key
 
-    def _lookup(self, index: _Index, tokens: Sequence[int], k: int, own: bool) -> list[int]:
+    def _lookup(self, index: _Index, tokens: Sequence[int], k: int, own: bool) -> list[int] | None:
+        """The draft found in `index`, or None where nothing matched."""
         end = len(tokens)
         if end < self.ngram_min:
-            return []
-        start = self._match(index, tokens)
+            return None
+        start, second = self._match(index, tokens)
         if start < 0:
-            return []
+            return None
         if not own:  # what followed in an earlier answer, up to that answer's end
             draft = list(index.tokens[start : start + k])
-            return draft[: draft.index(_GAP)] if _GAP in draft else draft
-        draft = list(tokens[start : start + k])
-        # A match less than k tokens back is a repeat of period end - start: the draft goes
-        # on around it (a list, a table's rows, a loop).
-        while len(draft) < k:
-            draft.append(draft[len(draft) - (end - start)])
+            draft = draft[: draft.index(_GAP)] if _GAP in draft else draft
+        else:
+            draft = list(tokens[start : start + k])
+            # A match less than k tokens back is a repeat of period end - start: the draft
+            # goes on around it (a list, a table's rows, a loop).
+            while len(draft) < k:
+                draft.append(draft[len(draft) - (end - start)])
+        if self.agree and second >= 0:
+            # The text went on in two ways after these tokens (a JSON key, then each object's
+            # own value; a common phrase in prose): past where the two part, the guess is
+            # likelier refused than kept, and a refused draft token costs its share of the
+            # step for nothing. Keep what both say.
+            held = index.tokens
+            n = 0
+            while n < len(draft) and second + n < len(held) and held[second + n] == draft[n]:
+                n += 1
+            draft = draft[:n]
         return draft
 
-    def _match(self, index: _Index, tokens: Sequence[int]) -> int:
+    def _match(self, index: _Index, tokens: Sequence[int]) -> tuple[int, int]:
         """The position after the longest (then latest) earlier match of the end of `tokens`
-        in `index`, or -1."""
+        in `index`, or -1; and after the next latest match as long, or -1."""
         end, longest = len(tokens), self.ngram_max
         held, prev = index.tokens, index.prev
         pos = index.head.get(self._key(tokens[end - self.ngram_min : end]), -1)
-        best, best_len = -1, self.ngram_min - 1
+        best, best_len, second = -1, self.ngram_min - 1, -1
         for _ in range(CHAIN):
             if pos < 0:
                 break
             most = min(longest, pos, end)
-            # Only a match longer than the best so far counts, so its token best_len back
-            # must agree first (as zlib checks the byte at its best length before the rest).
-            if most > best_len and held[pos - 1 - best_len] == tokens[end - 1 - best_len]:
+            # Only a match at least as long as the best so far counts, so its token
+            # best_len - 1 back must agree first (as zlib checks the byte at its best length
+            # before the rest).
+            if most >= best_len and (
+                best_len == 0 or held[pos - best_len] == tokens[end - best_len]
+            ):
                 n = 0
                 while n < most and held[pos - 1 - n] == tokens[end - 1 - n]:
                     n += 1
                 if n > best_len:
-                    best, best_len = pos, n
+                    best, best_len, second = pos, n, -1
+                elif n == best_len and second < 0:
+                    second = pos
                     if n == longest:
                         break
             pos = prev[pos]
-        return best
+        return best, second
 
     def _catch_up(self, slot: int, tokens: Sequence[int]) -> _Index:
         """The slot's index, extended to `tokens` (rebuilt if they are not a continuation

@@ -48,6 +48,23 @@ def test_the_ngram_drafter_proposes_what_followed_the_latest_match_longest_first
     # goes on around its period
 
 
+def test_a_draft_stops_where_two_matches_as_long_part() -> None:
+    """Where the text before has gone on in two ways after the same tokens (a JSON key with
+    a new value in each object, a common phrase in prose), the draft holds only what both
+    agree on: past it, a guess is likelier wrong than right, and a refused draft token costs
+    the step's time for nothing. One match, or matches that agree, draft in full."""
+    d = NgramDrafter(2, 3)
+    parted = [7, 1, 2, 3, 4, 9, 9, 7, 1, 2, 3, 5, 8, 8, 7, 1, 2]
+    assert d.propose([DraftAsk(0, parted, 4)]) == [[3]]  # 3 5 8 8 and 3 4 9 9: only 3
+    agreed = [7, 1, 2, 3, 4, 9, 9, 7, 1, 2, 3, 4, 9, 9, 7, 1, 2]
+    assert d.propose([DraftAsk(1, agreed, 4)]) == [[3, 4, 9, 9]]
+    # A longer match outranks both: "6 7 1 2" once, so it drafts what followed it in full.
+    longer = [6, 7, 1, 2, 3, 4, 9, 7, 1, 2, 3, 5, 8, 6, 7, 1, 2]
+    assert NgramDrafter(2, 4).propose([DraftAsk(2, longer, 3)]) == [[3, 4, 9]]
+    parted_first = [7, 1, 2, 4, 7, 1, 2, 5, 7, 1, 2]
+    assert d.propose([DraftAsk(3, parted_first, 4)]) == [[]]  # no pool lookup in its place
+
+
 def test_drafts_ride_in_the_step_and_the_output_is_unchanged() -> None:
     prompt, answer = "say: the cat sat on the mat", "the cat sat on the mat"
     plain = FakeBackend(answer=answer)
@@ -71,10 +88,10 @@ def test_drafts_ride_in_the_step_and_the_output_is_unchanged() -> None:
 
 
 def test_refused_drafts_leave_no_cells_and_count_as_drafted() -> None:
-    # The prompt suggests "abcd..." after "ab", the model writes "abxy...".
+    # The prompt suggests "bcd..." after "a", the model writes "abxy...".
     b = FakeBackend(answer="abxyzw")
     s = scheduler(b)
-    s.submit(request("a", "abcdefg ab"))
+    s.submit(request("a", "abcdefg then "))
     events: list[Any] = []
     while s.has_work():
         events += s.step()
@@ -217,7 +234,7 @@ def test_without_adaptation_every_draft_found_is_checked() -> None:
         """A draft token costs ten times a step: the cost model never drafts."""
 
         def __init__(self) -> None:
-            super().__init__(0.010, 0.100)
+            super().__init__(0.010, 0.100, single=0.011)
 
         def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
             pass
