@@ -7,9 +7,9 @@ tokens occurred before, what followed them then is a good guess for what follows
 batch step checks the guess (llmd/engine/scheduler.py), so a wrong one costs only the cells.
 
 The longest match wins (up to `ngram_max` tokens; at least `ngram_min`), the latest among
-equals; where the next latest match is as long, the draft stops where what followed the two
-parts (a table's rows as JSON objects: the keys agree, each value differs), which kept
-drafting alive on quoting and JSON where refused guesses had stopped it (docs/benchmarks.md).
+equals; where the next latest match is as long (and at least AGREE_MIN), the draft stops
+where what followed the two parts (a table's rows as JSON objects: the keys agree, each value
+differs), so fewer draft tokens are refused (docs/benchmarks.md).
 
 A match is found as LZ77 compressors find theirs: per slot, a table maps each `ngram_min`
 tokens to the latest position they were followed at, and a chain links every position to the
@@ -41,6 +41,11 @@ CHAIN = 64
 """Earlier occurrences of the last `ngram_min` tokens a lookup measures at most, latest first
 (zlib's default chain is 128 for a byte stream; tokens repeat far less often)."""
 _GAP = -1
+AGREE_MIN = 5
+"""The shortest match whose parting from the next latest one as long cuts a draft. Early in a
+quote the latest of several two- to four-token matches is usually the passage being quoted
+(cutting there cost Gemma-3 a third more steps on quoting); a JSON key repeated with a new
+value in every object matches 5 tokens or more (docs/benchmarks.md)."""
 """Between two answers in a pool: no real token, so no match spans two answers."""
 
 
@@ -81,6 +86,7 @@ class NgramDrafter:
         self.agree = True
         """Cut a draft where the two latest longest matches part (off only to measure what
         that gains: bench.spec_inproc --agree)."""
+        self.agree_min = AGREE_MIN
         self._slots: dict[int, _Index] = {}
         self._recent: OrderedDict[str, _Index] = OrderedDict()
 
@@ -139,11 +145,12 @@ class NgramDrafter:
             # own value; a common phrase in prose): past where the two part, the guess is
             # likelier refused than kept, and a refused draft token costs its share of the
             # step for nothing. Keep what both say.
+            # Only where they differ: the next latest may run out first (a loop's draft goes
+            # on around its period past the end of what is held).
             held = index.tokens
-            n = 0
-            while n < len(draft) and second + n < len(held) and held[second + n] == draft[n]:
-                n += 1
-            draft = draft[:n]
+            for n in range(min(len(draft), len(held) - second)):
+                if held[second + n] != draft[n]:
+                    return draft[:n]
         return draft
 
     def _match(self, index: _Index, tokens: Sequence[int]) -> tuple[int, int]:
@@ -173,7 +180,7 @@ class NgramDrafter:
                     if n == longest:
                         break
             pos = prev[pos]
-        return best, second
+        return best, second if best_len >= self.agree_min else -1
 
     def _catch_up(self, slot: int, tokens: Sequence[int]) -> _Index:
         """The slot's index, extended to `tokens` (rebuilt if they are not a continuation

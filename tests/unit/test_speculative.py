@@ -54,15 +54,24 @@ def test_a_draft_stops_where_two_matches_as_long_part() -> None:
     agree on: past it, a guess is likelier wrong than right, and a refused draft token costs
     the step's time for nothing. One match, or matches that agree, draft in full."""
     d = NgramDrafter(2, 3)
+    d.agree_min = 3  # this test's matches are short; real ones must be AGREE_MIN long
     parted = [7, 1, 2, 3, 4, 9, 9, 7, 1, 2, 3, 5, 8, 8, 7, 1, 2]
     assert d.propose([DraftAsk(0, parted, 4)]) == [[3]]  # 3 5 8 8 and 3 4 9 9: only 3
     agreed = [7, 1, 2, 3, 4, 9, 9, 7, 1, 2, 3, 4, 9, 9, 7, 1, 2]
     assert d.propose([DraftAsk(1, agreed, 4)]) == [[3, 4, 9, 9]]
     # A longer match outranks both: "6 7 1 2" once, so it drafts what followed it in full.
     longer = [6, 7, 1, 2, 3, 4, 9, 7, 1, 2, 3, 5, 8, 6, 7, 1, 2]
-    assert NgramDrafter(2, 4).propose([DraftAsk(2, longer, 3)]) == [[3, 4, 9]]
+    d4 = NgramDrafter(2, 4)
+    d4.agree_min = 3
+    assert d4.propose([DraftAsk(2, longer, 3)]) == [[3, 4, 9]]
+    # A loop: the latest match is a period back and its draft goes on around the period;
+    # the one before agrees as far as it runs, so the draft stays whole.
+    loop = [5, 6, 8, 7, 1, 2, 7, 1, 2, 7, 1, 2]
+    assert d.propose([DraftAsk(4, loop, 8)]) == [[7, 1, 2, 7, 1, 2, 7, 1]]
     parted_first = [7, 1, 2, 4, 7, 1, 2, 5, 7, 1, 2]
     assert d.propose([DraftAsk(3, parted_first, 4)]) == [[]]  # no pool lookup in its place
+    # Under the floor the latest match drafts alone (early in a quote, a common phrase).
+    assert NgramDrafter(2, 3).propose([DraftAsk(0, parted, 4)]) == [[3, 5, 8, 8]]
 
 
 def test_drafts_ride_in_the_step_and_the_output_is_unchanged() -> None:
