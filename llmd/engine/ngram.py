@@ -41,12 +41,12 @@ CHAIN = 64
 """Earlier occurrences of the last `ngram_min` tokens a lookup measures at most, latest first
 (zlib's default chain is 128 for a byte stream; tokens repeat far less often)."""
 _GAP = -1
+"""Between two answers in a pool: no real token, so no match spans two answers."""
 AGREE_MIN = 5
 """The shortest match whose parting from the next latest one as long cuts a draft. Early in a
 quote the latest of several two- to four-token matches is usually the passage being quoted
 (cutting there cost Gemma-3 a third more steps on quoting); a JSON key repeated with a new
 value in every object matches 5 tokens or more (docs/benchmarks.md)."""
-"""Between two answers in a pool: no real token, so no match spans two answers."""
 
 
 BYTES_PER_TOKEN = 64
@@ -142,11 +142,10 @@ class NgramDrafter:
                 draft.append(draft[len(draft) - (end - start)])
         if self.agree and second >= 0:
             # The text went on in two ways after these tokens (a JSON key, then each object's
-            # own value; a common phrase in prose): past where the two part, the guess is
-            # likelier refused than kept, and a refused draft token costs its share of the
-            # step for nothing. Keep what both say.
-            # Only where they differ: the next latest may run out first (a loop's draft goes
-            # on around its period past the end of what is held).
+            # own value): past where the two part, the guess is likelier refused than kept,
+            # and a refused draft token costs its share of the step for nothing. Cut only
+            # where they differ: the next latest may run out first (a loop's draft goes on
+            # around its period past the end of what is held).
             held = index.tokens
             for n in range(min(len(draft), len(held) - second)):
                 if held[second + n] != draft[n]:
