@@ -206,14 +206,14 @@ def after_decode(name: str, tokens: int, sampled: bool = False) -> list[dict[str
     for chain in chains:
         lc.llama_sampler_free(chain)
     b.close()
-    text = "sampled at temperature 1" if sampled else "greedy"
-    print(f"{name} ({b.n_vocab} tokens, {text} text): the row of the step just decoded, median us")
+    kind = "sampled at temperature 1" if sampled else "greedy"
+    print(f"{name} ({b.n_vocab} tokens, {kind} text): the row of the step just decoded, median us")
     results: list[dict[str, object]] = []
     for label, values in times.items():
         median = statistics.median(values)
         print(f"  {label:32s} {median:8.1f} us  ({len(values)} steps)")
         results.append(
-            {"model": name, "n_vocab": b.n_vocab, "text": text, "contender": label, "us": median}
+            {"model": name, "n_vocab": b.n_vocab, "text": kind, "contender": label, "us": median}
         )
     return results
 

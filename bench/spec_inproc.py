@@ -65,8 +65,8 @@ def main() -> int:
             s = Scheduler(
                 backend, 2048, backend.adds_bos(), backend.bos, speculative=spec, costs=costs
             )
-            if isinstance(s.drafts.drafter, NgramDrafter):
-                s.drafts.drafter.agree = agree
+            if isinstance(s.drafts.drafter, NgramDrafter) and not agree:
+                s.drafts.drafter.agree_min = spec.ngram_max + 1  # no match is that long
             for i in range(args.streams):
                 text = prompt(args.workload, f"{args.workload}/{rep}/{i}")
                 if template is not None:  # a chat model answers the user message

@@ -83,10 +83,9 @@ class NgramDrafter:
     def __init__(self, ngram_min: int, ngram_max: int) -> None:
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
-        self.agree = True
-        """Cut a draft where the two latest longest matches part (off only to measure what
-        that gains: bench.spec_inproc --agree)."""
         self.agree_min = AGREE_MIN
+        """Matches shorter than this never cut a draft (bench.spec_inproc --agree 0 sets it
+        past `ngram_max`, to measure what the cut gains)."""
         self._slots: dict[int, _Index] = {}
         self._recent: OrderedDict[str, _Index] = OrderedDict()
 
@@ -140,7 +139,7 @@ class NgramDrafter:
             # goes on around it (a list, a table's rows, a loop).
             while len(draft) < k:
                 draft.append(draft[len(draft) - (end - start)])
-        if self.agree and second >= 0:
+        if second >= 0:
             # The text went on in two ways after these tokens (a JSON key, then each object's
             # own value): past where the two part, the guess is likelier refused than kept,
             # and a refused draft token costs its share of the step for nothing. Cut only
@@ -163,12 +162,11 @@ class NgramDrafter:
             if pos < 0:
                 break
             most = min(longest, pos, end)
-            # Only a match at least as long as the best so far counts, so its token
-            # best_len - 1 back must agree first (as zlib checks the byte at its best length
-            # before the rest).
-            if most >= best_len and (
-                best_len == 0 or held[pos - best_len] == tokens[end - best_len]
-            ):
+            # A match counts only if it is longer than the best so far, or as long while no
+            # second one is known, so its token `need - 1` back must agree first (as zlib
+            # checks the byte at its best length before the rest).
+            need = best_len + (second >= 0)
+            if most >= need and (need == 0 or held[pos - need] == tokens[end - need]):
                 n = 0
                 while n < most and held[pos - 1 - n] == tokens[end - 1 - n]:
                     n += 1
