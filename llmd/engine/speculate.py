@@ -17,8 +17,8 @@ whole plans are compared (none, the best-first tokens on `b` alone, one depth fo
 draft), each priced by the micro-batches it makes.
 
 `a` and `b` are fitted to the steps this engine actually runs (decay-weighted least squares
-over steps that read no prompt, on their micro-batches and tokens), starting from a probe of
-steps of 1, 2 and 9 tokens at load.
+over steps that read no prompt, on their micro-batches and tokens, in units of a one-token
+step's time), with a probe of steps of 1, 2 and 9 tokens at load as a lasting prior.
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from dataclasses import dataclass
 
 from llmd.engine.backend import Backend
 
-# Weight of one step in the fit decays by this factor per later step (~200 steps' memory).
+# Weight of a measured step in the fit decays by this factor per later step of two or more
+# tokens (~200 steps' memory), and by IDLE_DECAY per later step of one token (half in ~700:
+# a stream that stopped drafting comes back to the probe's line).
 COST_DECAY = 0.995
+IDLE_DECAY = 0.999
+# The probe's steps of 2 and 9 tokens count as this many measured steps each, for good.
+PROBE_WEIGHT = 2.0
 # Steps larger than this are left out of the fit: the line is for a step's first tokens.
 FIT_MAX_TOKENS = 256
 # Acceptance of a sequence's drafts: a decaying count, started from the model's average
@@ -56,54 +61,69 @@ class StepCosts:
     Micro-batches: with one KV stream per slot llama.cpp cuts a step into runs of consecutive
     slots, each slot giving as many tokens as the one in its run with the fewest
     (`micro_batches`), and every micro-batch reads every weight again. A step where one of 16
-    streams drafts 8 tokens is two passes, not one pass with 8 more tokens."""
+    streams drafts 8 tokens is two passes, not one pass with 8 more tokens.
+
+    The line is fitted in units of T(1) as it was when each step was measured, and priced in
+    T(1) as it is now. What moves every step's time alike (the context growing, the box
+    getting busier) then moves the line with T(1), which one-token steps keep measuring; one
+    stream measures its larger steps only when it drafts, and the probe at load (at position
+    0, on a quiet box) had put a step of 2 at 1.07-1.29 T(1) where SmolLM2's answers ~300
+    tokens in took 1.24-1.31 (docs/benchmarks.md). The probe's points weigh PROBE_WEIGHT
+    steps and never fade; measured steps fade with every later step, fastest with later
+    larger ones, so a line fitted high (a busy minute) drifts back to the probe's, and the
+    next draft measures again."""
 
     def __init__(self, a: float, b: float, single: float | None = None) -> None:
-        # Sums of the weighted regression of T on (U micro-batches, N tokens), no intercept.
-        # With U = 1 throughout it is the line a + b*N. The probe's points stand as prior
-        # observations, with the weight of a few steps.
-        self._uu = self._un = self._nn = self._uy = self._ny = 0.0
-        for n in (2, 9):
-            self._add(1, n, a + b * n, 4.0)
         self._single = single if single is not None else a + b
+        # Sums of the weighted regression of T / T(1) on (U micro-batches, N tokens), no
+        # intercept (with U = 1 throughout it is the line a + b*N): the probe's, and the
+        # measured steps'.
+        self._probe = [0.0] * 5
+        for n in (2, 9):
+            _add(self._probe, 1, n, (a + b * n) / self._single, PROBE_WEIGHT)
+        self._seen = [0.0] * 5
         self._line = self._fit()
-        """(a, b), refitted once per observed step (plans price many steps between)."""
+        """(a, b) in units of T(1), refitted once per observed step (plans price many steps
+        between)."""
 
     def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
         if n > FIT_MAX_TOKENS:
             return
         if n == 1:
             self._single = self._single * 0.95 + seconds * 0.05
-            return
-        d = COST_DECAY
-        self._uu, self._un, self._nn = self._uu * d, self._un * d, self._nn * d
-        self._uy, self._ny = self._uy * d, self._ny * d
-        self._add(ubatches, n, seconds, 1.0)
+            decay = IDLE_DECAY
+        else:
+            decay = COST_DECAY
+        self._seen = [x * decay for x in self._seen]
+        if n > 1:
+            _add(self._seen, ubatches, n, seconds / self._single, 1.0)
         self._line = self._fit()
 
-    def _add(self, u: int, n: int, t: float, w: float) -> None:
-        self._uu += w * u * u
-        self._un += w * u * n
-        self._nn += w * n * n
-        self._uy += w * u * t
-        self._ny += w * n * t
-
     def line(self) -> tuple[float, float]:
-        """(a, b): cost per micro-batch and per token of a step of two or more tokens."""
-        return self._line
+        """(a, b) in seconds: cost per micro-batch and per token of a step of two or more
+        tokens."""
+        a, b = self._line
+        return a * self._single, b * self._single
 
     def _fit(self) -> tuple[float, float]:
-        det = self._uu * self._nn - self._un * self._un
-        b = (self._uu * self._ny - self._un * self._uy) / det if det > 0 else 0.0
+        uu, un, nn, uy, ny = (p + s for p, s in zip(self._probe, self._seen, strict=True))
+        det = uu * nn - un * un
+        b = (uu * ny - un * uy) / det if det > 0 else 0.0
         b = max(b, 0.0)
-        a = max((self._uy - b * self._un) / self._uu, 1e-6)
+        a = max((uy - b * un) / uu, 1e-6)
         return a, b
 
     def time(self, n: int, ubatches: int = 1) -> float:
         if n == 1:
             return self._single
-        a, b = self._line
+        a, b = self.line()
         return a * ubatches + b * n
+
+
+def _add(sums: list[float], u: int, n: int, y: float, w: float) -> None:
+    """One weighted point (U, N) -> y into the regression's sums [UU, UN, NN, UY, NY]."""
+    for i, x in enumerate((u * u, u * n, n * n, u * y, n * y)):
+        sums[i] += w * x
 
 
 def micro_batches(steps: list[tuple[int, int]]) -> list[int]:

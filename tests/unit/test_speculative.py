@@ -179,6 +179,36 @@ def test_the_cost_line_follows_measured_steps() -> None:
     assert abs(a - 0.010) < 1e-3 and abs(b - 0.010) < 1e-3
 
 
+def test_the_cost_line_moves_with_a_one_token_steps_time() -> None:
+    """The context grew (or the box got busier): one-token steps take twice as long, and a
+    step of 2, never measured since the probe, is priced at twice the probe's too."""
+    costs = StepCosts(0.012, 0.004)  # T(1) 16 ms, T(2) 20 ms
+    for _ in range(200):
+        costs.observe(1, 0.032)
+    assert abs(costs.time(1) - 0.032) < 1e-4
+    assert abs(costs.time(2) - 0.040) < 1e-3
+
+
+def test_a_single_streams_measured_steps_outweigh_the_probe_soon_and_fade_back_to_it() -> None:
+    """SmolLM2 on the 2-core box: the probe at load put a step of 2 at 1.1 T(1), steps of 2
+    while answering took 1.3 T(1). A first draft token confirmed one time in five then pays
+    by the probe, and no longer once a few such steps are measured; a few hundred one-token
+    steps later (no drafts) the probe's line is back and the next draft measures again."""
+    costs = StepCosts(0.0014, 0.0048, single=0.010)  # T(2) 11 ms, T(9) 44.6 ms
+    guess = (0.2, 0.5)
+    assert plan_drafts([guess], [8], costs) == [1]
+    for _ in range(4):
+        costs.observe(2, 0.013)
+        for _ in range(20):
+            costs.observe(1, 0.010)
+    assert costs.time(2) > 0.012
+    assert plan_drafts([guess], [8], costs) == [0]
+    for _ in range(3000):
+        costs.observe(1, 0.010)
+    assert abs(costs.time(2) - 0.011) < 2e-4
+    assert plan_drafts([guess], [8], costs) == [1]
+
+
 def test_micro_batches_follow_llama_cpps_equal_split_over_consecutive_slots() -> None:
     # One KV stream per slot: a micro-batch is a run of consecutive slots with tokens left,
     # each giving as many as the one with the fewest.
