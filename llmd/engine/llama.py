@@ -30,6 +30,10 @@ log = logging.getLogger("llmd.engine")
 
 # GGUF `{arch}.pooling_type` values that name a pooling (embedding models declare theirs).
 _POOLINGS = {1: "mean", 2: "cls", 3: "last"}
+_LOGITS_ITH = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+ROW_VIEWS = 1024
+"""Logits row views kept by address (a step's rows sit at fixed places in llama.cpp's output
+buffer; the map starts again if that buffer moves often)."""
 _META_KEYS = (
     "general.architecture",
     "general.name",
@@ -110,6 +114,11 @@ class LlamaBackend:
             self.max_input = min(options.ctx_per_seq, self.n_ctx_train, ctx_params.n_ubatch)
         self.batch = lc.llama_batch_init(options.batch_size, 0, 1)
         self._logits_row = ctypes.c_float * self.n_vocab
+        # llama_get_logits_ith answering an address, not a ctypes pointer object, and a view
+        # kept per address: llama.cpp hands out the same few rows step after step, and right
+        # after a step (caches cleared by the weights) building the view took ~65 us a token.
+        self._logits_ith = _LOGITS_ITH(ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value)
+        self._rows: dict[int, Any] = {}
         self._candidates: Any = None
         self._vocab_ids: Any = None
         self._workspace = Workspace(self.n_vocab)
@@ -304,10 +313,17 @@ class LlamaBackend:
         return sampler
 
     def _logits(self, index: int) -> Any:
-        address = ctypes.cast(lc.llama_get_logits_ith(self.ctx, index), ctypes.c_void_p)
-        if not address.value:
+        address = self._logits_ith(self.ctx, index)
+        if not address:
             raise RuntimeError(f"llama.cpp has no logits for batch entry {index}")
-        return np.frombuffer(memoryview(self._logits_row.from_address(address.value)), np.float32)
+        # An address llama.cpp just returned holds a row now, whichever buffer it is in.
+        row = self._rows.get(address)
+        if row is None:
+            if len(self._rows) >= ROW_VIEWS:
+                self._rows.clear()
+            row = np.frombuffer(self._logits_row.from_address(address), np.float32)
+            self._rows[address] = row
+        return row
 
     def sample(self, sampler: _Sampler, index: int) -> int:
         """One token for batch entry `index`: one draw from the sequence's generator (none

@@ -59,6 +59,10 @@ HEAD_SHARE = 0.3
 and gathering it would cost more than computing the few tokens more (on text sampled at
 temperature 1, SmolLM2's head held 86% of its row at the median; Gemma-3's 1% at the median
 and 12% at the 9th decile, so its heads are still listed)."""
+SHIFT_FREE = (-60.0, 80.0)
+"""Scaled top logits between which exp(scale * logit) itself, unshifted, neither overflows
+float32 (e^88) nor loses the head's tokens (within e^-TAIL of the top) under its smallest
+normal numbers (e^-87)."""
 _MIN_P_SLACK = 1e-3
 """Logit margin under the `min_p` threshold for the first, float32 cut (the exact cut is in
 float64 on the few tokens it keeps)."""
@@ -113,25 +117,39 @@ class Whole:
 
     def __init__(self, logits: Row, top: float, scale: float, workspace: Workspace) -> None:
         self.logits, self.top, self.scale, self.workspace = logits, top, scale, workspace
-        # `head`, the head's logits: the cuts look for their candidates there, not in the
-        # whole row (every candidate a `top_p` or `min_p` cut can keep is in the head).
-        inside = logits >= np.float32(top - TAIL / scale)
-        if np.count_nonzero(inside) > HEAD_SHARE * len(logits):
+        self.unit = 1.0
+        """What one unit of `weights` weighs on the scale where the top token weighs 1."""
+        threshold = np.float32(top - TAIL / scale)
+        # Every 8th token says whether the head is most of the row (cold after a step, each
+        # pass over the row costs: the full compare and count ~45 us on SmolLM2, this ~15).
+        every_8th = logits[::8]
+        if np.count_nonzero(every_8th >= threshold) > HEAD_SHARE * len(every_8th):
             # Most of the row: every token is the head, and there is no tail. Spares the ids,
             # the gather, and a pass over each (at temperature 1 on SmolLM2's own sampled
             # text, 403 against 493 us a token after the step; docs/benchmarks.md).
             self.ids: Ids = workspace.every_id
             self.head: Row = logits
-            weights = np.subtract(logits, np.float32(top), out=workspace.head_weights)
+            weights = workspace.head_weights
+            if SHIFT_FREE[0] < top * scale < SHIFT_FREE[1]:
+                # exp(scale * logit) without the shift to the top: no pass for it.
+                self.unit = math.exp(-top * scale)
+                source = logits
+            else:
+                source = np.subtract(logits, np.float32(top), out=weights)
+            if scale != 1.0:
+                source = np.multiply(source, np.float32(scale), out=weights)
+            np.exp(source, out=weights)
         else:
+            inside = logits >= threshold
             self.ids = np.flatnonzero(inside)
             self.head = logits[self.ids]
             weights = np.subtract(self.head, np.float32(top))
-        if scale != 1.0:
-            np.multiply(weights, np.float32(scale), out=weights)
-        self.weights: Row = np.exp(weights, out=weights)
-        self.blocks = np.cumsum(block_sums(self.weights))
-        self.lower = float(self.blocks[-1])
+            if scale != 1.0:
+                np.multiply(weights, np.float32(scale), out=weights)
+            np.exp(weights, out=weights)
+        self.weights: Row = weights
+        self.blocks = np.cumsum(block_sums(weights))
+        self.lower = float(self.blocks[-1]) * self.unit
         """The head's mass: the whole is at least this ..."""
         # ... and at most this: every tail token weighs under e^-TAIL (with room for
         # float32 rounding at the threshold).
@@ -171,7 +189,7 @@ class Whole:
     def probabilities(self) -> tuple[Ids, Floats]:
         self.tail()
         everything = self.workspace.weights.astype(np.float64)
-        everything[self.ids] = self.weights
+        everything[self.ids] = self.weights * self.unit
         return np.arange(len(everything)), everything / everything.sum()
 
 
@@ -375,7 +393,7 @@ class TokenSampler:
             chosen = at_least(head, m, maxima)
             # The float32 weights, with room for their rounding against the float64 exps
             # the cut is then placed with.
-            held = float(whole.weights[chosen].sum(dtype=np.float64))
+            held = float(whole.weights[chosen].sum(dtype=np.float64)) * whole.unit
             if held >= self.top_p * whole.upper * (1 + 1e-6):
                 return whole.ids[chosen]
             if len(chosen) == len(head):

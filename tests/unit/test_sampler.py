@@ -251,6 +251,28 @@ def test_a_head_taken_as_the_whole_row_or_gathered_gives_the_same_distribution(
         assert_same_cut(*distribution.probabilities(), other, params)
 
 
+@pytest.mark.parametrize("offset", [-200.0, 0.0, 200.0])
+@pytest.mark.parametrize("name", ["temperature 1", "0.7 and top_p 0.95"])
+def test_a_whole_row_far_from_zero_is_shifted_to_its_top_first(
+    offset: float, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole row's exps are taken of the scaled logits themselves when that cannot
+    overflow or lose the head (SHIFT_FREE), else of their distance to the top: logits all
+    near +200 or -200 must draw and cut as the reference does."""
+    monkeypatch.setattr(sampler_module, "HEAD_SHARE", 0.0)
+    params = BASE if name == "temperature 1" else replace(BASE, temperature=0.7, top_p=0.95)
+    row = (flat(300, 9) + np.float32(offset)).astype(np.float32)
+    sampler = TokenSampler(params, 2, Workspace(300))
+    whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
+    assert (whole.unit == 1.0) == (offset != 0.0)
+    distribution = sampler.distribution(row)
+    draws = 20000
+    counts = Counter(sampler.draw(distribution) for _ in range(draws))
+    stat, df = chi_square(counts, reference(row, params, []), draws)
+    assert stat < chi_square_bound(df), (stat, df)
+    assert_same_cut(*distribution.probabilities(), row, params)
+
+
 TAIL_CASES = {
     "temperature 1": BASE,
     "0.7 and top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
