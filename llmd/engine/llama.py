@@ -117,7 +117,7 @@ class LlamaBackend:
         # llama_get_logits_ith answering an address, not a ctypes pointer object, and a view
         # kept per address: llama.cpp hands out the same few rows step after step, and right
         # after a step (caches cleared by the weights) building the view took ~65 us a token.
-        self._logits_ith = _LOGITS_ITH(ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value)
+        self._logits_ith = _LOGITS_ITH(ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value or 0)
         self._rows: dict[int, Any] = {}
         self._candidates: Any = None
         self._vocab_ids: Any = None
@@ -321,7 +321,7 @@ class LlamaBackend:
         if row is None:
             if len(self._rows) >= ROW_VIEWS:
                 self._rows.clear()
-            row = np.frombuffer(self._logits_row.from_address(address), np.float32)
+            row = np.frombuffer(memoryview(self._logits_row.from_address(address)), np.float32)
             self._rows[address] = row
         return row
 
