@@ -117,7 +117,9 @@ class LlamaBackend:
         # llama_get_logits_ith answering an address, not a ctypes pointer object, and a view
         # kept per address: llama.cpp hands out the same few rows step after step, and right
         # after a step (caches cleared by the weights) building the view took ~65 us a token.
-        self._logits_ith = _LOGITS_ITH(ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value or 0)
+        self._logits_ith = _LOGITS_ITH(
+            ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value or 0
+        )
         self._rows: dict[int, Any] = {}
         self._candidates: Any = None
         self._vocab_ids: Any = None
