@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from llmd.engine.draft_protocol import DraftAsk
-from llmd.engine.messages import Delta, SpeculativeOptions
+from llmd.engine.messages import Delta, GenerateRequest, SpeculativeOptions
 from llmd.engine.ngram import RECENT_TOKENS, NgramDrafter
 from llmd.engine.scheduler import Scheduler
 from llmd.engine.speculate import Acceptance, StepCosts, micro_batches, plan_drafts
+from llmd.sampling import resolve
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 
 ON = SpeculativeOptions(enabled=True, max_draft=8, adaptive=True, ngram_min=1, ngram_max=3)
@@ -354,10 +355,29 @@ def test_a_sequence_that_stopped_drafting_starts_again_when_its_text_turns_to_co
     costs.observe = lambda n, seconds, ubatches=1: None  # type: ignore[method-assign]
     spec = SpeculativeOptions(True, 8, True, 1, 3)
     s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=costs)
-    s.drafts.acceptance.first_seen = 50.0  # the model's drafts have been poor lately
+    s.drafts.acceptance[True].first_seen = 50.0  # the model's drafts have been poor lately
     s.submit(request("a", "q: abcdefghijklmnop"))
     assert text_of(run_to_end(s)["a"]) == answer
     assert s.stats().accepted > 10
+
+
+def test_greedy_and_sampled_requests_keep_apart_rates_as_a_new_sequences_prior() -> None:
+    """The model's greedy requests copy well (their drafts nearly always confirmed), its
+    sampled ones do not: a new sampled sequence starts from the sampled rate and does not
+    draft at first, a new greedy one does."""
+    answer = "the cat sat on the mat"
+    for temperature, drafts in ((1.0, False), (0.0, True)):
+        b = FakeBackend(answer=answer)
+        costs = StepCosts(0.012, 0.004)  # a real bar: alpha must beat ~0.25 to draft
+        costs.observe = lambda n, seconds, ubatches=1: None  # type: ignore[method-assign]
+        s = Scheduler(b, 256, add_bos=False, bos=1, speculative=ON, costs=costs)
+        s.drafts.acceptance[False] = Acceptance(1000.0, 1000.0, 1000.0, 1000.0)
+        s.drafts.acceptance[True] = Acceptance(50.0, 1000.0, 50.0, 1000.0)
+        sampling = resolve(temperature=temperature, max_tokens=8)
+        s.submit(GenerateRequest("a", "say: " + answer, sampling))
+        s.step()  # the prompt, and the first token
+        s.step()  # the first step that could draft
+        assert (s.stats().drafted > 0) == drafts
 
 
 def test_a_single_streams_first_draft_token_pays_for_the_switch_to_the_prompt_threads() -> None:
