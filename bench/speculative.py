@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--peer-sampling",
         help="how llama-server samples in the sampled modes: default (its top_k 40, min_p "
-        "0.05), top_k0 (top_k 0, min_p 0: llmd's distribution), or both",
+        "0.05), top_k0 (top_k 0, min_p 0: llmd's distribution), or both: default,top_k0",
     )
     p.add_argument("--duration", type=float, help="seconds each client keeps sending (30)")
     p.add_argument("--requests", type=int, help="requests each client sends at least (1)")

@@ -119,6 +119,8 @@ class Whole:
         self.logits, self.top, self.scale, self.workspace = logits, top, scale, workspace
         self.unit = 1.0
         """What one unit of `weights` weighs on the scale where the top token weighs 1."""
+        # `head`, the head's logits: the cuts look for their candidates there, not in the
+        # whole row (every candidate a `top_p` or `min_p` cut can keep is in the head).
         threshold = np.float32(top - TAIL / scale)
         # Every 8th token says whether the head is most of the row (cold after a step, each
         # pass over the row costs: the full compare and count ~45 us on SmolLM2, this ~15).
