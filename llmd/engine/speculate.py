@@ -17,8 +17,8 @@ whole plans are compared (none, the best-first tokens on `b` alone, one depth fo
 draft), each priced by the micro-batches it makes.
 
 `a` and `b` are fitted to the steps this engine actually runs (decay-weighted least squares
-over steps that read no prompt, on their micro-batches and tokens, in units of a one-token
-step's time), with a probe of steps of 1, 2 and 9 tokens at load as a lasting prior.
+over steps that read no prompt, on their micro-batches and tokens), with a probe of steps of
+1, 2 and 9 tokens at load as a lasting prior in units of a one-token step's time.
 """
 
 from __future__ import annotations
@@ -63,27 +63,31 @@ class StepCosts:
     (`micro_batches`), and every micro-batch reads every weight again. A step where one of 16
     streams drafts 8 tokens is two passes, not one pass with 8 more tokens.
 
-    The line is fitted in units of T(1) as it was when each step was measured, and priced in
-    T(1) as it is now. What moves every step's time alike (the context growing, the box
-    getting busier) then moves the line with T(1), which one-token steps keep measuring; one
-    stream measures its larger steps only when it drafts, and the probe at load (at position
-    0, on a quiet box) had put a step of 2 at 1.07-1.29 T(1) where SmolLM2's answers ~300
-    tokens in took 1.24-1.31 (docs/benchmarks.md). The probe's points weigh PROBE_WEIGHT
-    steps and never fade; measured steps fade with every later step, fastest with later
-    larger ones, so a line fitted high (a busy minute) drifts back to the probe's, and the
-    next draft measures again."""
+    The probe at load ran at position 0 on a quiet box; later, every step costs more (the
+    context has grown, the box is busier), and one stream measures its larger steps only when
+    it drafts. So the probe's points are kept as multiples of T(1) and priced in T(1) as
+    one-token steps keep measuring it, and they weigh PROBE_WEIGHT steps for good; measured
+    steps count in seconds and fade with every later step (faster with later larger ones),
+    so until a stream has measured its own larger steps, and again a while after it stopped
+    drafting, its line is the probe's shape at today's T(1). (SmolLM2 ~300 tokens into a
+    sampled answer: a step of 2 took 1.24-1.31 T(1) where the line had said 1.13-1.19, the
+    probe's seconds weighing four steps each and fading only as larger steps came, ~1 in 20
+    steps there; docs/benchmarks.md. Fitting measured steps in units of T(1) too had them
+    divided by a T(1) that lagged behind the grown context: after a 690-token prompt, a code
+    edit's steps of 17 were priced at 149-177 ms against 103-149 before, and its answer took
+    235-242 steps against 126-130.)"""
 
     def __init__(self, a: float, b: float, single: float | None = None) -> None:
         self._single = single if single is not None else a + b
-        # Sums of the weighted regression of T / T(1) on (U micro-batches, N tokens), no
-        # intercept (with U = 1 throughout it is the line a + b*N): the probe's, and the
-        # measured steps'.
+        # Sums of the weighted regression of T on (U micro-batches, N tokens), no intercept
+        # (with U = 1 throughout it is the line a + b*N): the probe's, with T in units of
+        # T(1), and the measured steps', in seconds.
         self._probe = [0.0] * 5
         for n in (2, 9):
             _add(self._probe, 1, n, (a + b * n) / self._single, PROBE_WEIGHT)
         self._seen = [0.0] * 5
         self._line = self._fit()
-        """(a, b) in units of T(1), refitted once per observed step (plans price many steps
+        """(a, b) in seconds, refitted once per observed step (plans price many steps
         between)."""
 
     def observe(self, n: int, seconds: float, ubatches: int = 1) -> None:
@@ -96,17 +100,19 @@ class StepCosts:
             decay = COST_DECAY
         self._seen = [x * decay for x in self._seen]
         if n > 1:
-            _add(self._seen, ubatches, n, seconds / self._single, 1.0)
+            _add(self._seen, ubatches, n, seconds, 1.0)
         self._line = self._fit()
 
     def line(self) -> tuple[float, float]:
-        """(a, b) in seconds: cost per micro-batch and per token of a step of two or more
-        tokens."""
-        a, b = self._line
-        return a * self._single, b * self._single
+        """(a, b): cost per micro-batch and per token of a step of two or more tokens."""
+        return self._line
 
     def _fit(self) -> tuple[float, float]:
-        uu, un, nn, uy, ny = (p + s for p, s in zip(self._probe, self._seen, strict=True))
+        t1 = self._single
+        uu, un, nn, uy, ny = (
+            p * (t1 if i >= 3 else 1.0) + s  # the probe's T (sums 3, 4) in today's T(1)
+            for i, (p, s) in enumerate(zip(self._probe, self._seen, strict=True))
+        )
         det = uu * nn - un * un
         b = (uu * ny - un * uy) / det if det > 0 else 0.0
         b = max(b, 0.0)
@@ -116,7 +122,7 @@ class StepCosts:
     def time(self, n: int, ubatches: int = 1) -> float:
         if n == 1:
             return self._single
-        a, b = self.line()
+        a, b = self._line
         return a * ubatches + b * n
 
 
