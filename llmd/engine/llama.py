@@ -397,8 +397,7 @@ class LlamaBackend:
         Taken from the model's raw distribution (before penalties and temperature), as OpenAI
         reports it.
         """
-        ptr = lc.llama_get_logits_ith(self.ctx, index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        logits = self._logits(index).astype(np.float64)
         peak = logits.max()
         logsum = peak + np.log(np.exp(logits - peak).sum())
         chosen = float(logits[token] - logsum)

@@ -138,18 +138,13 @@ class Whole:
                 source = logits
             else:
                 source = np.subtract(logits, np.float32(top), out=weights)
-            if scale != 1.0:
-                source = np.multiply(source, np.float32(scale), out=weights)
-            np.exp(source, out=weights)
         else:
-            inside = logits >= threshold
-            self.ids = np.flatnonzero(inside)
+            self.ids = np.flatnonzero(logits >= threshold)
             self.head = logits[self.ids]
-            weights = np.subtract(self.head, np.float32(top))
-            if scale != 1.0:
-                np.multiply(weights, np.float32(scale), out=weights)
-            np.exp(weights, out=weights)
-        self.weights: Row = weights
+            weights = source = np.subtract(self.head, np.float32(top))
+        if scale != 1.0:
+            source = np.multiply(source, np.float32(scale), out=weights)
+        self.weights: Row = np.exp(source, out=weights)
         self.blocks = np.cumsum(block_sums(weights))
         self.lower = float(self.blocks[-1]) * self.unit
         """The head's mass: the whole is at least this ..."""
