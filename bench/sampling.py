@@ -22,7 +22,8 @@ samples that step's row, in turn; the chain at llama-server's own defaults (top_
     .venv/bin/python -m bench.sampling --after-decode [--sampled-text] [--tokens N] [MODEL ...]
 
 With `--sampled-text` the text goes on with draws at temperature 1, as a sampled answer does,
-and "numpy temperature 1, head gathered" samples as before the head could be the whole row.
+and "numpy temperature 1, Whole" draws as before a draw without a cut was drawn by rejection
+(`Envelope`): from the softmax's head.
 """
 
 from __future__ import annotations
@@ -140,9 +141,10 @@ def after_decode(name: str, tokens: int, sampled: bool = False) -> list[dict[str
     at temperature 1 (its own seeded sampler) instead of the argmax, as a sampled answer
     does: such text is less sure of itself, and more of each row lies near its top."""
     import llama_cpp as lc
+    import numpy as np
 
     from bench.spec_texts import prompt
-    from llmd.engine import sampler as sampler_module
+    from llmd.engine.distributions import Whole
     from llmd.engine.llama import LlamaBackend
     from llmd.engine.messages import LoadOptions
     from llmd.templates import choose_template
@@ -170,16 +172,13 @@ def after_decode(name: str, tokens: int, sampled: bool = False) -> list[dict[str
         sampler = b.new_sampler(CASES[case], 1)
         contenders.append((f"numpy {case}", functools.partial(b.sample, sampler)))
         contenders.append((f"chain {case}", chain_of(CASES[case])))
-    gathered = b.new_sampler(CASES["temperature 1"], 1)
+    whole_rng = np.random.default_rng(1)
 
-    def always_gathered(index: int) -> int:  # the head never taken as the whole row
-        share, sampler_module.HEAD_SHARE = sampler_module.HEAD_SHARE, 2.0
-        try:
-            return b.sample(gathered, index)
-        finally:
-            sampler_module.HEAD_SHARE = share
+    def whole(index: int) -> int:  # a draw without a cut as it was before `Envelope`
+        row = b._logits(index)
+        return Whole(row, float(row.max()), 1.0, b._workspace).draw(whole_rng)
 
-    contenders.append(("numpy temperature 1, head gathered", always_gathered))
+    contenders.append(("numpy temperature 1, Whole", whole))
     contenders.append(("chain top_k 40", chain_of(CASES["top_k 40"])))
     contenders.append(("chain llama-server defaults", chain_of(PEER_DEFAULTS)))
     contenders.append(("argmax", lambda i: int(b._logits(i).argmax())))

@@ -21,10 +21,11 @@ import numpy as np
 
 from llmd import cpu
 from llmd.engine.context import context_params
+from llmd.engine.distributions import Workspace
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
-from llmd.engine.sampler import TokenSampler, Workspace
+from llmd.engine.sampler import TokenSampler
 
 log = logging.getLogger("llmd.engine")
 

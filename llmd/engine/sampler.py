@@ -13,7 +13,8 @@ history its penalties need. In this order:
    Hugging Face and vLLM apply them: temperature first. llama.cpp's chain, which llmd used
    before, cuts first and divides last, so a temperature changes what `top_p` keeps there);
 4. one draw from what is left, with the sampler's own `numpy.random.Generator` seeded from the
-   seed: one uniform number per token, so a seed gives the same tokens again.
+   seed, so a seed gives the same tokens again (one uniform number per token after a cut,
+   a few hundred per batch of proposals without one, `Envelope`).
 
 The cuts keep ties: `top_k` keeps every token as likely as the k-th, `top_p` the most likely
 tokens until they hold `p` of the mass plus any as likely as the last one, `min_p` every token
@@ -23,13 +24,15 @@ Why not llama.cpp's chain: it copies the whole vocabulary into a candidate array
 token and sorts it for `top_p`, on one thread (~5 ms per token for SmolLM2's 49k tokens, more
 for Gemma-3's 262k). Here the penalties touch only the tokens in the history, `top_k` and
 `min_p` are thresholds, `top_p` sorts only a candidate set grown until it holds `p` of the mass,
-and the mass itself, and a draw without a cut, need the exps of only the tokens within e^-20 of
-the top one unless a draw lands in the sliver the rest could hold (`Whole`; the cuts find their
+and the mass itself needs the exps of only the tokens within e^-20 of the top one unless a
+draw lands in the sliver the rest could hold (`Whole`; the cuts find their
 candidates among those tokens, not in the whole row again: every pass over a row the step has
 just pushed out of the caches costs, ~0.1 ms on Gemma-3's 1 MB); draws search
 block sums, not a cumulative sum of the vocabulary (docs/benchmarks.md, "Sampling without
-llama.cpp's chain"). Weights over the vocabulary are float32 exps summed in float64, so a
-`top_p` boundary is placed to ~1e-7 of the mass; everything past that is exact.
+llama.cpp's chain"). A draw without a cut needs no mass at all: it is drawn by rejection under
+the maxima of 64-token columns (`Envelope`), one pass over the row and a few small arrays.
+Weights over the vocabulary are float32 exps summed in float64, so a `top_p` boundary is
+placed to ~1e-7 of the mass; everything past that is exact.
 """
 
 from __future__ import annotations
@@ -38,187 +41,25 @@ import math
 from collections import deque
 
 import numpy as np
-import numpy.typing as npt
 
+from llmd.engine.distributions import (
+    BLOCK,
+    Cut,
+    Distribution,
+    Envelope,
+    Floats,
+    Ids,
+    Row,
+    Whole,
+    Workspace,
+)
 from llmd.engine.messages import SamplingParams
 
-Row = npt.NDArray[np.float32]
-Ids = npt.NDArray[np.intp]
-Floats = npt.NDArray[np.float64]
-
-BLOCK = 256
-"""Tokens per block for the block sums, and per group for the group maxima, that spare
-passes over the whole row."""
 FIRST_CANDIDATES = 64
 """How many tokens `top_p` first sorts; the set grows 4x until it holds `p` of the mass."""
-TAIL = 20.0
-"""Tokens whose scaled logit is more than this under the top one weigh under e^-20 each
-(`Whole`)."""
-HEAD_SHARE = 0.3
-"""A head holding more than this share of the vocabulary is taken as the whole row: listing
-and gathering it would cost more than computing the few tokens more (on text sampled at
-temperature 1, SmolLM2's head held 86% of its row at the median; Gemma-3's 1% at the median
-and 12% at the 9th decile, so its heads are still listed)."""
-SHIFT_FREE = (-60.0, 80.0)
-"""Scaled top logits between which exp(scale * logit) itself, unshifted, neither overflows
-float32 (e^88) nor loses the head's tokens (within e^-TAIL of the top) under its smallest
-normal numbers (e^-87)."""
 _MIN_P_SLACK = 1e-3
 """Logit margin under the `min_p` threshold for the first, float32 cut (the exact cut is in
 float64 on the few tokens it keeps)."""
-
-
-class Workspace:
-    """Scratch rows for one model's samplers. The engine thread samples one row at a time, so
-    its sequences share them instead of each holding a vocabulary's worth of memory."""
-
-    def __init__(self, n_vocab: int) -> None:
-        self.n_vocab = n_vocab
-        self.adjusted: Row = np.empty(n_vocab, np.float32)
-        """The row with logit bias and penalties applied (the logits row itself stays as is)."""
-        self.weights: Row = np.empty(n_vocab, np.float32)
-        """exp((logit - max) / temperature) of the tail tokens (`Whole.tail`), when a draw or
-        a `top_p` cut needs them."""
-        self.head_weights: Row = np.empty(n_vocab, np.float32)
-        """The same of every token, when the head is the whole row (`HEAD_SHARE`)."""
-        self.every_id: Ids = np.arange(n_vocab)
-
-
-class Cut:
-    """A distribution over a few tokens (what the cuts kept): `weights` of `ids`, unnormalised,
-    in decreasing likelihood."""
-
-    def __init__(self, ids: Ids, weights: Floats) -> None:
-        self.ids = ids
-        self.weights = weights
-        self.cumulative = np.cumsum(weights)
-
-    def draw(self, u: float) -> int:
-        """The token where `u` in [0, 1) falls in the cumulative weights."""
-        return int(self.ids[_find(self.cumulative, u * float(self.cumulative[-1]))])
-
-    def probabilities(self) -> tuple[Ids, Floats]:
-        return self.ids, self.weights / self.cumulative[-1]
-
-
-class Whole:
-    """The whole vocabulary's distribution (no cut), computed where draws land: the `head`,
-    every token within TAIL of the top (scaled logits), holds all but a sliver of the mass;
-    the tail's weights are computed only when a draw, or a `top_p` cut, needs to know that
-    sliver exactly (on SmolLM2's and Gemma-3's rows in bench/sampling.py, at temperatures 1
-    and 0.7, the head held 0.1-44% of the vocabulary and the sliver could hold at most 4e-4
-    of the mass, so the exp over the rest is spared on all but ~1 token in 2,500). Text
-    sampled at temperature 1 is less sure of itself than those rows: SmolLM2's head then held
-    86% of its vocabulary at the median, and a head over HEAD_SHARE of it is the whole row.
-
-    A draw `u` below `lower / upper` (the head's share if the tail were as heavy as it can
-    be) picks in the head at `u / share`; above it, the exact share decides, and the part
-    of `u` past the bound picks in the head or the tail: exactly the softmax either way."""
-
-    def __init__(self, logits: Row, top: float, scale: float, workspace: Workspace) -> None:
-        self.logits, self.top, self.scale, self.workspace = logits, top, scale, workspace
-        self.unit = 1.0
-        """What one unit of `weights` weighs on the scale where the top token weighs 1."""
-        # `head`, the head's logits: the cuts look for their candidates there, not in the
-        # whole row (every candidate a `top_p` or `min_p` cut can keep is in the head).
-        threshold = np.float32(top - TAIL / scale)
-        # Every 8th token says whether the head is most of the row (cold after a step, each
-        # pass over the row costs: the full compare and count ~45 us on SmolLM2, this ~15).
-        every_8th = logits[::8]
-        if np.count_nonzero(every_8th >= threshold) > HEAD_SHARE * len(every_8th):
-            # Most of the row: every token is the head, and there is no tail. Spares the ids,
-            # the gather, and a pass over each (at temperature 1 on SmolLM2's own sampled
-            # text, 403 against 493 us a token after the step; docs/benchmarks.md).
-            self.ids: Ids = workspace.every_id
-            self.head: Row = logits
-            weights = workspace.head_weights
-            if SHIFT_FREE[0] < top * scale < SHIFT_FREE[1]:
-                # exp(scale * logit) without the shift to the top: no pass for it.
-                self.unit = math.exp(-top * scale)
-                source = logits
-            else:
-                source = np.subtract(logits, np.float32(top), out=weights)
-        else:
-            self.ids = np.flatnonzero(logits >= threshold)
-            self.head = logits[self.ids]
-            weights = source = np.subtract(self.head, np.float32(top))
-        if scale != 1.0:
-            source = np.multiply(source, np.float32(scale), out=weights)
-        self.weights: Row = np.exp(source, out=weights)
-        self.blocks = np.cumsum(block_sums(weights))
-        self.lower = float(self.blocks[-1]) * self.unit
-        """The head's mass: the whole is at least this ..."""
-        # ... and at most this: every tail token weighs under e^-TAIL (with room for
-        # float32 rounding at the threshold).
-        self.upper = self.lower + (len(logits) - len(self.ids)) * math.exp(-TAIL) * 1.001
-        self._tail: Floats | None = None
-
-    def tail(self) -> Floats:
-        """The tail's cumulative block sums (its weights in the workspace's row, the head's
-        set to 0): one exp over the vocabulary, once."""
-        if self._tail is None:
-            weights = self.workspace.weights
-            np.subtract(self.logits, np.float32(self.top), out=weights)
-            if self.scale != 1.0:
-                np.multiply(weights, np.float32(self.scale), out=weights)
-            np.exp(weights, out=weights)
-            weights[self.ids] = 0.0
-            self._tail = np.cumsum(block_sums(weights))
-        return self._tail
-
-    def mass(self) -> float:
-        """The exact mass of the whole vocabulary."""
-        return self.lower + float(self.tail()[-1])
-
-    def draw(self, u: float) -> int:
-        bound = self.lower / self.upper
-        if u < bound:
-            return self._head(u / bound)
-        share = self.lower / self.mass()
-        if u < share:
-            return self._head((u - bound) / (share - bound))
-        tail = self.tail()
-        return _in_blocks(self.workspace.weights, tail, (u - share) / (1.0 - share))
-
-    def _head(self, u: float) -> int:
-        return int(self.ids[_in_blocks(self.weights, self.blocks, u)])
-
-    def probabilities(self) -> tuple[Ids, Floats]:
-        self.tail()
-        everything = self.workspace.weights.astype(np.float64)
-        everything[self.ids] = self.weights * self.unit
-        return np.arange(len(everything)), everything / everything.sum()
-
-
-Distribution = Cut | Whole
-
-
-def _in_blocks(weights: Row, blocks: Floats, u: float) -> int:
-    """The index where `u` in [0, 1) falls in `weights`, found through their cumulative block
-    sums `blocks` (only one block's weights are summed one by one)."""
-    target = u * float(blocks[-1])
-    block = _find(blocks, target)
-    start = block * BLOCK
-    local = target - (float(blocks[block - 1]) if block else 0.0)
-    return start + _find(np.cumsum(weights[start : start + BLOCK], dtype=np.float64), local)
-
-
-def _find(cumulative: Floats, target: float) -> int:
-    """The first index whose cumulative weight exceeds `target`; if rounding puts `target` at
-    or past the end, the last index with weight (a token of weight 0 is never chosen)."""
-    i = int(np.searchsorted(cumulative, target, side="right"))
-    if i < len(cumulative):
-        return i
-    return int(np.searchsorted(cumulative, cumulative[-1], side="left"))
-
-
-def block_sums(weights: Row) -> Floats:
-    """Sums of `weights` per BLOCK tokens (the last block may be shorter), in float64."""
-    whole = len(weights) // BLOCK * BLOCK
-    sums: Floats = weights[:whole].reshape(-1, BLOCK).sum(axis=1, dtype=np.float64)
-    if whole < len(weights):
-        sums = np.concatenate((sums, [weights[whole:].sum(dtype=np.float64)]))
-    return sums
 
 
 def group_maxima(logits: Row) -> Row:
@@ -299,14 +140,14 @@ class TokenSampler:
 
     def choose(self, logits: Row) -> int:
         """The token for `logits` (already adjusted): the argmax when greedy, else one draw,
-        which takes one number from the generator."""
+        which takes numbers from the generator."""
         if self.greedy:
             return int(logits.argmax())
-        return self.distribution(logits).draw(float(self.rng.random()))
+        return self.distribution(logits).draw(self.rng)
 
     def draw(self, distribution: Distribution) -> int:
         """Another draw from `distribution` (under a grammar, when one was refused)."""
-        return distribution.draw(float(self.rng.random()))
+        return distribution.draw(self.rng)
 
     def accept(self, token: int) -> None:
         """Record the token the sequence goes on with, for the penalties."""
@@ -328,7 +169,7 @@ class TokenSampler:
         scale = 1.0 / self.temperature
         k = self.top_k if 0 < self.top_k < n else 0
         if not k and self.top_p >= 1.0 and self.min_p <= 0.0:
-            return Whole(logits, float(logits.max()), scale, self.workspace)  # no cut
+            return Envelope(logits, scale, self.workspace)  # no cut
         whole = None
         # A candidate set that holds every token the cuts can keep: a prefix of the tokens
         # by likelihood (every token at least as likely as its least likely one).
@@ -382,7 +223,7 @@ class TokenSampler:
         the whole row is searched)."""
         head = whole.head
         if floor is not None:
-            if floor >= whole.top - TAIL / whole.scale:
+            if floor >= whole.threshold:
                 return whole.ids[head >= np.float32(floor)]
             return np.flatnonzero(whole.logits >= np.float32(floor))  # min_p below e^-TAIL
         maxima, m = group_maxima(head), FIRST_CANDIDATES

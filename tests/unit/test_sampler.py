@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmd.engine import sampler as sampler_module
-from llmd.engine.sampler import TokenSampler, Whole, Workspace
+from llmd.engine import distributions
+from llmd.engine.distributions import Envelope, Whole, Workspace
+from llmd.engine.sampler import TokenSampler
 from llmd.sampling import resolve
 
 Z_999 = 3.090232
@@ -217,7 +218,7 @@ def test_no_cut_gives_every_token_its_softmax_probability() -> None:
     distribution = TokenSampler(replace(BASE, temperature=0.6), 0, Workspace(49152)).distribution(
         row
     )
-    assert isinstance(distribution, Whole)
+    assert isinstance(distribution, Envelope)
     ids, mine = distribution.probabilities()
     assert ids.tolist() == list(range(49152))
     np.testing.assert_allclose(mine, reference(row, replace(BASE, temperature=0.6), []), rtol=1e-5)
@@ -231,7 +232,7 @@ def test_a_head_taken_as_the_whole_row_or_gathered_gives_the_same_distribution(
     """A head over HEAD_SHARE of the vocabulary is the whole row (no gather, no tail): share 0
     takes every row that way, share 1 never. Either way the draws follow the reference and
     the cuts keep its tokens."""
-    monkeypatch.setattr(sampler_module, "HEAD_SHARE", share)
+    monkeypatch.setattr(distributions, "HEAD_SHARE", share)
     params = {
         "temperature 1": BASE,
         "0.7 and top_p 0.95": replace(BASE, temperature=0.7, top_p=0.95),
@@ -242,6 +243,8 @@ def test_a_head_taken_as_the_whole_row_or_gathered_gives_the_same_distribution(
     whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
     assert (whole.head is row) == (share == 0.0)  # the row itself, not a gathered copy
     distribution = sampler.distribution(row)
+    if isinstance(distribution, Envelope):  # no cut: Whole's own draws (Envelope's last resort)
+        distribution = whole
     draws = 20000
     counts = Counter(sampler.draw(distribution) for _ in range(draws))
     stat, df = chi_square(counts, reference(row, params, []), draws)
@@ -259,13 +262,15 @@ def test_a_whole_row_far_from_zero_is_shifted_to_its_top_first(
     """The whole row's exps are taken of the scaled logits themselves when that cannot
     overflow or lose the head (SHIFT_FREE), else of their distance to the top: logits all
     near +200 or -200 must draw and cut as the reference does."""
-    monkeypatch.setattr(sampler_module, "HEAD_SHARE", 0.0)
+    monkeypatch.setattr(distributions, "HEAD_SHARE", 0.0)
     params = BASE if name == "temperature 1" else replace(BASE, temperature=0.7, top_p=0.95)
     row = (flat(300, 9) + np.float32(offset)).astype(np.float32)
     sampler = TokenSampler(params, 2, Workspace(300))
     whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
     assert (whole.unit == 1.0) == (offset != 0.0)
     distribution = sampler.distribution(row)
+    if isinstance(distribution, Envelope):
+        distribution = whole
     draws = 20000
     counts = Counter(sampler.draw(distribution) for _ in range(draws))
     stat, df = chi_square(counts, reference(row, params, []), draws)
@@ -289,12 +294,14 @@ def test_a_heavy_tail_is_drawn_from_and_cut_exactly(
     """The tail under e^-TAIL is computed only when a draw or a top_p cut needs it: with
     TAIL at 1 instead of 20 it holds much of the mass, and the draws and cuts must still
     be the reference's."""
-    monkeypatch.setattr(sampler_module, "TAIL", 1.0)
+    monkeypatch.setattr(distributions, "TAIL", 1.0)
     params = TAIL_CASES[name]
     row = peaked(n, 4) if shape == "peaked" else flat(n, 5)
     sampler = TokenSampler(params, 3, Workspace(n))
     probs = reference(row, params, [])
     distribution = sampler.distribution(row)
+    if isinstance(distribution, Envelope):  # no cut: Whole's draws, Envelope's last resort
+        distribution = distribution.whole()
     if isinstance(distribution, Whole):
         assert distribution.upper > 1.5 * distribution.lower  # the tail weighs
     draws = 20000
@@ -304,6 +311,91 @@ def test_a_heavy_tail_is_drawn_from_and_cut_exactly(
     for i, other in enumerate(rows(n, 10, 2.0, seed=n)):
         distribution = TokenSampler(params, i, Workspace(n)).distribution(other)
         assert_same_cut(*distribution.probabilities(), other, params)
+
+
+def lone(n: int, token: int) -> Any:
+    """A row where only `token` can be drawn (the rest refused, as a grammar's filter does)."""
+    row = np.full(n, -np.inf, np.float32)
+    row[token] = 1.5
+    return row
+
+
+ENVELOPE_ROWS = {
+    "flat, 300 (5 columns of 60)": lambda: flat(300, 21),
+    "peaked, 1007 (15 columns one token longer)": lambda: peaked(1007, 22),
+    "flat, 50 (one column)": lambda: flat(50, 23),
+    "one token holds ~all, 1007": lambda: one_sure(1007, 24),
+    "200 allowed, the rest refused, 1007": lambda: refused(1007, 25),
+    "near +200, 300": lambda: (flat(300, 26) + np.float32(200.0)).astype(np.float32),
+    "near -200, 1007": lambda: (peaked(1007, 27) - np.float32(200.0)).astype(np.float32),
+}
+
+
+def one_sure(n: int, seed: int) -> Any:
+    row = rows(n, 1, 1.0, seed)[0]
+    row[n // 2] += np.float32(8.0)  # ~94% of the mass on one token, a few percent spread
+    return row
+
+
+def refused(n: int, seed: int) -> Any:
+    row = np.full(n, -np.inf, np.float32)
+    allowed = np.random.default_rng(seed).choice(n, 200, replace=False)
+    row[allowed] = rows(200, 1, 1.5, seed)[0]
+    return row
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.4, 2.0, 0.05])
+@pytest.mark.parametrize("name", list(ENVELOPE_ROWS))
+def test_a_draw_without_a_cut_is_drawn_by_rejection_exactly(name: str, temperature: float) -> None:
+    """No cut: `Envelope` proposes under the column maxima and accepts by each token's
+    weight. Its draws must follow the reference on every layout (columns of two sizes, one
+    column), on rows nearly sure of one token, with refused (-inf) tokens and whole columns
+    of them, and on rows far from zero (at temperature 0.05, exp(scale * logit) overflows
+    float32 and the weights are taken from the top)."""
+    row = ENVELOPE_ROWS[name]()
+    params = replace(BASE, temperature=temperature)
+    sampler = TokenSampler(params, 9, Workspace(len(row)))
+    distribution = sampler.distribution(row)
+    assert isinstance(distribution, Envelope)
+    draws = 20000
+    counts = Counter(sampler.draw(distribution) for _ in range(draws))
+    stat, df = chi_square(counts, reference(row, params, []), draws)
+    assert stat < chi_square_bound(df), (stat, df)
+
+
+@pytest.mark.parametrize(("proposals", "rounds"), [(1, 0), (1, 2), (4, 1)])
+def test_a_draw_handed_to_whole_after_the_rounds_is_still_exact(
+    proposals: int, rounds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ROUNDS batches without an accepted proposal the draw is Whole's: with no round
+    every draw is; with rounds of 1-4 proposals, a mix of both. Exact either way."""
+    monkeypatch.setattr(distributions, "PROPOSALS", proposals)
+    monkeypatch.setattr(distributions, "ROUNDS", rounds)
+    for row in (one_sure(1007, 31), flat(300, 32)):
+        sampler = TokenSampler(BASE, 4, Workspace(len(row)))
+        distribution = sampler.distribution(row)
+        draws = 20000
+        counts = Counter(sampler.draw(distribution) for _ in range(draws))
+        stat, df = chi_square(counts, reference(row, BASE, []), draws)
+        assert stat < chi_square_bound(df), (stat, df)
+
+
+@pytest.mark.parametrize("n", [50, 64, 300, 1007, 49152])
+def test_every_token_of_the_envelope_layout_can_be_drawn(n: int) -> None:
+    """Each token is in exactly one column, at one row: the first and last of the full rows,
+    the longer columns' extra tokens, and the last token all come back when they are the
+    only one allowed; the columns weigh as many tokens as they hold."""
+    workspace = Workspace(n)
+    assert workspace.full * workspace.columns + workspace.extra == n
+    assert workspace.extra < workspace.columns and int(workspace.sizes.sum()) == n
+    # Every token weighs 1 in a row of zeros: columns of two sizes weigh their tokens (one
+    # size: the columns weigh alike, the size a common factor left out).
+    total = Envelope(np.zeros(n, np.float32), 1.0, workspace).total
+    assert total == (n if workspace.extra else workspace.columns)
+    full_rows = workspace.full * workspace.columns
+    for token in {0, workspace.columns - 1, full_rows - 1, min(full_rows, n - 1), n - 1}:
+        sampler = TokenSampler(BASE, token, workspace)
+        assert [sampler.sample(lone(n, token)) for _ in range(3)] == [token] * 3
 
 
 @pytest.mark.parametrize("name", list(CASES))
