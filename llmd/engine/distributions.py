@@ -29,16 +29,19 @@ HEAD_SHARE = 0.3
 """A head holding more than this share of the vocabulary is taken as the whole row: listing
 and gathering it would cost more than computing the few tokens more (on text sampled at
 temperature 1, SmolLM2's head held 86% of its row at the median; Gemma-3's 1% at the median
-and 12% at the 9th decile, so its heads are still listed)."""
+and 12% at the 9th decile on one text, ~72k tokens, 27%, on another, so its heads are still
+listed). Only cuts use `Whole` now: a draw without one is `Envelope`'s."""
 SHIFT_FREE = (-60.0, 80.0)
 """Scaled top logits between which exp(scale * logit) itself, unshifted, neither overflows
 float32 (e^88) nor loses the head's tokens (within e^-TAIL of the top) under its smallest
 normal numbers (e^-87)."""
 COLUMN = 64
 """Tokens per column of `Envelope`: the row read as COLUMN rows of n / COLUMN columns, so the
-column maxima are one elementwise max of rows (on text sampled at temperature 1 a proposal
-was accepted about one time in 45 with 64, in 11 with 16, but the maxima, their exps and
-sums grow 4x: 64 was the fastest of 8-128 on both models, bench/sampling.py)."""
+column maxima are one elementwise max of rows. Fewer tokens a column make a tighter envelope
+but more columns to exp and sum: on text sampled at temperature 1, right after the step, a
+proposal was accepted about one time in 45 with 64 and in 11 with 16, and 64 was as fast as
+the fastest of 8, 16, 32, 64 and 128 on both models (SmolLM2 224 us, 32 level; Gemma-3 360,
+128 level; 16 took 240 and 475)."""
 PROPOSALS = 128
 """Proposals drawn and tested at once by `Envelope.draw` (numpy calls, not their length, are
 what a draw costs right after a step)."""
@@ -195,9 +198,10 @@ class Envelope:
 
     Why: a draw needs no mass, so no exps of the row: one elementwise max of rows (the read
     of the row an argmax costs), the exps of the maxima, their running sum, and proposals in
-    batches. On text sampled at temperature 1, right after the step, this took 224 against
-    363 us a token on SmolLM2 and 360 against 1,074 on Gemma-3, whose heads within e^-20 of
-    the top held ~72k tokens to list and exp (docs/benchmarks.md)."""
+    batches. On text sampled at temperature 1, right after the step, this took 326 against
+    448 us a token on SmolLM2 and 391 against 1,042 on Gemma-3, whose heads within e^-20 of
+    the top held ~72k tokens to list and exp (bench.sampling --after-decode --sampled-text;
+    the exact column sums instead, from the exps of the whole row, took 350 and 1,069)."""
 
     def __init__(self, logits: Row, scale: float, workspace: Workspace) -> None:
         self.logits, self.scale, self.workspace = logits, scale, workspace
