@@ -97,6 +97,8 @@ class Scheduler:
         self.embed_chunk = embed_chunk(backend.n_vocab)
         self.encoder_only = backend.encoder_only
         self.running: list[RequestState] = []
+        self.fill_gaps = not backend.encoder_only
+        """Free slots between running ones get a filler token (`Admission.gap_fillers`)."""
         self.num_steps = 0
         self.num_tokens_decoded = 0
         # Speculative decoding: off unless options are given (the worker gives the model's).
@@ -289,6 +291,15 @@ class Scheduler:
                 embed_tokens += take
             else:
                 prompt_tokens += take
+        fillers: list[Slot] = []
+        if self.fill_gaps and not embed_tokens and len(pieces) > 1:
+            # A free slot between running ones gets a token that keeps them one run.
+            steps = [(piece.slot, len(piece.chunk)) for piece in pieces]
+            room = self.backend.batch_size - sum(n for _, n in steps)
+            fillers = self.admission.gap_fillers(steps, self.drafts.costs, room, self.ctx_per_seq)
+            for slot in fillers:
+                filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
+                pieces.append(Piece(slot.id, [filler], []))
         pieces.sort(key=lambda piece: piece.slot)
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
@@ -308,6 +319,12 @@ class Scheduler:
             return events
         started = time.perf_counter()
         self._decode(entries, embeddings=bool(embedded))
+        for slot in fillers:  # the slot holds what it held before
+            if not self.backend.seq_rm(slot.id, len(slot.cached), -1):
+                # A model that cannot drop a sequence's last cells (recurrent): the slot's
+                # cache goes, and no more fillers.
+                self.admission.clear(slot)
+                self.fill_gaps = False
         if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
             took = time.perf_counter() - started
             cuts = micro_batches([(piece.slot, len(piece.chunk)) for piece in pieces])

@@ -190,6 +190,39 @@ def test_concurrent_streams(daemon: Daemon) -> None:
     assert smol["running"] == 0 and smol["queued"] == 0
 
 
+def test_answers_ending_at_different_times_leave_the_others_as_alone(daemon: Daemon) -> None:
+    """Streams side by side whose answers end at different steps: the slots of the short
+    ones go free between running ones and get filler tokens (llmd/engine/admission.py,
+    `gap_fillers`). Each answer, seeded, is the one it gives alone."""
+    lengths = [40, 6, 40, 10, 40]
+
+    async def one(client: openai.AsyncOpenAI, i: int) -> str:
+        answer = await client.chat.completions.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": f"Tell story {i} about a lighthouse."}],
+            max_tokens=lengths[i],
+            temperature=0.8,
+            seed=100 + i,
+            extra_body={"ignore_eos": True},
+        )
+        return answer.choices[0].message.content or ""
+
+    async def main(together: bool) -> list[str]:
+        client = daemon.async_client()
+        try:
+            if together:
+                runs = asyncio.gather(*(one(client, i) for i in range(len(lengths))))
+                return list(await asyncio.wait_for(runs, 150))
+            return [await asyncio.wait_for(one(client, i), 60) for i in range(len(lengths))]
+        finally:
+            await client.close()
+
+    together = asyncio.run(main(True))
+    alone = asyncio.run(main(False))
+    assert together == alone
+    assert all(together)
+
+
 def test_client_disconnect_frees_slot(daemon: Daemon) -> None:
     body = chat_body(
         max_tokens=900, stream=True, ignore_eos=True, messages=[{"role": "user", "content": "Go"}]

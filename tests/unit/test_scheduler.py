@@ -197,6 +197,58 @@ def test_batches_are_in_slot_order() -> None:
         assert seqs == sorted(seqs)
 
 
+def test_a_free_slot_between_running_ones_gets_a_filler_that_leaves_its_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the sequence in a middle slot ends, the ones beside it would be two micro-batches
+    (two passes over the weights) every step: a filler token (no logits) in the free slot
+    keeps them one run. It goes after what the slot caches and is removed after the step,
+    so the finished conversation's cells stay for its next turn, and the others' output is
+    as without it."""
+    answers: dict[str, str] = {}
+    for fill in (True, False):
+        backend = FakeBackend(parallel=4, batch_size=64, answer="y" * 12)
+        s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+        s.fill_gaps = fill
+        # The fake's steps take no time; keep the cost model's line (a pass 12 ms, a token 4).
+        monkeypatch.setattr(s.drafts.costs, "observe", lambda *args: None)
+        for i, n in enumerate([12, 3, 12]):  # slots 0, 1, 2; the middle one ends first
+            s.submit(request(f"r{i}", chr(ord("a") + i) * 6, max_tokens=n))
+        events = run_to_end(s)
+        answers.update({f"{k} {fill}": text_of(v) for k, v in events.items()})
+        middle = s.slots[1]
+        assert backend.kv[1] == dict(enumerate(middle.cached))  # the filler went
+        assert len(middle.cached) == 6 + 2  # the last token sampled is never decoded
+        fillers = [e for b in backend.batches for e in b if e[2] == 1 and e[1] >= 6 and not e[3]]
+        ended = next(i for i, b in enumerate(backend.batches) if (121, 7, 1, True) in b)
+        late = [b for b in backend.batches[ended + 1 :] if {e[2] for e in b} >= {0, 2}]
+        if fill:
+            # every decode step after the middle slot's end: one filler at its cache's end
+            assert late and all(len(b) == 3 and b[1][2] == 1 and not b[1][3] for b in late)
+            assert {(tok, pos) for tok, pos, _, _ in fillers} == {(1, len(middle.cached))}
+        else:
+            assert all(len(b) == 2 for b in late) and not fillers
+    for i, n in enumerate([12, 3, 12]):
+        assert answers[f"r{i} True"] == answers[f"r{i} False"] == "y" * n
+
+
+def test_no_filler_when_it_would_cost_more() -> None:
+    """A hole as wide as the cost model prices above a pass is left open; a busy slot with
+    no tokens this step ends a hole (a filler beside it would not join the runs)."""
+    backend = FakeBackend(parallel=8)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    costs = s.drafts.costs
+    a, b = costs.line()
+    wide = int(a / b) + 1  # free slots whose rows cost more than the pass they spare
+    steps = [(0, 1), (wide + 1, 1)]
+    assert s.admission.gap_fillers(steps, costs, 64, 256) == []
+    narrow = [(0, 1), (2, 1)]
+    assert [slot.id for slot in s.admission.gap_fillers(narrow, costs, 64, 256)] == [1]
+    assert s.admission.gap_fillers(narrow, costs, 0, 256) == []  # no room in the batch
+    s.slots[1].cached = [5] * 256
+    assert s.admission.gap_fillers(narrow, costs, 64, 256) == []  # no cell left in it
+
+
 def test_embedding_is_read_in_small_chunks_apart_from_prompts_and_pooled_as_one() -> None:
     backend = FakeBackend(batch_size=64, answer="x" * 40)
     s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
@@ -220,8 +272,9 @@ def test_embedding_is_read_in_small_chunks_apart_from_prompts_and_pooled_as_one(
             others = [seq for _, _, seq, _ in batch if seq != embed_slot]
             assert len(others) == len(set(others))
             assert all(wants for _, _, _, wants in batch)
-        else:
-            assert not read
+        else:  # none of it, or one filler (no logits) keeping its neighbours one run
+            assert len(read) <= 1
+            assert not any(wants for _, _, seq, wants in batch if seq == embed_slot)
     assert backend.embedding_steps.count(True) == 4  # 100 tokens, 32 a step
 
 
