@@ -318,7 +318,7 @@ class Scheduler:
         if not entries:
             return events
         started = time.perf_counter()
-        self._decode(entries, embeddings=bool(embedded))
+        self._decode(entries, bool(embedded), fillers)
         for slot in fillers:  # the slot holds what it held before
             if not self.backend.seq_rm(slot.id, len(slot.cached), -1):
                 # A model that cannot drop a sequence's last cells (recurrent): the slot's
@@ -361,12 +361,15 @@ class Scheduler:
         self._retire()
         return events
 
-    def _decode(self, entries: list[Entry], embeddings: bool) -> None:
+    def _decode(self, entries: list[Entry], embeddings: bool, fillers: list[Slot]) -> None:
         status = self.backend.decode(entries, embeddings)
         if status == 1:
-            # No room for the batch: drop the caches of idle slots and try once more.
+            # No room for the batch: drop the caches of idle slots and try once more (not
+            # of those with a filler in the batch: it goes after what they hold).
+            kept = {slot.id for slot in fillers}
             for slot in self.admission.free_slots():
-                self.admission.clear(slot)
+                if slot.id not in kept:
+                    self.admission.clear(slot)
             status = self.backend.decode(entries, embeddings)
         if status != 0:
             raise EngineFault(f"llama_decode failed with status {status}")

@@ -232,6 +232,35 @@ def test_a_free_slot_between_running_ones_gets_a_filler_that_leaves_its_cache(
         assert answers[f"r{i} True"] == answers[f"r{i} False"] == "y" * n
 
 
+def test_a_batch_without_room_is_retried_with_its_fillers_and_their_caches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama.cpp's "no room" (status 1) drops the caches of idle slots before the one retry;
+    a slot with a filler in the batch keeps its cache, which the filler continues."""
+
+    class Full(FakeBackend):
+        refused = 0
+
+        def decode(
+            self, entries: list[tuple[int, int, int, bool]], embeddings: bool = False
+        ) -> int:
+            if not self.refused and any(not wants and pos >= 6 for _, pos, _, wants in entries):
+                self.refused += 1
+                return 1
+            return super().decode(entries, embeddings)
+
+    backend = Full(parallel=4, batch_size=64, answer="y" * 12)
+    s = Scheduler(backend, ctx_per_seq=256, add_bos=False, bos=1)
+    monkeypatch.setattr(s.drafts.costs, "observe", lambda *args: None)
+    for i, n in enumerate([12, 3, 12, 2]):  # slot 3 ends first, then the middle slot 1
+        s.submit(request(f"r{i}", chr(ord("a") + i) * 6, max_tokens=n))
+    events = run_to_end(s)
+    assert backend.refused == 1
+    assert [text_of(events[f"r{i}"]) for i in range(4)] == ["y" * n for n in [12, 3, 12, 2]]
+    assert len(s.slots[1].cached) == 8 and backend.kv[1] == dict(enumerate(s.slots[1].cached))
+    assert s.slots[3].cached == [] and backend.kv[3] == {}  # idle, not in the batch: dropped
+
+
 def test_no_filler_when_it_would_cost_more() -> None:
     """A hole as wide as the cost model prices above a pass is left open; a busy slot with
     no tokens this step ends a hole (a filler beside it would not join the runs)."""
