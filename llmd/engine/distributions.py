@@ -165,10 +165,8 @@ class Whole:
         return self.lower + float(self.tail()[-1])
 
     def draw(self, rng: np.random.Generator) -> int:
-        return self.draw_at(float(rng.random()))
-
-    def draw_at(self, u: float) -> int:
-        """The token where `u` in [0, 1) falls in the softmax."""
+        """The token where one uniform number falls in the softmax."""
+        u = float(rng.random())
         bound = self.lower / self.upper
         if u < bound:
             return self._head(u / bound)
