@@ -23,7 +23,8 @@ samples that step's row, in turn; the chain at llama-server's own defaults (top_
 
 With `--sampled-text` the text goes on with draws at temperature 1, as a sampled answer does,
 and "numpy temperature 1, Whole" draws as before a draw without a cut was drawn by rejection
-(`Envelope`): from the softmax's head.
+(`Envelope`): from the softmax's head; "numpy 0.7, top_p 0.95, Cut" as before a `top_p` cut
+was drawn by rejection (`Nucleus`): from the tokens and weights of the cut.
 """
 
 from __future__ import annotations
@@ -179,6 +180,13 @@ def after_decode(name: str, tokens: int, sampled: bool = False) -> list[dict[str
         return Whole(row, float(row.max()), 1.0, b._workspace).draw(whole_rng)
 
     contenders.append(("numpy temperature 1, Whole", whole))
+    top_p = b.new_sampler(CASES["0.7, top_p 0.95"], 1)
+
+    def top_p_cut(index: int) -> int:  # a top_p cut as it was before `Nucleus`
+        tokens = top_p.tokens
+        return tokens.draw(tokens.cut(b._logits(index)))
+
+    contenders.append(("numpy 0.7, top_p 0.95, Cut", top_p_cut))
     contenders.append(("chain top_k 40", chain_of(CASES["top_k 40"])))
     contenders.append(("chain llama-server defaults", chain_of(PEER_DEFAULTS)))
     contenders.append(("argmax", lambda i: int(b._logits(i).argmax())))

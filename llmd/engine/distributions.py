@@ -11,6 +11,7 @@ rejection under the maxima of columns of the row, which needs no mass at all. Ev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,12 @@ what a draw costs right after a step)."""
 ROUNDS = 8
 """Batches of proposals before `Envelope.draw` hands the draw to `Whole` (a row whose mass is
 one token in a column of 64 accepts one proposal in ~64; a later round is rare)."""
+NUCLEUS_FROM = 0.5
+"""The least `top_p` drawn by rejection (`Nucleus`): a draw from the whole softmax is in the
+nucleus at least p of the time, so at least one time in two from here."""
+NUCLEUS_TRIES = 8
+"""Draws from the whole softmax before `Nucleus.draw` hands the draw to the cut itself (at
+p = 0.5 all eight miss one time in 256 at most; at 0.95 practically never)."""
 
 
 class Workspace:
@@ -211,10 +218,13 @@ class Envelope:
         self.maxima = maxima
         # exp(scale * max) unshifted, as long as that neither overflows float32 nor puts the
         # top column near its smallest normal numbers; else shifted to the top (a pass more).
+        self.shift = 0.0
+        """What the column weights are exps of the distance to (scaled): 0 or the top logit."""
         self.cumulative = self._weights(0.0)
         self.total = float(self.cumulative[-1])
         if not math.exp(-60.0) < self.total < math.inf:
-            self.cumulative = self._weights(float(maxima.max()))
+            self.shift = float(maxima.max())
+            self.cumulative = self._weights(self.shift)
             self.total = float(self.cumulative[-1])
 
     def _weights(self, shift: float) -> Floats:
@@ -261,7 +271,91 @@ class Envelope:
         return self.whole().probabilities()
 
 
-Distribution = Cut | Whole | Envelope
+class Nucleus:
+    """A `top_p` cut drawn by rejection: a draw from the whole softmax (`Envelope`) is kept
+    when the tokens more likely than it hold under p of the mass, else drawn again. The cut
+    keeps exactly those tokens (the most likely ones until they hold p, and any as likely as
+    the last), and a draw from the whole kept only inside a set is that set's renormalised
+    distribution exactly: the cut's, however many draws it took.
+
+    Whether a draw is kept needs the mass above it and, unless that is clearly under or
+    over p of the whole, the whole mass. Every token more likely than the draw lies in a
+    column whose maximum is over it: those few columns are gathered and their exps taken
+    exactly; every other column holds only tokens at most as likely as the draw, and its
+    mass lies between its maximum's weight and its envelope weight (at most 65 tokens of it).
+    Only a draw near the cut's edge, or out of the nucleus with a heavy rest, needs the exps
+    of the whole row. Why: llama.cpp's chain cuts to top_k 40 first; an exact `top_p` by
+    `Cut` exps the head and sorts a candidate set grown to hold p, ~30 numpy calls, 0.66 ms
+    a token on SmolLM2 right after the step (docs/benchmarks.md)."""
+
+    def __init__(
+        self, logits: Row, scale: float, top_p: float, workspace: Workspace, cut: Callable[[], Cut]
+    ) -> None:
+        self.logits, self.scale, self.top_p, self.workspace = logits, scale, top_p, workspace
+        self.envelope = Envelope(logits, scale, workspace)
+        self.top = float(self.envelope.maxima.max())
+        self._make_cut = cut
+        self._cut: Cut | None = None
+        self._mass: float | None = None
+
+    def draw(self, rng: np.random.Generator) -> int:
+        for _ in range(NUCLEUS_TRIES):
+            token = self.envelope.draw(rng)
+            if self.keeps(token):
+                return token
+        # Rare (p near NUCLEUS_FROM on a flat row): the cut itself, exact like a kept draw.
+        return self.cut().draw(rng)
+
+    def keeps(self, token: int) -> bool:
+        """Whether the cut keeps `token`: the tokens more likely than it hold under p of the
+        whole mass (weights below on the scale where the top token weighs 1)."""
+        logit = self.logits[token]
+        envelope, workspace = self.envelope, self.workspace
+        columns = np.flatnonzero(envelope.maxima > logit)
+        if not len(columns):
+            return True  # nothing more likely
+        full, width, extra = workspace.full, workspace.columns, workspace.extra
+        values = self.logits[: full * width].reshape(full, width)[:, columns].ravel()
+        if extra:
+            longer = columns[: int(np.searchsorted(columns, extra))]
+            values = np.concatenate((values, self.logits[full * width + longer]))
+        weights = np.exp((values.astype(np.float64) - self.top) * self.scale)
+        above = float(weights[values > logit].sum())
+        gathered = float(weights.sum())
+        # The other columns: the envelope's total less the gathered columns' weights
+        # (column_weights: sized only when the columns differ in size, else the common
+        # factor `full` is left out), on the top's scale.
+        unit = math.exp((envelope.shift - self.top) * self.scale) * (1 if extra else full)
+        theirs = workspace.column_weights[columns].sum(dtype=np.float64)
+        upper = max(envelope.total - float(theirs), 0.0) * unit * (1 + 1e-6) + 1e-300
+        lower = upper / (1 + 1e-6) / (full + 1) * (1 - 1e-6)
+        if above < self.top_p * (gathered + lower):
+            return True
+        if above >= self.top_p * (gathered + upper):
+            return False
+        return above < self.top_p * self.mass()
+
+    def mass(self) -> float:
+        """The whole row's mass, from float32 exps summed in float64 as `Whole`'s (once)."""
+        if self._mass is None:
+            weights = self.workspace.weights
+            np.subtract(self.logits, np.float32(self.top), out=weights)
+            if self.scale != 1.0:
+                np.multiply(weights, np.float32(self.scale), out=weights)
+            np.exp(weights, out=weights)
+            self._mass = float(block_sums(weights).sum())
+        return self._mass
+
+    def cut(self) -> Cut:
+        if self._cut is None:
+            self._cut = self._make_cut()
+        return self._cut
+
+    def probabilities(self) -> tuple[Ids, Floats]:
+        return self.cut().probabilities()
+
+
+Distribution = Cut | Whole | Envelope | Nucleus
 
 
 def _in_blocks(weights: Row, blocks: Floats, u: float) -> int:

@@ -30,7 +30,10 @@ candidates among those tokens, not in the whole row again: every pass over a row
 just pushed out of the caches costs, ~0.1 ms on Gemma-3's 1 MB); draws search
 block sums, not a cumulative sum of the vocabulary (docs/benchmarks.md, "Sampling without
 llama.cpp's chain"). A draw without a cut needs no mass at all: it is drawn by rejection under
-the maxima of 64-token columns (`Envelope`), one pass over the row and a few small arrays.
+the maxima of 64-token columns (`Envelope`), one pass over the row and a few small arrays; a
+`top_p` cut alone (the one cut OpenAI's API has) keeps such a draw when the tokens more likely
+than it hold under `p` of the mass, else draws again (`Nucleus`), and needs the whole mass
+only for a draw near the cut's edge.
 Weights over the vocabulary are float32 exps summed in float64, so a `top_p` boundary is
 placed to ~1e-7 of the mass; everything past that is exact.
 """
@@ -44,11 +47,13 @@ import numpy as np
 
 from llmd.engine.distributions import (
     BLOCK,
+    NUCLEUS_FROM,
     Cut,
     Distribution,
     Envelope,
     Floats,
     Ids,
+    Nucleus,
     Row,
     Whole,
     Workspace,
@@ -164,12 +169,23 @@ class TokenSampler:
                 del self.counts[old]
 
     def distribution(self, logits: Row) -> Distribution:
-        """What the next token is drawn from, for `logits` (adjusted; temperature > 0)."""
+        """What the next token is drawn from, for `logits` (adjusted; temperature > 0): the
+        whole softmax by rejection without a cut, a `top_p` cut alone by rejection from it
+        (from NUCLEUS_FROM), else the cut's tokens and weights."""
+        scale = 1.0 / self.temperature
+        if not 0 < self.top_k < len(logits) and self.min_p <= 0.0:
+            if self.top_p >= 1.0:
+                return Envelope(logits, scale, self.workspace)
+            if self.top_p >= NUCLEUS_FROM:
+                return Nucleus(logits, scale, self.top_p, self.workspace, lambda: self.cut(logits))
+        return self.cut(logits)
+
+    def cut(self, logits: Row) -> Cut:
+        """The tokens the cuts keep and their weights, for `logits` (adjusted; temperature > 0
+        and at least one cut)."""
         n = len(logits)
         scale = 1.0 / self.temperature
         k = self.top_k if 0 < self.top_k < n else 0
-        if not k and self.top_p >= 1.0 and self.min_p <= 0.0:
-            return Envelope(logits, scale, self.workspace)  # no cut
         whole = None
         # A candidate set that holds every token the cuts can keep: a prefix of the tokens
         # by likelihood (every token at least as likely as its least likely one).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from llmd.engine import distributions
-from llmd.engine.distributions import Envelope, Whole, Workspace
+from llmd.engine.distributions import Cut, Envelope, Nucleus, Whole, Workspace
 from llmd.engine.sampler import TokenSampler
 from llmd.sampling import resolve
 
@@ -242,9 +242,8 @@ def test_a_head_taken_as_the_whole_row_or_gathered_gives_the_same_distribution(
     sampler = TokenSampler(params, 5, Workspace(300))
     whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
     assert (whole.head is row) == (share == 0.0)  # the row itself, not a gathered copy
-    distribution = sampler.distribution(row)
-    if isinstance(distribution, Envelope):  # no cut: Whole's own draws (Envelope's last resort)
-        distribution = whole
+    # No cut: Whole's own draws (Envelope's last resort); top_p: the cut through Whole.
+    distribution = whole if params.top_p >= 1.0 else sampler.cut(row)
     draws = 20000
     counts = Counter(sampler.draw(distribution) for _ in range(draws))
     stat, df = chi_square(counts, reference(row, params, []), draws)
@@ -268,14 +267,14 @@ def test_a_whole_row_far_from_zero_is_shifted_to_its_top_first(
     sampler = TokenSampler(params, 2, Workspace(300))
     whole = Whole(row, float(row.max()), 1.0 / params.temperature, sampler.workspace)
     assert (whole.unit == 1.0) == (offset != 0.0)
-    distribution = sampler.distribution(row)
-    if isinstance(distribution, Envelope):
-        distribution = whole
-    draws = 20000
-    counts = Counter(sampler.draw(distribution) for _ in range(draws))
-    stat, df = chi_square(counts, reference(row, params, []), draws)
-    assert stat < chi_square_bound(df), (stat, df)
-    assert_same_cut(*distribution.probabilities(), row, params)
+    made = sampler.distribution(row)
+    # No cut: Whole's draws; top_p: the cut through Whole, and the draws by rejection.
+    for distribution in [whole] if isinstance(made, Envelope) else [sampler.cut(row), made]:
+        draws = 20000
+        counts = Counter(sampler.draw(distribution) for _ in range(draws))
+        stat, df = chi_square(counts, reference(row, params, []), draws)
+        assert stat < chi_square_bound(df), (stat, df)
+        assert_same_cut(*distribution.probabilities(), row, params)
 
 
 TAIL_CASES = {
@@ -302,6 +301,8 @@ def test_a_heavy_tail_is_drawn_from_and_cut_exactly(
     distribution = sampler.distribution(row)
     if isinstance(distribution, Envelope):  # no cut: Whole's draws, Envelope's last resort
         distribution = distribution.whole()
+    if isinstance(distribution, Nucleus):  # the cut through Whole (rejection: `Nucleus` tests)
+        distribution = distribution.cut()
     if isinstance(distribution, Whole):
         assert distribution.upper > 1.5 * distribution.lower  # the tail weighs
     draws = 20000
@@ -467,3 +468,95 @@ def test_neutral_parameters_leave_the_row_alone() -> None:
     row = np.ones(10, np.float32)
     sampler.accept(3)
     assert sampler.logits(row) is row and not sampler.history
+
+
+NUCLEUS_ROWS = {
+    **ENVELOPE_ROWS,
+    "peaked, 5000": lambda: peaked(5000, 41),
+    "flat, 5000": lambda: flat(5000, 42),
+    "spread 3, 5000": lambda: rows(5000, 1, 3.0, 43)[0],
+}
+NUCLEUS_CASES = [(0.7, 0.95), (1.0, 0.9), (1.5, 0.5), (0.4, 0.99)]
+
+
+def nucleus(row: Any, temperature: float, top_p: float, seed: int = 1) -> tuple[Any, Any]:
+    params = replace(BASE, temperature=temperature, top_p=top_p)
+    sampler = TokenSampler(params, seed, Workspace(len(row)))
+    distribution = sampler.distribution(row)
+    assert isinstance(distribution, Nucleus)
+    return sampler, distribution
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), NUCLEUS_CASES)
+@pytest.mark.parametrize("name", list(NUCLEUS_ROWS))
+def test_a_top_p_cut_by_rejection_keeps_exactly_the_reference_tokens(
+    name: str, temperature: float, top_p: float
+) -> None:
+    """`Nucleus.keeps` decides every token of the row as the reference cut does, on every
+    layout (columns of two sizes, one column, refused tokens, rows far from zero)."""
+    row = NUCLEUS_ROWS[name]()
+    _, distribution = nucleus(row, temperature, top_p)
+    kept = reference(row, replace(BASE, temperature=temperature, top_p=top_p), []) > 0
+    drawable = np.flatnonzero(np.isfinite(row))
+    assert [distribution.keeps(int(t)) for t in drawable] == kept[drawable].tolist()
+
+
+def test_the_bounds_settle_most_tokens_and_the_whole_mass_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a token is kept is settled by the bounds on the rest of the row for most
+    tokens, and by the whole mass near the cut's edge: both happen on these rows (a bound
+    that settled nothing, or everything, would be wrong or useless)."""
+    whole_mass = Nucleus.mass
+    needed: list[int] = []
+
+    def counted(self: Nucleus) -> float:
+        needed.append(1)
+        return whole_mass(self)
+
+    monkeypatch.setattr(Nucleus, "mass", counted)
+    decided = 0
+    for make in NUCLEUS_ROWS.values():
+        row = make()
+        for temperature, top_p in NUCLEUS_CASES:
+            _, distribution = nucleus(row, temperature, top_p)
+            for token in np.flatnonzero(np.isfinite(row)):
+                distribution.keeps(int(token))
+                decided += 1
+    assert 0 < len(needed) < decided / 10, (len(needed), decided)
+
+
+@pytest.mark.parametrize("tries", [8, 1, 0])
+@pytest.mark.parametrize(("temperature", "top_p"), NUCLEUS_CASES)
+@pytest.mark.parametrize("name", ["flat, 300 (5 columns of 60)", "peaked, 5000", "near +200, 300"])
+def test_draws_by_rejection_follow_the_reference_top_p_cut(
+    name: str, temperature: float, top_p: float, tries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Draws from the whole kept only inside the cut follow the cut's distribution; after
+    NUCLEUS_TRIES misses the draw is the cut's own (none: every draw; one: a mix), exact too."""
+    monkeypatch.setattr(distributions, "NUCLEUS_TRIES", tries)
+    row = NUCLEUS_ROWS[name]()
+    sampler, distribution = nucleus(row, temperature, top_p, seed=tries)
+    draws = 20000
+    counts = Counter(sampler.draw(distribution) for _ in range(draws))
+    probs = reference(row, replace(BASE, temperature=temperature, top_p=top_p), [])
+    stat, df = chi_square(counts, probs, draws)
+    assert stat < chi_square_bound(df), (stat, df)
+
+
+@pytest.mark.parametrize(
+    ("params", "kind"),
+    [
+        (replace(BASE, top_p=0.95), Nucleus),
+        (replace(BASE, top_p=0.5), Nucleus),
+        (replace(BASE, top_p=0.4), Cut),  # too few draws would be kept
+        (replace(BASE, top_p=0.9, min_p=0.05), Cut),
+        (replace(BASE, top_p=0.9, top_k=40), Cut),
+        (replace(BASE, top_p=0.9, top_k=5000), Nucleus),  # top_k over the vocabulary: no cut
+        (replace(BASE, top_p=1.0), Envelope),
+    ],
+    ids=repr,
+)
+def test_a_top_p_cut_alone_is_drawn_by_rejection(params: Any, kind: type) -> None:
+    row = peaked(3000, 5)
+    assert type(TokenSampler(params, 0, Workspace(3000)).distribution(row)) is kind
