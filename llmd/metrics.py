@@ -135,6 +135,12 @@ class ModelCollector(Collector):
             "step (live load; llmd_*_tokens_total count per request when it ends).",
             labels=["model"],
         )
+        fillers = CounterMetricFamily(
+            "llmd_engine_filler_tokens",
+            "Filler tokens put into free slots between running ones so that a step stays one "
+            "pass over the weights (no output; counted in llmd_engine_tokens_processed too).",
+            labels=["model"],
+        )
         drafted = CounterMetricFamily(
             "llmd_speculative_drafted_tokens",
             "Draft tokens put into steps to be checked (speculative decoding).",
@@ -149,6 +155,7 @@ class ModelCollector(Collector):
             live = s.live
             steps.add_metric([s.name], live.engine_steps)
             decoded.add_metric([s.name], live.engine_tokens_decoded)
+            fillers.add_metric([s.name], live.engine_fillers)
             drafted.add_metric([s.name], live.speculative_drafted)
             accepted.add_metric([s.name], live.speculative_accepted)
             for st in MODEL_STATES:
@@ -167,7 +174,7 @@ class ModelCollector(Collector):
                 m_est.add_metric([s.name], s.estimated_bytes)
             restarts.add_metric([s.name], live.restarts)
         yield from (state, loaded, running, waiting, inflight, slots, qlimit, kv_used, kv_total)
-        yield from (m_rss, m_est, restarts, steps, decoded, drafted, accepted)
+        yield from (m_rss, m_est, restarts, steps, decoded, fillers, drafted, accepted)
 
         count = GaugeMetricFamily("llmd_models_loaded", "Models loaded and serving.")
         count.add_metric([], sum(s.loaded for s in view.models))

@@ -259,6 +259,8 @@ class Stats:
     """Draft tokens put into steps to be verified (speculative decoding), since the start."""
     accepted: int = 0
     """Of those, the ones the model's own choice confirmed."""
+    fillers: int = 0
+    """Filler tokens put into free slots between running ones (`Admission.gap_fillers`)."""
 
 
 @dataclass

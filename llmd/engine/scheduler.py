@@ -101,6 +101,7 @@ class Scheduler:
         """Free slots between running ones get a filler token (`Admission.gap_fillers`)."""
         self.num_steps = 0
         self.num_tokens_decoded = 0
+        self.num_fillers = 0
         # Speculative decoding: off unless options are given (the worker gives the model's).
         self.drafts = Drafts(
             speculative or SpeculativeOptions(enabled=False),
@@ -224,6 +225,7 @@ class Scheduler:
             tokens_decoded=self.num_tokens_decoded,
             drafted=self.drafts.drafted,
             accepted=self.drafts.accepted,
+            fillers=self.num_fillers,
         )
 
     # -- one step --------------------------------------------------------------------------
@@ -334,6 +336,7 @@ class Scheduler:
             state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
         self.num_steps += 1
         self.num_tokens_decoded += len(entries)
+        self.num_fillers += len(fillers)
         for seq in decoding:
             assert seq.pending is not None
             seq.slot.cached.append(seq.pending)

@@ -59,6 +59,7 @@ class ProcessStatus:
     engine_steps: int = 0
     engine_tokens_decoded: int = 0
     speculative_drafted: int = 0
+    engine_fillers: int = 0
     speculative_accepted: int = 0
     """Counted by the engine process since it started (a restart resets them)."""
     rss_bytes: int | None = None
@@ -208,6 +209,7 @@ def process_status(manager: ModelManager, model: Model, now: float) -> ProcessSt
         engine_steps=stats.steps if stats else 0,
         engine_tokens_decoded=stats.tokens_decoded if stats else 0,
         speculative_drafted=stats.drafted if stats else 0,
+        engine_fillers=stats.fillers if stats else 0,
         speculative_accepted=stats.accepted if stats else 0,
         rss_bytes=manager.memory.read_rss(p.pid),
         peak_rss_bytes=model.peak_rss,

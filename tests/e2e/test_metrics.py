@@ -92,6 +92,10 @@ def test_counters_and_histograms_move_by_usage(daemon: Daemon) -> None:
     # The engine counts tokens step by step: generated ones, and prompt ones not cached.
     processed = delta(before, after, "llmd_engine_tokens_processed_total", model="smollm2")
     assert sum(u.completion_tokens for u in smol) < processed <= sum(u.total_tokens for u in smol)
+    # One request at a time: no free slot between running ones, so no filler (the family is
+    # there all the same; fillers themselves: tests/unit/test_scheduler.py).
+    fillers = ("llmd_engine_filler_tokens_total", frozenset({("model", "smollm2")}))
+    assert fillers in after and delta(before, after, fillers[0], model="smollm2") == 0
     assert stream_usage.prompt_tokens_details is not None
     assert stream_usage.prompt_tokens_details.cached_tokens > 0, "the repeated prompt was cached"
     assert delta(before, after, "llmd_prompt_tokens_total", model="gemma3-270m", key="") == (

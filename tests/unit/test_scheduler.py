@@ -228,6 +228,7 @@ def test_a_free_slot_between_running_ones_gets_a_filler_that_leaves_its_cache(
             assert {(tok, pos) for tok, pos, _, _ in fillers} == {(1, len(middle.cached))}
         else:
             assert all(len(b) == 2 for b in late) and not fillers
+        assert s.stats().fillers == len(fillers)
     for i, n in enumerate([12, 3, 12]):
         assert answers[f"r{i} True"] == answers[f"r{i} False"] == "y" * n
 
