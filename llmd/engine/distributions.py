@@ -159,11 +159,7 @@ class Whole:
         """The tail's cumulative block sums (its weights in the workspace's row, the head's
         set to 0): one exp over the vocabulary, once."""
         if self._tail is None:
-            weights = self.workspace.weights
-            np.subtract(self.logits, np.float32(self.top), out=weights)
-            if self.scale != 1.0:
-                np.multiply(weights, np.float32(self.scale), out=weights)
-            np.exp(weights, out=weights)
+            weights = row_weights(self.logits, self.top, self.scale, self.workspace.weights)
             weights[self.ids] = 0.0
             self._tail = np.cumsum(block_sums(weights))
         return self._tail
@@ -341,11 +337,7 @@ class Nucleus:
     def mass(self) -> float:
         """The whole row's mass, from float32 exps summed in float64 as `Whole`'s (once)."""
         if self._mass is None:
-            weights = self.workspace.weights
-            np.subtract(self.logits, np.float32(self.top), out=weights)
-            if self.scale != 1.0:
-                np.multiply(weights, np.float32(self.scale), out=weights)
-            np.exp(weights, out=weights)
+            weights = row_weights(self.logits, self.top, self.scale, self.workspace.weights)
             self._mass = float(block_sums(weights).sum())
         return self._mass
 
@@ -378,6 +370,14 @@ def _find(cumulative: Floats, target: float) -> int:
     if i < len(cumulative):
         return i
     return int(np.searchsorted(cumulative, cumulative[-1], side="left"))
+
+
+def row_weights(logits: Row, top: float, scale: float, out: Row) -> Row:
+    """exp(scale * (logit - top)) of every token, in float32, into `out` (one pass each)."""
+    np.subtract(logits, np.float32(top), out=out)
+    if scale != 1.0:
+        np.multiply(out, np.float32(scale), out=out)
+    return np.exp(out, out=out)
 
 
 def block_sums(weights: Row) -> Floats:
