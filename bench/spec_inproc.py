@@ -1,7 +1,10 @@
 """Speculative decoding in one process, no HTTP: llmd's scheduler on the real backend with
 bench.spec_texts' prompts, each arm in turn (order reversed every repeat), output tokens per
 second once every prompt is read. Tells llmd's own settings apart on the same text, which the
-side-by-side run cannot (contenders' greedy answers differ; docs/benchmarks.md).
+side-by-side run cannot (contenders' greedy answers differ; docs/benchmarks.md). Each run also
+splits its time per step into llama.cpp's decode and the rest (sampling, drafting, the
+scheduler): with the same steps in two arms (greedy, no draft made), the decode's share is the
+box's swing and the rest is what the arm itself costs.
 
     .venv/bin/python -m bench.spec_inproc --model gemma3 --workload code_edit \
         --max-draft 0,8,16,32                       # one stream; 0 = speculation off
@@ -17,6 +20,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.harness import model_arg, omp_policy
 from bench.spec_texts import MAX_TOKENS, WORKLOADS, prompt
@@ -54,10 +58,22 @@ def main() -> int:
     backend = LlamaBackend(
         LoadOptions(model, 2048, max(args.streams, 4), 256, 256, 1, 2, "auto", "f16")
     )
+    decoding = [0.0]  # seconds inside llama.cpp's decode since the run started
+    decode = backend.decode
+
+    def timed_decode(*a: Any, **k: Any) -> int:
+        started = time.perf_counter()
+        try:
+            return decode(*a, **k)
+        finally:
+            decoding[0] += time.perf_counter() - started
+
+    backend.decode = timed_decode  # type: ignore[method-assign]
     template = choose_template(None, backend.metadata(), "", "")
     max_tokens = args.max_tokens or MAX_TOKENS[args.workload]
     arms = [(int(k), a == "1") for k in args.max_draft.split(",") for a in args.agree.split(",")]
     rates: dict[tuple[int, bool], list[float]] = {arm: [] for arm in arms}
+    parts: dict[tuple[int, bool], list[tuple[float, float]]] = {arm: [] for arm in arms}
     for rep in range(args.repeats):
         for k, agree in arms if rep % 2 == 0 else arms[::-1]:
             costs = probe_costs(backend, max(backend.bos, 0))
@@ -78,6 +94,7 @@ def main() -> int:
             while s.waiting or any(state.is_prefilling for state in s.running):
                 s.step()
             produced, steps, started = 0, 0, time.perf_counter()
+            decoding[0] = 0.0
             while s.has_work():
                 produced += sum(e.tokens for e in s.step() if isinstance(e, Delta))
                 steps += 1
@@ -85,17 +102,25 @@ def main() -> int:
             for slot in s.slots:
                 backend.seq_rm(slot.id, -1, -1)
             rates[(k, agree)].append(produced / took)
+            per_step = (decoding[0] / steps * 1e3, (took - decoding[0]) / steps * 1e3)
+            parts[(k, agree)].append(per_step)
             stats = s.stats()
             print(
                 f"{model.name} {args.workload} x{args.streams} max_draft {k} agree {agree:d} "
                 f"(repeat {rep}): "
-                f"{produced / took:.1f} tok/s, {produced} tokens in {steps} steps, "
+                f"{produced / took:.1f} tok/s, {produced} tokens in {steps} steps "
+                f"(decode {per_step[0]:.2f} ms, rest {per_step[1]:.2f} ms a step), "
                 f"{stats.accepted}/{stats.drafted} drafts confirmed",
                 flush=True,
             )
     for (k, agree), values in rates.items():
         median = statistics.median(values)
-        print(f"max_draft {k} agree {agree:d}: median {median:.1f} tok/s of {len(values)}")
+        decode_ms = statistics.median(d for d, _ in parts[(k, agree)])
+        rest_ms = statistics.median(r for _, r in parts[(k, agree)])
+        print(
+            f"max_draft {k} agree {agree:d}: median {median:.1f} tok/s of {len(values)}, "
+            f"decode {decode_ms:.2f} ms and rest {rest_ms:.2f} ms a step"
+        )
     backend.close()
     return 0
 
