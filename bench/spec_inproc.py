@@ -59,14 +59,16 @@ def main() -> int:
         LoadOptions(model, 2048, max(args.streams, 4), 256, 256, 1, 2, "auto", "f16")
     )
     decoding = [0.0]  # seconds inside llama.cpp's decode since the run started
+    decoded = [0]  # tokens decoded in the current step
     decode = backend.decode
 
-    def timed_decode(*a: Any, **k: Any) -> int:
+    def timed_decode(entries: Any, *a: Any, **k: Any) -> int:
         started = time.perf_counter()
         try:
-            return decode(*a, **k)
+            return decode(entries, *a, **k)
         finally:
             decoding[0] += time.perf_counter() - started
+            decoded[0] += len(entries)
 
     backend.decode = timed_decode  # type: ignore[method-assign]
     template = choose_template(None, backend.metadata(), "", "")
@@ -95,8 +97,14 @@ def main() -> int:
                 s.step()
             produced, steps, started = 0, 0, time.perf_counter()
             decoding[0] = 0.0
+            # Per step: (tokens decoded, tokens delivered, decode s, whole step s).
+            trace: list[tuple[int, int, float, float]] = []
             while s.has_work():
-                produced += sum(e.tokens for e in s.step() if isinstance(e, Delta))
+                decoded[0], before, step_started = 0, decoding[0], time.perf_counter()
+                out = sum(e.tokens for e in s.step() if isinstance(e, Delta))
+                step_took = time.perf_counter() - step_started
+                trace.append((decoded[0], out, decoding[0] - before, step_took))
+                produced += out
                 steps += 1
             took = time.perf_counter() - started
             for slot in s.slots:
@@ -113,6 +121,8 @@ def main() -> int:
                 f"{stats.accepted}/{stats.drafted} drafts confirmed",
                 flush=True,
             )
+            if args.streams == 1:
+                print(by_size(trace), flush=True)
     for (k, agree), values in rates.items():
         median = statistics.median(values)
         decode_ms = statistics.median(d for d, _ in parts[(k, agree)])
@@ -123,6 +133,42 @@ def main() -> int:
         )
     backend.close()
     return 0
+
+
+def by_size(trace: list[tuple[int, int, float, float]]) -> str:
+    """One stream's steps grouped by tokens decoded (1 = no draft): how many, the decode and
+    the rest (sampling, verifying, drafting, the scheduler) per step in ms, tokens delivered
+    per step; then what the drafted steps bought, in this run's own prices: their time against
+    the same tokens at this run's one-token steps' time each. Box swing moves both alike, so
+    the ratio tells whether drafting paid here."""
+    groups: dict[str, list[tuple[int, int, float, float]]] = {}
+    for step in trace:
+        n = step[0]
+        key = str(n) if n <= 4 else "5-8" if n <= 8 else "9+"
+        groups.setdefault(key, []).append(step)
+    lines = []
+    for key in sorted(groups, key=lambda g: int(g.split("-")[0].rstrip("+"))):
+        steps = groups[key]
+        dec = statistics.fmean(d for _, _, d, _ in steps) * 1e3
+        rest = statistics.fmean(t - d for _, _, d, t in steps) * 1e3
+        out = statistics.fmean(o for _, o, _, _ in steps)
+        lines.append(
+            f"  {key:>4} tokens: {len(steps):5d} steps, decode {dec:6.2f} ms, rest {rest:5.2f} "
+            f"ms, {out:.2f} tokens out a step"
+        )
+    singles = [t for n, o, _, t in trace if n == 1 and o == 1]
+    drafted = [(o, t) for n, o, _, t in trace if n > 1]
+    if singles and drafted:
+        single = statistics.median(singles)
+        spent = sum(t for _, t in drafted)
+        bought = sum(o for o, _ in drafted)
+        whole = sum(o for _, o, _, _ in trace) * single / sum(t for *_, t in trace)
+        lines.append(
+            f"  drafted steps: {bought} tokens in {spent:.2f} s, at one-token steps "
+            f"({single * 1e3:.2f} ms median) {bought * single:.2f} s: "
+            f"{bought * single / spent:.3f}x; the whole run {whole:.3f}x"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from llmd.engine.amx import extra_buffers_usable
 from llmd.engine.context import context_params
 from llmd.engine.draft_protocol import DraftAsk
 from llmd.engine.messages import LoadOptions
@@ -74,13 +75,14 @@ def vocabulary_mismatch(main: Any, draft: Any) -> str | None:
 class DraftModel:
     """The draft model and its context; implements `Drafter` (llmd/engine/draft_protocol.py)."""
 
-    def __init__(self, options: LoadOptions, main_vocab: Any) -> None:
+    def __init__(self, options: LoadOptions, main_vocab: Any, cpu_features: list[str]) -> None:
         path = options.draft_path
         assert path is not None
         if not path.is_file():
             raise DraftError(f"draft model file not found: {path}")
         params = lc.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = extra_buffers_usable(path, cpu_features)
         self.model = lc.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise DraftError(f"llama.cpp could not load the draft model {path} (not GGUF?)")

@@ -20,6 +20,7 @@ import llama_cpp as lc
 import numpy as np
 
 from llmd import cpu
+from llmd.engine.amx import extra_buffers_usable
 from llmd.engine.context import context_params
 from llmd.engine.distributions import Workspace
 from llmd.engine.draft import DraftError, DraftModel
@@ -84,6 +85,8 @@ class LlamaBackend:
             raise LoadError(f"model file not found: {options.path}")
         model_params = lc.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        self.cpu_features = cpu.inspect().features
+        model_params.use_extra_bufts = extra_buffers_usable(options.path, self.cpu_features)
         self.model = lc.llama_model_load_from_file(str(options.path).encode(), model_params)
         if not self.model:
             raise LoadError(f"llama.cpp could not load {options.path} (not a valid GGUF model?)")
@@ -133,7 +136,7 @@ class LlamaBackend:
         """The draft model (speculative decoding), when the model has one."""
         if options.draft_path is not None:
             try:
-                self.drafter = DraftModel(options, self.vocab)
+                self.drafter = DraftModel(options, self.vocab, self.cpu_features)
             except DraftError as exc:
                 self.close()
                 raise LoadError(str(exc)) from None
