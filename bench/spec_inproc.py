@@ -139,8 +139,8 @@ def by_size(trace: list[tuple[int, int, float, float]]) -> str:
     """One stream's steps grouped by tokens decoded (1 = no draft): how many, the decode and
     the rest (sampling, verifying, drafting, the scheduler) per step in ms, tokens delivered
     per step; then what the drafted steps bought, in this run's own prices: their time against
-    the same tokens at this run's one-token steps' time each. Box swing moves both alike, so
-    the ratio tells whether drafting paid here."""
+    the same tokens at this run's mean one-token step each, and the same for the whole answer.
+    The box's swing moves both prices alike, so the ratios tell whether drafting paid here."""
     groups: dict[str, list[tuple[int, int, float, float]]] = {}
     for step in trace:
         n = step[0]
@@ -159,13 +159,13 @@ def by_size(trace: list[tuple[int, int, float, float]]) -> str:
     singles = [t for n, o, _, t in trace if n == 1 and o == 1]
     drafted = [(o, t) for n, o, _, t in trace if n > 1]
     if singles and drafted:
-        single = statistics.median(singles)
+        single = statistics.fmean(singles)  # the mean: the run's total is priced in means
         spent = sum(t for _, t in drafted)
         bought = sum(o for o, _ in drafted)
         whole = sum(o for _, o, _, _ in trace) * single / sum(t for *_, t in trace)
         lines.append(
             f"  drafted steps: {bought} tokens in {spent:.2f} s, at one-token steps "
-            f"({single * 1e3:.2f} ms median) {bought * single:.2f} s: "
+            f"({single * 1e3:.2f} ms mean) {bought * single:.2f} s: "
             f"{bought * single / spent:.3f}x; the whole run {whole:.3f}x"
         )
     return "\n".join(lines)
