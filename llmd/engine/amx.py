@@ -14,6 +14,7 @@ kernels, as `llama-server --no-repack`), and the worker says so in its log.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -58,6 +59,7 @@ def survives(work: Callable[[], object]) -> bool:
     llama.cpp's threads: a fork copies only the calling thread."""
     pid = os.fork()
     if pid == 0:  # the child: whatever happens, it leaves through _exit
+        faulthandler.disable()  # its death is the answer, not a traceback for the journal
         try:
             work()
         finally:
