@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,20 +48,26 @@ def test_no_child_without_amx_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_faulting_build_turns_the_extra_buffers_off_once_per_model(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tried: list[Path] = []
-
     def faulting(path: Path) -> int:
-        tried.append(path)
         _die_of(signal.SIGILL)
         return 0
 
+    children: list[bool] = []
+    survives = amx.survives
+
+    def counted(work: Callable[[], object]) -> bool:
+        children.append(survives(work))
+        return children[-1]
+
     monkeypatch.setattr(amx, "_decode_one_batch", faulting)
+    monkeypatch.setattr(amx, "survives", counted)
     monkeypatch.setattr(amx, "_checked", {})
     path = Path("/models/some.gguf")
     assert amx.extra_buffers_usable(path, ["AVX512", "AMX_INT8"]) is False
     assert amx.extra_buffers_usable(path, ["AVX512", "AMX_INT8"]) is False
+    assert children == [False]  # one child for the model file; the second load asked nobody
     assert "loaded without its extra buffer types" in caplog.text
-    assert len(caplog.records) == 1  # said once; the second load asked nobody
+    assert len(caplog.records) == 1  # and said so once
 
 
 def test_the_child_decodes_the_real_model() -> None:
