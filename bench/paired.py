@@ -19,8 +19,9 @@ tokens per second of each request or burst (tokens over its wall time, the first
 in it, as bench/speculative.py's out tok/s), the median, and against the first arm the median
 of the rounds' ratios and their geometric mean with a 95% interval (from the spread of the
 log ratios). The same for the time per output token after the first (TPOT), which an
-answer's length and its prompt's wait do not move. Results: bench/results/paired-<date>.json
-and .md beside it.
+answer's length and its prompt's wait do not move, and for the wait for the first token
+(TTFT), which drafting cannot shorten: together they say how much of a ratio is decode.
+Results: bench/results/paired-<date>.json and .md beside it.
 """
 
 from __future__ import annotations
@@ -143,6 +144,19 @@ def _tpot_ms(result: RequestResult) -> float | None:
     return (result.e2e_s - result.ttft_s) / (result.completion_tokens - 1) * 1e3
 
 
+def _values(rounds: list[dict[str, Any]], key: str, arm: str) -> list[float]:
+    return [r[key][arm] for r in rounds if r.get(key, {}).get(arm)]
+
+
+def _pairs(rounds: list[dict[str, Any]], key: str, arm: str, first: str) -> list[float]:
+    """Each round's `key` of `arm` over the first arm's (rounds that have both)."""
+    return [
+        r[key][arm] / r[key][first]
+        for r in rounds
+        if r.get(key, {}).get(first) and r.get(key, {}).get(arm)
+    ]
+
+
 def summarize(rounds: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str, Any]]:
     """Per arm: its rates, and against the first arm the rounds' ratios (first arm ÷ this) of
     output tokens per second and of time per output token (this ÷ first arm: above 1 the
@@ -156,17 +170,16 @@ def summarize(rounds: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[s
             for r in rounds
             if r["rates"].get(first) and r["rates"].get(arm)
         ]
-        tpots = [r["tpot_ms"][arm] for r in rounds if r.get("tpot_ms", {}).get(arm)]
-        tpot_pairs = [
-            r["tpot_ms"][arm] / r["tpot_ms"][first]
-            for r in rounds
-            if r.get("tpot_ms", {}).get(first) and r.get("tpot_ms", {}).get(arm)
-        ]
+        tpots = _values(rounds, "tpot_ms", arm)
+        tpot_pairs = _pairs(rounds, "tpot_ms", arm, first)
+        ttfts = _values(rounds, "ttft_ms", arm)
+        ttft_pairs = _pairs(rounds, "ttft_ms", arm, first)
         row: dict[str, Any] = {"rounds": len(rates), "median_tok_s": None, "ratio_median": None}
         if rates:
             row["median_tok_s"] = statistics.median(rates)
             row["min_tok_s"], row["max_tok_s"] = min(rates), max(rates)
         row["median_tpot_ms"] = statistics.median(tpots) if tpots else None
+        row["median_ttft_ms"] = statistics.median(ttfts) if ttfts else None
         if pairs and arm != first:
             stats = _ratio_stats(pairs)
             row.update(
@@ -178,6 +191,8 @@ def summarize(rounds: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[s
             )
         if tpot_pairs and arm != first:
             row["tpot_ratio"] = _ratio_stats(tpot_pairs)
+        if ttft_pairs and arm != first:
+            row["ttft_ratio"] = _ratio_stats(ttft_pairs)
         out[arm] = row
     return out
 
@@ -191,8 +206,9 @@ def report(head: dict[str, Any], summary: dict[str, dict[str, Any]], arms: list[
         f"{head['rounds']} rounds",
         "",
         f"| arm | median tok/s (range) | {arms[0]} ÷ arm: median of rounds | geomean (95%) "
-        f"| rounds ahead | TPOT ms | TPOT arm ÷ {arms[0]}: geomean (95%) | accepted/drafted |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| rounds ahead | TPOT ms | TPOT arm ÷ {arms[0]}: geomean (95%) | TTFT ms "
+        f"| TTFT arm ÷ {arms[0]} | accepted/drafted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
         s = summary[arm]
@@ -210,10 +226,14 @@ def report(head: dict[str, Any], summary: dict[str, dict[str, Any]], arms: list[
         tpot = f"{s['median_tpot_ms']:.1f}" if s.get("median_tpot_ms") else "-"
         t = s.get("tpot_ratio")
         tpot_geo = f"{t['geomean']:.3f}x ({t['low']:.3f}-{t['high']:.3f})" if t else "-"
+        ttft = f"{s['median_ttft_ms']:.0f}" if s.get("median_ttft_ms") else "-"
+        f_ = s.get("ttft_ratio")
+        ttft_geo = f"{f_['geomean']:.3f}x ({f_['low']:.3f}-{f_['high']:.3f})" if f_ else "-"
         drafts = head["drafts"].get(arm)
         shown = f"{drafts[1]:.0f}/{drafts[0]:.0f}" if drafts and drafts[0] else "-"
         lines.append(
-            f"| {arm} | {rate} | {ratio} | {geo} | {ahead} | {tpot} | {tpot_geo} | {shown} |"
+            f"| {arm} | {rate} | {ratio} | {geo} | {ahead} | {tpot} | {tpot_geo} | {ttft} "
+            f"| {ttft_geo} | {shown} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -264,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 order = names[r % len(names) :] + names[: r % len(names)]
                 rates: dict[str, float] = {}
                 tpot_ms: dict[str, float] = {}
+                ttft_ms: dict[str, float] = {}
+                counts: dict[str, int] = {}
                 for name in order:
                     body = sampling_body(args.mode, arms[name].sampling)
                     salt = f"{args.model}/{args.mode}/paired{r}/c{args.clients}"
@@ -274,12 +296,19 @@ def main(argv: list[str] | None = None) -> int:
                     )  # fmt: skip
                     wall = time.perf_counter() - started
                     tokens = sum(x.completion_tokens for x in results if x.ok)
+                    counts[name] = tokens
                     if all(x.ok for x in results):
                         rates[name] = tokens / wall
                         tpots = [_tpot_ms(x) for x in results]
                         if all(tpots):
                             tpot_ms[name] = statistics.fmean(t for t in tpots if t)
-                rounds.append({"round": r, "order": order, "rates": rates, "tpot_ms": tpot_ms})
+                        ttfts = [x.ttft_s for x in results]
+                        if all(t is not None for t in ttfts):
+                            ttft_ms[name] = statistics.fmean(t or 0.0 for t in ttfts) * 1e3
+                rounds.append(
+                    {"round": r, "order": order, "rates": rates, "tpot_ms": tpot_ms,
+                     "ttft_ms": ttft_ms, "tokens": counts}
+                )  # fmt: skip
                 shown = ", ".join(f"{n} {rates.get(n, 0.0):.1f}" for n in names)
                 log(f"round {r + 1}/{args.rounds}: {shown} tok/s")
             after = {n: _counters(servers[n], a.contender) for n, a in arms.items()}
