@@ -137,6 +137,11 @@ class Setup:
 
 
 def _llmd_config(s: Setup, extra_toml: str = "") -> str:
+    """llmd's config for `s`; the lines of `extra_toml` before its first table header are
+    keys of `[engine]` (e.g. `flash_attn = "off"`), the rest is appended as it is."""
+    head, tables = extra_toml, ""
+    if (at := extra_toml.find("[")) >= 0 and (at == 0 or extra_toml[at - 1] == "\n"):
+        head, tables = extra_toml[:at], extra_toml[at:]
     models_dir = s.work / "models"  # empty, of its own: the one model is the table below
     models_dir.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -150,10 +155,11 @@ def _llmd_config(s: Setup, extra_toml: str = "") -> str:
         f"threads_batch = {s.threads_batch}",
         f'omp_wait_policy = "{os.environ["OMP_WAIT_POLICY"].lower()}"',
         f"omp_spin_count = {os.environ.get('GOMP_SPINCOUNT', 0)}",
+        *head.splitlines(),
         "[models.bench]",
         f'path = "{s.model.resolve()}"',
     ]
-    return "\n".join(lines) + "\n" + extra_toml
+    return "\n".join(lines) + "\n" + tables
 
 
 def _peer(label: str, argv: list[str], port: int, ready: str, s: Setup) -> Server:

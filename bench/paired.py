@@ -13,7 +13,8 @@ that with a few turns; many pairs of requests close together can.
         --arms llmd,llama-server,llama-server@top_k0,llmd-nospec --rounds 30
 
 An arm is a bench/speculative.py contender, with `@top_k0` for a llama-server asked for llmd's
-distribution (top_k 0, min_p 0); every arm has a server of its own (a shared one would find the
+distribution (top_k 0, min_p 0), `@fa-on` / `@fa-off` for either with flash attention set,
+`@tbN` for N prompt threads; every arm has a server of its own (a shared one would find the
 round's prompt cached for its second arm). Per arm: output
 tokens per second of each request or burst (tokens over its wall time, the first token's wait
 in it, as bench/speculative.py's out tok/s), the median, and against the first arm the median
@@ -46,6 +47,7 @@ from bench.spec_texts import MAX_TOKENS, WORKLOADS
 from bench.speculative import (
     ACCEPTED,
     DRAFTED,
+    FLASH_ATTN,
     MODES,
     Contender,
     contenders,
@@ -91,24 +93,29 @@ class Arm(NamedTuple):
     contender: Contender
     sampling: str  # "default", or "top_k0" for a llama-server drawing llmd's distribution
     threads_batch: int | None  # this arm's own prompt (and multi-token step) threads
+    flash_attn: str | None  # "on" or "off" for this arm, None for the contender's own
 
 
 def _arm(name: str, available: dict[str, Contender]) -> Arm:
-    """`contender[@top_k0][@tbN]`: @top_k0 only for a llama-server, @tbN for any."""
+    """`contender[@top_k0][@tbN][@fa-on|@fa-off]`: @top_k0 only for a llama-server, @tbN and
+    flash attention for any."""
     contender, *options = name.split("@")
     if contender not in available:
         raise SystemExit(f"bench.paired: unknown contender {contender}")
-    sampling, threads_batch = "default", None
+    sampling, threads_batch, flash_attn = "default", None, None
     for option in options:
         if option == "top_k0" and available[contender].server != "llmd":
             sampling = "top_k0"
         elif option.startswith("tb") and option[2:].isdigit() and int(option[2:]) > 0:
             threads_batch = int(option[2:])
+        elif option in ("fa-on", "fa-off"):
+            flash_attn = option[3:]
         else:
             raise SystemExit(
-                f"bench.paired: {name}: @{option}? (@top_k0 for a llama-server, @tbN for any)"
+                f"bench.paired: {name}: @{option}? (@top_k0 for a llama-server, @tbN and "
+                "@fa-on / @fa-off for any)"
             )
-    return Arm(available[contender], sampling, threads_batch)
+    return Arm(available[contender], sampling, threads_batch, flash_attn)
 
 
 def _counters(server: Server, contender: Contender) -> tuple[float, float]:
@@ -273,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 s.work.mkdir(parents=True)
                 log(f"starting {name}")
-                c = arm.contender
-                servers[name] = start(c.server, s, c.flags, c.toml)
+                c, flags, toml = arm.contender, arm.contender.flags, arm.contender.toml
+                if arm.flash_attn:
+                    flags = (*flags, "-fa", arm.flash_attn)
+                    toml = FLASH_ATTN.format(arm.flash_attn) + toml
+                servers[name] = start(c.server, s, flags, toml)
             for server in servers.values():  # a warm-up each, then the rounds
                 warm = sampling_body("greedy", "default")
                 asyncio.run(drive(server, endpoint, args.workload, 1, warm, "warmup", 1, 0.0, 16))

@@ -79,6 +79,8 @@ SPECULATION_OFF = "[engine.speculative]\nenabled = false\n"
 SPECULATION_ALWAYS = "[engine.speculative]\nadaptive = false\n"
 """Every draft found checked (up to max_draft): what the cost model's choices are worth."""
 SPECULATION_K = "[engine.speculative]\nmax_draft = {k}\n"
+FLASH_ATTN = 'flash_attn = "{}"\n'
+"""A key of [engine] (bench.harness puts the lines before any table header there)."""
 DRAFT_LIMITS = (4, 16, 32, 64)
 SPECULATION_N = "[engine.speculative]\nngram_max = {n}\n"
 NGRAM_LONGEST = (4, 8, 12, 16)
@@ -122,6 +124,12 @@ def contenders(spec_types: list[str]) -> dict[str, Contender]:
         "llmd-nospec": Contender("llmd-nospec", "llmd", toml=SPECULATION_OFF),
         "llmd-always": Contender("llmd-always", "llmd", toml=SPECULATION_ALWAYS),
         "llama-server": Contender("llama-server", "llama-server"),
+        # Flash attention each way: llama.cpp's CPU kernel reads the history row by row for
+        # steps under 64 tokens, which on some CPUs costs more than the matrix path.
+        "llmd-fa-on": Contender("llmd-fa-on", "llmd", toml=FLASH_ATTN.format("on")),
+        "llmd-fa-off": Contender("llmd-fa-off", "llmd", toml=FLASH_ATTN.format("off")),
+        "llama-server+fa-on": Contender("llama-server+fa-on", "llama-server", ("-fa", "on")),
+        "llama-server+fa-off": Contender("llama-server+fa-off", "llama-server", ("-fa", "off")),
     }  # fmt: skip
     for k in DRAFT_LIMITS:  # llmd with another max_draft: what longer drafts are worth
         out[f"llmd-k{k}"] = Contender(f"llmd-k{k}", "llmd", toml=SPECULATION_K.format(k=k))

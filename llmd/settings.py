@@ -208,9 +208,13 @@ class EngineSettings(_Section):
     )
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Flash attention. On a CPU 'auto' turns it on: decode steps with many "
-        "streams are 5-10% faster. 'off' reads a short prompt after a long cached history "
-        "faster (a chat's next turn: ~15% sooner first token; see docs/benchmarks.md).",
+        description="Flash attention. 'auto' measures both at load, on this CPU and model (a "
+        "step of 1 and of 9 tokens after 256 cached ones), and turns it off where that is "
+        "clearly faster: llama.cpp's CPU kernel reads the history row by row for steps under "
+        "64 tokens (decode, speculative verification), which on an AVX-512 Xeon made SmolLM2's "
+        "decode steps 1.7x and its 17-token steps 3.4x slower 700 tokens in, while Gemma-3 was "
+        "level (docs/benchmarks.md). 'on' or 'off' skip the measurement; a quantized KV cache "
+        "keeps it on (llama.cpp needs it there).",
     )
     kv_type: Literal["f16", "q8_0", "f32"] = Field(
         "f16", description="Data type of the KV cache; q8_0 halves its memory."

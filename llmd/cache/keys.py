@@ -100,9 +100,11 @@ class Identities:
             return None
         if digest is None:
             return None
-        load = model.process.options.load
+        load, info = model.process.options.load, model.process.info
+        # "auto" is decided at load, per CPU: the key holds what the process runs with.
+        flash_attn = info.flash_attn if info and info.flash_attn else load.flash_attn
         return (
-            f"{digest}/ctx={load.ctx_per_seq}/kv={load.kv_type}/fa={load.flash_attn}"
+            f"{digest}/ctx={load.ctx_per_seq}/kv={load.kv_type}/fa={flash_attn}"
             f"/llama={LLAMA_VERSION}"
         )
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 
 from llmd import cpu
+from llmd.engine import attention
 from llmd.engine.amx import extra_buffers_usable
 from llmd.engine.context import context_params
 from llmd.engine.distributions import Workspace
@@ -95,6 +96,11 @@ class LlamaBackend:
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
         self.n_parallel = options.parallel
         self.batch_size = options.batch_size
+        # "auto" measured here, before the context is made; the draft model follows.
+        self.flash_attn = attention.choose(
+            self.model, options, max(int(lc.llama_vocab_bos(self.vocab)), 0)
+        )
+        options = replace(options, flash_attn=self.flash_attn)
 
         ctx_params = context_params(options)
         # Embeddings are read from this same context, a step at a time, with llama.cpp's

@@ -242,6 +242,9 @@ class Ready:
     model_bytes: int
     n_embd: int = 0
     """Dimensions of the model's embeddings."""
+    flash_attn: str = ""
+    """Flash attention "on" or "off" as the process runs ("auto" is measured at load:
+    llmd/engine/attention.py)."""
     special_texts: list[str] = field(default_factory=list)
     """The text of the model's control tokens (`<|im_end|>`, `<end_of_turn>` ...): client text
     holding any of them is marked as text (`GenerateRequest.text_spans`)."""

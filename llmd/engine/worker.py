@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             eos_token=backend.special_text(backend.eos),
             model_bytes=backend.model_bytes(),
             n_embd=backend.n_embd,
+            flash_attn=backend.flash_attn,
             special_texts=backend.special_texts(),
         ),
     )

@@ -46,6 +46,8 @@ class ProcessStatus:
     ctx_per_seq: int = 0
     """What the engine holds inputs to (less than configured for an encoder-only model)."""
     model_bytes: int | None = None
+    flash_attn: str = ""
+    """"on" or "off" as loaded (blank until then)."""
     requests_held: int = 0
     """Requests holding this version, from admission to their last byte."""
     requests_in_flight: int = 0
@@ -200,6 +202,7 @@ def process_status(manager: ModelManager, model: Model, now: float) -> ProcessSt
         queue_limit=p.options.max_queue,
         ctx_per_seq=p.info.ctx_per_seq if p.info else p.options.load.ctx_per_seq,
         model_bytes=p.info.model_bytes if p.info else None,
+        flash_attn=p.info.flash_attn if p.info else "",
         requests_held=model.active,
         requests_in_flight=p.num_inflight,
         running=live.running if live else 0,

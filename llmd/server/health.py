@@ -108,6 +108,7 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "queued": live.waiting,
         "queue_limit": s.queue_limit,
         "saturated": s.saturated,
+        "flash_attn": live.flash_attn or None,
         "kv_tokens_cached": live.kv_cells_used,
         "kv_tokens_total": live.kv_cells_total,
         "kv_usage": (

@@ -10,8 +10,11 @@ import httpx2 as httpx
 
 from tests.contracts import validate
 from tests.e2e.api import GEMMA, SMOL, model_health
+from tests.e2e.conftest import ONE_SMALL_MODEL
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tests.e2e.conftest import Daemon
 
 
@@ -48,6 +51,14 @@ def test_health_endpoints(daemon: Daemon) -> None:
         assert m["queued"] == 0
         assert m["running"] == 0
         assert m["memory_rss_bytes"] > 0
+        # engine.flash_attn = "auto": measured at load, the answer in the log with its times
+        assert m["flash_attn"] in ("on", "off")
+        found = re.search(
+            rf"llmd\.worker\[{m['name']}\] flash attention (on|off): steps of 1 and 9 tokens "
+            r"after \d+ took [\d.]+ and [\d.]+ ms with it, [\d.]+ and [\d.]+ ms without",
+            daemon.logs(),
+        )
+        assert found and found.group(1) == m["flash_attn"], daemon.logs()[-3000:]
     by_name = {m["name"]: m for m in models}
     assert by_name[SMOL]["aliases"] == ["smol"]
     assert by_name[SMOL]["parallel"] == 16
@@ -83,3 +94,17 @@ def test_no_server_errors_logged(daemon: Daemon) -> None:
     assert server_errors == []
     for name in (SMOL, GEMMA):
         assert model_health(daemon, name)["restarts"] == 0
+
+
+def test_flash_attention_set_in_the_config_is_used_without_a_probe(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    config = ONE_SMALL_MODEL.replace("[engine]\n", '[engine]\nflash_attn = "off"\n')
+    d = make_daemon(config)
+    smol = model_health(d)
+    assert smol["flash_attn"] == "off"
+    assert "flash attention off: steps" not in d.logs()  # nothing measured
+    answer = d.client().chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=8
+    )
+    assert answer.choices[0].message.content

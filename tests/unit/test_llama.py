@@ -1,10 +1,12 @@
 """The llama.cpp backend (llmd/engine/llama.py) in-process on the real model: sampling under a
-grammar, where llmd checks the likely tokens first instead of filtering the whole vocabulary. The
-one unit test that loads llama.cpp; everything else of the backend is tested through the daemon."""
+grammar, where llmd checks the likely tokens first instead of filtering the whole vocabulary,
+and the flash-attention probe at load (llmd/engine/attention.py). The one unit test file that
+loads llama.cpp; everything else of the backend is tested through the daemon."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -136,3 +138,50 @@ def test_a_json_string_refuses_a_raw_line_break() -> None:
     assert allows(held, b.tokenize("y", False)[0])
     lc.llama_sampler_free(held)
     b.close()
+
+
+def test_flash_attention_auto_is_measured_on_the_real_model_and_an_explicit_choice_kept() -> None:
+    """`engine.flash_attn = "auto"`: two small contexts of the loaded model, one each way, time
+    the same steps after the same history, and the answer is one of the two; "on" and "off"
+    are kept as set, and a quantized KV cache (which needs flash attention) keeps it on."""
+    import llama_cpp as lc
+
+    from llmd.engine import attention
+    from llmd.engine.messages import LoadOptions
+
+    lc.llama_backend_init()
+    params = lc.llama_model_default_params()
+    params.n_gpu_layers = 0
+    model = lc.llama_model_load_from_file(str(MODELS / SMOL).encode(), params)
+    assert model
+    try:
+        options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16")
+        times = attention.measure(model, options, 1)
+        assert times is not None and sorted(times) == ["off", "on"]
+        for one, verify in times.values():
+            assert 0 < one < verify  # nine tokens with logits cost more than one
+        assert attention.choose(model, options, 1) in ("on", "off")
+        assert attention.choose(model, replace(options, flash_attn="off"), 1) == "off"
+        assert attention.choose(model, replace(options, flash_attn="on"), 1) == "on"
+        assert attention.choose(model, replace(options, kv_type="q8_0"), 1) == "on"
+    finally:
+        lc.llama_model_free(model)
+
+
+@pytest.mark.parametrize(
+    ("on", "off", "chosen"),
+    [
+        ([0.045, 0.180], [0.026, 0.060], "off"),  # SmolLM2 on the AVX-512 Xeon: clearly
+        ([0.042, 0.100], [0.041, 0.097], "on"),  # a close call keeps llama.cpp's default
+        ([0.041, 0.090], [0.045, 0.110], "on"),
+    ],
+)
+def test_flash_attention_goes_off_only_when_that_is_clearly_faster(
+    monkeypatch: pytest.MonkeyPatch, on: list[float], off: list[float], chosen: str
+) -> None:
+    from llmd.engine import attention
+    from llmd.engine.messages import LoadOptions
+
+    monkeypatch.setattr(attention, "measure", lambda _m, _o, _t: {"on": on, "off": off})
+    options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16")
+    assert attention.choose(object(), options, 1) == chosen
