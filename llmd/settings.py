@@ -206,15 +206,16 @@ class EngineSettings(_Section):
         "wake-up at every one (on 2 cores a 2-token step took 47 ms instead of 21, a 2-thread "
         "decode 40 instead of 14; docs/benchmarks.md). 0 sleeps at once. Unused with 'active'.",
     )
-    flash_attn: Literal["auto", "on", "off"] = Field(
+    flash_attn: Literal["auto", "on", "off", "fastest"] = Field(
         "auto",
-        description="Flash attention. 'auto' measures both at load, on this CPU and model (a "
-        "step of 1 and of 9 tokens after 256 cached ones), and turns it off where that is "
-        "clearly faster: llama.cpp's CPU kernel reads the history row by row for steps under "
-        "64 tokens (decode, speculative verification), which on an AVX-512 Xeon made SmolLM2's "
-        "decode steps 1.7x and its 17-token steps 3.4x slower 700 tokens in, while Gemma-3 was "
-        "level (docs/benchmarks.md). 'on' or 'off' skip the measurement; a quantized KV cache "
-        "keeps it on (llama.cpp needs it there).",
+        description="Flash attention. 'auto' is llama.cpp's choice (on, on a CPU): a token's "
+        "logits then do not depend on how tokens are batched, so greedy text is the same with "
+        "and without speculation or a reused prefix, and a seed reproduces. 'fastest' measures "
+        "both at load (a step of 1 and of 9 tokens after 192 cached ones) and turns it off "
+        "where that is clearly faster: llama.cpp's CPU kernel reads the history row by row for "
+        "steps under 64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x and "
+        "its 17-token steps 3.4x slower 700 tokens in (Gemma-3: level). Off, outputs depend "
+        "on batching (docs/benchmarks.md).",
     )
     kv_type: Literal["f16", "q8_0", "f32"] = Field(
         "f16", description="Data type of the KV cache; q8_0 halves its memory."

@@ -101,7 +101,7 @@ class Identities:
         if digest is None:
             return None
         load, info = model.process.options.load, model.process.info
-        # "auto" is decided at load, per CPU: the key holds what the process runs with.
+        # "fastest" is decided at load, per CPU: the key holds what the process runs with.
         flash_attn = info.flash_attn if info and info.flash_attn else load.flash_attn
         return (
             f"{digest}/ctx={load.ctx_per_seq}/kv={load.kv_type}/fa={flash_attn}"

@@ -1,6 +1,6 @@
 """Flash attention on or off for a model on this CPU, measured at load (`engine.flash_attn =
-"auto"`): which one is faster depends on the model's shape and the CPU, by a factor, not a few
-percent.
+"fastest"`): which one is faster depends on the model's shape and the CPU, by a factor, not a
+few percent.
 
 llama.cpp's CPU flash attention reads the cached history row by row, one query and one head at
 a time, for every step of under 64 tokens (GGML_FA_TILE_Q): decode steps and speculative
@@ -12,11 +12,20 @@ of 256, most of them windowed) it was level or slightly ahead. Prompts (64 token
 step) take its tiled path and read 5-15% faster with it. llama.cpp's own "auto" turns it on
 wherever the backend has it.
 
-So with "auto" two small contexts of the loaded model, one each way, read the same history and
+Why it is not the default: with flash attention each query's attention is computed the same way
+whatever else is in its step, so a token's logits do not depend on how tokens are batched. Without
+it the KQ and KQV products go through matrix kernels whose order of summation changes with the
+step's size: a verification step of 9 tokens and 9 single steps give logits ~0.04-0.1 apart in
+log-probability, so greedy text with speculation, after a reused prefix, or of a seeded sample
+can differ from the same request batched otherwise (the end-to-end tests of those guarantees
+fail with it off). "auto" keeps llama.cpp's choice and those guarantees; "fastest" is for an
+operator who wants the speed and accepts outputs that depend on batching.
+
+So with "fastest" two small contexts of the loaded model, one each way, read the same history and
 time a one-token step and a nine-token step after it, taking turns; flash attention goes off
 only when that is clearly faster (OFF_MARGIN), so a close call keeps llama.cpp's default and
 does not flip from one load to the next. A quantized KV cache needs flash attention in
-llama.cpp: it stays on.
+llama.cpp, and an encoder has no cache to measure: llama.cpp's own "auto" decides for those.
 """
 
 from __future__ import annotations
@@ -45,15 +54,17 @@ OFF_MARGIN = 0.9
 
 
 def choose(model: Any, options: LoadOptions, token: int) -> str:
-    """'on' or 'off' for `options`: its own choice, or with "auto" the faster on this CPU."""
-    if options.flash_attn != "auto":
+    """What the context gets: `options.flash_attn` as set; with "fastest" the faster of "on"
+    and "off" on this CPU, both having just run, or "auto" (llama.cpp's own choice) where
+    there is nothing to measure."""
+    if options.flash_attn != "fastest":
         return options.flash_attn
     if options.kv_type not in ("f16", "f32"):
-        return "on"  # llama.cpp refuses a quantized V cache without flash attention
+        return "auto"  # llama.cpp refuses a quantized V cache without flash attention
     started = time.perf_counter()
     times = measure(model, options, token)
     if times is None:
-        return "on"  # no KV cache (an encoder) or no context: llama.cpp's default stands
+        return "auto"  # no KV cache (an encoder) or no context: llama.cpp decides
     on, off = times["on"], times["off"]
     choice = "off" if sum(off) < OFF_MARGIN * sum(on) else "on"
     log.info(

@@ -15,6 +15,7 @@ FLASH_ATTN = {
     "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+""""fastest" never reaches a context: llmd/engine/attention.py turns it into one of these."""
 
 
 def context_params(options: LoadOptions) -> Any:

@@ -96,7 +96,7 @@ class LlamaBackend:
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
         self.n_parallel = options.parallel
         self.batch_size = options.batch_size
-        # "auto" measured here, before the context is made; the draft model follows.
+        # "fastest" measured here, before the context is made; the draft model follows.
         self.flash_attn = attention.choose(
             self.model, options, max(int(lc.llama_vocab_bos(self.vocab)), 0)
         )

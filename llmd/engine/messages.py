@@ -243,8 +243,8 @@ class Ready:
     n_embd: int = 0
     """Dimensions of the model's embeddings."""
     flash_attn: str = ""
-    """Flash attention "on" or "off" as the process runs ("auto" is measured at load:
-    llmd/engine/attention.py)."""
+    """Flash attention as the process runs: "on", "off" or "auto" (llama.cpp's choice);
+    `engine.flash_attn = "fastest"` is measured at load (llmd/engine/attention.py)."""
     special_texts: list[str] = field(default_factory=list)
     """The text of the model's control tokens (`<|im_end|>`, `<end_of_turn>` ...): client text
     holding any of them is marked as text (`GenerateRequest.text_spans`)."""

@@ -47,7 +47,7 @@ class ProcessStatus:
     """What the engine holds inputs to (less than configured for an encoder-only model)."""
     model_bytes: int | None = None
     flash_attn: str = ""
-    """"on" or "off" as loaded (blank until then)."""
+    """"on", "off" or (llama.cpp's choice) "auto" as loaded; blank until then."""
     requests_held: int = 0
     """Requests holding this version, from admission to their last byte."""
     requests_in_flight: int = 0

@@ -83,12 +83,31 @@ def test_request_key_changes_with_the_identity_and_the_prompts_order() -> None:
     assert request_key(IDENTITY, [a, b]) != request_key(IDENTITY, [a])
 
 
-def _loaded(path: Path, ctx: int = 512) -> Any:
-    """What Identities reads of a model: its load options and the file version it loaded."""
-    load = SimpleNamespace(path=path, ctx_per_seq=ctx, kv_type="f16", flash_attn="auto")
+def _loaded(path: Path, ctx: int = 512, flash_attn: str | None = None) -> Any:
+    """What Identities reads of a model: its load options, what its process reported at load
+    (flash attention as measured; None: not loaded yet) and the file version it loaded."""
+    configured = "fastest" if flash_attn else "auto"
+    load = SimpleNamespace(path=path, ctx_per_seq=ctx, kv_type="f16", flash_attn=configured)
+    info = SimpleNamespace(flash_attn=flash_attn) if flash_attn else None
     return SimpleNamespace(
-        process=SimpleNamespace(options=SimpleNamespace(load=load)), file_key=file_key([path])
+        process=SimpleNamespace(options=SimpleNamespace(load=load), info=info),
+        file_key=file_key([path]),
     )
+
+
+def test_identity_holds_flash_attention_as_the_process_measured_it(tmp_path: Path) -> None:
+    """With flash_attn "fastest" the arithmetic is what the load chose, which differs between
+    CPUs (llmd/engine/attention.py): daemons sharing a Redis must not mix the two."""
+
+    async def run() -> None:
+        path = tmp_path / "m.gguf"
+        path.write_bytes(b"weights")
+        on = await Identities().of(_loaded(path, flash_attn="on"))
+        off = await Identities().of(_loaded(path, flash_attn="off"))
+        assert on is not None and off is not None and on != off
+        assert "/fa=off/" in off
+
+    asyncio.run(run())
 
 
 def test_identity_follows_the_files_content(tmp_path: Path) -> None:

@@ -140,10 +140,11 @@ def test_a_json_string_refuses_a_raw_line_break() -> None:
     b.close()
 
 
-def test_flash_attention_auto_is_measured_on_the_real_model_and_an_explicit_choice_kept() -> None:
-    """`engine.flash_attn = "auto"`: two small contexts of the loaded model, one each way, time
+def test_flash_attention_fastest_is_measured_on_the_real_model_and_others_are_kept() -> None:
+    """`engine.flash_attn = "fastest"`: two small contexts of the loaded model, one each way, time
     the same steps after the same history, and the answer is one of the two; "on" and "off"
-    are kept as set, and a quantized KV cache (which needs flash attention) keeps it on."""
+    and "auto" are kept as set, and with a quantized KV cache (which needs flash attention)
+    llama.cpp decides."""
     import llama_cpp as lc
 
     from llmd.engine import attention
@@ -155,7 +156,7 @@ def test_flash_attention_auto_is_measured_on_the_real_model_and_an_explicit_choi
     model = lc.llama_model_load_from_file(str(MODELS / SMOL).encode(), params)
     assert model
     try:
-        options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16")
+        options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "fastest", "f16")
         times = attention.measure(model, options, 1)
         assert times is not None and sorted(times) == ["off", "on"]
         for one, verify in times.values():
@@ -163,7 +164,8 @@ def test_flash_attention_auto_is_measured_on_the_real_model_and_an_explicit_choi
         assert attention.choose(model, options, 1) in ("on", "off")
         assert attention.choose(model, replace(options, flash_attn="off"), 1) == "off"
         assert attention.choose(model, replace(options, flash_attn="on"), 1) == "on"
-        assert attention.choose(model, replace(options, kv_type="q8_0"), 1) == "on"
+        assert attention.choose(model, replace(options, flash_attn="auto"), 1) == "auto"
+        assert attention.choose(model, replace(options, kv_type="q8_0"), 1) == "auto"
     finally:
         lc.llama_model_free(model)
 
@@ -183,5 +185,5 @@ def test_flash_attention_goes_off_only_when_that_is_clearly_faster(
     from llmd.engine.messages import LoadOptions
 
     monkeypatch.setattr(attention, "measure", lambda _m, _o, _t: {"on": on, "off": off})
-    options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "auto", "f16")
+    options = LoadOptions(MODELS / SMOL, 512, 2, 512, 512, 1, 2, "fastest", "f16")
     assert attention.choose(object(), options, 1) == chosen
