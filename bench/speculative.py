@@ -124,12 +124,6 @@ def contenders(spec_types: list[str]) -> dict[str, Contender]:
         "llmd-nospec": Contender("llmd-nospec", "llmd", toml=SPECULATION_OFF),
         "llmd-always": Contender("llmd-always", "llmd", toml=SPECULATION_ALWAYS),
         "llama-server": Contender("llama-server", "llama-server"),
-        # Flash attention each way: llama.cpp's CPU kernel reads the history row by row for
-        # steps under 64 tokens, which on some CPUs costs more than the matrix path.
-        "llmd-fa-on": Contender("llmd-fa-on", "llmd", toml=FLASH_ATTN.format("on")),
-        "llmd-fa-off": Contender("llmd-fa-off", "llmd", toml=FLASH_ATTN.format("off")),
-        "llama-server-fa-on": Contender("llama-server-fa-on", "llama-server", ("-fa", "on")),
-        "llama-server-fa-off": Contender("llama-server-fa-off", "llama-server", ("-fa", "off")),
     }  # fmt: skip
     for k in DRAFT_LIMITS:  # llmd with another max_draft: what longer drafts are worth
         out[f"llmd-k{k}"] = Contender(f"llmd-k{k}", "llmd", toml=SPECULATION_K.format(k=k))

@@ -37,7 +37,7 @@ from typing import Any
 
 import llama_cpp as lc
 
-from llmd.engine.context import context_params
+from llmd.engine.context import context_params, fill_batch
 from llmd.engine.messages import LoadOptions
 
 log = logging.getLogger("llmd.engine")
@@ -119,11 +119,5 @@ def measure(model: Any, options: LoadOptions, token: int) -> dict[str, list[floa
 def _decode(ctx: Any, batch: Any, token: int, start: int, n: int, every: bool = False) -> int:
     """`n` copies of `token` at positions from `start` in sequence 0: logits for each with
     `every` (as a verification step), else for the last."""
-    for i in range(n):
-        batch.token[i] = token
-        batch.pos[i] = start + i
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = 0
-        batch.logits[i] = every or i == n - 1
-    batch.n_tokens = n
+    fill_batch(batch, [(token, start + i, 0, every or i == n - 1) for i in range(n)])
     return int(lc.llama_decode(ctx, batch))

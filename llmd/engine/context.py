@@ -18,6 +18,24 @@ FLASH_ATTN = {
 """"fastest" never reaches a context: llmd/engine/attention.py turns it into one of these."""
 
 
+def fill_batch(batch: Any, entries: list[tuple[int, int, int, bool]]) -> None:
+    """Put (token, position, seq_id, wants_logits) entries into a llama_batch."""
+    token, pos, n_seq, seq_id, logits = (
+        batch.token,
+        batch.pos,
+        batch.n_seq_id,
+        batch.seq_id,
+        batch.logits,
+    )
+    for i, (tok, position, seq, wants) in enumerate(entries):
+        token[i] = tok
+        pos[i] = position
+        n_seq[i] = 1
+        seq_id[i][0] = seq
+        logits[i] = wants
+    batch.n_tokens = len(entries)
+
+
 def context_params(options: LoadOptions) -> Any:
     """llama_context_params for `options.parallel` slots of `options.ctx_per_seq` cells."""
     params = lc.llama_context_default_params()

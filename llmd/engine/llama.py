@@ -22,7 +22,7 @@ import numpy as np
 from llmd import cpu
 from llmd.engine import attention
 from llmd.engine.amx import extra_buffers_usable
-from llmd.engine.context import context_params
+from llmd.engine.context import context_params, fill_batch
 from llmd.engine.distributions import Workspace
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
@@ -260,20 +260,7 @@ class LlamaBackend:
         logits too: llama.cpp outputs every token then, which costs the output layer for each
         (why the scheduler keeps embedding chunks small and apart from prompt chunks)."""
         batch = self.batch
-        token, pos, n_seq, seq_id, logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
-        for i, (tok, position, seq, wants) in enumerate(entries):
-            token[i] = tok
-            pos[i] = position
-            n_seq[i] = 1
-            seq_id[i][0] = seq
-            logits[i] = wants
-        batch.n_tokens = len(entries)
+        fill_batch(batch, entries)
         if not embeddings:
             return int(lc.llama_decode(self.ctx, batch))
         lc.llama_set_embeddings(self.ctx, True)
