@@ -430,17 +430,22 @@ def estimate(
     ubatch: int,
     kv_type: str = "f16",
     draft: ModelFile | None = None,
+    attention_scores: bool = False,
 ) -> Estimate:
     """Memory a model will take once loaded with these settings (before any measurement).
 
     A `draft` model (speculative decoding) runs in the same process with a context of the
     same shape: its weights, its own KV cache and its other costs count in each part. Its
     other costs are a whole model's, PROCESS_BASE_BYTES included: measured, a SmolLM2 draft
-    added as much as a SmolLM2 process takes (at 512 x 2 and at 4096 x 4, within 1%)."""
-    main = _estimate_one(model, ctx_per_seq, parallel, ubatch, kv_type)
+    added as much as a SmolLM2 process takes (at 512 x 2 and at 4096 x 4, within 1%).
+
+    `attention_scores`: flash attention may be off, and then a micro-batch's attention
+    scores are a matrix in memory (float32, a micro-batch's rows by a sequence's cells by the
+    heads, and its softmax beside it)."""
+    main = _estimate_one(model, ctx_per_seq, parallel, ubatch, kv_type, attention_scores)
     if draft is None:
         return main
-    extra = _estimate_one(draft, ctx_per_seq, parallel, ubatch, kv_type)
+    extra = _estimate_one(draft, ctx_per_seq, parallel, ubatch, kv_type, attention_scores)
     return Estimate(
         main.weights + extra.weights,
         main.kv_cache + extra.kv_cache,
@@ -449,7 +454,12 @@ def estimate(
 
 
 def _estimate_one(
-    model: ModelFile, ctx_per_seq: int, parallel: int, ubatch: int, kv_type: str
+    model: ModelFile,
+    ctx_per_seq: int,
+    parallel: int,
+    ubatch: int,
+    kv_type: str,
+    attention_scores: bool = False,
 ) -> Estimate:
     info = model.info
     kv = info.kv_bytes_per_token(kv_type) * ctx_per_seq * parallel
@@ -464,4 +474,8 @@ def _estimate_one(
         + 4 * info.n_vocab * rows
         + VOCAB_ENTRY_BYTES * info.n_vocab
     )
+    if attention_scores and not info.encoder_only:
+        heads = info.arch_value("attention.head_count", 0) or 0
+        n_head = max(heads) if isinstance(heads, list) else int(heads)
+        compute += 2 * 4 * ubatch * ctx_per_seq * n_head
     return Estimate(model.tensor_bytes, kv, PROCESS_BASE_BYTES + compute)

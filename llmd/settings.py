@@ -208,14 +208,25 @@ class EngineSettings(_Section):
     )
     flash_attn: Literal["auto", "on", "off", "fastest"] = Field(
         "auto",
-        description="Flash attention. 'auto' is llama.cpp's choice (on, on a CPU): a token's "
-        "logits then do not depend on how tokens are batched, so greedy text is the same with "
-        "and without speculation or a reused prefix, and a seed reproduces. 'fastest' measures "
-        "both at load (a step of 1 and of 9 tokens after 192 cached ones) and turns it off "
-        "where that is clearly faster: llama.cpp's CPU kernel reads the history row by row for "
-        "steps under 64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x and "
-        "its 17-token steps 3.4x slower 700 tokens in (Gemma-3: level). Off, outputs depend "
-        "on batching (docs/benchmarks.md).",
+        description="Flash attention. 'auto' is llama.cpp's choice (on, on a CPU). 'fastest' "
+        "measures both at load (a step of 1 and of 9 tokens after 192 cached ones) and turns it "
+        "off where that is clearly faster: llama.cpp's CPU kernel reads the history row by row "
+        "for steps under 64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x "
+        "and its 17-token steps 3.4x slower 700 tokens in (Gemma-3: level). Neither makes a "
+        "token's logits independent of how its step is batched: see batch_invariant.",
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="Make a token's logits independent of what else its step holds, so greedy "
+        "text is the same with and without speculation at any length, a seed's sample the "
+        "same whatever else runs, and a reused prefix the same as one read afresh. llama.cpp's "
+        "CPU kernels sum in another order for a one-row step than for a longer one (with flash "
+        "attention: its split-KV path once a sequence holds over 256 cells; without: its f16 "
+        "matrix kernel), and repacked or tiled K-quant kernels by the step's size; measured, "
+        "greedy text then parts at near-ties (bench/invariance.py, docs/benchmarks.md). "
+        "On, flash attention is off, weights use the plain kernels, and every sequence gives "
+        "each step an even number of rows (a one-token guess as a draft, or a row it drops), "
+        "for which those kernels agree bit for bit. Costs about a row per lone step.",
     )
     kv_type: Literal["f16", "q8_0", "f32"] = Field(
         "f16", description="Data type of the KV cache; q8_0 halves its memory."
@@ -235,6 +246,22 @@ class EngineSettings(_Section):
     speculative: SpeculativeSettings = Field(
         default_factory=SpeculativeSettings, description="Speculative decoding."
     )
+
+    @model_validator(mode="after")
+    def _invariant_kernels(self) -> EngineSettings:
+        if self.batch_invariant:
+            # The agreeing kernels are the ones without flash attention; llama.cpp needs flash
+            # attention for a quantized V cache.
+            if self.flash_attn in ("on", "fastest"):
+                raise ValueError(
+                    "batch_invariant needs flash attention off, "
+                    f'not flash_attn = "{self.flash_attn}"'
+                )
+            if self.kv_type == "q8_0":
+                raise ValueError(
+                    'batch_invariant needs kv_type "f16" or "f32" (flash attention off)'
+                )
+        return self
 
 
 class SamplingDefaults(_Section):

@@ -103,8 +103,10 @@ class Identities:
         load, info = model.process.options.load, model.process.info
         # "fastest" is decided at load, per CPU: the key holds what the process runs with.
         flash_attn = info.flash_attn if info and info.flash_attn else load.flash_attn
+        # Batch-invariant kernels give other logits than the default ones.
+        kernels = "/invariant" if load.batch_invariant else ""
         return (
-            f"{digest}/ctx={load.ctx_per_seq}/kv={load.kv_type}/fa={flash_attn}"
+            f"{digest}/ctx={load.ctx_per_seq}/kv={load.kv_type}/fa={flash_attn}{kernels}"
             f"/llama={LLAMA_VERSION}"
         )
 

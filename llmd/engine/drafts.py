@@ -145,11 +145,17 @@ class Drafts:
         seq.acceptance.record_first(right)
         self.acceptance[_sampled(seq)].record_first(right)
 
-    def record(self, seq: Sequence, drafted: int, accepted: int, rejected: bool) -> None:
+    def record(
+        self, seq: Sequence, drafted: int, accepted: int, rejected: bool, learn: bool = True
+    ) -> None:
         """One verification: `accepted` of `drafted` confirmed, and whether one was refused
-        (else the sequence ended, or every draft token held)."""
+        (else the sequence ended, or every draft token held). Not `learn`: a guess that only
+        evened a step's rows (llmd/engine/invariance.py), counted but no measure of how well
+        the sequence's lookups do."""
         self.drafted += drafted
         self.accepted += accepted
+        if not learn:
+            return
         seq.acceptance.record(accepted, rejected)
         self.acceptance[_sampled(seq)].record(accepted, rejected)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -88,6 +89,15 @@ class LlamaBackend:
         model_params.n_gpu_layers = 0
         self.cpu_features = cpu.inspect().features
         model_params.use_extra_bufts = extra_buffers_usable(options.path, self.cpu_features)
+        self.batch_invariant = options.batch_invariant
+        if options.batch_invariant:
+            # Repacked weights and the tiled K-quant kernel (steps of 8 rows or more) sum in
+            # another order than the one-row kernels: Gemma-3's logits moved by up to 2.7
+            # between a 9-token step and steps of 2 (bench/invariance.py). llama.cpp reads
+            # GGML_CPU_TILED_MM once, at its first matrix product in this process, which is
+            # the model process's own.
+            model_params.use_extra_bufts = False
+            os.environ["GGML_CPU_TILED_MM"] = "0"
         self.model = lc.llama_model_load_from_file(str(options.path).encode(), model_params)
         if not self.model:
             raise LoadError(f"llama.cpp could not load {options.path} (not a valid GGUF model?)")

@@ -144,6 +144,8 @@ class LoadOptions:
     draft_path: Path | None = None
     """A smaller model of the same vocabulary that drafts tokens (`[models.NAME] draft`),
     loaded in the same process; None: drafts come from n-gram lookup alone."""
+    batch_invariant: bool = False
+    """`engine.batch_invariant`: plain kernels, flash attention off, even steps (scheduler)."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
 from llmd.engine.drafts import Drafts
+from llmd.engine.invariance import even_decodes
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -85,6 +86,7 @@ class Scheduler:
         bos_text: str = "",
         speculative: SpeculativeOptions | None = None,
         costs: StepCosts | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         self.backend = backend
         self.ctx_per_seq = ctx_per_seq
@@ -97,7 +99,9 @@ class Scheduler:
         self.embed_chunk = embed_chunk(backend.n_vocab)
         self.encoder_only = backend.encoder_only
         self.running: list[RequestState] = []
-        self.fill_gaps = not backend.encoder_only
+        self.batch_invariant = batch_invariant
+        """Every piece of a step has an even number of rows (llmd/engine/invariance.py)."""
+        self.fill_gaps = not backend.encoder_only and not batch_invariant
         """Free slots between running ones get a filler token (`Admission.gap_fillers`)."""
         self.num_steps = 0
         self.num_tokens_decoded = 0
@@ -249,6 +253,8 @@ class Scheduler:
                     pieces.append(Piece(seq.slot.id, [entry], [seq]))
                     decoding.append(seq)
         drafted = self.drafts.add(pieces, self.running)
+        if self.batch_invariant:
+            drafted += even_decodes(pieces, self.ctx_per_seq, self.drafts.options.enabled)
         budget = self.backend.batch_size - len(pieces) - drafted
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
@@ -277,18 +283,29 @@ class Scheduler:
                 take = min(take, self.embed_chunk - embed_tokens)
                 if take <= 0:
                     break
+            pad = 0
+            if self.batch_invariant and not embed and take % 2:
+                if take < budget:
+                    pad = 1  # a row after the chunk, dropped after the step
+                elif take > 1:
+                    take -= 1
+                else:
+                    break
             end = start + take
             # Every token of an embedding chunk is an output (its hidden state is pooled).
             chunk = [
                 (state.prompt[pos], pos, leader.slot.id, embed or pos == len(state.prompt) - 1)
                 for pos in range(start, end)
             ]
+            if pad:  # causal: the chunk's rows do not see it
+                chunk.append((state.prompt[end - 1], end, leader.slot.id, False))
             samplers = []
             if end == len(state.prompt) and not embed:
                 samplers = [s for s in state.seqs if not s.done]
-            pieces.append(Piece(leader.slot.id, chunk, samplers, state if embed else None))
+            piece = Piece(leader.slot.id, chunk, samplers, state if embed else None, pad=pad)
+            pieces.append(piece)
             prefilled.append((state, take))
-            budget -= take
+            budget -= take + pad
             if embed:
                 embed_tokens += take
             else:
@@ -306,21 +323,25 @@ class Scheduler:
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
         embedded: list[tuple[RequestState, int, int]] = []
-        verified: list[tuple[int, Sequence, list[int]]] = []
+        verified: list[tuple[int, Sequence, list[int], bool]] = []
         for piece in pieces:
             if piece.embed is not None:
                 embedded.append((piece.embed, len(entries), len(piece.chunk)))
             entries.extend(piece.chunk)
+            last = len(entries) - 1 - piece.pad
             if piece.draft:
                 verified.append(
-                    (len(entries) - 1 - len(piece.draft), piece.samplers[0], piece.draft)
+                    (last - len(piece.draft), piece.samplers[0], piece.draft, piece.guess)
                 )
             elif piece.samplers:
-                outputs.append((len(entries) - 1, piece.samplers))
+                outputs.append((last, piece.samplers))
         if not entries:
             return events
         started = time.perf_counter()
         self._decode(entries, bool(embedded), fillers)
+        for piece in pieces:
+            if piece.pad:  # the rows that only made the count even
+                self.backend.seq_rm(piece.slot, piece.chunk[-piece.pad][1], -1)
         for slot in fillers:  # the slot holds what it held before
             if not self.backend.seq_rm(slot.id, len(slot.cached), -1):
                 # A model that cannot drop a sequence's last cells (recurrent): the slot's
@@ -359,8 +380,8 @@ class Scheduler:
         for index, seqs in outputs:
             for seq in seqs:
                 self._sample(seq, index, events)
-        for index, seq, draft in verified:
-            self._verify(seq, index, draft, events)
+        for index, seq, draft, guess in verified:
+            self._verify(seq, index, draft, events, guess)
         self._retire()
         return events
 
@@ -412,7 +433,9 @@ class Scheduler:
 
     # -- speculative decoding --------------------------------------------------------------
 
-    def _verify(self, seq: Sequence, first: int, draft: list[int], events: list[Any]) -> None:
+    def _verify(
+        self, seq: Sequence, first: int, draft: list[int], events: list[Any], guess: bool = False
+    ) -> None:
         """Sample row by row after the sequence's last token, as single steps would, keeping
         each draft token the sample confirms; the first sample that differs is the next
         token. Drawing x from the model's distribution and keeping the draft only if x equals
@@ -435,7 +458,7 @@ class Scheduler:
         # The cells of the draft tokens not kept go; the slot holds exactly `cached`.
         if not self.backend.seq_rm(seq.slot.id, len(seq.slot.cached), -1):
             raise EngineFault("llama.cpp could not remove the cells of refused draft tokens")
-        self.drafts.record(seq, len(draft), ok, rejected)
+        self.drafts.record(seq, len(draft), ok, rejected, learn=not guess)
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         chosen, best = self.backend.logprobs(index, token, top)

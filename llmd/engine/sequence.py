@@ -68,3 +68,8 @@ class Piece:
     embed: RequestState | None = None
     draft: list[int] | None = None
     """Draft tokens after the sampled-from token (the chunk's last entries), to verify."""
+    pad: int = 0
+    """Rows after the chunk's real ones that only make its row count even (batch_invariant):
+    no output, their cells dropped after the step."""
+    guess: bool = False
+    """The draft is one guessed token that only makes the row count even (batch_invariant)."""

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.special_text(backend.bos),
         speculative,
         costs,
+        batch_invariant=options.batch_invariant,
     )
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(sock, inbox, scheduler), daemon=True).start()

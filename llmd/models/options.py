@@ -43,12 +43,20 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         ctx_per_seq=ms.ctx_per_seq or engine.ctx_per_seq,
         parallel=ms.parallel or engine.parallel,
         batch_size=engine.batch_size,
-        ubatch_size=engine.ubatch_size,
+        # One micro-batch holds a whole step: llama.cpp's cut by size could leave a sequence
+        # one row of it (llmd/engine/invariance.py).
+        ubatch_size=(
+            max(engine.ubatch_size, engine.batch_size)
+            if engine.batch_invariant
+            else engine.ubatch_size
+        ),
         threads=ms.threads or engine.threads or auto_decode,
         threads_batch=engine.threads_batch or auto_batch,
-        flash_attn=engine.flash_attn,
+        # The kernels that agree across step shapes are the ones without flash attention.
+        flash_attn="off" if engine.batch_invariant else engine.flash_attn,
         kv_type=engine.kv_type,
         draft_path=settings.draft_path(ms),
+        batch_invariant=engine.batch_invariant,
         speculative=SpeculativeOptions(
             enabled=spec.enabled,
             max_draft=spec.max_draft,
@@ -79,6 +87,7 @@ def estimate_for(settings: Settings, ms: ModelSettings, file: ModelFile) -> Esti
         min(load.ubatch_size, load.batch_size),
         load.kv_type,
         draft=draft_file(load.draft_path) if load.draft_path is not None else None,
+        attention_scores=load.flash_attn in ("off", "fastest"),
     )
     if load.speculative.enabled and load.draft_path is None:
         # n-gram drafts: the slots' and the keys' lookup indexes (llmd/engine/ngram.py).

@@ -83,11 +83,19 @@ def test_request_key_changes_with_the_identity_and_the_prompts_order() -> None:
     assert request_key(IDENTITY, [a, b]) != request_key(IDENTITY, [a])
 
 
-def _loaded(path: Path, ctx: int = 512, flash_attn: str | None = None) -> Any:
+def _loaded(
+    path: Path, ctx: int = 512, flash_attn: str | None = None, invariant: bool = False
+) -> Any:
     """What Identities reads of a model: its load options, what its process reported at load
     (flash attention as measured; None: not loaded yet) and the file version it loaded."""
     configured = "fastest" if flash_attn else "auto"
-    load = SimpleNamespace(path=path, ctx_per_seq=ctx, kv_type="f16", flash_attn=configured)
+    load = SimpleNamespace(
+        path=path,
+        ctx_per_seq=ctx,
+        kv_type="f16",
+        flash_attn=configured,
+        batch_invariant=invariant,
+    )
     info = SimpleNamespace(flash_attn=flash_attn) if flash_attn else None
     return SimpleNamespace(
         process=SimpleNamespace(options=SimpleNamespace(load=load), info=info),
@@ -118,6 +126,8 @@ def test_identity_follows_the_files_content(tmp_path: Path) -> None:
         first = await ids.of(_loaded(path))
         assert first is not None and first == await ids.of(_loaded(path))
         assert first != await ids.of(_loaded(path, ctx=1024))
+        # Batch-invariant kernels compute other logits (llmd/engine/invariance.py).
+        assert first != await ids.of(_loaded(path, invariant=True))
         # Replaced: the process still running the old version keeps the identity it was
         # given; one whose file was not read before it changed gets none (not cached).
         old = _loaded(path)
