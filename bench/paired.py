@@ -13,7 +13,8 @@ that with a few turns; many pairs of requests close together can.
         --arms llmd,llama-server,llama-server@top_k0,llmd-nospec --rounds 30
 
 An arm is a bench/speculative.py contender, with `@top_k0` for a llama-server asked for llmd's
-distribution (top_k 0, min_p 0), `@fa-on` / `@fa-off` for either with flash attention set,
+distribution (top_k 0, min_p 0), `@invariant` for llmd with `engine.batch_invariant`,
+`@fa-on` / `@fa-off` for either with flash attention set,
 `@tbN` for N prompt threads; every arm has a server of its own (a shared one would find the
 round's prompt cached for its second arm). Per arm: output
 tokens per second of each request or burst (tokens over its wall time, the first token's wait
@@ -94,15 +95,17 @@ class Arm(NamedTuple):
     sampling: str  # "default", or "top_k0" for a llama-server drawing llmd's distribution
     threads_batch: int | None  # this arm's own prompt (and multi-token step) threads
     flash_attn: str | None  # "on" or "off" for this arm, None for the contender's own
+    invariant: bool = False  # llmd with engine.batch_invariant
 
 
 def _arm(name: str, available: dict[str, Contender]) -> Arm:
-    """`contender[@top_k0][@tbN][@fa-on|@fa-off]`: @top_k0 only for a llama-server, @tbN and
-    flash attention for any."""
+    """`contender[@top_k0][@tbN][@fa-on|@fa-off][@invariant]`: @top_k0 only for a
+    llama-server, @invariant (engine.batch_invariant) only for llmd, @tbN and flash attention
+    for any."""
     contender, *options = name.split("@")
     if contender not in available:
         raise SystemExit(f"bench.paired: unknown contender {contender}")
-    sampling, threads_batch, flash_attn = "default", None, None
+    sampling, threads_batch, flash_attn, invariant = "default", None, None, False
     for option in options:
         if option == "top_k0" and available[contender].server != "llmd":
             sampling = "top_k0"
@@ -110,12 +113,14 @@ def _arm(name: str, available: dict[str, Contender]) -> Arm:
             threads_batch = int(option[2:])
         elif option in ("fa-on", "fa-off"):
             flash_attn = option[3:]
+        elif option == "invariant" and available[contender].server == "llmd":
+            invariant = True
         else:
             raise SystemExit(
-                f"bench.paired: {name}: @{option}? (@top_k0 for a llama-server, @tbN and "
-                "@fa-on / @fa-off for any)"
+                f"bench.paired: {name}: @{option}? (@top_k0 for a llama-server, @invariant "
+                "for llmd, @tbN and @fa-on / @fa-off for any)"
             )
-    return Arm(available[contender], sampling, threads_batch, flash_attn)
+    return Arm(available[contender], sampling, threads_batch, flash_attn, invariant)
 
 
 def _counters(server: Server, contender: Contender) -> tuple[float, float]:
@@ -284,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 if arm.flash_attn:
                     flags = (*flags, "-fa", arm.flash_attn)
                     toml = FLASH_ATTN.format(arm.flash_attn) + toml
+                if arm.invariant:
+                    toml = "batch_invariant = true\n" + toml
                 servers[name] = start(c.server, s, flags, toml)
             for server in servers.values():  # a warm-up each, then the rounds
                 warm = sampling_body("greedy", "default")

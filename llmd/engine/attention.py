@@ -12,14 +12,13 @@ of 256, most of them windowed) it was level or slightly ahead. Prompts (64 token
 step) take its tiled path and read 5-15% faster with it. llama.cpp's own "auto" turns it on
 wherever the backend has it.
 
-Why it is not the default: with flash attention each query's attention is computed the same way
-whatever else is in its step, so a token's logits do not depend on how tokens are batched. Without
-it the KQ and KQV products go through matrix kernels whose order of summation changes with the
-step's size: a verification step of 9 tokens and 9 single steps give logits ~0.04-0.1 apart in
-log-probability, so greedy text with speculation, after a reused prefix, or of a seeded sample
-can differ from the same request batched otherwise (the end-to-end tests of those guarantees
-fail with it off). "auto" keeps llama.cpp's choice and those guarantees; "fastest" is for an
-operator who wants the speed and accepts outputs that depend on batching.
+Why it is not the default: neither setting makes a token's logits independent of how its step
+is batched (llmd/engine/invariance.py has the kernels' reasons and `engine.batch_invariant`,
+which does), but they part at different places. With flash attention a step of 2-63 rows reads
+each row's history whole, so on two cores (one decode thread) SmolLM2's greedy text is the same
+with and without speculation at any length; without it a one-row step takes another f16 kernel
+than a longer one, and the end-to-end tests of those guarantees fail even on short prompts.
+"auto" keeps llama.cpp's choice; "fastest" is for an operator who wants the speed.
 
 So with "fastest" two small contexts of the loaded model, one each way, read the same history and
 time a one-token step and a nine-token step after it, taking turns; flash attention goes off

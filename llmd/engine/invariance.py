@@ -60,6 +60,23 @@ def even_decodes(pieces: list[Piece], ctx_per_seq: int, speculating: bool) -> in
     return added
 
 
+def even_chunk(take: int, room: int, start: int, ctx_per_seq: int) -> tuple[int, int] | None:
+    """A prompt chunk of `take` rows from position `start`, with `room` rows left in the step,
+    made even: (rows, pad rows after them) — a row more (a copy of the last token one position
+    on, which the chunk's rows do not see and which is dropped after the step) or one fewer;
+    None: room for one row only, the chunk waits for the next step. The context's very last
+    row stays odd: there is no cell after it."""
+    if take % 2 == 0:
+        return take, 0
+    if take < room and start + take < ctx_per_seq:
+        return take, 1
+    if take > 1:
+        return take - 1, 0
+    if take == room:
+        return None
+    return take, 0
+
+
 def guess_next(seq: Sequence) -> int:
     """The token that followed the pending one where it last stood in the sequence's text (a
     one-token n-gram lookup), else the pending token again."""

@@ -20,7 +20,7 @@ from typing import Any
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
 from llmd.engine.drafts import Drafts
-from llmd.engine.invariance import even_decodes
+from llmd.engine.invariance import even_chunk, even_decodes
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -284,13 +284,11 @@ class Scheduler:
                 if take <= 0:
                     break
             pad = 0
-            if self.batch_invariant and not embed and take % 2:
-                if take < budget:
-                    pad = 1  # a row after the chunk, dropped after the step
-                elif take > 1:
-                    take -= 1
-                else:
+            if self.batch_invariant and not self.encoder_only:
+                shaped = even_chunk(take, budget, start, self.ctx_per_seq)
+                if shaped is None:
                     break
+                take, pad = shaped
             end = start + take
             # Every token of an embedding chunk is an output (its hidden state is pooled).
             chunk = [
@@ -326,7 +324,7 @@ class Scheduler:
         verified: list[tuple[int, Sequence, list[int], bool]] = []
         for piece in pieces:
             if piece.embed is not None:
-                embedded.append((piece.embed, len(entries), len(piece.chunk)))
+                embedded.append((piece.embed, len(entries), len(piece.chunk) - piece.pad))
             entries.extend(piece.chunk)
             last = len(entries) - 1 - piece.pad
             if piece.draft:

@@ -48,6 +48,8 @@ class ProcessStatus:
     model_bytes: int | None = None
     flash_attn: str = ""
     """"on", "off" or (llama.cpp's choice) "auto" as loaded; blank until then."""
+    batch_invariant: bool = False
+    """Loaded with `engine.batch_invariant` (llmd/engine/invariance.py)."""
     requests_held: int = 0
     """Requests holding this version, from admission to their last byte."""
     requests_in_flight: int = 0
@@ -203,6 +205,7 @@ def process_status(manager: ModelManager, model: Model, now: float) -> ProcessSt
         ctx_per_seq=p.info.ctx_per_seq if p.info else p.options.load.ctx_per_seq,
         model_bytes=p.info.model_bytes if p.info else None,
         flash_attn=p.info.flash_attn if p.info else "",
+        batch_invariant=p.options.load.batch_invariant,
         requests_held=model.active,
         requests_in_flight=p.num_inflight,
         running=live.running if live else 0,

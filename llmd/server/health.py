@@ -109,6 +109,7 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "queue_limit": s.queue_limit,
         "saturated": s.saturated,
         "flash_attn": live.flash_attn or None,
+        "batch_invariant": live.batch_invariant,
         "kv_tokens_cached": live.kv_cells_used,
         "kv_tokens_total": live.kv_cells_total,
         "kv_usage": (

@@ -102,7 +102,8 @@ def same(a: Any, b: Any) -> None:
 def test_greedy_after_a_long_prompt_is_the_same_with_and_without_drafts(
     daemon: Daemon, model: str
 ) -> None:
-    assert model_health(daemon, model)["flash_attn"] == "off"
+    health = model_health(daemon, model)
+    assert health["flash_attn"] == "off" and health["batch_invariant"] is True
     kw: dict[str, Any] = {"temperature": 0, "max_tokens": 120, "logprobs": 2}
     before = drafts(daemon, model)
     plain = complete(daemon, model, False, **kw)

@@ -46,13 +46,21 @@ def test_the_interval_narrows_with_steady_pairs_even_when_the_box_swings() -> No
 def test_arms_are_contenders_with_their_own_sampling_or_prompt_threads() -> None:
     available = contenders([])
     peer, llmd = available["llama-server"], available["llmd"]
-    assert _arm("llama-server@top_k0", available) == (peer, "top_k0", None, None)
-    assert _arm("llmd", available) == (llmd, "default", None, None)
-    assert _arm("llmd@tb1", available) == (llmd, "default", 1, None)
-    assert _arm("llama-server@top_k0@tb1", available) == (peer, "top_k0", 1, None)
-    assert _arm("llmd@fa-off", available) == (llmd, "default", None, "off")
-    assert _arm("llama-server@fa-on@tb2", available) == (peer, "default", 2, "on")
-    for bad in ("llmd@top_k0", "llmd@tb0", "llmd@tbx", "llmd@fast", "llmd@fa-auto"):
+    assert _arm("llama-server@top_k0", available) == (peer, "top_k0", None, None, False)
+    assert _arm("llmd", available) == (llmd, "default", None, None, False)
+    assert _arm("llmd@tb1", available) == (llmd, "default", 1, None, False)
+    assert _arm("llama-server@top_k0@tb1", available) == (peer, "top_k0", 1, None, False)
+    assert _arm("llmd@fa-off", available) == (llmd, "default", None, "off", False)
+    assert _arm("llama-server@fa-on@tb2", available) == (peer, "default", 2, "on", False)
+    assert _arm("llmd@invariant", available) == (llmd, "default", None, None, True)
+    for bad in (
+        "llmd@top_k0",
+        "llmd@tb0",
+        "llmd@tbx",
+        "llmd@fast",
+        "llmd@fa-auto",
+        "llama-server@invariant",
+    ):
         with pytest.raises(SystemExit, match="@top_k0 for a llama-server"):
             _arm(bad, available)
     with pytest.raises(SystemExit, match="unknown contender"):

@@ -14,8 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from bench.daemon import MODELS, SMOL
-from llmd.engine.invariance import guess_next
-from llmd.engine.messages import SpeculativeOptions
+from llmd.engine.invariance import even_chunk, guess_next
+from llmd.engine.messages import Embedding, SpeculativeOptions
 from llmd.engine.scheduler import Scheduler
 from llmd.engine.sequence import Sequence
 from llmd.gguf import estimate, read_model
@@ -110,3 +110,32 @@ def test_the_estimate_counts_attention_scores_without_flash_attention() -> None:
     # SmolLM2: 9 heads; float32 scores and their softmax for 256 rows by 2048 cells.
     assert without.compute - with_fa.compute == 2 * 4 * 256 * 2048 * 9
     assert without.weights == with_fa.weights and without.kv_cache == with_fa.kv_cache
+
+
+def test_an_embedding_read_beside_decodes_keeps_even_rows_and_pools_only_its_input() -> None:
+    def embed(invariant: bool) -> tuple[FakeBackend, bytes]:
+        b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
+        s = Scheduler(b, 256, add_bos=False, bos=1, speculative=ON, costs=Free())
+        s.batch_invariant = invariant
+        s.fill_gaps = not invariant
+        s.submit(request("a", "abcab", max_tokens=9))
+        s.step()  # "a" decodes from now on
+        s.submit(request("e", "x" * 45, embed=True))  # odd: 45 rows
+        events = run_to_end(s)
+        vector = next(e.vector for e in events["e"] if isinstance(e, Embedding))
+        return b, vector
+
+    b, vector = embed(True)
+    for batch in b.batches:
+        rows = Counter(seq for _, _, seq, _ in batch)
+        assert all(n % 2 == 0 for n in rows.values()), batch
+    assert vector == embed(False)[1]
+
+
+def test_a_prompt_chunk_is_made_even_by_a_row_more_or_one_fewer() -> None:
+    assert even_chunk(8, 32, 0, 256) == (8, 0)
+    assert even_chunk(7, 32, 0, 256) == (7, 1)  # the prompt's end: a row dropped after
+    assert even_chunk(7, 7, 0, 256) == (6, 0)  # the step is full: one row waits
+    assert even_chunk(1, 1, 0, 256) is None  # one row of room: the next step
+    assert even_chunk(7, 32, 249, 256) == (6, 0)  # no cell after the chunk's end
+    assert even_chunk(1, 32, 255, 256) == (1, 0)  # the context's last row stays odd
