@@ -133,6 +133,6 @@ def test_an_answer_is_the_same_alone_and_among_other_streams(daemon: Daemon) -> 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         others = [pool.submit(other, i) for i in range(3)]
         crowded = complete(daemon, SMOL, True, **kw)
-        for f in others:
-            assert f.result().choices[0].text
+        for f in others:  # (an answer at temperature 1 may end at once: only that they ran)
+            assert f.result().choices[0].finish_reason in ("stop", "length")
     same(crowded, alone)
