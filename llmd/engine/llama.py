@@ -89,7 +89,6 @@ class LlamaBackend:
         model_params.n_gpu_layers = 0
         self.cpu_features = cpu.inspect().features
         model_params.use_extra_bufts = extra_buffers_usable(options.path, self.cpu_features)
-        self.batch_invariant = options.batch_invariant
         if options.batch_invariant:
             # Repacked weights and the tiled K-quant kernel (steps of 8 rows or more) sum in
             # another order than the one-row kernels: Gemma-3's logits moved by up to 2.7
