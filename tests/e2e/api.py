@@ -99,6 +99,12 @@ def model_health(daemon: Daemon, name: str = SMOL) -> dict[str, Any]:
     return next(m for m in models if m["name"] == name)
 
 
+def speculation(daemon: Daemon, model: str) -> tuple[int, int]:
+    """A model's drafted and accepted tokens so far (/api/v1/health)."""
+    spec = model_health(daemon, model)["speculative"]
+    return int(spec["drafted_tokens"]), int(spec["accepted_tokens"])
+
+
 def chat_body(**kw: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"model": SMOL, "messages": STORY, "max_tokens": 8}
     body.update(kw)

@@ -14,7 +14,7 @@ import pytest
 
 from bench.daemon import GEMMA as GEMMA_FILE
 from bench.daemon import SMOL as SMOL_FILE
-from tests.e2e.api import GEMMA, SMOL, model_health
+from tests.e2e.api import GEMMA, SMOL, model_health, speculation
 from tests.e2e.conftest import start_daemon
 
 if TYPE_CHECKING:
@@ -74,11 +74,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert d.stop() == 0, d.logs()
 
 
-def drafts(daemon: Daemon, model: str) -> tuple[int, int]:
-    spec = model_health(daemon, model)["speculative"]
-    return int(spec["drafted_tokens"]), int(spec["accepted_tokens"])
-
-
 def complete(daemon: Daemon, model: str, spec: bool, **kw: Any) -> Any:
     return daemon.client().completions.create(
         model=model,
@@ -105,10 +100,10 @@ def test_greedy_after_a_long_prompt_is_the_same_with_and_without_drafts(
     health = model_health(daemon, model)
     assert health["flash_attn"] == "off" and health["batch_invariant"] is True
     kw: dict[str, Any] = {"temperature": 0, "max_tokens": 120, "logprobs": 2}
-    before = drafts(daemon, model)
+    before = speculation(daemon, model)
     plain = complete(daemon, model, False, **kw)
     fast = complete(daemon, model, True, **kw)
-    after = drafts(daemon, model)
+    after = speculation(daemon, model)
     assert plain.usage.prompt_tokens > 400
     assert after[1] - before[1] > 10, "the answer quotes the prompt: drafts are confirmed"
     same(fast, plain)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.api import GEMMA, SMOL, model_health, warm_completion
+from tests.e2e.api import GEMMA, SMOL, model_health, speculation, warm_completion
 from tests.e2e.conftest import BASE_CONFIG, start_daemon
 
 if TYPE_CHECKING:
@@ -48,11 +48,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = start_daemon(tmp_path_factory.mktemp("speculative"), config)
     yield d
     assert d.stop() == 0, d.logs()
-
-
-def speculation(daemon: Daemon, model: str) -> tuple[int, int]:
-    spec = model_health(daemon, model)["speculative"]
-    return int(spec["drafted_tokens"]), int(spec["accepted_tokens"])
 
 
 def chat(daemon: Daemon, model: str, spec: bool, **kw: Any) -> Any:
