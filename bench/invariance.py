@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.harness import model_arg, omp_policy
 
-SETTINGS = ("fa-on", "fa-off", "fa-on+plain", "fa-off+plain")
+SETTINGS = ("fa-on", "fa-off", "fa-on+plain", "fa-off+plain", "fa-on+plain+ub63")
 CONTINUATION = 9
 
 
@@ -74,7 +74,9 @@ def measure(model: Path, setting: str, depths: list[int]) -> dict[str, float]:
 
     fa = "on" if "fa-on" in setting else "off"
     # "plain": the weight kernels engine.batch_invariant loads with (no repacking, no tiling).
-    options = LoadOptions(model, 2048, 4, 512, 512, 2, 2, fa, "f16")
+    # "ub63": micro-batches of at most 63 rows, under flash attention's 64-row tiles.
+    ubatch = 63 if "ub63" in setting else 512
+    options = LoadOptions(model, 2048, 4, 512, ubatch, 2, 2, fa, "f16")
     options = replace(options, batch_invariant="plain" in setting)
     backend = llama.LlamaBackend(options)
 

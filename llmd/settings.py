@@ -220,14 +220,18 @@ class EngineSettings(_Section):
         description="Make a token's logits independent of what else its step holds, so greedy "
         "text is the same with and without speculation at any length, a seed's sample the "
         "same whatever else runs, and a reused prefix the same as one read afresh. llama.cpp's "
-        "CPU kernels sum in another order for a one-row step than for a longer one (with flash "
-        "attention: its split-KV path once a sequence holds over 256 cells; without: its f16 "
-        "matrix kernel), and repacked or tiled K-quant kernels by the step's size; measured, "
-        "greedy text then parts at near-ties (bench/invariance.py, docs/benchmarks.md). "
-        "On, flash attention is off, weights use the plain kernels, and every sequence gives "
-        "each step an even number of rows (a one-token guess as a draft, or a row it drops), "
-        "for which those kernels agree bit for bit. Costs a row a step for each sequence "
-        "without a draft: 16 busy streams ran at 0.73x (one stream was as fast or faster).",
+        "CPU kernels sum in another order for some step shapes than for others (with flash "
+        "attention: a lone one-row step once a sequence holds over 256 cells, with two decode "
+        "threads or more, and 64 rows of a sequence or more; without: one row against two or "
+        "more), and repacked or tiled K-quant kernels by the step's size; measured, greedy "
+        "text then parts at near-ties (bench/invariance.py, docs/benchmarks.md). On, weights "
+        "use the plain kernels and steps are shaped for the kernels that agree: with flash "
+        "attention (flash_attn 'auto', 'on', or what 'fastest' measures) micro-batches stay "
+        "under 64 rows and no step leaves one row of one sequence alone in one (a one-token "
+        "guess is added, or a draft's last token dropped), which costs many streams nothing; "
+        "with flash_attn 'off' every sequence gives each step an even number of rows, faster "
+        "for one stream where flash attention is slow (SmolLM2 on an AVX-512 Xeon) but a row a "
+        "step more for each sequence without a draft (16 busy streams ran at 0.73x).",
     )
     kv_type: Literal["f16", "q8_0", "f32"] = Field(
         "f16", description="Data type of the KV cache; q8_0 halves its memory."
@@ -250,18 +254,12 @@ class EngineSettings(_Section):
 
     @model_validator(mode="after")
     def _invariant_kernels(self) -> EngineSettings:
-        if self.batch_invariant:
-            # The agreeing kernels are the ones without flash attention; llama.cpp needs flash
-            # attention for a quantized V cache.
-            if self.flash_attn in ("on", "fastest"):
-                raise ValueError(
-                    "batch_invariant needs flash attention off, "
-                    f'not flash_attn = "{self.flash_attn}"'
-                )
-            if self.kv_type == "q8_0":
-                raise ValueError(
-                    'batch_invariant needs kv_type "f16" or "f32" (flash attention off)'
-                )
+        # llama.cpp reads a quantized V cache only with flash attention.
+        if self.batch_invariant and self.flash_attn == "off" and self.kv_type == "q8_0":
+            raise ValueError(
+                'batch_invariant with flash_attn = "off" needs kv_type "f16" or "f32" '
+                "(a q8_0 cache needs flash attention)"
+            )
         return self
 
 

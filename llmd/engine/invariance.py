@@ -22,14 +22,128 @@ rows. A decode with an even number of draft tokens drops its last (the least lik
 one with none drafts one token guessed from its own text (or, not speculating, adds a row it
 drops after the step); a prompt chunk of odd length takes a row more or one fewer
 (`Scheduler.step`). Gap fillers (one row each) are not used.
+
+With flash attention on, the attention of a sequence's rows is computed one row at a time,
+the same for every shape, except in two paths: 64 rows or more of a sequence in a micro-batch
+go through tiles (so micro-batches are kept to `LONE_UBATCH` rows: every row takes the
+row-at-a-time path), and a micro-batch of a single row of a single sequence reads a history
+of over 256 cells in one piece per decode thread, merged after (so with two decode threads
+or more, no step may leave one: `no_lone_rows`). Measured with plain weight kernels and
+micro-batches of 63 rows, every other shape agreed bit for bit, prompt chunks too; and no
+row is added to a step where two sequences or more share a micro-batch, so 16 busy streams
+cost nothing (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from llmd.engine.sequence import Piece, Sequence
 
 # How far back a guess looks for the token now pending.
 GUESS_WINDOW = 4096
+# The largest micro-batch under flash attention's tiles (GGML_FA_TILE_Q = 64 rows of one
+# sequence in ggml-cpu): from 64 rows on, a row's scores come from a matrix product of f32
+# tiles instead of one f16 row at a time.
+LONE_UBATCH = 63
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """How a model's steps are shaped so that a token's logits do not depend on its step."""
+
+    even: bool
+    """Flash attention off: every piece of a step has an even number of rows."""
+    n_ubatch: int
+    """llama.cpp's micro-batch size (with flash attention, at most `LONE_UBATCH`)."""
+    split_lone: bool
+    """Flash attention on with two decode threads or more: a micro-batch of one row of one
+    sequence would take the split-KV path, so none is left in a step."""
+
+
+def split_equal(steps: list[tuple[int, int]], n_ubatch: int) -> list[list[tuple[int, int]]]:
+    """The micro-batches llama.cpp cuts a step into, each as its (slot, rows), from each
+    sequence's (slot, rows) in slot order: with one KV stream per slot (llama-batch.cpp,
+    `split_equal`), a run of consecutive slots that still have rows, from the first, each
+    giving as many as the one with the fewest, at most `n_ubatch` rows in all."""
+    left = [rows for _, rows in steps]
+    cuts: list[list[tuple[int, int]]] = []
+    i, n = 0, len(steps)
+    while True:
+        while i < n and not left[i]:
+            i += 1
+        if i == n:
+            return cuts
+        j = i + 1
+        while j < n and left[j] and steps[j][0] == steps[j - 1][0] + 1:
+            j += 1
+        take = min(min(left[i:j]), max(1, n_ubatch // (j - i)))
+        cuts.append([(steps[x][0], take) for x in range(i, j)])
+        for x in range(i, j):
+            left[x] -= take
+
+
+def lone_slot(pieces: list[Piece], n_ubatch: int) -> int | None:
+    """The slot of a micro-batch holding one row of one sequence (always its last row)."""
+    steps = sorted((piece.slot, len(piece.chunk)) for piece in pieces)
+    for cut in split_equal(steps, n_ubatch):
+        if len(cut) == 1 and cut[0][1] == 1:
+            return cut[0][0]
+    return None
+
+
+def no_lone_rows(
+    pieces: list[Piece], shapes: Shapes, ctx_per_seq: int, speculating: bool, room: int
+) -> int:
+    """Mend the step until no micro-batch holds one row of one sequence: a draft loses its
+    last token; a decode without one gets a one-token guess (`even_decodes`); a prompt chunk a
+    row it drops after the step. `room`: rows the batch has left. The rows added (fewer if
+    negative); a step that cannot be mended (the context's last cell, a full batch) is left
+    as it is."""
+    added = 0
+    for _ in range(2 * len(pieces) + 1):
+        slot = lone_slot(pieces, shapes.n_ubatch)
+        if slot is None:
+            break
+        piece = next(p for p in pieces if p.slot == slot)
+        if piece.draft:
+            _drop_last(piece)
+            added -= 1
+            continue
+        if added >= room or not _add_row(piece, ctx_per_seq, speculating):
+            break
+        added += 1
+    return added
+
+
+def _drop_last(piece: Piece) -> None:
+    """The draft's last token goes (the least likely to hold)."""
+    assert piece.draft
+    piece.chunk.pop()
+    piece.draft = piece.draft[:-1]
+    piece.guess = piece.guess and bool(piece.draft)
+
+
+def _add_row(piece: Piece, ctx_per_seq: int, speculating: bool) -> bool:
+    """A row after the piece's last: a one-token guess for a decode that may speculate,
+    else one dropped after the step. False at the context's last cell: no cell after it."""
+    token, pos, slot, _ = piece.chunk[-1]
+    if pos + 1 >= ctx_per_seq or piece.pad:
+        return False
+    if piece.decode and speculating and _may_guess(piece.samplers[0]):
+        guess = guess_next(piece.samplers[0])
+        piece.chunk.append((guess, pos + 1, slot, True))
+        piece.draft = [guess]
+        piece.guess = True
+    else:  # causal: the rows before it do not see it
+        piece.chunk.append((token, pos + 1, slot, False))
+        piece.pad = 1
+    return True
+
+
+def _may_guess(seq: Sequence) -> bool:
+    state = seq.request
+    return bool(state.req.speculative) and state.max_tokens - seq.generated > 1
 
 
 def even_decodes(pieces: list[Piece], ctx_per_seq: int, speculating: bool) -> int:
@@ -39,24 +153,10 @@ def even_decodes(pieces: list[Piece], ctx_per_seq: int, speculating: bool) -> in
         if len(piece.chunk) % 2 == 0:
             continue
         if piece.draft:  # its last draft token goes: 1 + an odd number of them is even
-            piece.chunk.pop()
-            piece.draft = piece.draft[:-1]
+            _drop_last(piece)
             added -= 1
-            continue
-        seq = piece.samplers[0]
-        token, pos, slot, _ = piece.chunk[-1]
-        if pos + 1 >= ctx_per_seq:
-            continue  # the context's last cell: no room for a second row
-        state = seq.request
-        if speculating and state.req.speculative and state.max_tokens - seq.generated > 1:
-            guess = guess_next(seq)
-            piece.chunk.append((guess, pos + 1, slot, True))
-            piece.draft = [guess]
-            piece.guess = True
-        else:
-            piece.chunk.append((token, pos + 1, slot, False))
-            piece.pad = 1
-        added += 1
+        elif _add_row(piece, ctx_per_seq, speculating):
+            added += 1
     return added
 
 

@@ -27,6 +27,7 @@ from llmd.engine.context import context_params, fill_batch
 from llmd.engine.distributions import Workspace
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
+from llmd.engine.invariance import LONE_UBATCH, Shapes
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 from llmd.engine.sampler import TokenSampler
 
@@ -110,12 +111,23 @@ class LlamaBackend:
             self.model, options, max(int(lc.llama_vocab_bos(self.vocab)), 0)
         )
         options = replace(options, flash_attn=self.flash_attn)
-
-        ctx_params = context_params(options)
         # Embeddings are read from this same context, a step at a time, with llama.cpp's
         # per-token hidden states; llmd pools them itself (`embed_rows`), so an input read
         # over several steps pools as one. Chat models pool nothing by default already.
         declared = self._declared_pooling()
+        self.shapes: Shapes | None = None
+        """How steps are shaped for `engine.batch_invariant` (llmd/engine/invariance.py)."""
+        if options.batch_invariant:
+            even = self.flash_attn == "off"
+            if not even and not declared:  # an embedding model reads an input whole
+                options = replace(options, ubatch_size=min(options.ubatch_size, LONE_UBATCH))
+            self.shapes = Shapes(
+                even=even,
+                n_ubatch=min(options.ubatch_size, options.batch_size),
+                split_lone=not even and options.threads >= 2,
+            )
+
+        ctx_params = context_params(options)
         self.pooling = declared or "mean"
         if declared:
             ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE

@@ -20,7 +20,7 @@ from typing import Any
 from llmd.engine.admission import Admission
 from llmd.engine.backend import Backend, Entry
 from llmd.engine.drafts import Drafts
-from llmd.engine.invariance import even_chunk, even_decodes
+from llmd.engine.invariance import Shapes, even_chunk, even_decodes, no_lone_rows
 from llmd.engine.messages import (
     MAX_CHARS_PER_TOKEN,
     Admitted,
@@ -86,7 +86,7 @@ class Scheduler:
         bos_text: str = "",
         speculative: SpeculativeOptions | None = None,
         costs: StepCosts | None = None,
-        batch_invariant: bool = False,
+        shapes: Shapes | None = None,
     ) -> None:
         self.backend = backend
         self.ctx_per_seq = ctx_per_seq
@@ -99,9 +99,9 @@ class Scheduler:
         self.embed_chunk = embed_chunk(backend.n_vocab)
         self.encoder_only = backend.encoder_only
         self.running: list[RequestState] = []
-        self.batch_invariant = batch_invariant
-        """Every piece of a step has an even number of rows (llmd/engine/invariance.py)."""
-        self.fill_gaps = not backend.encoder_only and not batch_invariant
+        self.shapes = None if backend.encoder_only else shapes
+        """Steps shaped for `engine.batch_invariant` (llmd/engine/invariance.py)."""
+        self.fill_gaps = not backend.encoder_only and not (shapes and shapes.even)
         """Free slots between running ones get a filler token (`Admission.gap_fillers`)."""
         self.num_steps = 0
         self.num_tokens_decoded = 0
@@ -250,12 +250,18 @@ class Scheduler:
             for seq in state.seqs:
                 if seq.pending is not None and not seq.done:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
-                    pieces.append(Piece(seq.slot.id, [entry], [seq]))
+                    pieces.append(Piece(seq.slot.id, [entry], [seq], decode=True))
                     decoding.append(seq)
         drafted = self.drafts.add(pieces, self.running)
-        if self.batch_invariant:
-            drafted += even_decodes(pieces, self.ctx_per_seq, self.drafts.options.enabled)
-        budget = self.backend.batch_size - len(pieces) - drafted
+        shapes, speculating = self.shapes, self.drafts.options.enabled
+        lone = shapes is not None and shapes.split_lone
+        if shapes and shapes.even:
+            drafted += even_decodes(pieces, self.ctx_per_seq, speculating)
+        elif shapes and lone:
+            room = self.backend.batch_size - len(pieces) - drafted
+            drafted += no_lone_rows(pieces, shapes, self.ctx_per_seq, speculating, room)
+        # A row kept back for a prompt chunk whose last row would be alone (`no_lone_rows`).
+        budget = self.backend.batch_size - len(pieces) - drafted - int(lone)
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -284,7 +290,7 @@ class Scheduler:
                 if take <= 0:
                     break
             pad = 0
-            if self.batch_invariant and not self.encoder_only:
+            if shapes and shapes.even:
                 shaped = even_chunk(take, budget, start, self.ctx_per_seq)
                 if shaped is None:
                     break
@@ -317,6 +323,9 @@ class Scheduler:
             for slot in fillers:
                 filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
                 pieces.append(Piece(slot.id, [filler], []))
+        if shapes and lone:  # again, with the prompt chunks and fillers in the step
+            room = self.backend.batch_size - sum(len(piece.chunk) for piece in pieces)
+            no_lone_rows(pieces, shapes, self.ctx_per_seq, speculating, room)
         pieces.sort(key=lambda piece: piece.slot)
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []

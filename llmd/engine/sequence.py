@@ -69,7 +69,9 @@ class Piece:
     draft: list[int] | None = None
     """Draft tokens after the sampled-from token (the chunk's last entries), to verify."""
     pad: int = 0
-    """Rows after the chunk's real ones that only make its row count even (batch_invariant):
-    no output, their cells dropped after the step."""
+    """Rows after the chunk's real ones that only shape the step (batch_invariant): no
+    output, their cells dropped after the step."""
     guess: bool = False
-    """The draft is one guessed token that only makes the row count even (batch_invariant)."""
+    """The draft is one guessed token that only shapes the step (batch_invariant)."""
+    decode: bool = False
+    """The sampler's pending token (and its draft), not a chunk of a prompt."""

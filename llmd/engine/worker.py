@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.special_text(backend.bos),
         speculative,
         costs,
-        batch_invariant=options.batch_invariant,
+        shapes=backend.shapes,
     )
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(sock, inbox, scheduler), daemon=True).start()

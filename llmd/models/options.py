@@ -43,8 +43,9 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         ctx_per_seq=ms.ctx_per_seq or engine.ctx_per_seq,
         parallel=ms.parallel or engine.parallel,
         batch_size=engine.batch_size,
-        # One micro-batch holds a whole step: llama.cpp's cut by size could leave a sequence
-        # one row of it (llmd/engine/invariance.py).
+        # Flash attention off: one micro-batch holds a whole step, as llama.cpp's cut by size
+        # could leave a sequence one row of it (on: the model process cuts it to 63 rows,
+        # llmd/engine/invariance.py; this is the larger, for the memory estimate).
         ubatch_size=(
             max(engine.ubatch_size, engine.batch_size)
             if engine.batch_invariant
@@ -52,8 +53,11 @@ def engine_options(settings: Settings, ms: ModelSettings, path: Path) -> EngineO
         ),
         threads=ms.threads or engine.threads or auto_decode,
         threads_batch=engine.threads_batch or auto_batch,
-        # The kernels that agree across step shapes are the ones without flash attention.
-        flash_attn="off" if engine.batch_invariant else engine.flash_attn,
+        # llama.cpp's "auto" decides inside the context; invariance shapes steps for the
+        # kernels it knows are in use (llmd/engine/invariance.py), so "auto" is made "on".
+        flash_attn=(
+            "on" if engine.batch_invariant and engine.flash_attn == "auto" else engine.flash_attn
+        ),
         kv_type=engine.kv_type,
         draft_path=settings.draft_path(ms),
         batch_invariant=engine.batch_invariant,

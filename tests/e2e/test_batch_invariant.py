@@ -1,9 +1,10 @@
-"""`engine.batch_invariant` through the real daemon and models: after a prompt of several
-hundred tokens (past the 256 cells where llama.cpp's one-row flash attention splits its work),
-with two decode threads (where that split changes the sums), greedy text and its logprobs are
-bit for bit the same with and without speculation, and a request's answer is the same alone and
-sharing its steps with other streams. With the default kernels the same request parts at a
-near-tie (llmd/engine/invariance.py; bench/invariance.py measures each kernel's share)."""
+"""`engine.batch_invariant` through the real daemon and models, with flash attention (its
+default) and without: after a prompt of several hundred tokens (past the 256 cells where
+llama.cpp's one-row flash attention splits its work), with two decode threads (where that split
+changes the sums), greedy text and its logprobs are bit for bit the same with and without
+speculation, and a request's answer is the same alone and sharing its steps with other streams.
+With the default kernels the same request parts at a near-tie (llmd/engine/invariance.py;
+bench/invariance.py measures each kernel's share)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ parallel = 4
 batch_size = 256
 threads = 2
 batch_invariant = true
+FLASH_ATTN
 
 [engine.speculative]
 adaptive = false
@@ -67,9 +69,16 @@ def report() -> str:
     )
 
 
+@pytest.fixture(scope="module", params=["on", "off"])
+def flash_attn(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = start_daemon(tmp_path_factory.mktemp("invariant"), CONFIG)
+def daemon(tmp_path_factory: pytest.TempPathFactory, flash_attn: str) -> Iterator[Daemon]:
+    # "on" by leaving flash_attn at "auto" (llama.cpp's choice, made "on" for invariance).
+    line = 'flash_attn = "off"' if flash_attn == "off" else ""
+    d = start_daemon(tmp_path_factory.mktemp("invariant"), CONFIG.replace("FLASH_ATTN", line))
     yield d
     assert d.stop() == 0, d.logs()
 
@@ -95,10 +104,11 @@ def same(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])
 def test_greedy_after_a_long_prompt_is_the_same_with_and_without_drafts(
-    daemon: Daemon, model: str
+    daemon: Daemon, flash_attn: str, model: str
 ) -> None:
     health = model_health(daemon, model)
-    assert health["flash_attn"] == "off" and health["batch_invariant"] is True
+    assert health["flash_attn"] == flash_attn
+    assert health["batch_invariant"] is True
     kw: dict[str, Any] = {"temperature": 0, "max_tokens": 120, "logprobs": 2}
     before = speculation(daemon, model)
     plain = complete(daemon, model, False, **kw)

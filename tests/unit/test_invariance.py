@@ -1,8 +1,9 @@
 """`engine.batch_invariant` (llmd/engine/invariance.py) on the fake backend and in the
-settings: every sequence gives every step an even number of rows (so no micro-batch holds one
-row of a sequence), answers are those of the usual steps, rows added only for evenness leave no
-cells, and the settings that cannot hold it are refused. The real model's proof is
-tests/e2e/test_batch_invariant.py."""
+settings. Flash attention off: every sequence gives every step an even number of rows (so no
+micro-batch holds one row of a sequence). On: no micro-batch holds one row of one sequence
+alone, cut as llama.cpp cuts them. Either way answers are those of the usual steps, rows
+added only to shape a step leave no cells, and the setting that cannot hold it is refused.
+The real model's proof is tests/e2e/test_batch_invariant.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from bench.daemon import MODELS, SMOL
-from llmd.engine.invariance import even_chunk, guess_next
+from llmd.engine.invariance import Shapes, even_chunk, guess_next, lone_slot, split_equal
 from llmd.engine.messages import Embedding, SpeculativeOptions
 from llmd.engine.scheduler import Scheduler
 from llmd.engine.sequence import Sequence
@@ -24,13 +25,16 @@ from llmd.settings import Settings
 from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 from tests.unit.test_speculative import ON, Free, cells_match
 
+EVEN = Shapes(even=True, n_ubatch=32, split_lone=False)
+LONE = Shapes(even=False, n_ubatch=8, split_lone=True)
+
 
 def run(
     invariant: bool, spec: SpeculativeOptions | None = ON
 ) -> tuple[FakeBackend, Scheduler, dict]:
     b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
     s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Free())
-    s.batch_invariant = invariant
+    s.shapes = EVEN if invariant else None
     s.fill_gaps = not invariant
     # Odd and even prompts, one longer than a step; one request does not speculate.
     s.submit(request("a", "abcab", max_tokens=9))
@@ -77,27 +81,32 @@ def test_a_guess_is_what_followed_the_pending_token_last() -> None:
 
 @pytest.mark.parametrize(
     ("engine", "reason"),
-    [
-        ({"flash_attn": "on"}, 'not flash_attn = "on"'),
-        ({"flash_attn": "fastest"}, 'not flash_attn = "fastest"'),
-        ({"kv_type": "q8_0"}, 'kv_type "f16" or "f32"'),
-    ],
+    [({"flash_attn": "off", "kv_type": "q8_0"}, 'kv_type "f16" or "f32"')],
 )
 def test_settings_that_cannot_hold_it_are_refused(engine: dict, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
         Settings.model_validate({"engine": {"batch_invariant": True, **engine}})
+    for flash_attn in ("auto", "on", "fastest"):  # a q8_0 cache with flash attention holds
+        Settings.model_validate(
+            {"engine": {"batch_invariant": True, "flash_attn": flash_attn, "kv_type": "q8_0"}}
+        )
 
 
-def test_the_options_turn_flash_attention_off_and_hold_a_step_in_one_micro_batch() -> None:
+@pytest.mark.parametrize(("flash_attn", "chosen"), [("auto", "on"), ("off", "off"), ("on", "on")])
+def test_the_options_name_flash_attention_and_hold_a_step_in_one_micro_batch(
+    flash_attn: str, chosen: str
+) -> None:
+    engine = {"batch_invariant": True, "batch_size": 512, "ubatch_size": 256}
     settings = Settings.model_validate(
         {
             "models_dir": str(MODELS),
-            "engine": {"batch_invariant": True, "batch_size": 512, "ubatch_size": 256},
+            "engine": {**engine, "flash_attn": flash_attn},
             "models": {"m": {"path": SMOL}},
         }
     )
     load = engine_options(settings, settings.models["m"], MODELS / SMOL).load
-    assert load.batch_invariant and load.flash_attn == "off" and load.ubatch_size == 512
+    # "auto" is llama.cpp's choice inside the context: the steps' shapes must know it.
+    assert load.batch_invariant and load.flash_attn == chosen and load.ubatch_size == 512
     usual = Settings.model_validate({"models_dir": str(MODELS), "models": {"m": {"path": SMOL}}})
     load = engine_options(usual, usual.models["m"], MODELS / SMOL).load
     assert not load.batch_invariant and load.flash_attn == "auto"
@@ -116,7 +125,7 @@ def test_an_embedding_read_beside_decodes_keeps_even_rows_and_pools_only_its_inp
     def embed(invariant: bool) -> tuple[FakeBackend, bytes]:
         b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
         s = Scheduler(b, 256, add_bos=False, bos=1, speculative=ON, costs=Free())
-        s.batch_invariant = invariant
+        s.shapes = EVEN if invariant else None
         s.fill_gaps = not invariant
         s.submit(request("a", "abcab", max_tokens=9))
         s.step()  # "a" decodes from now on
@@ -139,3 +148,75 @@ def test_a_prompt_chunk_is_made_even_by_a_row_more_or_one_fewer() -> None:
     assert even_chunk(1, 1, 0, 256) is None  # one row of room: the next step
     assert even_chunk(7, 32, 249, 256) == (6, 0)  # no cell after the chunk's end
     assert even_chunk(1, 32, 255, 256) == (1, 0)  # the context's last row stays odd
+
+
+def test_split_equal_cuts_runs_of_consecutive_slots_and_by_size() -> None:
+    # Slots 0 and 1 are one run; 3 is apart; each gives as many rows as the fewest left.
+    assert split_equal([(0, 1), (1, 3), (3, 2)], 256) == [[(0, 1), (1, 1)], [(1, 2)], [(3, 2)]]
+    # At most n_ubatch rows: 3 sequences of 5 in micro-batches of 8 rows.
+    assert split_equal([(0, 5), (1, 5), (2, 5)], 8) == [
+        [(0, 2), (1, 2), (2, 2)],
+        [(0, 2), (1, 2), (2, 2)],
+        [(0, 1), (1, 1), (2, 1)],
+    ]
+    assert split_equal([(2, 9)], 8) == [[(2, 8)], [(2, 1)]]
+
+
+def lone_run(shapes: Shapes | None, spec: SpeculativeOptions | None = ON) -> tuple:
+    b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
+    s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Free())
+    s.shapes = shapes
+    # A prompt of 9 rows (8 and 1 in micro-batches of 8), one longer than a step, one that
+    # does not speculate, in slots with a free one between (slot 3 runs alone).
+    s.submit(request("a", "abcabcabc", max_tokens=9))
+    s.submit(request("b", "abcabcabcabcabcabcabcabcabcabcabcabcabc", max_tokens=7))
+    s.submit(request("c", "xyz", max_tokens=6, speculative=False))
+    events = run_to_end(s)
+    return b, s, events
+
+
+@pytest.mark.parametrize("spec", [ON, None])
+def test_with_flash_attention_no_micro_batch_holds_one_row_of_one_sequence(
+    spec: SpeculativeOptions | None,
+) -> None:
+    b, s, events = lone_run(LONE, spec)
+    for batch in b.batches:
+        steps = sorted(Counter(slot for _, _, slot, _ in batch).items())
+        assert lone_slot_of(steps) is None, batch
+    cells_match(s, b)  # the rows added to shape the steps were dropped
+    usual, _, plain = lone_run(None, spec)
+    for rid in ("a", "b", "c"):
+        assert text_of(events[rid]) == text_of(plain[rid])
+    # Without the shapes the same requests did leave single rows alone.
+    assert any(
+        lone_slot_of(sorted(Counter(slot for _, _, slot, _ in batch).items())) is not None
+        for batch in usual.batches
+    )
+
+
+def lone_slot_of(steps: list[tuple[int, int]]) -> int | None:
+    cuts = split_equal(steps, LONE.n_ubatch)
+    return next((cut[0][0] for cut in cuts if len(cut) == 1 and cut[0][1] == 1), None)
+
+
+def test_a_lone_decode_gets_a_guess_and_a_draft_left_alone_loses_its_last_token() -> None:
+    from llmd.engine.sequence import Piece
+
+    seq = cast(Sequence, SimpleNamespace())
+    draft = Piece(0, [(5, 10, 0, True), (6, 11, 0, True)], [seq], draft=[6], decode=True)
+    lone = Piece(2, [(7, 10, 2, True)], [], decode=False)  # a prompt's last row, alone
+    from llmd.engine.invariance import no_lone_rows
+
+    # Slot 0: rows 2 (pending + draft), alone in its run: fine; slot 2: one row: a pad row.
+    assert lone_slot([draft, lone], 8) == 2
+    assert no_lone_rows([draft, lone], LONE, 256, True, room=4) == 1
+    assert lone.pad == 1 and lone.chunk[-1] == (7, 11, 2, False)
+    # Slots 0 and 1 side by side with 1 and 2 rows: the second's last row would be alone.
+    one = Piece(0, [(5, 10, 0, True)], [seq], decode=True)
+    two = Piece(1, [(5, 10, 1, True), (6, 11, 1, True)], [seq], draft=[6], decode=True)
+    assert lone_slot([one, two], 8) == 1
+    assert no_lone_rows([one, two], LONE, 256, True, room=4) == -1
+    assert two.draft == [] and len(two.chunk) == 1 and lone_slot([one, two], 8) is None
+    # No room left in the batch: the step stays as it is.
+    alone = Piece(3, [(7, 10, 3, True)], [], decode=False)
+    assert no_lone_rows([alone], LONE, 256, True, room=0) == 0 and alone.pad == 0
