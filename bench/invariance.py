@@ -7,15 +7,17 @@ some switches once per process):
 - `filler_vs_k`: the same, each one-token step with a filler token in the next slot (a step
   of two rows in two streams, as `fill_gaps` makes);
 - `two_vs_k`: steps of 2, 2, 2 and 3 tokens against one of 9;
-- `prompt_chunks`: the prompt read in steps of 64 against steps of 512 (a reused prefix was read
-  in other steps than the prompt that reuses it);
+- `prompt_chunks`: the prompt read in steps of 64 (62 with micro-batches of 63) against steps of
+  512 (a reused prefix was read in other steps than the prompt that reuses it);
 - `greedy_flips`: on a real quoting prompt, 120 tokens decoded one per step, then read again in
   steps of 9 as a draft that is always right: positions where the argmax differs, i.e. where
   greedy text with speculation would part from the text without.
 
 Each cell is the largest |logit difference| over the rows compared (0 = bit for bit the same).
 Settings: flash attention "on"/"off", and "plain" kernels (no repacked weights, no tiled
-K-quant matrix kernel: what `engine.batch_invariant` loads) against llama.cpp's defaults.
+K-quant matrix kernel: what `engine.batch_invariant` loads) against llama.cpp's defaults;
+"ub63": micro-batches of at most 63 rows (what `engine.batch_invariant` uses with flash
+attention, under its 64-row tiles).
 
     .venv/bin/python -m bench.invariance --model smollm2 --depths 100,300,700 \\
         --json bench/results/invariance-2026-12-02-smollm2.json
@@ -124,7 +126,9 @@ def measure(model: Path, setting: str, depths: list[int]) -> dict[str, float]:
         reset()
         a = read(history + extra, 512, out=True)
         reset()
-        b = read(history + extra, 64, out=True)
+        # Micro-batches of 63 rows: steps of 62 (64 would leave a 64th row alone in one, which
+        # llmd's steps never do: `no_lone_rows`).
+        b = read(history + extra, 62 if "ub63" in setting else 64, out=True)
         cells[f"prompt_chunks@{depth}"] = float(np.abs(a - b).max())
     # Greedy text: the real prompt, 120 tokens one per step, then again in steps of 9.
     template = choose_template(None, backend.metadata(), "", "")

@@ -12,26 +12,29 @@ for the same 9 tokens moved by up to 0.66 between one step and nine 700 tokens i
 text with speculation parted from the text without at a near-tie in 1 of 120 tokens (3 with
 flash attention off) after a 608-token quoting prompt.
 
-Without flash attention, with plain weight kernels, steps that give every sequence at least two
-rows agreed bit for bit at every length measured (2, 3, 9, 64 and 512 rows a sequence, with
-other sequences in the step or not). llama.cpp cuts a step into micro-batches of consecutive
-sequences, each giving as many rows as the one with fewest left (`micro_batches`): the rows a
-sequence gives a micro-batch are differences of the row counts in its run, so when every
-count is even, none is one. Hence the rule here: every piece of a step has an even number of
-rows. A decode with an even number of draft tokens drops its last (the least likely to hold);
-one with none drafts one token guessed from its own text (or, not speculating, adds a row it
-drops after the step); a prompt chunk of odd length takes a row more or one fewer
-(`Scheduler.step`). Gap fillers (one row each) are not used.
+Both ways below load the plain weight kernels (`LlamaBackend`) and shape every step
+(`Scheduler.step`) so that each row takes the same kernel path whatever else the step holds.
 
-With flash attention on, the attention of a sequence's rows is computed one row at a time,
-the same for every shape, except in two paths: 64 rows or more of a sequence in a micro-batch
-go through tiles (so micro-batches are kept to `LONE_UBATCH` rows: every row takes the
-row-at-a-time path), and a micro-batch of a single row of a single sequence reads a history
-of over 256 cells in one piece per decode thread, merged after (so with two decode threads
-or more, no step may leave one: `no_lone_rows`). Measured with plain weight kernels and
-micro-batches of 63 rows, every other shape agreed bit for bit, prompt chunks too; and no
-row is added to a step where two sequences or more share a micro-batch, so 16 busy streams
-cost nothing (docs/benchmarks.md).
+Without flash attention (`Shapes.even`), steps that give every sequence at least two rows
+agreed bit for bit at every length measured (2, 3, 9, 64 and 512 rows a sequence, with other
+sequences in the step or not). llama.cpp cuts a step into micro-batches of consecutive
+sequences, each giving as many rows as the one with fewest left (`split_equal`): the rows a
+sequence gives a micro-batch are differences of the row counts in its run, so when every
+count is even, none is one. Hence every piece of a step has an even number of rows. A decode
+with an even number of draft tokens drops its last (the least likely to hold); one with none
+drafts one token guessed from its own text (or, not speculating, adds a row it drops after
+the step); a prompt chunk of odd length takes a row more or one fewer. Gap fillers (one row
+each) are not used, and a full batch of decodes doubles its rows: the price at many streams.
+
+With flash attention, a sequence's attention is computed one row at a time, the same for
+every shape, except in two paths: 64 rows or more of a sequence in a micro-batch go through
+tiles (so micro-batches are kept to `LONE_UBATCH` rows, and every row takes the row-at-a-time
+path), and a micro-batch holding a single row of a single sequence reads a history of over
+256 cells in one piece per decode thread, merged after (so with two decode threads or more no
+step leaves one: `no_lone_rows`; with one there is one piece, the same sums). With micro-batches
+of 63 rows, every other shape agreed bit for bit, prompt chunks too. A row is added only where
+a sequence would be alone with one row (one stream without a draft, mostly), so many streams
+cost nothing; prompts are read in micro-batches of 63 rows, without the tiles.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmd.engine.sequence import Piece, Sequence
+from llmd.engine.speculate import split_equal
 
 # How far back a guess looks for the token now pending.
 GUESS_WINDOW = 4096
@@ -59,28 +63,6 @@ class Shapes:
     split_lone: bool
     """Flash attention on with two decode threads or more: a micro-batch of one row of one
     sequence would take the split-KV path, so none is left in a step."""
-
-
-def split_equal(steps: list[tuple[int, int]], n_ubatch: int) -> list[list[tuple[int, int]]]:
-    """The micro-batches llama.cpp cuts a step into, each as its (slot, rows), from each
-    sequence's (slot, rows) in slot order: with one KV stream per slot (llama-batch.cpp,
-    `split_equal`), a run of consecutive slots that still have rows, from the first, each
-    giving as many as the one with the fewest, at most `n_ubatch` rows in all."""
-    left = [rows for _, rows in steps]
-    cuts: list[list[tuple[int, int]]] = []
-    i, n = 0, len(steps)
-    while True:
-        while i < n and not left[i]:
-            i += 1
-        if i == n:
-            return cuts
-        j = i + 1
-        while j < n and left[j] and steps[j][0] == steps[j - 1][0] + 1:
-            j += 1
-        take = min(min(left[i:j]), max(1, n_ubatch // (j - i)))
-        cuts.append([(steps[x][0], take) for x in range(i, j)])
-        for x in range(i, j):
-            left[x] -= take
 
 
 def lone_slot(pieces: list[Piece], n_ubatch: int) -> int | None:

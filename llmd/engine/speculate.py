@@ -132,26 +132,32 @@ def _add(sums: list[float], u: int, n: int, y: float, w: float) -> None:
         sums[i] += w * x
 
 
-def micro_batches(steps: list[tuple[int, int]]) -> list[int]:
-    """The tokens of each micro-batch llama.cpp cuts a step into, from each sequence's (slot,
-    tokens) in slot order. With one KV stream per slot it splits "equally" and in sequence
-    order (llama-batch.cpp, `split_equal`): a micro-batch is the run of consecutive slots that
-    still have tokens, from the first, each giving as many as the one with the fewest."""
-    left = [tokens for _, tokens in steps]
-    sizes: list[int] = []
+def micro_batches(steps: list[tuple[int, int]], n_ubatch: int = 1 << 30) -> list[int]:
+    """The tokens of each micro-batch llama.cpp cuts a step into (`split_equal`)."""
+    return [sum(rows for _, rows in cut) for cut in split_equal(steps, n_ubatch)]
+
+
+def split_equal(steps: list[tuple[int, int]], n_ubatch: int) -> list[list[tuple[int, int]]]:
+    """The micro-batches llama.cpp cuts a step into, each as its (slot, rows), from each
+    sequence's (slot, rows) in slot order. With one KV stream per slot it splits "equally"
+    and in sequence order (llama-batch.cpp, `split_equal`): a micro-batch is the run of
+    consecutive slots that still have rows, from the first, each giving as many as the one
+    with the fewest, at most `n_ubatch` rows in all."""
+    left = [rows for _, rows in steps]
+    cuts: list[list[tuple[int, int]]] = []
     i, n = 0, len(steps)
     while True:
         while i < n and not left[i]:
             i += 1
         if i == n:
-            return sizes
+            return cuts
         j = i + 1
         while j < n and left[j] and steps[j][0] == steps[j - 1][0] + 1:
             j += 1
-        take = min(left[i:j])
+        take = min(min(left[i:j]), max(1, n_ubatch // (j - i)))
+        cuts.append([(steps[x][0], take) for x in range(i, j)])
         for x in range(i, j):
             left[x] -= take
-        sizes.append(take * (j - i))
 
 
 @dataclass

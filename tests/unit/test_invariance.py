@@ -15,10 +15,11 @@ import pytest
 from pydantic import ValidationError
 
 from bench.daemon import MODELS, SMOL
-from llmd.engine.invariance import Shapes, even_chunk, guess_next, lone_slot, split_equal
+from llmd.engine.invariance import Shapes, even_chunk, guess_next, lone_slot, no_lone_rows
 from llmd.engine.messages import Embedding, SpeculativeOptions
 from llmd.engine.scheduler import Scheduler
-from llmd.engine.sequence import Sequence
+from llmd.engine.sequence import Piece, Sequence
+from llmd.engine.speculate import split_equal
 from llmd.gguf import estimate, read_model
 from llmd.models import engine_options
 from llmd.settings import Settings
@@ -200,13 +201,9 @@ def lone_slot_of(steps: list[tuple[int, int]]) -> int | None:
 
 
 def test_a_lone_decode_gets_a_guess_and_a_draft_left_alone_loses_its_last_token() -> None:
-    from llmd.engine.sequence import Piece
-
     seq = cast(Sequence, SimpleNamespace())
     draft = Piece(0, [(5, 10, 0, True), (6, 11, 0, True)], [seq], draft=[6], decode=True)
     lone = Piece(2, [(7, 10, 2, True)], [], decode=False)  # a prompt's last row, alone
-    from llmd.engine.invariance import no_lone_rows
-
     # Slot 0: rows 2 (pending + draft), alone in its run: fine; slot 2: one row: a pad row.
     assert lone_slot([draft, lone], 8) == 2
     assert no_lone_rows([draft, lone], LONE, 256, True, room=4) == 1
