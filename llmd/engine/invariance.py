@@ -50,6 +50,11 @@ GUESS_WINDOW = 4096
 # sequence in ggml-cpu): from 64 rows on, a row's scores come from a matrix product of f32
 # tiles instead of one f16 row at a time.
 LONE_UBATCH = 63
+# The split path reads a history of 512 cells or more in view: llama.cpp views a stream's
+# cells up to the last used one, padded to 256, so from position 256 on (a slot's cells are
+# filled from the first: its tokens are removed from the end, and the lowest free cell is
+# taken next). Some margin under that, as the cells are llama.cpp's to place.
+SPLIT_FROM = 192
 
 
 @dataclass(frozen=True)
@@ -63,28 +68,41 @@ class Shapes:
     split_lone: bool
     """Flash attention on with two decode threads or more: a micro-batch of one row of one
     sequence would take the split-KV path, so none is left in a step."""
+    split_from: int = SPLIT_FROM
+    """The position from which a lone row may take that path."""
 
 
-def lone_slot(pieces: list[Piece], n_ubatch: int) -> int | None:
-    """The slot of a micro-batch holding one row of one sequence (always its last row)."""
+def lone_slot(pieces: list[Piece], shapes: Shapes) -> int | None:
+    """The slot of a micro-batch holding one row of one sequence (always its last row) at a
+    position that may take the split path (`Shapes.split_from`)."""
+    at = {piece.slot: piece.chunk[-1][1] for piece in pieces}
     steps = sorted((piece.slot, len(piece.chunk)) for piece in pieces)
-    for cut in split_equal(steps, n_ubatch):
-        if len(cut) == 1 and cut[0][1] == 1:
+    for cut in split_equal(steps, shapes.n_ubatch):
+        if len(cut) == 1 and cut[0][1] == 1 and at[cut[0][0]] >= shapes.split_from:
             return cut[0][0]
     return None
 
 
 def no_lone_rows(
-    pieces: list[Piece], shapes: Shapes, ctx_per_seq: int, speculating: bool, room: int
-) -> int:
+    pieces: list[Piece],
+    shapes: Shapes,
+    ctx_per_seq: int,
+    room: int,
+    free: dict[int, int],
+    filler: int,
+) -> list[int]:
     """Mend the step until no micro-batch holds one row of one sequence: a draft loses its
-    last token; a decode without one gets a one-token guess (`even_decodes`); a prompt chunk a
-    row it drops after the step. `room`: rows the batch has left. The rows added (fewer if
-    negative); a step that cannot be mended (the context's last cell, a full batch) is left
-    as it is."""
+    last token; a lone row gets a filler (token `filler`, no logits, dropped after the step)
+    in a free slot beside it (`free`: slot -> the position the filler takes), else a row
+    after it that is dropped after the step. A filler is the cheaper: its attention reads
+    what that slot holds, not the lone sequence's history, which with flash attention is
+    most of a decode step's time several hundred tokens in. `room`: rows the batch has
+    left; a step that cannot be mended (the context's last cell, a full batch) is left as
+    it is. The slots given fillers."""
     added = 0
+    fillers: list[int] = []
     for _ in range(2 * len(pieces) + 1):
-        slot = lone_slot(pieces, shapes.n_ubatch)
+        slot = lone_slot(pieces, shapes)
         if slot is None:
             break
         piece = next(p for p in pieces if p.slot == slot)
@@ -92,10 +110,16 @@ def no_lone_rows(
             _drop_last(piece)
             added -= 1
             continue
-        if added >= room or not _add_row(piece, ctx_per_seq, speculating):
+        if added >= room:
+            break
+        beside = next((s for s in (slot + 1, slot - 1) if s in free and s not in fillers), None)
+        if beside is not None:
+            pieces.append(Piece(beside, [(filler, free[beside], beside, False)], []))
+            fillers.append(beside)
+        elif not _add_row(piece, ctx_per_seq, speculating=False):
             break
         added += 1
-    return added
+    return fillers
 
 
 def _drop_last(piece: Piece) -> None:

@@ -252,16 +252,14 @@ class Scheduler:
                     entry = (seq.pending, len(seq.slot.cached), seq.slot.id, True)
                     pieces.append(Piece(seq.slot.id, [entry], [seq], decode=True))
                     decoding.append(seq)
-        drafted = self.drafts.add(pieces, self.running)
-        shapes, speculating = self.shapes, self.drafts.options.enabled
+        self.drafts.add(pieces, self.running)
+        shapes = self.shapes
         lone = shapes is not None and shapes.split_lone
         if shapes and shapes.even:
-            drafted += even_decodes(pieces, self.ctx_per_seq, speculating)
-        elif shapes and lone:
-            room = self.backend.batch_size - len(pieces) - drafted
-            drafted += no_lone_rows(pieces, shapes, self.ctx_per_seq, speculating, room)
-        # A row kept back for a prompt chunk whose last row would be alone (`no_lone_rows`).
-        budget = self.backend.batch_size - len(pieces) - drafted - int(lone)
+            even_decodes(pieces, self.ctx_per_seq, self.drafts.options.enabled)
+        lone_fillers = self._no_lone_rows(pieces) if lone else []
+        # With `no_lone_rows`, a row kept back for a prompt chunk whose last row is alone.
+        budget = self.backend.batch_size - sum(len(p.chunk) for p in pieces) - int(lone)
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -323,9 +321,9 @@ class Scheduler:
             for slot in fillers:
                 filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
                 pieces.append(Piece(slot.id, [filler], []))
-        if shapes and lone:  # again, with the prompt chunks and fillers in the step
-            room = self.backend.batch_size - sum(len(piece.chunk) for piece in pieces)
-            no_lone_rows(pieces, shapes, self.ctx_per_seq, speculating, room)
+        if lone:  # again, with the prompt chunks and gap fillers in the step
+            lone_fillers += self._no_lone_rows(pieces)
+            fillers += [self.slots[i] for i in lone_fillers]
         pieces.sort(key=lambda piece: piece.slot)
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
@@ -391,6 +389,19 @@ class Scheduler:
             self._verify(seq, index, draft, events, guess)
         self._retire()
         return events
+
+    def _no_lone_rows(self, pieces: list[Piece]) -> list[int]:
+        """`no_lone_rows` on the step so far; the slots it gave fillers. A filler goes into a
+        free slot without a piece in the step, after what the slot holds (which stays)."""
+        assert self.shapes is not None
+        taken = {piece.slot for piece in pieces}
+        free = {
+            slot.id: len(slot.cached)
+            for slot in self.admission.free_slots()
+            if slot.id not in taken and len(slot.cached) < self.ctx_per_seq
+        }
+        room = self.backend.batch_size - sum(len(piece.chunk) for piece in pieces)
+        return no_lone_rows(pieces, self.shapes, self.ctx_per_seq, room, free, max(self.bos, 0))
 
     def _decode(self, entries: list[Entry], embeddings: bool, fillers: list[Slot]) -> None:
         status = self.backend.decode(entries, embeddings)

@@ -27,7 +27,7 @@ from tests.unit.fake_backend import FakeBackend, request, run_to_end, text_of
 from tests.unit.test_speculative import ON, Free, cells_match
 
 EVEN = Shapes(even=True, n_ubatch=32, split_lone=False)
-LONE = Shapes(even=False, n_ubatch=8, split_lone=True)
+LONE = Shapes(even=False, n_ubatch=8, split_lone=True, split_from=0)
 
 
 def run(
@@ -168,7 +168,7 @@ def lone_run(shapes: Shapes | None, spec: SpeculativeOptions | None = ON) -> tup
     s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Free())
     s.shapes = shapes
     # A prompt of 9 rows (8 and 1 in micro-batches of 8), one longer than a step, one that
-    # does not speculate, in slots with a free one between (slot 3 runs alone).
+    # does not speculate; the last to finish decodes alone, beside free slots.
     s.submit(request("a", "abcabcabc", max_tokens=9))
     s.submit(request("b", "abcabcabcabcabcabcabcabcabcabcabcabcabc", max_tokens=7))
     s.submit(request("c", "xyz", max_tokens=6, speculative=False))
@@ -185,6 +185,7 @@ def test_with_flash_attention_no_micro_batch_holds_one_row_of_one_sequence(
         steps = sorted(Counter(slot for _, _, slot, _ in batch).items())
         assert lone_slot_of(steps) is None, batch
     cells_match(s, b)  # the rows added to shape the steps were dropped
+    assert s.num_fillers > 0  # a lone row's filler went into a free slot beside it
     usual, _, plain = lone_run(None, spec)
     for rid in ("a", "b", "c"):
         assert text_of(events[rid]) == text_of(plain[rid])
@@ -200,20 +201,30 @@ def lone_slot_of(steps: list[tuple[int, int]]) -> int | None:
     return next((cut[0][0] for cut in cuts if len(cut) == 1 and cut[0][1] == 1), None)
 
 
-def test_a_lone_decode_gets_a_guess_and_a_draft_left_alone_loses_its_last_token() -> None:
+def test_a_lone_row_gets_a_filler_beside_it_or_a_row_after_and_a_draft_loses_a_token() -> None:
     seq = cast(Sequence, SimpleNamespace())
     draft = Piece(0, [(5, 10, 0, True), (6, 11, 0, True)], [seq], draft=[6], decode=True)
     lone = Piece(2, [(7, 10, 2, True)], [], decode=False)  # a prompt's last row, alone
-    # Slot 0: rows 2 (pending + draft), alone in its run: fine; slot 2: one row: a pad row.
-    assert lone_slot([draft, lone], 8) == 2
-    assert no_lone_rows([draft, lone], LONE, 256, True, room=4) == 1
+    # Slot 0: rows 2 (pending + draft), alone in its run: fine; slot 2: one row alone. With
+    # slot 3 free (its cache holding 4 cells), a filler goes there: no row after slot 2's.
+    assert lone_slot([draft, lone], LONE) == 2
+    pieces = [draft, lone]
+    assert no_lone_rows(pieces, LONE, 256, 4, {3: 4}, filler=1) == [3]
+    assert pieces[-1].chunk == [(1, 4, 3, False)] and lone.pad == 0
+    assert lone_slot(pieces, LONE) is None
+    # No free slot beside it: a row after it, dropped after the step.
+    assert no_lone_rows([lone := Piece(2, [(7, 10, 2, True)], [])], LONE, 256, 4, {}, 1) == []
     assert lone.pad == 1 and lone.chunk[-1] == (7, 11, 2, False)
     # Slots 0 and 1 side by side with 1 and 2 rows: the second's last row would be alone.
     one = Piece(0, [(5, 10, 0, True)], [seq], decode=True)
     two = Piece(1, [(5, 10, 1, True), (6, 11, 1, True)], [seq], draft=[6], decode=True)
-    assert lone_slot([one, two], 8) == 1
-    assert no_lone_rows([one, two], LONE, 256, True, room=4) == -1
-    assert two.draft == [] and len(two.chunk) == 1 and lone_slot([one, two], 8) is None
+    assert lone_slot([one, two], LONE) == 1
+    assert no_lone_rows([one, two], LONE, 256, 4, {2: 0}, 1) == []
+    assert two.draft == [] and len(two.chunk) == 1 and lone_slot([one, two], LONE) is None
+    # Before the split path's position (a view under 512 cells), a lone row is left alone.
+    early = Piece(2, [(7, 10, 2, True)], [])
+    assert lone_slot([early], Shapes(even=False, n_ubatch=63, split_lone=True)) is None
+    assert lone_slot([early], LONE) == 2
     # No room left in the batch: the step stays as it is.
     alone = Piece(3, [(7, 10, 3, True)], [], decode=False)
-    assert no_lone_rows([alone], LONE, 256, True, room=0) == 0 and alone.pad == 0
+    assert no_lone_rows([alone], LONE, 256, 0, {2: 0}, 1) == [] and alone.pad == 0
