@@ -227,8 +227,9 @@ class EngineSettings(_Section):
         "text then parts at near-ties (bench/invariance.py, docs/benchmarks.md). On, weights "
         "use the plain kernels and steps are shaped for the kernels that agree: with flash "
         "attention (flash_attn 'auto', 'on', or what 'fastest' measures) micro-batches stay "
-        "under 64 rows and no step leaves one row of one sequence alone in one (a one-token "
-        "guess is added, or a draft's last token dropped), which costs many streams nothing; "
+        "under 64 rows and, with two decode threads or more, no step leaves one row of one "
+        "sequence alone in one (a filler row beside it, or a draft's last token dropped): "
+        "many streams cost nothing, prompts are read without flash attention's tiles; "
         "with flash_attn 'off' every sequence gives each step an even number of rows, faster "
         "for one stream where flash attention is slow (SmolLM2 on an AVX-512 Xeon) but a row a "
         "step more for each sequence without a draft (16 busy streams ran at 0.73x).",
