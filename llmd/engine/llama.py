@@ -124,7 +124,9 @@ class LlamaBackend:
             self.shapes = Shapes(
                 even=even,
                 n_ubatch=min(options.ubatch_size, options.batch_size),
-                split_lone=not even and options.threads >= 2,
+                # The split path needs 512 cells in view: a context that holds fewer never
+                # takes it, nor does one decode thread (one piece).
+                split_lone=not even and options.threads >= 2 and options.ctx_per_seq >= 512,
             )
 
         ctx_params = context_params(options)
