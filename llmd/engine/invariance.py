@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmd.engine.sequence import Piece, Sequence
+from llmd.engine.sequence import Piece, Sequence, Slot
 from llmd.engine.speculate import split_equal
 
 # How far back a guess looks for the token now pending.
@@ -87,20 +87,23 @@ def no_lone_rows(
     pieces: list[Piece],
     shapes: Shapes,
     ctx_per_seq: int,
-    room: int,
-    free: dict[int, int],
+    batch_size: int,
+    free_slots: list[Slot],
     filler: int,
-) -> list[int]:
+) -> list[Slot]:
     """Mend the step until no micro-batch holds one row of one sequence: a draft loses its
-    last token; a lone row gets a filler (token `filler`, no logits, dropped after the step)
-    in a free slot beside it (`free`: slot -> the position the filler takes), else a row
-    after it that is dropped after the step. A filler is the cheaper: its attention reads
-    what that slot holds, not the lone sequence's history, which with flash attention is
-    most of a decode step's time several hundred tokens in. `room`: rows the batch has
-    left; a step that cannot be mended (the context's last cell, a full batch) is left as
-    it is. The slots given fillers."""
+    last token; a lone row gets a filler (token `filler`, no logits) in a free slot beside
+    it without a piece in the step, after what that slot holds (which stays: the scheduler
+    drops the filler's cell after the step), else a row after it that is dropped after the
+    step. A filler is the cheaper: its attention reads what that slot holds, not the lone
+    sequence's history, which with flash attention is most of a decode step's time several
+    hundred tokens in. A step that cannot be mended (the context's last cell, a full batch
+    of `batch_size` rows) is left as it is. The slots given fillers."""
+    taken = {piece.slot for piece in pieces}
+    free = {s.id: s for s in free_slots if s.id not in taken and len(s.cached) < ctx_per_seq}
+    room = batch_size - sum(len(piece.chunk) for piece in pieces)
     added = 0
-    fillers: list[int] = []
+    fillers: list[Slot] = []
     for _ in range(2 * len(pieces) + 1):
         slot = lone_slot(pieces, shapes)
         if slot is None:
@@ -112,9 +115,10 @@ def no_lone_rows(
             continue
         if added >= room:
             break
-        beside = next((s for s in (slot + 1, slot - 1) if s in free and s not in fillers), None)
+        beside = next((free.pop(s) for s in (slot + 1, slot - 1) if s in free), None)
         if beside is not None:
-            pieces.append(Piece(beside, [(filler, free[beside], beside, False)], []))
+            entry = (filler, len(beside.cached), beside.id, False)
+            pieces.append(Piece(beside.id, [entry], []))
             fillers.append(beside)
         elif not _add_row(piece, ctx_per_seq, speculating=False):
             break

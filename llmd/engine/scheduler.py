@@ -257,7 +257,7 @@ class Scheduler:
         lone = shapes is not None and shapes.split_lone
         if shapes and shapes.even:
             even_decodes(pieces, self.ctx_per_seq, self.drafts.options.enabled)
-        lone_fillers = self._no_lone_rows(pieces) if lone else []
+        lone_fillers = self._no_lone_rows(pieces)
         # With `no_lone_rows`, a row kept back for a prompt chunk whose last row is alone.
         budget = self.backend.batch_size - sum(len(p.chunk) for p in pieces) - int(lone)
         prefilled: list[tuple[RequestState, int]] = []
@@ -321,9 +321,8 @@ class Scheduler:
             for slot in fillers:
                 filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
                 pieces.append(Piece(slot.id, [filler], []))
-        if lone:  # again, with the prompt chunks and gap fillers in the step
-            lone_fillers += self._no_lone_rows(pieces)
-            fillers += [self.slots[i] for i in lone_fillers]
+        # Again, with the prompt chunks and gap fillers in the step.
+        fillers += lone_fillers + self._no_lone_rows(pieces)
         pieces.sort(key=lambda piece: piece.slot)
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
@@ -390,18 +389,12 @@ class Scheduler:
         self._retire()
         return events
 
-    def _no_lone_rows(self, pieces: list[Piece]) -> list[int]:
-        """`no_lone_rows` on the step so far; the slots it gave fillers. A filler goes into a
-        free slot without a piece in the step, after what the slot holds (which stays)."""
-        assert self.shapes is not None
-        taken = {piece.slot for piece in pieces}
-        free = {
-            slot.id: len(slot.cached)
-            for slot in self.admission.free_slots()
-            if slot.id not in taken and len(slot.cached) < self.ctx_per_seq
-        }
-        room = self.backend.batch_size - sum(len(piece.chunk) for piece in pieces)
-        return no_lone_rows(pieces, self.shapes, self.ctx_per_seq, room, free, max(self.bos, 0))
+    def _no_lone_rows(self, pieces: list[Piece]) -> list[Slot]:
+        """`no_lone_rows` on the step so far, where the shapes ask for it; its fillers."""
+        if self.shapes is None or not self.shapes.split_lone:
+            return []
+        size, free = self.backend.batch_size, self.admission.free_slots()
+        return no_lone_rows(pieces, self.shapes, self.ctx_per_seq, size, free, max(self.bos, 0))
 
     def _decode(self, entries: list[Entry], embeddings: bool, fillers: list[Slot]) -> None:
         status = self.backend.decode(entries, embeddings)

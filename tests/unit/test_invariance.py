@@ -18,7 +18,7 @@ from bench.daemon import MODELS, SMOL
 from llmd.engine.invariance import Shapes, even_chunk, guess_next, lone_slot, no_lone_rows
 from llmd.engine.messages import Embedding, SpeculativeOptions
 from llmd.engine.scheduler import Scheduler
-from llmd.engine.sequence import Piece, Sequence
+from llmd.engine.sequence import Piece, Sequence, Slot
 from llmd.engine.speculate import split_equal
 from llmd.gguf import estimate, read_model
 from llmd.models import engine_options
@@ -209,17 +209,18 @@ def test_a_lone_row_gets_a_filler_beside_it_or_a_row_after_and_a_draft_loses_a_t
     # slot 3 free (its cache holding 4 cells), a filler goes there: no row after slot 2's.
     assert lone_slot([draft, lone], LONE) == 2
     pieces = [draft, lone]
-    assert no_lone_rows(pieces, LONE, 256, 4, {3: 4}, filler=1) == [3]
+    free = Slot(3, cached=[9, 9, 9, 9])
+    assert no_lone_rows(pieces, LONE, 256, 7, [free], filler=1) == [free]  # room: 4 rows
     assert pieces[-1].chunk == [(1, 4, 3, False)] and lone.pad == 0
     assert lone_slot(pieces, LONE) is None
     # No free slot beside it: a row after it, dropped after the step.
-    assert no_lone_rows([lone := Piece(2, [(7, 10, 2, True)], [])], LONE, 256, 4, {}, 1) == []
+    assert no_lone_rows([lone := Piece(2, [(7, 10, 2, True)], [])], LONE, 256, 5, [], 1) == []
     assert lone.pad == 1 and lone.chunk[-1] == (7, 11, 2, False)
     # Slots 0 and 1 side by side with 1 and 2 rows: the second's last row would be alone.
     one = Piece(0, [(5, 10, 0, True)], [seq], decode=True)
     two = Piece(1, [(5, 10, 1, True), (6, 11, 1, True)], [seq], draft=[6], decode=True)
     assert lone_slot([one, two], LONE) == 1
-    assert no_lone_rows([one, two], LONE, 256, 4, {2: 0}, 1) == []
+    assert no_lone_rows([one, two], LONE, 256, 7, [Slot(2)], 1) == []
     assert two.draft == [] and len(two.chunk) == 1 and lone_slot([one, two], LONE) is None
     # Before the split path's position (a view under 512 cells), a lone row is left alone.
     early = Piece(2, [(7, 10, 2, True)], [])
@@ -227,4 +228,4 @@ def test_a_lone_row_gets_a_filler_beside_it_or_a_row_after_and_a_draft_loses_a_t
     assert lone_slot([early], LONE) == 2
     # No room left in the batch: the step stays as it is.
     alone = Piece(3, [(7, 10, 3, True)], [], decode=False)
-    assert no_lone_rows([alone], LONE, 256, 0, {2: 0}, 1) == [] and alone.pad == 0
+    assert no_lone_rows([alone], LONE, 256, 1, [Slot(2)], 1) == [] and alone.pad == 0
