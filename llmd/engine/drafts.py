@@ -39,19 +39,19 @@ class Drafts:
         self.drafting = 0.0
         """Seconds a draft model takes per draft token, measured (decaying); 0 for lookups."""
 
-    def add(self, pieces: list[Piece], running: list[RequestState]) -> int:
-        """Add draft tokens to the decoding pieces where the cost model says they pay; how
-        many were added. Not while a prompt is being read: that step is long already, and a
-        newcomer's first token should not wait for drafts."""
+    def add(self, pieces: list[Piece], running: list[RequestState]) -> None:
+        """Add draft tokens to the decoding pieces where the cost model says they pay. Not
+        while a prompt is being read: that step is long already, and a newcomer's first
+        token should not wait for drafts."""
         if not self.options.enabled or not pieces:
-            return 0
+            return
         for piece in pieces:
             seq = piece.samplers[0]
             if seq.shadow is not None:  # last step's lookup, not checked: was it right?
                 self._shadowed(seq, seq.shadow == seq.pending)
                 seq.shadow = None
         if any(state.is_prefilling for state in running):
-            return 0
+            return
         room = self.batch_size - len(pieces)
         limits: list[int] = []
         for piece in pieces:
@@ -66,7 +66,7 @@ class Drafts:
             limits.append(limit)
             seq.acceptance.idle()
         if not any(limits):
-            return 0
+            return
         if not self.options.adaptive:  # every draft found, as long as the limits allow
             proposals = self._propose(pieces, limits)
             ks = [len(p) for p in proposals]
@@ -80,7 +80,7 @@ class Drafts:
                     if proposal and not k:
                         piece.samplers[0].shadow = proposal[0]
             if not any(ks):
-                return 0
+                return
         added = 0
         for piece, proposal, k in zip(pieces, proposals, ks, strict=True):
             draft = proposal[: min(k, room - added)]
@@ -90,7 +90,6 @@ class Drafts:
             piece.chunk.extend((tok, pos + 1 + j, slot, True) for j, tok in enumerate(draft))
             piece.draft = draft
             added += len(draft)
-        return added
 
     def _plan(self, pieces: list[Piece], limits: list[int]) -> tuple[list[list[int]], list[int]]:
         """Each piece's draft and how much of it to check, by the cost model."""

@@ -156,18 +156,15 @@ def _may_guess(seq: Sequence) -> bool:
     return bool(state.req.speculative) and state.max_tokens - seq.generated > 1
 
 
-def even_decodes(pieces: list[Piece], ctx_per_seq: int, speculating: bool) -> int:
-    """Give each decode piece an even number of rows; the rows added (fewer if negative)."""
-    added = 0
+def even_decodes(pieces: list[Piece], ctx_per_seq: int, speculating: bool) -> None:
+    """Give each decode piece an even number of rows."""
     for piece in pieces:
         if len(piece.chunk) % 2 == 0:
             continue
         if piece.draft:  # its last draft token goes: 1 + an odd number of them is even
             _drop_last(piece)
-            added -= 1
-        elif _add_row(piece, ctx_per_seq, speculating):
-            added += 1
-    return added
+        else:
+            _add_row(piece, ctx_per_seq, speculating)
 
 
 def even_chunk(take: int, room: int, start: int, ctx_per_seq: int) -> tuple[int, int] | None:
