@@ -22,7 +22,7 @@ from collections import deque
 
 from llmd.engine.backend import Backend
 from llmd.engine.sequence import RequestState, Sequence, Slot
-from llmd.engine.speculate import StepCosts, micro_batches
+from llmd.engine.speculate import StepCosts
 from llmd.engine.text import TextStream
 
 # A cached prefix shorter than this is not reused: copying it costs about as much as reading
@@ -231,7 +231,7 @@ class Admission:
         ordered = sorted(steps)
         used = {slot for slot, _ in ordered}
         tokens = sum(n for _, n in ordered)
-        best = costs.time(tokens, len(micro_batches(ordered)))
+        best = costs.time(tokens, len(costs.micro_batches(ordered)))
         chosen: list[Slot] = []
         hole: list[Slot] = []
         for slot in self.slots[ordered[0][0] + 1 : ordered[-1][0] + 1] if ordered else []:
@@ -241,7 +241,7 @@ class Admission:
             if slot.id in used and hole and len(hole) <= room:
                 if all(len(s.cached) < limit for s in hole):
                     trial = sorted([*ordered, *((s.id, 1) for s in hole)])
-                    price = costs.time(tokens + len(hole), len(micro_batches(trial)))
+                    price = costs.time(tokens + len(hole), len(costs.micro_batches(trial)))
                     if price < best:
                         ordered, best = trial, price
                         tokens += len(hole)

@@ -14,6 +14,8 @@ Entry = tuple[int, int, int, bool]
 class Backend(Protocol):
     n_parallel: int
     batch_size: int
+    ubatch_size: int
+    """llama.cpp's micro-batch size (n_ubatch): a step is cut into micro-batches of at most this."""
     n_vocab: int
     encoder_only: bool
     """An embedding model without KV cache (BERT): every input is read whole, in one step."""

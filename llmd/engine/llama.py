@@ -130,6 +130,7 @@ class LlamaBackend:
             )
 
         ctx_params = context_params(options)
+        self.ubatch_size = int(ctx_params.n_ubatch)
         self.pooling = declared or "mean"
         if declared:
             ctx_params.pooling_type = lc.LLAMA_POOLING_TYPE_NONE

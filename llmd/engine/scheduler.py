@@ -22,7 +22,6 @@ from llmd.engine.backend import Backend, Entry
 from llmd.engine.drafts import Drafts
 from llmd.engine.invariance import Shapes, even_chunk, even_decodes, no_lone_rows
 from llmd.engine.messages import (
-    MAX_CHARS_PER_TOKEN,
     Admitted,
     Delta,
     Embedding,
@@ -34,8 +33,9 @@ from llmd.engine.messages import (
     TokenLogprob,
     TopLogprob,
 )
+from llmd.engine.prompt import prompt_tokens, too_long
 from llmd.engine.sequence import Piece, RequestState, Sequence, Slot
-from llmd.engine.speculate import StepCosts, micro_batches
+from llmd.engine.speculate import StepCosts
 
 # Prompts are read first come, first served, one per step: once a step holds a finished
 # prompt of at least this many tokens, later prompts wait for the next step. Short prompts are
@@ -53,23 +53,6 @@ EMBED_LOGITS_BYTES = 32 * 1024 * 1024
 def embed_chunk(n_vocab: int) -> int:
     """Embedding input tokens per step: a multiple of 32, at least 32."""
     return max(32, EMBED_LOGITS_BYTES // (4 * max(1, n_vocab)) // 32 * 32)
-
-
-def _segments(size: int, spans: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
-    """[0, size) cut at the spans' edges: (start, end, inside a span)."""
-    out: list[tuple[int, int, bool]] = []
-    pos = 0
-    for start, end in sorted(spans):
-        start, end = max(start, pos), min(end, size)
-        if start >= end:
-            continue
-        if start > pos:
-            out.append((pos, start, False))
-        out.append((start, end, True))
-        pos = end
-    if pos < size:
-        out.append((pos, size, False))
-    return out
 
 
 class EngineFault(Exception):
@@ -110,7 +93,7 @@ class Scheduler:
         self.drafts = Drafts(
             speculative or SpeculativeOptions(enabled=False),
             getattr(backend, "drafter", None),  # a draft model, loaded with the model
-            costs or StepCosts(0.012, 0.004),
+            costs or StepCosts(0.012, 0.004, n_ubatch=backend.ubatch_size),
             ctx_per_seq,
             backend.batch_size,
         )
@@ -121,27 +104,9 @@ class Scheduler:
         """The request's prompt as tokens, or why it cannot fit. Safe on another thread than
         the step loop's (the worker tokenizes as requests arrive, so a long prompt never
         holds up the steps of the others): it only reads the vocabulary."""
-        if not isinstance(req.prompt, str):
-            return list(req.prompt) or [self.bos]
-        limit = self.ctx_per_seq * MAX_CHARS_PER_TOKEN
-        if len(req.prompt) > limit:
-            why = (
-                f"the prompt has {len(req.prompt)} characters, more than {limit} "
-                f"({MAX_CHARS_PER_TOKEN} a token) could ever fit. Please reduce its length."
-            )
-            return self._too_long(req, why, "input" if req.embed else req.prompt_param)
-        # Chat templates usually write the BOS themselves; do not add a second one.
-        written = bool(self.bos_text) and req.prompt.startswith(self.bos_text)
-        add_bos = self.add_bos and not written
-        if not req.text_spans:
-            return self.backend.tokenize(req.prompt, add_bos) or [self.bos]
-        tokens: list[int] = []
-        for start, end, is_text in _segments(len(req.prompt), req.text_spans):
-            # Client text is read as text: "<|im_end|>" in a message stays ten characters.
-            part = self.backend.tokenize(req.prompt[start:end], add_bos, not is_text)
-            tokens += part
-            add_bos = False
-        return tokens or [self.bos]
+        return prompt_tokens(
+            self.backend, req, self.ctx_per_seq, self.add_bos, self.bos, self.bos_text
+        )
 
     def submit(self, req: GenerateRequest, tokens: list[int] | Failed | None = None) -> list[Any]:
         """Check a request (tokenized by `tokenize`, here if not yet); it joins the queue, or
@@ -172,7 +137,7 @@ class Scheduler:
         if req.embed:
             if room < 0:
                 why = f"an input has {len(prompt)} tokens. Please reduce its length."
-                return [self._too_long(req, why, "input")]
+                return [too_long(req, self.ctx_per_seq, why, "input")]
             self.waiting.append(RequestState(req, prompt, 0))
             return [Started(req.id, len(prompt), 0)]
         # No limit asked: as many tokens as the context leaves after the prompt.
@@ -186,7 +151,7 @@ class Scheduler:
                 f"you requested {asked} tokens ({len(prompt)} in the prompt, {max_tokens} for "
                 "the completion). Please reduce the prompt or the completion length."
             )
-            return [self._too_long(req, why, req.prompt_param)]
+            return [too_long(req, self.ctx_per_seq, why, req.prompt_param)]
         self.waiting.append(RequestState(req, prompt, max_tokens))
         prompt_text = None
         if req.return_prompt_text:
@@ -194,16 +159,6 @@ class Scheduler:
                 "utf-8", "replace"
             )
         return [Started(req.id, len(prompt), max_tokens, prompt_text)]
-
-    def _too_long(self, req: GenerateRequest, why: str, param: str) -> Failed:
-        """OpenAI's context_length_exceeded error, in its words."""
-        return Failed(
-            req.id,
-            400,
-            f"This model's maximum context length is {self.ctx_per_seq} tokens. However, {why}",
-            code="context_length_exceeded",
-            param=param,
-        )
 
     def cancel(self, request_id: str) -> None:
         for state in list(self.waiting):
@@ -260,6 +215,90 @@ class Scheduler:
         lone_fillers = self._no_lone_rows(pieces)
         # With `no_lone_rows`, a row kept back for a prompt chunk whose last row is alone.
         budget = self.backend.batch_size - sum(len(p.chunk) for p in pieces) - int(lone)
+        prefilled, embed_tokens = self._prompt_chunks(pieces, budget)
+        fillers: list[Slot] = []
+        if self.fill_gaps and not embed_tokens and len(pieces) > 1:
+            # A free slot between running ones gets a token that keeps them one run.
+            steps = [(piece.slot, len(piece.chunk)) for piece in pieces]
+            room = self.backend.batch_size - sum(n for _, n in steps)
+            fillers = self.admission.gap_fillers(steps, self.drafts.costs, room, self.ctx_per_seq)
+            for slot in fillers:
+                filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
+                pieces.append(Piece(slot.id, [filler], []))
+        # Again, with the prompt chunks and gap fillers in the step.
+        fillers += lone_fillers + self._no_lone_rows(pieces)
+        pieces.sort(key=lambda piece: piece.slot)
+        entries: list[Entry] = []
+        outputs: list[tuple[int, list[Sequence]]] = []
+        embedded: list[tuple[RequestState, int, int]] = []
+        verified: list[tuple[int, Sequence, list[int], bool]] = []
+        for piece in pieces:
+            if piece.embed is not None:
+                embedded.append((piece.embed, len(entries), len(piece.chunk) - piece.pad))
+            entries.extend(piece.chunk)
+            last = len(entries) - 1 - piece.pad
+            if piece.draft:
+                verified.append(
+                    (last - len(piece.draft), piece.samplers[0], piece.draft, piece.guess)
+                )
+            elif piece.samplers:
+                outputs.append((last, piece.samplers))
+        if not entries:
+            return events
+        started = time.perf_counter()
+        self._decode(entries, bool(embedded), fillers)
+        for piece in pieces:
+            if piece.pad:  # the rows that only made the count even
+                self.backend.seq_rm(piece.slot, piece.chunk[-piece.pad][1], -1)
+        for slot in fillers:  # the slot holds what it held before
+            if not self.backend.seq_rm(slot.id, len(slot.cached), -1):
+                # A model that cannot drop a sequence's last cells (recurrent): the slot's
+                # cache goes, and no more fillers.
+                self.admission.clear(slot)
+                self.fill_gaps = False
+        if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
+            took = time.perf_counter() - started
+            cuts = self.drafts.costs.micro_batches([(p.slot, len(p.chunk)) for p in pieces])
+            self.drafts.costs.observe(len(entries), took, len(cuts))
+        for state, start, count in embedded:
+            first = state.n_prefilled == 0
+            state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
+        self.num_steps += 1
+        self.num_tokens_decoded += len(entries)
+        self.num_fillers += len(fillers)
+        for seq in decoding:
+            assert seq.pending is not None
+            seq.slot.cached.append(seq.pending)
+            seq.pending = None
+        for state, take in prefilled:
+            leader = state.seqs[0]
+            if not self.encoder_only:
+                leader.slot.cached.extend(
+                    state.prompt[state.n_prefilled : state.n_prefilled + take]
+                )
+            state.n_prefilled += take
+            if state.is_prefilling:
+                continue
+            if state.req.embed:
+                vector = self.backend.embedding(state.pooled, len(state.prompt))
+                events.append(Embedding(state.req.id, vector))
+                self._finish(leader)
+            else:
+                self._share_prompt(state)
+        for index, seqs in outputs:
+            for seq in seqs:
+                self._sample(seq, index, events)
+        for index, seq, draft, guess in verified:
+            self._verify(seq, index, draft, events, guess)
+        self._retire()
+        return events
+
+    def _prompt_chunks(
+        self, pieces: list[Piece], budget: int
+    ) -> tuple[list[tuple[RequestState, int]], int]:
+        """Chunks of pending prompts for this step, added to `pieces` within `budget` rows:
+        the prompts read (with how many of their tokens), and how many embedding tokens."""
+        shapes = self.shapes
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -312,82 +351,7 @@ class Scheduler:
                 embed_tokens += take
             else:
                 prompt_tokens += take
-        fillers: list[Slot] = []
-        if self.fill_gaps and not embed_tokens and len(pieces) > 1:
-            # A free slot between running ones gets a token that keeps them one run.
-            steps = [(piece.slot, len(piece.chunk)) for piece in pieces]
-            room = self.backend.batch_size - sum(n for _, n in steps)
-            fillers = self.admission.gap_fillers(steps, self.drafts.costs, room, self.ctx_per_seq)
-            for slot in fillers:
-                filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
-                pieces.append(Piece(slot.id, [filler], []))
-        # Again, with the prompt chunks and gap fillers in the step.
-        fillers += lone_fillers + self._no_lone_rows(pieces)
-        pieces.sort(key=lambda piece: piece.slot)
-        entries: list[Entry] = []
-        outputs: list[tuple[int, list[Sequence]]] = []
-        embedded: list[tuple[RequestState, int, int]] = []
-        verified: list[tuple[int, Sequence, list[int], bool]] = []
-        for piece in pieces:
-            if piece.embed is not None:
-                embedded.append((piece.embed, len(entries), len(piece.chunk) - piece.pad))
-            entries.extend(piece.chunk)
-            last = len(entries) - 1 - piece.pad
-            if piece.draft:
-                verified.append(
-                    (last - len(piece.draft), piece.samplers[0], piece.draft, piece.guess)
-                )
-            elif piece.samplers:
-                outputs.append((last, piece.samplers))
-        if not entries:
-            return events
-        started = time.perf_counter()
-        self._decode(entries, bool(embedded), fillers)
-        for piece in pieces:
-            if piece.pad:  # the rows that only made the count even
-                self.backend.seq_rm(piece.slot, piece.chunk[-piece.pad][1], -1)
-        for slot in fillers:  # the slot holds what it held before
-            if not self.backend.seq_rm(slot.id, len(slot.cached), -1):
-                # A model that cannot drop a sequence's last cells (recurrent): the slot's
-                # cache goes, and no more fillers.
-                self.admission.clear(slot)
-                self.fill_gaps = False
-        if not prefilled:  # the cost line is fitted to decode steps (speculate.py)
-            took = time.perf_counter() - started
-            cuts = micro_batches([(piece.slot, len(piece.chunk)) for piece in pieces])
-            self.drafts.costs.observe(len(entries), took, len(cuts))
-        for state, start, count in embedded:
-            first = state.n_prefilled == 0
-            state.pooled = self.backend.embed_rows(state.pooled, start, count, first)
-        self.num_steps += 1
-        self.num_tokens_decoded += len(entries)
-        self.num_fillers += len(fillers)
-        for seq in decoding:
-            assert seq.pending is not None
-            seq.slot.cached.append(seq.pending)
-            seq.pending = None
-        for state, take in prefilled:
-            leader = state.seqs[0]
-            if not self.encoder_only:
-                leader.slot.cached.extend(
-                    state.prompt[state.n_prefilled : state.n_prefilled + take]
-                )
-            state.n_prefilled += take
-            if state.is_prefilling:
-                continue
-            if state.req.embed:
-                vector = self.backend.embedding(state.pooled, len(state.prompt))
-                events.append(Embedding(state.req.id, vector))
-                self._finish(leader)
-            else:
-                self._share_prompt(state)
-        for index, seqs in outputs:
-            for seq in seqs:
-                self._sample(seq, index, events)
-        for index, seq, draft, guess in verified:
-            self._verify(seq, index, draft, events, guess)
-        self._retire()
-        return events
+        return prefilled, embed_tokens
 
     def _no_lone_rows(self, pieces: list[Piece]) -> list[Slot]:
         """`no_lone_rows` on the step so far, where the shapes ask for it; its fillers."""

@@ -77,7 +77,11 @@ class StepCosts:
     edit's steps of 17 were priced at 149-177 ms against 103-149 before, and its answer took
     235-242 steps against 126-130.)"""
 
-    def __init__(self, a: float, b: float, single: float | None = None) -> None:
+    def __init__(
+        self, a: float, b: float, single: float | None = None, n_ubatch: int = 1 << 30
+    ) -> None:
+        self.n_ubatch = n_ubatch
+        """llama.cpp's micro-batch size: a step of more rows is cut into more passes."""
         self._single = single if single is not None else a + b
         # Sums of the weighted regression of T on (U micro-batches, N tokens), no intercept
         # (with U = 1 throughout it is the line a + b*N): the probe's, with T in units of
@@ -102,6 +106,10 @@ class StepCosts:
         if n > 1:
             _add(self._seen, ubatches, n, seconds, 1.0)
         self._line = self._fit()
+
+    def micro_batches(self, steps: list[tuple[int, int]]) -> list[int]:
+        """`micro_batches` at this model's micro-batch size."""
+        return micro_batches(steps, self.n_ubatch)
 
     def line(self) -> tuple[float, float]:
         """(a, b): cost per micro-batch and per token of a step of two or more tokens."""
@@ -230,7 +238,7 @@ def plan_drafts(
     _, b = costs.line()
 
     def seconds(ks: list[int]) -> float:
-        sizes = micro_batches([(order[i], 1 + ks[i]) for i in by_slot])
+        sizes = costs.micro_batches([(order[i], 1 + ks[i]) for i in by_slot])
         return costs.time(sum(sizes), len(sizes)) + drafting * sum(ks)
 
     def rate(ks: list[int]) -> float:
@@ -333,4 +341,4 @@ def probe_costs(backend: Backend, token: int) -> StepCosts | None:
         timings[n].append(took)
     t1, t2, t9 = (min(timings[n][1:]) for n in (1, 2, 9))
     b = max((t9 - t2) / 7, 0.0)
-    return StepCosts(max(t2 - 2 * b, 1e-6), b, t1)
+    return StepCosts(max(t2 - 2 * b, 1e-6), b, t1, backend.ubatch_size)

@@ -20,6 +20,7 @@ class FakeBackend:
     def __init__(self, parallel: int = 4, batch_size: int = 32, answer: str = "abc") -> None:
         self.n_parallel = parallel
         self.batch_size = batch_size
+        self.ubatch_size = batch_size
         self.n_vocab = 1 << 20  # embedding chunks of 32 tokens
         self.encoder_only = False
         self.answer = answer

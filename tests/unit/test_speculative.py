@@ -221,6 +221,19 @@ def test_micro_batches_follow_llama_cpps_equal_split_over_consecutive_slots() ->
     assert micro_batches([(5, 2)]) == [2]
 
 
+def test_the_cost_model_cuts_steps_at_the_models_micro_batch_size() -> None:
+    # batch_invariant with flash attention keeps micro-batches under 64 rows: a step of 16
+    # streams drafting 4 tokens each (80 rows) is two passes over the weights, not one.
+    steps = [(slot, 5) for slot in range(16)]
+    assert StepCosts(0.012, 0.004).micro_batches(steps) == [80]
+    assert StepCosts(0.012, 0.004, n_ubatch=63).micro_batches(steps) == [48, 32]
+    # So drafts that cross the line are priced dearer, and a plan takes fewer of them.
+    alphas, limits = [(0.6, 0.6)] * 16, [4] * 16
+    wide = plan_drafts(alphas, limits, StepCosts(0.030, 0.002))
+    narrow = plan_drafts(alphas, limits, StepCosts(0.030, 0.002, n_ubatch=16))
+    assert sum(narrow) < sum(wide)
+
+
 def test_the_cost_fit_tells_a_micro_batchs_cost_from_a_tokens() -> None:
     costs = StepCosts(0.012, 0.004)
     for _ in range(500):
