@@ -207,13 +207,15 @@ class EngineSettings(_Section):
         "decode 40 instead of 14; docs/benchmarks.md). 0 sleeps at once. Unused with 'active'.",
     )
     flash_attn: Literal["auto", "on", "off", "fastest"] = Field(
-        "auto",
-        description="Flash attention. 'auto' is llama.cpp's choice (on, on a CPU). 'fastest' "
-        "measures both at load (a step of 1 and of 9 tokens after 192 cached ones) and turns it "
-        "off where that is clearly faster: llama.cpp's CPU kernel reads the history row by row "
-        "for steps under 64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x "
-        "and its 17-token steps 3.4x slower 700 tokens in (Gemma-3: level). Neither makes a "
-        "token's logits independent of how its step is batched: see batch_invariant.",
+        "fastest",
+        description="Flash attention. 'fastest' (the default) measures both at load (a step "
+        "of 1 and of 9 tokens after 192 cached ones, 1-2 s) and turns it off where that is "
+        "clearly faster: llama.cpp's CPU kernel reads the history row by row for steps under "
+        "64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x and its "
+        "17-token steps 3.4x slower 700 tokens in (Gemma-3: level). 'auto' is llama.cpp's "
+        "choice (on, on a CPU). Off, and where the model's weights take no repacked or tiled "
+        "kernel, a request decoding alone gets two rows or more a step, so its text is the "
+        "same with and without speculation; batch_invariant makes that hold under any load.",
     )
     batch_invariant: bool = Field(
         False,

@@ -35,12 +35,21 @@ step leaves one: `no_lone_rows`; with one there is one piece, the same sums). Wi
 of 63 rows, every other shape agreed bit for bit, prompt chunks too. A row is added only where
 a sequence would be alone with one row (one stream without a draft, mostly), so many streams
 cost nothing; prompts are read in micro-batches of 63 rows, without the tiles.
+
+Without `engine.batch_invariant`, where flash attention is off (`flash_attn = "fastest"`, the
+default, measured it slower for this model, or the operator set "off") and the model's weights
+take no repacked or tiled kernel anyway (`plain_weights`), the even rows are used while the
+step's decoding sequences are one request's (`Shapes.alone`): one person's answer, with and
+without speculation, is the same text, and with several requests decoding, where a row more
+each would cost a quarter of the throughput, steps are not shaped (their text may then part
+at a near-tie from the same request alone, as with llama.cpp's own batching).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmd.engine.messages import LoadOptions
 from llmd.engine.sequence import Piece, Sequence, Slot
 from llmd.engine.speculate import split_equal
 
@@ -70,6 +79,52 @@ class Shapes:
     sequence would take the split-KV path, so none is left in a step."""
     split_from: int = SPLIT_FROM
     """The position from which a lone row may take that path."""
+    alone: bool = False
+    """Only while the step's decoding sequences are one request's (not `batch_invariant`)."""
+
+    def applies(self, decoding: list[Sequence]) -> bool:
+        """Whether this step is shaped, with these sequences decoding in it."""
+        return not self.alone or len({id(seq.request) for seq in decoding}) <= 1
+
+
+def exact_steps(shapes: Shapes | None) -> str:
+    """What `shapes` make exact, as /api/v1/health says it: "always", "alone" or ""."""
+    if shapes is None:
+        return ""
+    return "alone" if shapes.alone else "always"
+
+
+# ggml types with the tiled kernel (ggml-cpu tiled/tiled.cpp): the K-quants and most i-quants,
+# from 8 rows on. Repacking is told by llama.cpp's load (a CPU_REPACK or AMX buffer), as it
+# depends on the CPU.
+TILED_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 19, 21, 22, 23, 29})
+
+
+def plain_weights(tensor_types: set[int], extra_buffers: bool) -> bool:
+    """Whether the model's weight products take the same kernels whatever the step's size
+    (beyond one row against two or more, which the even rows keep apart): no tensor of a
+    tiled type and nothing repacked into an extra buffer."""
+    return not extra_buffers and not tensor_types & TILED_TYPES
+
+
+def shapes_for(
+    options: LoadOptions, flash_attn: str, embeddings: bool, plain: bool
+) -> tuple[Shapes | None, int]:
+    """How a model's steps are shaped, with the flash attention it runs (`attention.choose`),
+    whether it is an embedding model (which reads an input whole) and whether its weights take
+    the plain kernels anyway (`plain_weights`); and the micro-batch size its context gets."""
+    ubatch, size = options.ubatch_size, options.batch_size
+    even = flash_attn == "off"
+    if options.batch_invariant:
+        if not even and not embeddings:
+            ubatch = min(ubatch, LONE_UBATCH)
+        # The split path needs 512 cells in view: a context that holds fewer never takes it,
+        # nor does one decode thread (one piece).
+        split = not even and options.threads >= 2 and options.ctx_per_seq >= 512
+        return Shapes(even, min(ubatch, size), split), ubatch
+    if even and plain and not embeddings and ubatch >= size:  # one micro-batch a step
+        return Shapes(True, size, False, alone=True), ubatch
+    return None, ubatch
 
 
 def lone_slot(pieces: list[Piece], shapes: Shapes) -> int | None:

@@ -27,9 +27,10 @@ from llmd.engine.context import context_params, fill_batch
 from llmd.engine.distributions import Workspace
 from llmd.engine.draft import DraftError, DraftModel
 from llmd.engine.grammar import Trigger, allows, best_allowed, compile_grammar, redraw
-from llmd.engine.invariance import LONE_UBATCH, Shapes
+from llmd.engine.invariance import plain_weights, shapes_for
 from llmd.engine.messages import Grammar, LoadOptions, SamplingParams
 from llmd.engine.sampler import TokenSampler
+from llmd.gguf import read_gguf
 
 log = logging.getLogger("llmd.engine")
 
@@ -52,11 +53,21 @@ class LoadError(Exception):
     """The model file could not be loaded (missing, not GGUF, corrupt, too big)."""
 
 
+_extra_buffers: list[bytes] = []
+"""The buffers other than plain CPU memory that llama.cpp put weights in at the last load
+("CPU_REPACK", "AMX"): which weights are repacked depends on the CPU, and llama.cpp says so
+only in its log."""
+
+
 # llama.cpp logs every tensor while loading; keep errors and warnings, drop the chatter.
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, _user: Any) -> None:
     if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+    elif b" model buffer size" in text:  # "load_tensors:   CPU_REPACK model buffer size = ..."
+        name = text.split(b" model buffer size")[0].split(b":")[-1].strip()
+        if name not in (b"CPU", b"CPU_Mapped"):
+            _extra_buffers.append(name)
 
 
 # llama_token_data as numpy sees it: a candidate array is filled from the logits in one go.
@@ -90,6 +101,7 @@ class LlamaBackend:
         model_params.n_gpu_layers = 0
         self.cpu_features = cpu.inspect().features
         model_params.use_extra_bufts = extra_buffers_usable(options.path, self.cpu_features)
+        _extra_buffers.clear()  # this load's own
         if options.batch_invariant:
             # Repacked weights and the tiled K-quant kernel (steps of 8 rows or more) sum in
             # another order than the one-row kernels: Gemma-3's logits moved by up to 2.7
@@ -115,19 +127,11 @@ class LlamaBackend:
         # per-token hidden states; llmd pools them itself (`embed_rows`), so an input read
         # over several steps pools as one. Chat models pool nothing by default already.
         declared = self._declared_pooling()
-        self.shapes: Shapes | None = None
-        """How steps are shaped for `engine.batch_invariant` (llmd/engine/invariance.py)."""
-        if options.batch_invariant:
-            even = self.flash_attn == "off"
-            if not even and not declared:  # an embedding model reads an input whole
-                options = replace(options, ubatch_size=min(options.ubatch_size, LONE_UBATCH))
-            self.shapes = Shapes(
-                even=even,
-                n_ubatch=min(options.ubatch_size, options.batch_size),
-                # The split path needs 512 cells in view: a context that holds fewer never
-                # takes it, nor does one decode thread (one piece).
-                split_lone=not even and options.threads >= 2 and options.ctx_per_seq >= 512,
-            )
+        plain = plain_weights(set(read_gguf(options.path).tensor_types), bool(_extra_buffers))
+        self.shapes, ubatch = shapes_for(options, self.flash_attn, bool(declared), plain)
+        """How steps are shaped so that a token's logits do not depend on its step
+        (llmd/engine/invariance.py)."""
+        options = replace(options, ubatch_size=ubatch)
 
         ctx_params = context_params(options)
         self.ubatch_size = int(ctx_params.n_ubatch)

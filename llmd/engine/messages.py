@@ -247,6 +247,10 @@ class Ready:
     flash_attn: str = ""
     """Flash attention as the process runs: "on", "off" or "auto" (llama.cpp's choice);
     `engine.flash_attn = "fastest"` is measured at load (llmd/engine/attention.py)."""
+    exact_steps: str = ""
+    """Steps shaped so that a token's logits do not depend on its step
+    (llmd/engine/invariance.py): "always" (`engine.batch_invariant`), "alone" (while one
+    request decodes), "" never."""
     special_texts: list[str] = field(default_factory=list)
     """The text of the model's control tokens (`<|im_end|>`, `<end_of_turn>` ...): client text
     holding any of them is marked as text (`GenerateRequest.text_spans`)."""

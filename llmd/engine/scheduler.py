@@ -84,8 +84,9 @@ class Scheduler:
         self.running: list[RequestState] = []
         self.shapes = None if backend.encoder_only else shapes
         """Steps shaped for `engine.batch_invariant` (llmd/engine/invariance.py)."""
-        self.fill_gaps = not backend.encoder_only and not (shapes and shapes.even)
-        """Free slots between running ones get a filler token (`Admission.gap_fillers`)."""
+        self.fill_gaps = not backend.encoder_only
+        """Free slots between running ones get a filler token (`Admission.gap_fillers`), in
+        steps without even rows (a filler's one row would cut its neighbours' rows)."""
         self.num_steps = 0
         self.num_tokens_decoded = 0
         self.num_fillers = 0
@@ -208,16 +209,17 @@ class Scheduler:
                     pieces.append(Piece(seq.slot.id, [entry], [seq], decode=True))
                     decoding.append(seq)
         self.drafts.add(pieces, self.running)
-        shapes = self.shapes
+        shapes = self.shapes if self.shapes and self.shapes.applies(decoding) else None
         lone = shapes is not None and shapes.split_lone
-        if shapes and shapes.even:
+        even = shapes is not None and shapes.even
+        if even:
             even_decodes(pieces, self.ctx_per_seq, self.drafts.options.enabled)
-        lone_fillers = self._no_lone_rows(pieces)
+        lone_fillers = self._no_lone_rows(pieces, shapes)
         # With `no_lone_rows`, a row kept back for a prompt chunk whose last row is alone.
         budget = self.backend.batch_size - sum(len(p.chunk) for p in pieces) - int(lone)
-        prefilled, embed_tokens = self._prompt_chunks(pieces, budget)
+        prefilled, embed_tokens = self._prompt_chunks(pieces, budget, even)
         fillers: list[Slot] = []
-        if self.fill_gaps and not embed_tokens and len(pieces) > 1:
+        if self.fill_gaps and not even and not embed_tokens and len(pieces) > 1:
             # A free slot between running ones gets a token that keeps them one run.
             steps = [(piece.slot, len(piece.chunk)) for piece in pieces]
             room = self.backend.batch_size - sum(n for _, n in steps)
@@ -226,7 +228,7 @@ class Scheduler:
                 filler = (max(self.bos, 0), len(slot.cached), slot.id, False)
                 pieces.append(Piece(slot.id, [filler], []))
         # Again, with the prompt chunks and gap fillers in the step.
-        fillers += lone_fillers + self._no_lone_rows(pieces)
+        fillers += lone_fillers + self._no_lone_rows(pieces, shapes)
         pieces.sort(key=lambda piece: piece.slot)
         entries: list[Entry] = []
         outputs: list[tuple[int, list[Sequence]]] = []
@@ -294,11 +296,11 @@ class Scheduler:
         return events
 
     def _prompt_chunks(
-        self, pieces: list[Piece], budget: int
+        self, pieces: list[Piece], budget: int, even: bool
     ) -> tuple[list[tuple[RequestState, int]], int]:
-        """Chunks of pending prompts for this step, added to `pieces` within `budget` rows:
-        the prompts read (with how many of their tokens), and how many embedding tokens."""
-        shapes = self.shapes
+        """Chunks of pending prompts for this step, added to `pieces` within `budget` rows
+        (`even`: each of an even length, `even_chunk`): the prompts read (with how many of
+        their tokens), and how many embedding tokens."""
         prefilled: list[tuple[RequestState, int]] = []
         prompt_tokens = embed_tokens = 0
         for state in self.running:
@@ -327,7 +329,7 @@ class Scheduler:
                 if take <= 0:
                     break
             pad = 0
-            if shapes and shapes.even:
+            if even:
                 shaped = even_chunk(take, budget, start, self.ctx_per_seq)
                 if shaped is None:
                     break
@@ -353,12 +355,12 @@ class Scheduler:
                 prompt_tokens += take
         return prefilled, embed_tokens
 
-    def _no_lone_rows(self, pieces: list[Piece]) -> list[Slot]:
+    def _no_lone_rows(self, pieces: list[Piece], shapes: Shapes | None) -> list[Slot]:
         """`no_lone_rows` on the step so far, where the shapes ask for it; its fillers."""
-        if self.shapes is None or not self.shapes.split_lone:
+        if shapes is None or not shapes.split_lone:
             return []
         size, free = self.backend.batch_size, self.admission.free_slots()
-        return no_lone_rows(pieces, self.shapes, self.ctx_per_seq, size, free, max(self.bos, 0))
+        return no_lone_rows(pieces, shapes, self.ctx_per_seq, size, free, max(self.bos, 0))
 
     def _decode(self, entries: list[Entry], embeddings: bool, fillers: list[Slot]) -> None:
         status = self.backend.decode(entries, embeddings)

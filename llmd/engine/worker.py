@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here: the daemon imports this module's neighbours without loading llama.cpp.
     # Imported before the model is known: the daemon keeps one process started ahead, so
     # that loading a model on demand does not wait for Python and llama.cpp to start.
+    from llmd.engine.invariance import exact_steps
     from llmd.engine.llama import LlamaBackend, LoadError
     from llmd.engine.scheduler import Scheduler
     from llmd.engine.speculate import probe_costs
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             model_bytes=backend.model_bytes(),
             n_embd=backend.n_embd,
             flash_attn=backend.flash_attn,
+            exact_steps=exact_steps(backend.shapes),
             special_texts=backend.special_texts(),
         ),
     )

@@ -50,6 +50,8 @@ class ProcessStatus:
     """"on", "off" or (llama.cpp's choice) "auto" as loaded; blank until then."""
     batch_invariant: bool = False
     """Loaded with `engine.batch_invariant` (llmd/engine/invariance.py)."""
+    exact_steps: str = ""
+    """When its steps are shaped for exact logits: "always", "alone" or "" (never)."""
     requests_held: int = 0
     """Requests holding this version, from admission to their last byte."""
     requests_in_flight: int = 0
@@ -206,6 +208,7 @@ def process_status(manager: ModelManager, model: Model, now: float) -> ProcessSt
         model_bytes=p.info.model_bytes if p.info else None,
         flash_attn=p.info.flash_attn if p.info else "",
         batch_invariant=p.options.load.batch_invariant,
+        exact_steps=p.info.exact_steps if p.info else "",
         requests_held=model.active,
         requests_in_flight=p.num_inflight,
         running=live.running if live else 0,

@@ -110,6 +110,7 @@ def _model(s: ModelStatus) -> dict[str, Any]:
         "saturated": s.saturated,
         "flash_attn": live.flash_attn or None,
         "batch_invariant": live.batch_invariant,
+        "exact_steps": live.exact_steps or None,
         "kv_tokens_cached": live.kv_cells_used,
         "kv_tokens_total": live.kv_cells_total,
         "kv_usage": (

@@ -8,6 +8,7 @@ The real model's proof is tests/e2e/test_batch_invariant.py."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import cast
 
@@ -15,8 +16,17 @@ import pytest
 from pydantic import ValidationError
 
 from bench.daemon import MODELS, SMOL
-from llmd.engine.invariance import Shapes, even_chunk, guess_next, lone_slot, no_lone_rows
-from llmd.engine.messages import Embedding, SpeculativeOptions
+from llmd.engine.invariance import (
+    Shapes,
+    even_chunk,
+    exact_steps,
+    guess_next,
+    lone_slot,
+    no_lone_rows,
+    plain_weights,
+    shapes_for,
+)
+from llmd.engine.messages import Embedding, LoadOptions, SpeculativeOptions
 from llmd.engine.scheduler import Scheduler
 from llmd.engine.sequence import Piece, Sequence, Slot
 from llmd.engine.speculate import split_equal
@@ -28,6 +38,7 @@ from tests.unit.test_speculative import ON, Free, cells_match
 
 EVEN = Shapes(even=True, n_ubatch=32, split_lone=False)
 LONE = Shapes(even=False, n_ubatch=8, split_lone=True, split_from=0)
+ALONE = Shapes(even=True, n_ubatch=32, split_lone=False, alone=True)
 
 
 def run(
@@ -110,7 +121,8 @@ def test_the_options_name_flash_attention_and_hold_a_step_in_one_micro_batch(
     assert load.batch_invariant and load.flash_attn == chosen and load.ubatch_size == 512
     usual = Settings.model_validate({"models_dir": str(MODELS), "models": {"m": {"path": SMOL}}})
     load = engine_options(usual, usual.models["m"], MODELS / SMOL).load
-    assert not load.batch_invariant and load.flash_attn == "auto"
+    # The default measures flash attention at load (llmd/engine/attention.py).
+    assert not load.batch_invariant and load.flash_attn == "fastest"
 
 
 def test_the_estimate_counts_attention_scores_without_flash_attention() -> None:
@@ -229,3 +241,50 @@ def test_a_lone_row_gets_a_filler_beside_it_or_a_row_after_and_a_draft_loses_a_t
     # No room left in the batch: the step stays as it is.
     alone = Piece(3, [(7, 10, 3, True)], [], decode=False)
     assert no_lone_rows([alone], LONE, 256, 1, [Slot(2)], 1) == [] and alone.pad == 0
+
+
+def even_batch(batch: list[tuple[int, int, int, bool]]) -> bool:
+    return all(n % 2 == 0 for n in Counter(slot for _, _, slot, _ in batch).values())
+
+
+def test_alone_the_even_rows_shape_only_the_steps_of_one_requests_decodes() -> None:
+    b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
+    s = Scheduler(b, 256, add_bos=False, bos=1, speculative=ON, costs=Free())
+    s.shapes = ALONE
+    # One request with two choices: its decodes are one person's answer, shaped.
+    s.submit(request("a", "abcab", max_tokens=9, n=2))
+    alone = run_to_end(s)
+    assert all(even_batch(batch) for batch in b.batches), b.batches
+    assert text_of(alone["a"], 0) == text_of(alone["a"], 1) != ""
+    first = len(b.batches)
+    # Two requests decoding together: steps as usual (the one not speculating has one row).
+    s.submit(request("b", "abcab", max_tokens=9))
+    s.submit(request("c", "xyzxy", max_tokens=9, speculative=False))
+    together = run_to_end(s)
+    assert not all(even_batch(batch) for batch in b.batches[first:])
+    cells_match(s, b)  # the rows added for evenness were dropped
+    assert text_of(together["b"]) == text_of(alone["a"])
+    assert text_of(together["c"]) != ""
+
+
+def test_the_shapes_follow_flash_attention_the_weights_and_the_setting() -> None:
+    options = LoadOptions(MODELS / SMOL, 2048, 4, 256, 256, 1, 2, "fastest", "f16")
+    # Flash attention off (measured or set) and plain weights: shaped while alone.
+    alone = Shapes(True, 256, False, alone=True)
+    assert shapes_for(options, "off", False, True) == (alone, 256)
+    assert exact_steps(alone) == "alone" and exact_steps(None) == ""
+    assert shapes_for(options, "on", False, True) == (None, 256)  # one row a step is exact
+    assert shapes_for(options, "off", False, False) == (None, 256)  # repacked or tiled weights
+    assert shapes_for(options, "off", True, True) == (None, 256)  # an embedding model
+    small = replace(options, ubatch_size=128)  # a step in two micro-batches could leave one
+    assert shapes_for(small, "off", False, True) == (None, 128)
+    invariant = replace(options, batch_invariant=True)
+    shapes, ubatch = shapes_for(invariant, "on", False, False)
+    assert shapes == Shapes(False, 63, False) and ubatch == 63
+    assert exact_steps(shapes) == "always"
+
+
+def test_plain_weights_are_neither_tiled_nor_repacked() -> None:
+    assert plain_weights({0, 3, 8}, False)  # SmolLM2's Q4_1, Q8_0 and F32 tensors
+    assert not plain_weights({0, 6, 8, 12, 14}, False)  # Gemma-3's Q4_K and Q6_K: tiled
+    assert not plain_weights({0, 2}, True)  # Q4_0 repacked into a CPU_REPACK buffer

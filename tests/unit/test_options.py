@@ -30,7 +30,8 @@ def test_a_draft_is_found_under_models_dir_and_counted_in_estimate_and_plan(
     settings = Settings.model_validate(
         {
             "models_dir": str(MODELS),
-            "engine": {"ctx_per_seq": 1024, "parallel": 4, "ubatch_size": 256},
+            # Flash attention on: no attention scores in the estimate (tested apart).
+            "engine": {"ctx_per_seq": 1024, "parallel": 4, "ubatch_size": 256, "flash_attn": "on"},
             "models": {
                 "plain": {"path": SMOL},
                 "drafted": {"path": SMOL, "draft": str(tmp_path / "draft.gguf")},
