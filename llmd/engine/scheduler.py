@@ -83,7 +83,8 @@ class Scheduler:
         self.encoder_only = backend.encoder_only
         self.running: list[RequestState] = []
         self.shapes = None if backend.encoder_only else shapes
-        """Steps shaped for `engine.batch_invariant` (llmd/engine/invariance.py)."""
+        """Steps shaped so that a token's logits do not depend on its step, always
+        (`engine.batch_invariant`) or while one request decodes (llmd/engine/invariance.py)."""
         self.fill_gaps = not backend.encoder_only
         """Free slots between running ones get a filler token (`Admission.gap_fillers`), in
         steps without even rows (a filler's one row would cut its neighbours' rows)."""
