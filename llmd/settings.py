@@ -209,7 +209,7 @@ class EngineSettings(_Section):
     flash_attn: Literal["auto", "on", "off", "fastest"] = Field(
         "fastest",
         description="Flash attention. 'fastest' (the default) measures both at load (a step "
-        "of 1 and of 9 tokens after 192 cached ones, 1-2 s) and turns it off where that is "
+        "of 1 and of 9 tokens after 192 cached ones, 1-3 s) and turns it off where that is "
         "clearly faster: llama.cpp's CPU kernel reads the history row by row for steps under "
         "64 tokens, which on an AVX-512 Xeon made SmolLM2's decode steps 1.7x and its "
         "17-token steps 3.4x slower 700 tokens in (Gemma-3: level). 'auto' is llama.cpp's "

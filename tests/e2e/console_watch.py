@@ -12,7 +12,10 @@ from tests.browser import open_page
 from tests.e2e.conftest import Daemon
 
 TIMEOUT_MS = 60_000
-"""How long an expectation waits: a model's load on a busy 2-core machine takes seconds."""
+"""How long an expectation waits: a model's load on a busy 2-core machine takes seconds (with
+`flash_attn = "fastest"`, the default, a few more: both ways are timed at load)."""
+# `expect` has a timeout of its own (5 s), apart from the page's.
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 class Watched:
