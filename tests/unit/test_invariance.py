@@ -47,7 +47,6 @@ def run(
     b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
     s = Scheduler(b, 256, add_bos=False, bos=1, speculative=spec, costs=Free())
     s.shapes = EVEN if invariant else None
-    s.fill_gaps = not invariant
     # Odd and even prompts, one longer than a step; one request does not speculate.
     s.submit(request("a", "abcab", max_tokens=9))
     s.submit(request("b", "abcabcabcabcabcabcabcabcabcabcabcabcabc", max_tokens=7))
@@ -139,7 +138,6 @@ def test_an_embedding_read_beside_decodes_keeps_even_rows_and_pools_only_its_inp
         b = FakeBackend(parallel=4, batch_size=32, answer="abcabcabcab")
         s = Scheduler(b, 256, add_bos=False, bos=1, speculative=ON, costs=Free())
         s.shapes = EVEN if invariant else None
-        s.fill_gaps = not invariant
         s.submit(request("a", "abcab", max_tokens=9))
         s.step()  # "a" decodes from now on
         s.submit(request("e", "x" * 45, embed=True))  # odd: 45 rows
